@@ -1,0 +1,80 @@
+"""Generate the `shop` Python package from proto/ (messages, gRPC stubs, typed .pyi).
+
+Runs the protoc bundled in grpcio-tools (pinned in requirements.txt) so the output is the same on
+every machine, plus mypy-protobuf's plugins for the type stubs. It also writes a binary
+descriptor set of every contract, which tools such as Envoy's gRPC-JSON transcoder read.
+
+Usage: python scripts/generate.py [--out gen]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import grpc_tools
+
+ROOT = Path(__file__).resolve().parent.parent
+PROTO_DIR = ROOT / "proto"
+
+
+def _plugin(name: str) -> str:
+    """Path of a protoc plugin installed in this interpreter's environment."""
+    path = Path(sysconfig.get_path("scripts")) / name
+    if not path.exists():
+        found = shutil.which(name)
+        if found is None:
+            sys.exit(f"generate: {name} not found; run `make venv` (it installs mypy-protobuf)")
+        return found
+    return str(path)
+
+
+def generate(out: Path) -> list[Path]:
+    """Regenerate `out` from every .proto under proto/; returns the generated .py files."""
+    protos = sorted(str(p.relative_to(PROTO_DIR)) for p in PROTO_DIR.rglob("*.proto"))
+    if not protos:
+        sys.exit(f"generate: no .proto files under {PROTO_DIR}")
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    well_known = Path(grpc_tools.__file__).parent / "_proto"
+    command = [
+        sys.executable,
+        "-m",
+        "grpc_tools.protoc",
+        f"--proto_path={PROTO_DIR}",
+        f"--proto_path={well_known}",
+        f"--python_out={out}",
+        f"--grpc_python_out={out}",
+        f"--plugin=protoc-gen-mypy={_plugin('protoc-gen-mypy')}",
+        f"--plugin=protoc-gen-mypy_grpc={_plugin('protoc-gen-mypy_grpc')}",
+        f"--mypy_out={out}",
+        f"--mypy_grpc_out={out}",
+        f"--descriptor_set_out={out / 'shop.pb'}",
+        "--include_imports",
+        "--include_source_info",
+        *protos,
+    ]
+    subprocess.run(command, check=True, cwd=ROOT)
+    # protoc writes plain directories; make each one a regular package so imports, mypy and
+    # setuptools treat `shop` like any other package.
+    for directory in [out, *(p for p in out.rglob("*") if p.is_dir())]:
+        if directory != out:
+            (directory / "__init__.py").touch()
+    return sorted(out.rglob("*_pb2*.py"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "gen")
+    args = parser.parse_args()
+    files = generate(args.out)
+    print(f"generated {len(files)} modules into {args.out}")
+
+
+if __name__ == "__main__":
+    main()

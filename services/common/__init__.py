@@ -1,0 +1,1 @@
+"""Plumbing shared by every shopmesh service: config, server bootstrap, errors, telemetry."""

@@ -1,0 +1,20 @@
+"""Outgoing channels: one place decides how a service dials its upstreams."""
+
+from __future__ import annotations
+
+from grpc import aio
+
+from services.common.interceptors import DeadlineClientInterceptor
+from services.common.telemetry import client_interceptors
+
+
+def open_channel(address: str) -> aio.Channel:
+    """An insecure channel to `address` (`unix:/path` or `host:port`).
+
+    Insecure on purpose: in the mesh the address is the local sidecar's egress socket, and the
+    sidecar does mTLS. Every call inherits the incoming request's remaining deadline.
+    """
+    return aio.insecure_channel(
+        address,
+        interceptors=[DeadlineClientInterceptor(), *client_interceptors()],
+    )

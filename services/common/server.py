@@ -1,0 +1,148 @@
+"""Server bootstrap shared by every service: grpc.aio server, health, reflection, interceptors,
+background tasks and graceful shutdown on SIGTERM.
+
+A service's `__main__` only describes itself as an `App` and calls `run`; tests call `start` to
+get a `RunningService` they can stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import stat
+import sys
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from grpc import aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from services.common.config import ConfigError, ServiceConfig, load_config
+from services.common.interceptors import DeadlineInterceptor, ErrorMappingInterceptor
+from services.common.logs import configure_logging
+from services.common.telemetry import server_interceptors
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Registration:
+    """One gRPC service to serve: its full name (for health and reflection) and servicer."""
+
+    service_name: str
+    servicer: Any
+    add_to_server: Callable[[Any, aio.Server], None]
+
+
+@dataclass
+class App:
+    """What a service runs: its gRPC services, long-running background tasks (started once the
+    server is up, cancelled on shutdown) and clean-ups run last (close stores and channels)."""
+
+    registrations: list[Registration]
+    background: list[Callable[[], Coroutine[Any, Any, None]]] = field(default_factory=list)
+    cleanups: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+
+@dataclass
+class RunningService:
+    """A started server. `address` is the bound address (with the real port for `host:0`)."""
+
+    server: aio.Server
+    health: health.aio.HealthServicer
+    address: str
+    app: App
+    tasks: list[asyncio.Task[None]]
+
+    async def stop(self, grace: float) -> None:
+        """Graceful shutdown: report NOT_SERVING first so load balancers and health-checking
+        sidecars stop sending new calls, let in-flight calls finish for `grace` seconds, then
+        stop background work and release resources."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+        for task in self.tasks:
+            task.cancel()
+        for task in self.tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for cleanup in reversed(self.app.cleanups):
+            await cleanup()
+
+
+def _prepare_unix_socket(address: str) -> None:
+    """Create the socket's directory and remove a stale socket left by a crashed process."""
+    path = Path(address.removeprefix("unix:"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists():
+        if not stat.S_ISSOCK(path.stat().st_mode):
+            raise ConfigError(f"{path} exists and is not a socket; refusing to replace it")
+        path.unlink()
+
+
+async def start(config: ServiceConfig, app: App) -> RunningService:
+    """Bind `config.listen`, serve `app` with health and reflection, start background tasks."""
+    server = aio.server(
+        interceptors=[*server_interceptors(), DeadlineInterceptor(), ErrorMappingInterceptor()]
+    )
+    names = [registration.service_name for registration in app.registrations]
+    for registration in app.registrations:
+        registration.add_to_server(registration.servicer, server)
+
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+    reflection.enable_server_reflection([*names, health_name, reflection.SERVICE_NAME], server)
+
+    address = config.listen
+    if address.startswith("unix:"):
+        _prepare_unix_socket(address)
+        server.add_insecure_port(address)
+    else:
+        port = server.add_insecure_port(address)
+        address = f"{address.rsplit(':', 1)[0]}:{port}"
+    await server.start()
+
+    serving = health_pb2.HealthCheckResponse.SERVING
+    for name in ["", *names]:
+        await health_servicer.set(name, serving)
+    tasks = [asyncio.create_task(job(), name=job.__qualname__) for job in app.background]
+    log.info("serving", extra={"address": address, "services": names})
+    return RunningService(server, health_servicer, address, app, tasks)
+
+
+async def _serve_until_signalled(
+    config: ServiceConfig, build: Callable[[ServiceConfig], Awaitable[App]]
+) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    running = await start(config, await build(config))
+    await stop.wait()
+    log.info("shutting down", extra={"grace_seconds": config.grace_seconds})
+    await running.stop(config.grace_seconds)
+
+
+def run(
+    service: str,
+    build: Callable[[ServiceConfig], Awaitable[App]],
+    upstream_names: tuple[str, ...] = (),
+) -> None:
+    """Entry point of `python -m services.<service>`: load config, serve until SIGTERM/SIGINT,
+    exit 0 after a graceful shutdown, or exit 2 with a clear message on bad configuration."""
+    try:
+        config = load_config(service, upstream_names)
+    except ConfigError as error:
+        print(f"{service}: configuration error: {error}", file=sys.stderr)
+        sys.exit(2)
+    configure_logging(service, config.log_level)
+    try:
+        asyncio.run(_serve_until_signalled(config, build))
+    except ConfigError as error:
+        print(f"{service}: configuration error: {error}", file=sys.stderr)
+        sys.exit(2)
