@@ -9,9 +9,17 @@ VENV_STAMP := $(VENV)/.installed
 GEN_STAMP := gen/.stamp
 PROTOS := $(shell find proto -name '*.proto')
 # What `make breaking` compares proto/ against: any buf input (a git ref, a directory...).
+# Default: the tip of the local `main` branch, so the working tree (committed or not) is
+# checked against main. Name another base on the command line: in CI or a PR checkout (no
+# local main), against a release tag, or against where this branch left main:
+#   make breaking BREAKING_AGAINST='.git#branch=origin/main'
+#   make breaking BREAKING_AGAINST='.git#tag=v1.0.0'
+#   make breaking BREAKING_AGAINST=".git#ref=$(git merge-base HEAD main)"
+# The last matters on a branch behind main: against main's tip, contracts added on main since
+# would look deleted. Git refs need the history (CI: actions/checkout with fetch-depth: 0).
 BREAKING_AGAINST ?= .git\#branch=main
 
-.PHONY: help venv generate test unit integration contract lint fmt breaking clean
+.PHONY: help venv generate test unit integration contract run lint fmt breaking clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -42,6 +50,17 @@ unit: $(GEN_STAMP) ## Run the unit tests only
 
 integration: $(GEN_STAMP) ## Run the in-process gRPC integration tests only
 	$(BIN)/pytest tests/integration
+
+contract: $(GEN_STAMP) ## Run the contract tests only (buf lint, format, breaking proven)
+	$(BIN)/pytest tests/contract
+
+run: $(GEN_STAMP) ## Run the five services without the mesh on 127.0.0.1:50051-50055 (Ctrl-C stops)
+	@pids=(); \
+	for service in users inventory payments notifications orders; do \
+		$(BIN)/python -m services.$$service & pids+=($$!); \
+	done; \
+	trap 'kill -TERM "$${pids[@]}" 2>/dev/null' INT TERM; \
+	wait
 
 lint: $(GEN_STAMP) ## buf lint + format check, ruff, mypy --strict
 	$(BIN)/buf lint

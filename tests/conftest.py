@@ -14,6 +14,9 @@ from grpc import aio
 from services.common.config import ServiceConfig
 from services.common.server import App, RunningService, start
 
+# Before any test module imports it, so its asserts report values like a test's own do.
+pytest.register_assert_rewrite("tests.helpers")
+
 Build = Callable[[ServiceConfig], Awaitable[App]]
 
 

@@ -1,7 +1,8 @@
 """gRPC status <-> domain error mapping with google.rpc rich details (grpcio-status).
 
 Servers: `to_grpc_status` builds the status the ErrorMappingInterceptor aborts with.
-Clients: `error_info` and `field_violations` read the details back out of a failed call.
+Clients: `error_info`, `field_violations` and `precondition_violations` read the details back
+out of a failed call.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from services.common.faults import (
     FieldViolation,
     InvalidArgument,
     NotFound,
+    PreconditionViolation,
+    ResourceExhausted,
     Unavailable,
 )
 
@@ -29,6 +32,7 @@ _CODES: Mapping[type[DomainError], int] = {
     NotFound: code_pb2.NOT_FOUND,
     AlreadyExists: code_pb2.ALREADY_EXISTS,
     FailedPrecondition: code_pb2.FAILED_PRECONDITION,
+    ResourceExhausted: code_pb2.RESOURCE_EXHAUSTED,
     Unavailable: code_pb2.UNAVAILABLE,
 }
 
@@ -115,4 +119,15 @@ def field_violations(error: grpc.aio.AioRpcError) -> list[FieldViolation]:
         bad_request = error_details_pb2.BadRequest()
         if detail.Unpack(bad_request):
             return [FieldViolation(v.field, v.description) for v in bad_request.field_violations]
+    return []
+
+
+def precondition_violations(error: grpc.aio.AioRpcError) -> list[PreconditionViolation]:
+    """The PreconditionFailure violations of a failed call (empty if none were sent)."""
+    for detail in _details(error):
+        failure = error_details_pb2.PreconditionFailure()
+        if detail.Unpack(failure):
+            return [
+                PreconditionViolation(v.type, v.subject, v.description) for v in failure.violations
+            ]
     return []

@@ -76,6 +76,13 @@ class FailedPrecondition(DomainError):
 
 
 @dataclass
+class ResourceExhausted(DomainError):
+    """A per-caller limit was hit, e.g. a watcher too slow for its buffer (RESOURCE_EXHAUSTED)."""
+
+    reason: str = "RESOURCE_EXHAUSTED"
+
+
+@dataclass
 class Unavailable(DomainError):
     """A dependency could not be reached; the caller may retry (gRPC UNAVAILABLE)."""
 

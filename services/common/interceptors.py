@@ -8,6 +8,7 @@ a handler becomes a gRPC status with google.rpc rich details.
 from __future__ import annotations
 
 import contextvars
+import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -54,11 +55,27 @@ def _wrap(
         )
     if handler.unary_stream is not None:
         return grpc.unary_stream_rpc_method_handler(
-            streaming(cast(Streaming, handler.unary_stream)),
+            streaming(_as_async_iterator(handler.unary_stream)),
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
     return handler
+
+
+def _as_async_iterator(behaviour: Any) -> Streaming:
+    """Present a server-streaming handler as an async generator. Ours are async generators, but
+    grpc's own HealthServicer.Watch is a coroutine that sends with `context.write`; iterating
+    that coroutine would fail every Watch with INTERNAL."""
+
+    async def stream(request: Any, context: aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+        result = behaviour(request, context)
+        if inspect.isawaitable(result):
+            await result
+            return
+        async for response in result:
+            yield response
+
+    return stream
 
 
 class _WrappingInterceptor(aio.ServerInterceptor):

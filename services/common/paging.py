@@ -5,10 +5,12 @@ from __future__ import annotations
 import base64
 import binascii
 
-from services.common.faults import FieldViolation, InvalidArgument
+from services.common.faults import FieldViolation, InvalidArgument, Validator
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
+# Largest offset SQLite can bind; a bigger one in a token can only be forged.
+_MAX_OFFSET = 2**63 - 1
 
 
 def page_size(requested: int) -> int:
@@ -36,9 +38,25 @@ def decode_token(token: str) -> int:
     except (binascii.Error, UnicodeDecodeError, ValueError):
         offset = -1
         kind = ""
-    if kind != "o" or offset < 0:
+    if kind != "o" or not 0 <= offset <= _MAX_OFFSET:
         raise InvalidArgument(
             "page_token is not one this service issued",
             violations=[FieldViolation("page_token", "pass back a next_page_token unchanged")],
         )
     return offset
+
+
+def checked_page(check: Validator, requested_size: int, token: str) -> tuple[int, int]:
+    """The (page size, offset) of a List request, adding any page_size or page_token violation
+    to `check` (0 stands in for a bad value) so the caller's one InvalidArgument lists them
+    together with its own fields."""
+    size = offset = 0
+    try:
+        size = page_size(requested_size)
+    except InvalidArgument as error:
+        check.violations.extend(error.violations)
+    try:
+        offset = decode_token(token)
+    except InvalidArgument as error:
+        check.violations.extend(error.violations)
+    return size, offset

@@ -42,10 +42,13 @@ class Registration:
 @dataclass
 class App:
     """What a service runs: its gRPC services, long-running background tasks (started once the
-    server is up, cancelled on shutdown) and clean-ups run last (close stores and channels)."""
+    server is up, cancelled on shutdown), shutdown hooks (run as soon as shutdown begins, e.g. to
+    end long-lived streams so draining does not wait out the grace period) and clean-ups run
+    last (close stores and channels)."""
 
     registrations: list[Registration]
     background: list[Callable[[], Coroutine[Any, Any, None]]] = field(default_factory=list)
+    on_shutdown: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     cleanups: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
 
@@ -64,6 +67,8 @@ class RunningService:
         sidecars stop sending new calls, let in-flight calls finish for `grace` seconds, then
         stop background work and release resources."""
         await self.health.enter_graceful_shutdown()
+        for hook in self.app.on_shutdown:
+            await hook()
         await self.server.stop(grace)
         for task in self.tasks:
             task.cancel()

@@ -1,0 +1,1 @@
+"""The inventory service: product catalog, prices, stock and the reservations of orders."""

@@ -1,0 +1,323 @@
+"""Notifications domain: order events, the notifications made from them, and the publish/list
+rules.
+
+No grpc here: the servicer converts protos to these calls, and DomainErrors raised here become
+status codes in the shared error-mapping interceptor. Times are integer epoch microseconds (UTC)
+throughout, exactly as stored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from enum import Enum
+from typing import Protocol
+
+from services.common import paging
+from services.common.clock import now_micros
+from services.common.faults import AlreadyExists, FieldViolation, InvalidArgument, Validator
+from services.common.money import Money, is_currency_code
+
+MAX_ID_LENGTH = 128
+MAX_REASON_LENGTH = 500
+NOTIFICATION_ID_PREFIX = "ntf_"
+
+# The range google.protobuf.Timestamp can express: 0001-01-01T00:00:00Z..9999-12-31T23:59:59Z.
+MIN_TIME_US = -62_135_596_800 * 1_000_000
+MAX_TIME_US = 253_402_300_800 * 1_000_000 - 1
+
+# ISO 4217 currencies whose minor unit is not a hundredth; every other one has two decimals.
+_ZERO_DECIMALS = "BIF CLP DJF GNF ISK JPY KMF KRW PYG RWF UGX VND VUV XAF XOF XPF"
+_THREE_DECIMALS = "BHD IQD JOD KWD LYD OMR TND"
+_MINOR_DIGITS: Mapping[str, int] = {
+    **dict.fromkeys(_ZERO_DECIMALS.split(), 0),
+    **dict.fromkeys(_THREE_DECIMALS.split(), 3),
+}
+
+# What the orders service's rejection reasons mean to a shopper; other reasons are shown as is.
+_REJECTION_REASONS: Mapping[str, str] = {
+    "USER_NOT_FOUND": "we could not find your account",
+    "PRODUCT_NOT_FOUND": "an item in it is no longer sold",
+    "INSUFFICIENT_STOCK": "an item in it is out of stock",
+    "CARD_DECLINED": "your card was declined",
+}
+
+
+class OrderEventType(Enum):
+    """What happened to an order."""
+
+    UNSPECIFIED = "UNSPECIFIED"
+    CONFIRMED = "CONFIRMED"
+    REJECTED = "REJECTED"
+    CANCELLED = "CANCELLED"
+
+
+@dataclass(frozen=True)
+class OrderEvent:
+    """An order event as published. Unvalidated until `validate_event` returns it: `total` is
+    None when the publisher sent none, `occur_time_us` None when it was missing."""
+
+    event_id: str
+    order_id: str
+    user_id: str
+    type: OrderEventType
+    reason: str
+    total: Money | None
+    occur_time_us: int | None
+
+
+@dataclass(frozen=True)
+class Notification:
+    """A message for a user about one order event (exactly one per event)."""
+
+    notification_id: str
+    user_id: str
+    event_id: str
+    order_id: str
+    event_type: OrderEventType
+    title: str
+    body: str
+    create_time_us: int
+
+
+@dataclass(frozen=True)
+class Published:
+    """The result of publishing an event: its notification, and whether the event had been
+    published before (then the notification is the one created the first time)."""
+
+    notification: Notification
+    duplicate: bool
+
+
+@dataclass(frozen=True)
+class ListQuery:
+    """A validated ListNotifications request. `before` is the cursor of the previous page: only
+    notifications stored before it are listed (None for the first page)."""
+
+    user_id: str
+    page_size: int
+    before: int | None
+
+
+@dataclass(frozen=True)
+class NotificationPage:
+    """One page of a user's notifications, newest first. `next_cursor` is None on the last
+    page."""
+
+    notifications: tuple[Notification, ...]
+    next_cursor: int | None
+
+    @property
+    def next_page_token(self) -> str:
+        """The opaque token a client passes back for the next page ("" on the last page)."""
+        return "" if self.next_cursor is None else paging.encode_token(self.next_cursor)
+
+
+class RecordOutcome(Enum):
+    """What the store did with a `record` call (decided inside one transaction)."""
+
+    CREATED = "created"
+    # The event was recorded before with the same fingerprint; nothing was written.
+    DUPLICATE = "duplicate"
+    # The event id was recorded before with a different fingerprint; nothing was written.
+    CONFLICT = "conflict"
+
+
+class NotificationStore(Protocol):
+    """Persistence the notifications domain needs (implemented by services.notifications.store)."""
+
+    def record(
+        self, event: OrderEvent, fingerprint: str, notification: Notification
+    ) -> tuple[RecordOutcome, Notification]:
+        """Atomically: if `event.event_id` is new, store the event with its `fingerprint` and
+        `notification`; otherwise write nothing. Returns the outcome and the event's stored
+        notification (the new one, or the one recorded the first time)."""
+        ...
+
+    def list_for_user(self, query: ListQuery) -> NotificationPage:
+        """One page of `query.user_id`'s notifications, newest first."""
+        ...
+
+
+def _require_id(check: Validator, value: str, field_path: str) -> None:
+    if check.require(bool(value.strip()), field_path, "must not be empty"):
+        check.require(
+            len(value) <= MAX_ID_LENGTH, field_path, f"must be at most {MAX_ID_LENGTH} characters"
+        )
+
+
+def validate_event(event: OrderEvent | None) -> OrderEvent:
+    """Check a PublishOrderEvent request's event; raises InvalidArgument naming every bad field
+    (paths relative to the request, e.g. "event.user_id")."""
+    if event is None:
+        raise InvalidArgument(
+            "invalid PublishOrderEvent request",
+            violations=[FieldViolation("event", "is required")],
+        )
+    check = Validator()
+    _require_id(check, event.event_id, "event.event_id")
+    _require_id(check, event.order_id, "event.order_id")
+    _require_id(check, event.user_id, "event.user_id")
+    check.require(
+        event.type is not OrderEventType.UNSPECIFIED,
+        "event.type",
+        "must be ORDER_EVENT_TYPE_CONFIRMED, _REJECTED or _CANCELLED",
+    )
+    check.require(
+        len(event.reason) <= MAX_REASON_LENGTH,
+        "event.reason",
+        f"must be at most {MAX_REASON_LENGTH} characters",
+    )
+    if event.total is not None:
+        check.require(
+            is_currency_code(event.total.currency_code),
+            "event.total.currency_code",
+            "must be a three-letter upper-case ISO 4217 code such as USD",
+        )
+        check.require(
+            event.total.minor_units >= 0, "event.total.minor_units", "must not be negative"
+        )
+    if event.occur_time_us is None:
+        check.violations.append(FieldViolation("event.occur_time", "is required"))
+    else:
+        check.require(
+            MIN_TIME_US <= event.occur_time_us <= MAX_TIME_US,
+            "event.occur_time",
+            "must be between years 1 and 9999",
+        )
+    check.raise_if_invalid("invalid PublishOrderEvent request")
+    return event
+
+
+def validate_user_id(user_id: str) -> str:
+    """Check that a user id was given; raises InvalidArgument on field `user_id` otherwise."""
+    check = Validator()
+    _require_id(check, user_id, "user_id")
+    check.raise_if_invalid("invalid user id")
+    return user_id
+
+
+def validate_list_query(user_id: str, page_size: int, page_token: str) -> ListQuery:
+    """Check a ListNotifications request; raises InvalidArgument naming every bad field."""
+    check = Validator()
+    _require_id(check, user_id, "user_id")
+    size, before = paging.checked_page(check, page_size, page_token)
+    check.raise_if_invalid("invalid ListNotifications request")
+    # Cursors are positive store sequence numbers, so 0 (the empty token) means "first page".
+    return ListQuery(user_id=user_id, page_size=size, before=before or None)
+
+
+def event_fingerprint(event: OrderEvent) -> str:
+    """A digest of every field of `event`: two publications of one event id are the same event
+    exactly when their fingerprints are equal."""
+    canonical = {
+        "event_id": event.event_id,
+        "order_id": event.order_id,
+        "user_id": event.user_id,
+        "type": event.type.value,
+        "reason": event.reason,
+        "total": None
+        if event.total is None
+        else [event.total.currency_code, event.total.minor_units],
+        "occur_time_us": event.occur_time_us,
+    }
+    encoded = json.dumps(canonical, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(encoded).hexdigest()
+
+
+def format_money(amount: Money) -> str:
+    """`amount` for people, e.g. "USD 12.99", "JPY 1200", "KWD 1.250"."""
+    digits = _MINOR_DIGITS.get(amount.currency_code, 2)
+    if digits == 0:
+        return f"{amount.currency_code} {amount.minor_units}"
+    whole, fraction = divmod(amount.minor_units, 10**digits)
+    return f"{amount.currency_code} {whole}.{fraction:0{digits}d}"
+
+
+def _sentence(text: str) -> str:
+    return text.strip().rstrip(".")
+
+
+def render(event: OrderEvent) -> tuple[str, str]:
+    """The title and body of the notification for a validated `event`."""
+    order = event.order_id
+    if event.type is OrderEventType.CONFIRMED:
+        body = f"Your order {order} is confirmed."
+        if event.total is not None:
+            body += f" Total: {format_money(event.total)}."
+        return "Order confirmed", body
+    if event.type is OrderEventType.REJECTED:
+        reason = _sentence(_REJECTION_REASONS.get(event.reason, event.reason))
+        body = f"We could not place your order {order}"
+        return "Order rejected", body + (f": {reason}." if reason else ".")
+    if event.type is OrderEventType.CANCELLED:
+        reason = _sentence(event.reason)
+        body = f"Your order {order} was cancelled" + (f": {reason}." if reason else ".")
+        if event.total is not None and event.total.minor_units > 0:
+            body += f" {format_money(event.total)} will be refunded to your card."
+        return "Order cancelled", body
+    raise ValueError(f"cannot render an event of type {event.type}")
+
+
+def new_notification_id() -> str:
+    """A fresh, unguessable notification id."""
+    return NOTIFICATION_ID_PREFIX + uuid.uuid4().hex
+
+
+def notification_for(event: OrderEvent, notification_id: str, create_time_us: int) -> Notification:
+    """The notification telling `event.user_id` about a validated `event`."""
+    title, body = render(event)
+    return Notification(
+        notification_id=notification_id,
+        user_id=event.user_id,
+        event_id=event.event_id,
+        order_id=event.order_id,
+        event_type=event.type,
+        title=title,
+        body=body,
+        create_time_us=create_time_us,
+    )
+
+
+class Notifications:
+    """The notifications service's behaviour: record events once, notify, list."""
+
+    def __init__(
+        self,
+        store: NotificationStore,
+        deliver: Callable[[Notification], None],
+        clock: Callable[[], int] = now_micros,
+    ) -> None:
+        """`deliver` hands a newly stored notification to live watchers; it must not block."""
+        self._store = store
+        self._deliver = deliver
+        self._clock = clock
+
+    def publish(self, event: OrderEvent | None) -> Published:
+        """Record `event` and its notification, delivering it to watchers if it is new.
+
+        Raises InvalidArgument for a bad event, AlreadyExists IDEMPOTENCY_KEY_REUSED when its
+        event id was recorded before with different content.
+        """
+        event = validate_event(event)
+        candidate = notification_for(event, new_notification_id(), self._clock())
+        outcome, notification = self._store.record(event, event_fingerprint(event), candidate)
+        if outcome is RecordOutcome.CONFLICT:
+            raise AlreadyExists(
+                "event_id was already used for a different event",
+                reason="IDEMPOTENCY_KEY_REUSED",
+                metadata={"event_id": event.event_id},
+            )
+        # Delivered only after the commit, so a watcher never sees a notification that a crash
+        # could still undo.
+        if outcome is RecordOutcome.CREATED:
+            self._deliver(notification)
+        return Published(notification, duplicate=outcome is RecordOutcome.DUPLICATE)
+
+    def list(self, user_id: str, page_size: int, page_token: str) -> NotificationPage:
+        """One page of a user's notifications, newest first; raises InvalidArgument for bad
+        input."""
+        return self._store.list_for_user(validate_list_query(user_id, page_size, page_token))

@@ -1,0 +1,105 @@
+"""gRPC handlers of shop.notifications.v1.NotificationsService: proto in, domain call, proto out.
+
+Domain errors are not handled here: DomainErrors raised by the domain become status codes with
+rich details in the shared ErrorMappingInterceptor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+from grpc import aio
+
+from services.common.convert import micros_to_timestamp, money_from_proto
+from services.notifications.domain import (
+    Notification,
+    Notifications,
+    OrderEvent,
+    OrderEventType,
+    validate_user_id,
+)
+from services.notifications.hub import NotificationHub
+from shop.notifications.v1 import notifications_pb2 as pb
+from shop.notifications.v1 import notifications_pb2_grpc as pb_grpc
+
+_EVENT_TYPES: Mapping[int, OrderEventType] = {
+    pb.ORDER_EVENT_TYPE_CONFIRMED: OrderEventType.CONFIRMED,
+    pb.ORDER_EVENT_TYPE_REJECTED: OrderEventType.REJECTED,
+    pb.ORDER_EVENT_TYPE_CANCELLED: OrderEventType.CANCELLED,
+}
+_EVENT_TYPE_NUMBERS: Mapping[OrderEventType, pb.OrderEventType.ValueType] = {
+    OrderEventType.UNSPECIFIED: pb.ORDER_EVENT_TYPE_UNSPECIFIED,
+    OrderEventType.CONFIRMED: pb.ORDER_EVENT_TYPE_CONFIRMED,
+    OrderEventType.REJECTED: pb.ORDER_EVENT_TYPE_REJECTED,
+    OrderEventType.CANCELLED: pb.ORDER_EVENT_TYPE_CANCELLED,
+}
+
+
+def event_from_proto(event: pb.OrderEvent) -> OrderEvent:
+    """The domain form of a wire OrderEvent (not validated; unknown types become UNSPECIFIED)."""
+    return OrderEvent(
+        event_id=event.event_id,
+        order_id=event.order_id,
+        user_id=event.user_id,
+        type=_EVENT_TYPES.get(event.type, OrderEventType.UNSPECIFIED),
+        reason=event.reason,
+        total=money_from_proto(event.total) if event.HasField("total") else None,
+        occur_time_us=event.occur_time.ToMicroseconds() if event.HasField("occur_time") else None,
+    )
+
+
+def notification_to_proto(notification: Notification) -> pb.Notification:
+    """The wire form of a domain Notification."""
+    return pb.Notification(
+        notification_id=notification.notification_id,
+        user_id=notification.user_id,
+        event_id=notification.event_id,
+        order_id=notification.order_id,
+        title=notification.title,
+        body=notification.body,
+        create_time=micros_to_timestamp(notification.create_time_us),
+        event_type=_EVENT_TYPE_NUMBERS[notification.event_type],
+    )
+
+
+class NotificationsServicer(pb_grpc.NotificationsServiceServicer):
+    """NotificationsService backed by the notifications domain and the watchers' hub."""
+
+    def __init__(self, notifications: Notifications, hub: NotificationHub) -> None:
+        self._notifications = notifications
+        self.hub = hub
+
+    async def PublishOrderEvent(
+        self, request: pb.PublishOrderEventRequest, context: aio.ServicerContext[Any, Any]
+    ) -> pb.PublishOrderEventResponse:
+        """See notifications.proto."""
+        event = event_from_proto(request.event) if request.HasField("event") else None
+        published = self._notifications.publish(event)
+        return pb.PublishOrderEventResponse(
+            duplicate=published.duplicate,
+            notification=notification_to_proto(published.notification),
+        )
+
+    async def ListNotifications(
+        self, request: pb.ListNotificationsRequest, context: aio.ServicerContext[Any, Any]
+    ) -> pb.ListNotificationsResponse:
+        """See notifications.proto."""
+        page = self._notifications.list(request.user_id, request.page_size, request.page_token)
+        return pb.ListNotificationsResponse(
+            notifications=[notification_to_proto(n) for n in page.notifications],
+            next_page_token=page.next_page_token,
+        )
+
+    async def WatchNotifications(
+        self, request: pb.WatchNotificationsRequest, context: aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[pb.WatchNotificationsResponse]:
+        """See notifications.proto. Ends when the client cancels (the subscription is closed by
+        the `with`) or when the hub closes on shutdown."""
+        with self.hub.subscribe(validate_user_id(request.user_id)) as subscription:
+            # The contract promises: once headers arrive, nothing created later is missed.
+            await context.send_initial_metadata(())
+            async for notification in subscription:
+                yield pb.WatchNotificationsResponse(
+                    notification=notification_to_proto(notification)
+                )

@@ -1,0 +1,165 @@
+"""The notifications service's own SQLite database: recorded events and their notifications.
+
+An event and its notification are written in one transaction, so after a crash either both
+exist or neither does; the events table's primary key is what makes publishing idempotent
+across restarts.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from services.common.sqlite import open_database, transaction
+from services.notifications.domain import (
+    ListQuery,
+    Notification,
+    NotificationPage,
+    OrderEvent,
+    OrderEventType,
+    RecordOutcome,
+)
+
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE events (
+        event_id TEXT PRIMARY KEY,
+        -- Digest of every field below (domain.event_fingerprint): a re-published event is a
+        -- duplicate when it matches, a reused id when it does not.
+        fingerprint TEXT NOT NULL,
+        order_id TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        type TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        -- Both NULL when the event carried no total.
+        total_currency_code TEXT,
+        total_minor_units INTEGER,
+        occur_time_us INTEGER NOT NULL
+    );
+    CREATE TABLE notifications (
+        -- Insertion order: the stable cursor ListNotifications pages by (newest first).
+        seq INTEGER PRIMARY KEY,
+        notification_id TEXT NOT NULL UNIQUE,
+        event_id TEXT NOT NULL UNIQUE REFERENCES events (event_id),
+        user_id TEXT NOT NULL,
+        order_id TEXT NOT NULL,
+        event_type TEXT NOT NULL,
+        title TEXT NOT NULL,
+        body TEXT NOT NULL,
+        create_time_us INTEGER NOT NULL
+    );
+    CREATE INDEX notifications_by_user ON notifications (user_id, seq);
+    """,
+)
+
+_NOTIFICATION_COLUMNS = (
+    "seq, notification_id, event_id, user_id, order_id, event_type, title, body, create_time_us"
+)
+
+
+def _notification(row: sqlite3.Row) -> Notification:
+    return Notification(
+        notification_id=row["notification_id"],
+        user_id=row["user_id"],
+        event_id=row["event_id"],
+        order_id=row["order_id"],
+        event_type=OrderEventType(row["event_type"]),
+        title=row["title"],
+        body=row["body"],
+        create_time_us=row["create_time_us"],
+    )
+
+
+class SqliteNotificationStore:
+    """NotificationStore on one SQLite file (see services.common.sqlite for durability)."""
+
+    def __init__(self, connection: sqlite3.Connection) -> None:
+        self._db = connection
+
+    @classmethod
+    def open(cls, path: Path | str) -> SqliteNotificationStore:
+        """Open (creating or migrating) the database at `path`."""
+        return cls(open_database(path, MIGRATIONS))
+
+    def close(self) -> None:
+        """Close the database connection."""
+        self._db.close()
+
+    def record(
+        self, event: OrderEvent, fingerprint: str, notification: Notification
+    ) -> tuple[RecordOutcome, Notification]:
+        """Store a new event with its notification, or report what was stored for its id.
+
+        Returns CREATED and `notification`, or DUPLICATE / CONFLICT (as `fingerprint` matches
+        the stored one or not) and the notification recorded the first time.
+        """
+        currency_code, minor_units = (
+            (None, None)
+            if event.total is None
+            else (event.total.currency_code, event.total.minor_units)
+        )
+        with transaction(self._db) as db:
+            stored = db.execute(
+                "SELECT fingerprint FROM events WHERE event_id = ?", (event.event_id,)
+            ).fetchone()
+            if stored is not None:
+                outcome = (
+                    RecordOutcome.DUPLICATE
+                    if stored["fingerprint"] == fingerprint
+                    else RecordOutcome.CONFLICT
+                )
+                row = db.execute(
+                    f"SELECT {_NOTIFICATION_COLUMNS} FROM notifications WHERE event_id = ?",
+                    (event.event_id,),
+                ).fetchone()
+                return outcome, _notification(row)
+            db.execute(
+                "INSERT INTO events (event_id, fingerprint, order_id, user_id, type, reason,"
+                " total_currency_code, total_minor_units, occur_time_us)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    event.event_id,
+                    fingerprint,
+                    event.order_id,
+                    event.user_id,
+                    event.type.value,
+                    event.reason,
+                    currency_code,
+                    minor_units,
+                    event.occur_time_us,
+                ),
+            )
+            db.execute(
+                "INSERT INTO notifications (notification_id, event_id, user_id, order_id,"
+                " event_type, title, body, create_time_us) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    notification.notification_id,
+                    notification.event_id,
+                    notification.user_id,
+                    notification.order_id,
+                    notification.event_type.value,
+                    notification.title,
+                    notification.body,
+                    notification.create_time_us,
+                ),
+            )
+        return RecordOutcome.CREATED, notification
+
+    def list_for_user(self, query: ListQuery) -> NotificationPage:
+        """One page of `query.user_id`'s notifications, newest first, before `query.before`."""
+        # One row more than the page tells whether another page follows.
+        rows = self._db.execute(
+            f"SELECT {_NOTIFICATION_COLUMNS} FROM notifications"
+            " WHERE user_id = ? AND seq < ? ORDER BY seq DESC LIMIT ?",
+            (
+                query.user_id,
+                query.before if query.before is not None else 2**63 - 1,
+                query.page_size + 1,
+            ),
+        ).fetchall()
+        page = rows[: query.page_size]
+        more = len(rows) > query.page_size
+        return NotificationPage(
+            notifications=tuple(_notification(row) for row in page),
+            next_cursor=page[-1]["seq"] if more else None,
+        )

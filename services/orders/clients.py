@@ -1,0 +1,181 @@
+"""gRPC adapters of the saga's ports and the relay's publisher: each turns a port call into a
+downstream RPC and a failed RPC back into the domain error the port promises.
+
+Translation: NOT_FOUND -> NotFound, FAILED_PRECONDITION -> FailedPrecondition,
+INVALID_ARGUMENT -> InvalidArgument, ALREADY_EXISTS -> AlreadyExists (each keeping the
+downstream ErrorInfo reason and metadata); every other code -> Unavailable. UNAVAILABLE and
+DEADLINE_EXCEEDED plainly are transient; the rest (INTERNAL, RESOURCE_EXHAUSTED, a mesh's
+PERMISSION_DENIED...) are not the order's fault either, so the saga keeps the order at its step
+and retries rather than rejecting a customer's order over them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+
+import grpc
+from grpc import aio
+
+from services.common.convert import money_from_proto, money_to_proto, to_timestamp
+from services.common.errors import error_info, field_violations
+from services.common.faults import (
+    AlreadyExists,
+    DomainError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+)
+from services.common.money import Money
+from services.orders.domain import OrderEvent, OrderEventType, OrderItem
+from shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
+from shop.notifications.v1 import notifications_pb2, notifications_pb2_grpc
+from shop.payments.v1 import payments_pb2, payments_pb2_grpc
+from shop.users.v1 import users_pb2, users_pb2_grpc
+
+_EVENT_TYPES: Mapping[OrderEventType, notifications_pb2.OrderEventType.ValueType] = {
+    OrderEventType.CONFIRMED: notifications_pb2.ORDER_EVENT_TYPE_CONFIRMED,
+    OrderEventType.REJECTED: notifications_pb2.ORDER_EVENT_TYPE_REJECTED,
+    OrderEventType.CANCELLED: notifications_pb2.ORDER_EVENT_TYPE_CANCELLED,
+}
+
+
+def to_domain_error(upstream: str, error: aio.AioRpcError) -> DomainError:
+    """The domain error a port raises for a failed call to `upstream` (see module docstring)."""
+    info = error_info(error)
+    reason = info.reason if info is not None else ""
+    metadata = dict(info.metadata) if info is not None else {}
+    code = error.code()
+    message = f"{upstream}: {error.details() or code.name}"
+    if code is grpc.StatusCode.NOT_FOUND:
+        return NotFound(message, reason=reason or "NOT_FOUND", metadata=metadata)
+    if code is grpc.StatusCode.FAILED_PRECONDITION:
+        return FailedPrecondition(
+            message, reason=reason or "FAILED_PRECONDITION", metadata=metadata
+        )
+    if code is grpc.StatusCode.INVALID_ARGUMENT:
+        return InvalidArgument(
+            message,
+            reason=reason or "INVALID_ARGUMENT",
+            metadata=metadata,
+            violations=field_violations(error),
+        )
+    if code is grpc.StatusCode.ALREADY_EXISTS:
+        return AlreadyExists(message, reason=reason or "ALREADY_EXISTS", metadata=metadata)
+    return Unavailable(
+        message, reason="UPSTREAM_UNAVAILABLE", metadata={"upstream": upstream, "code": code.name}
+    )
+
+
+@contextmanager
+def _translated(upstream: str) -> Iterator[None]:
+    """Re-raise a failed RPC to `upstream` made in the body as its domain error."""
+    try:
+        yield
+    except aio.AioRpcError as error:
+        raise to_domain_error(upstream, error) from error
+
+
+class GrpcUsers:
+    """UsersPort over shop.users.v1.UsersService."""
+
+    def __init__(self, channel: aio.Channel) -> None:
+        self._stub = users_pb2_grpc.UsersServiceStub(channel)
+
+    async def get_user(self, user_id: str) -> None:
+        """Return if the user exists (see domain.UsersPort)."""
+        with _translated("users"):
+            await self._stub.GetUser(users_pb2.GetUserRequest(user_id=user_id))
+
+
+class GrpcInventory:
+    """InventoryPort over shop.inventory.v1.InventoryService."""
+
+    def __init__(self, channel: aio.Channel) -> None:
+        self._stub = inventory_pb2_grpc.InventoryServiceStub(channel)
+
+    async def get_product(self, sku: str) -> Money:
+        """The unit price of `sku` (see domain.InventoryPort)."""
+        with _translated("inventory"):
+            response = await self._stub.GetProduct(inventory_pb2.GetProductRequest(sku=sku))
+        return money_from_proto(response.product.price)
+
+    async def reserve(self, order_id: str, items: Sequence[OrderItem]) -> None:
+        """Hold stock for the order (see domain.InventoryPort)."""
+        request = inventory_pb2.ReserveStockRequest(
+            order_id=order_id,
+            items=[inventory_pb2.ReservationItem(sku=i.sku, quantity=i.quantity) for i in items],
+        )
+        with _translated("inventory"):
+            response = await self._stub.ReserveStock(request)
+        if response.reservation.status == inventory_pb2.RESERVATION_STATUS_RELEASED:
+            # A repeated reserve returns the existing reservation, even a released one, and
+            # holds nothing: for the saga that is a failed reservation.
+            raise FailedPrecondition(
+                f"inventory: the reservation of {order_id} was already released",
+                reason="RESERVATION_RELEASED",
+                metadata={"order_id": order_id},
+            )
+
+    async def release(self, order_id: str) -> None:
+        """Give the order's stock back (see domain.InventoryPort)."""
+        with _translated("inventory"):
+            await self._stub.ReleaseStock(inventory_pb2.ReleaseStockRequest(order_id=order_id))
+
+    async def commit(self, order_id: str) -> None:
+        """Mark the order's held stock sold (see domain.InventoryPort)."""
+        with _translated("inventory"):
+            await self._stub.CommitReservation(
+                inventory_pb2.CommitReservationRequest(order_id=order_id)
+            )
+
+
+class GrpcPayments:
+    """PaymentsPort over shop.payments.v1.PaymentsService."""
+
+    def __init__(self, channel: aio.Channel) -> None:
+        self._stub = payments_pb2_grpc.PaymentsServiceStub(channel)
+
+    async def charge(
+        self, idempotency_key: str, order_id: str, amount: Money, payment_token: str
+    ) -> str:
+        """Charge the card; returns the payment id (see domain.PaymentsPort)."""
+        request = payments_pb2.ChargeRequest(
+            idempotency_key=idempotency_key,
+            order_id=order_id,
+            amount=money_to_proto(amount),
+            payment_token=payment_token,
+        )
+        with _translated("payments"):
+            response = await self._stub.Charge(request)
+        return response.payment.payment_id
+
+    async def refund(self, payment_id: str) -> None:
+        """Refund the payment in full (see domain.PaymentsPort)."""
+        with _translated("payments"):
+            await self._stub.Refund(payments_pb2.RefundRequest(payment_id=payment_id))
+
+
+class GrpcNotifications:
+    """The relay's EventPublisher over shop.notifications.v1.NotificationsService."""
+
+    def __init__(self, channel: aio.Channel) -> None:
+        self._stub = notifications_pb2_grpc.NotificationsServiceStub(channel)
+
+    async def publish(self, event: OrderEvent) -> bool:
+        """Deliver `event`; True if notifications had it already (see relay.EventPublisher)."""
+        request = notifications_pb2.PublishOrderEventRequest(
+            event=notifications_pb2.OrderEvent(
+                event_id=event.event_id,
+                order_id=event.order_id,
+                user_id=event.user_id,
+                type=_EVENT_TYPES[event.type],
+                reason=event.reason,
+                total=money_to_proto(event.total),
+                occur_time=to_timestamp(event.occur_time),
+            )
+        )
+        with _translated("notifications"):
+            response = await self._stub.PublishOrderEvent(request)
+        return response.duplicate

@@ -1,0 +1,341 @@
+"""The orders database (SQLite): orders, their items, saga state, idempotency keys and the
+transactional outbox of order events.
+
+`save` writes an order, its saga state and (for a final state) its outbox event in one
+transaction, so an event never exists without the state change it reports, and a state change
+never loses its event.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from pathlib import Path
+
+from services.common.clock import from_micros, now_micros, to_micros
+from services.common.faults import AlreadyExists
+from services.common.money import Money
+from services.common.sqlite import open_database, transaction
+from services.orders.domain import (
+    Order,
+    OrderEvent,
+    OrderEventType,
+    OrderItem,
+    OrderStatus,
+    SagaState,
+    SagaStep,
+)
+
+MIGRATIONS = [
+    """
+    CREATE TABLE orders (
+        order_id TEXT PRIMARY KEY,
+        user_id TEXT NOT NULL,
+        currency_code TEXT NOT NULL,
+        status TEXT NOT NULL,
+        total_minor INTEGER,
+        rejection_reason TEXT NOT NULL DEFAULT '',
+        cancel_reason TEXT NOT NULL DEFAULT '',
+        payment_id TEXT NOT NULL DEFAULT '',
+        create_time_us INTEGER NOT NULL,
+        update_time_us INTEGER NOT NULL
+    );
+    CREATE INDEX orders_by_user ON orders (user_id, create_time_us DESC, order_id DESC);
+    CREATE TABLE order_items (
+        order_id TEXT NOT NULL REFERENCES orders (order_id),
+        line INTEGER NOT NULL,
+        sku TEXT NOT NULL,
+        quantity INTEGER NOT NULL CHECK (quantity > 0),
+        unit_price_minor INTEGER,
+        PRIMARY KEY (order_id, line)
+    );
+    CREATE TABLE saga_state (
+        order_id TEXT PRIMARY KEY REFERENCES orders (order_id),
+        step TEXT NOT NULL,
+        payment_token TEXT NOT NULL DEFAULT '',
+        outcome TEXT,
+        outcome_reason TEXT NOT NULL DEFAULT '',
+        last_error TEXT NOT NULL DEFAULT '',
+        update_time_us INTEGER NOT NULL
+    );
+    CREATE INDEX saga_in_flight ON saga_state (step) WHERE step <> 'DONE';
+    CREATE TABLE idempotency_keys (
+        idempotency_key TEXT PRIMARY KEY,
+        order_id TEXT NOT NULL REFERENCES orders (order_id),
+        fingerprint TEXT NOT NULL,
+        create_time_us INTEGER NOT NULL
+    );
+    CREATE TABLE outbox (
+        sequence INTEGER PRIMARY KEY AUTOINCREMENT,
+        event_id TEXT NOT NULL UNIQUE,
+        order_id TEXT NOT NULL REFERENCES orders (order_id),
+        user_id TEXT NOT NULL,
+        event_type TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        currency_code TEXT NOT NULL,
+        total_minor INTEGER NOT NULL,
+        occur_time_us INTEGER NOT NULL,
+        state TEXT NOT NULL DEFAULT 'PENDING' CHECK (state IN ('PENDING', 'DELIVERED', 'FAILED')),
+        attempts INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT NOT NULL DEFAULT '',
+        delivered_time_us INTEGER
+    );
+    CREATE INDEX outbox_pending ON outbox (sequence) WHERE state = 'PENDING';
+    """,
+]
+
+
+class OrderStore:
+    """Orders, saga state and outbox in one SQLite file (see module docstring)."""
+
+    def __init__(self, path: Path | str) -> None:
+        self._db = open_database(path, MIGRATIONS)
+
+    def close(self) -> None:
+        """Close the database connection."""
+        self._db.close()
+
+    # --- orders ------------------------------------------------------------------------
+
+    def create(
+        self, idempotency_key: str, fingerprint: str, order: Order, saga: SagaState
+    ) -> Order:
+        """Store a new order under `idempotency_key`, or return the order the key names.
+
+        Raises AlreadyExists(IDEMPOTENCY_KEY_REUSED) when the key was used with a different
+        request (another `fingerprint`).
+        """
+        with transaction(self._db) as db:
+            row = db.execute(
+                "SELECT order_id, fingerprint FROM idempotency_keys WHERE idempotency_key = ?",
+                (idempotency_key,),
+            ).fetchone()
+            if row is not None:
+                if row["fingerprint"] != fingerprint:
+                    raise AlreadyExists(
+                        "idempotency_key was already used for a different order request",
+                        reason="IDEMPOTENCY_KEY_REUSED",
+                        metadata={"idempotency_key": idempotency_key, "order_id": row["order_id"]},
+                    )
+                existing = self._order(row["order_id"])
+                if existing is None:
+                    raise RuntimeError(f"idempotency key names missing order {row['order_id']}")
+                return existing
+            db.execute(
+                "INSERT INTO orders (order_id, user_id, currency_code, status, total_minor,"
+                " rejection_reason, cancel_reason, payment_id, create_time_us, update_time_us)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    order.order_id,
+                    order.user_id,
+                    order.currency_code,
+                    order.status.value,
+                    None if order.total is None else order.total.minor_units,
+                    order.rejection_reason,
+                    order.cancel_reason,
+                    order.payment_id,
+                    to_micros(order.create_time),
+                    to_micros(order.update_time),
+                ),
+            )
+            db.executemany(
+                "INSERT INTO order_items (order_id, line, sku, quantity, unit_price_minor)"
+                " VALUES (?, ?, ?, ?, ?)",
+                [
+                    (order.order_id, line, item.sku, item.quantity, _unit_minor(item))
+                    for line, item in enumerate(order.items)
+                ],
+            )
+            db.execute(
+                "INSERT INTO saga_state (order_id, step, payment_token, outcome, outcome_reason,"
+                " last_error, update_time_us) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (order.order_id, *_saga_values(saga), to_micros(order.update_time)),
+            )
+            db.execute(
+                "INSERT INTO idempotency_keys (idempotency_key, order_id, fingerprint,"
+                " create_time_us) VALUES (?, ?, ?, ?)",
+                (idempotency_key, order.order_id, fingerprint, to_micros(order.create_time)),
+            )
+        return order
+
+    def load(self, order_id: str) -> tuple[Order, SagaState] | None:
+        """The order and its saga state, or None if there is no such order."""
+        order = self._order(order_id)
+        if order is None:
+            return None
+        row = self._db.execute(
+            "SELECT step, payment_token, outcome, outcome_reason, last_error"
+            " FROM saga_state WHERE order_id = ?",
+            (order_id,),
+        ).fetchone()
+        saga = SagaState(
+            step=SagaStep(row["step"]),
+            payment_token=row["payment_token"],
+            outcome=None if row["outcome"] is None else OrderStatus(row["outcome"]),
+            outcome_reason=row["outcome_reason"],
+            last_error=row["last_error"],
+        )
+        return order, saga
+
+    def save(self, order: Order, saga: SagaState, event: OrderEvent | None = None) -> None:
+        """Store the order's mutable fields, its saga state and `event` in one transaction."""
+        with transaction(self._db) as db:
+            updated = db.execute(
+                "UPDATE orders SET status = ?, total_minor = ?, rejection_reason = ?,"
+                " cancel_reason = ?, payment_id = ?, update_time_us = ? WHERE order_id = ?",
+                (
+                    order.status.value,
+                    None if order.total is None else order.total.minor_units,
+                    order.rejection_reason,
+                    order.cancel_reason,
+                    order.payment_id,
+                    to_micros(order.update_time),
+                    order.order_id,
+                ),
+            ).rowcount
+            if updated != 1:
+                raise RuntimeError(f"order {order.order_id} does not exist")
+            db.executemany(
+                "UPDATE order_items SET unit_price_minor = ? WHERE order_id = ? AND line = ?",
+                [
+                    (_unit_minor(item), order.order_id, line)
+                    for line, item in enumerate(order.items)
+                ],
+            )
+            db.execute(
+                "UPDATE saga_state SET step = ?, payment_token = ?, outcome = ?,"
+                " outcome_reason = ?, last_error = ?, update_time_us = ? WHERE order_id = ?",
+                (*_saga_values(saga), to_micros(order.update_time), order.order_id),
+            )
+            if event is not None:
+                db.execute(
+                    "INSERT INTO outbox (event_id, order_id, user_id, event_type, reason,"
+                    " currency_code, total_minor, occur_time_us) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        event.event_id,
+                        event.order_id,
+                        event.user_id,
+                        event.type.value,
+                        event.reason,
+                        event.total.currency_code,
+                        event.total.minor_units,
+                        to_micros(event.occur_time),
+                    ),
+                )
+
+    def in_flight(self) -> list[str]:
+        """Ids of orders whose saga has not reached DONE, oldest first."""
+        rows = self._db.execute(
+            "SELECT s.order_id FROM saga_state s JOIN orders o USING (order_id)"
+            " WHERE s.step <> 'DONE' ORDER BY o.create_time_us, o.order_id"
+        ).fetchall()
+        return [row["order_id"] for row in rows]
+
+    def list_for_user(self, user_id: str, offset: int, limit: int) -> list[Order]:
+        """A user's orders, newest first: `limit` of them after skipping `offset`."""
+        rows = self._db.execute(
+            "SELECT * FROM orders WHERE user_id = ?"
+            " ORDER BY create_time_us DESC, order_id DESC LIMIT ? OFFSET ?",
+            (user_id, limit, offset),
+        ).fetchall()
+        items = self._items([row["order_id"] for row in rows])
+        return [_order(row, items.get(row["order_id"], [])) for row in rows]
+
+    def _order(self, order_id: str) -> Order | None:
+        row = self._db.execute("SELECT * FROM orders WHERE order_id = ?", (order_id,)).fetchone()
+        if row is None:
+            return None
+        return _order(row, self._items([order_id]).get(order_id, []))
+
+    def _items(self, order_ids: Sequence[str]) -> dict[str, list[sqlite3.Row]]:
+        if not order_ids:
+            return {}
+        placeholders = ", ".join("?" * len(order_ids))
+        rows = self._db.execute(
+            f"SELECT * FROM order_items WHERE order_id IN ({placeholders}) ORDER BY line",
+            tuple(order_ids),
+        ).fetchall()
+        grouped: dict[str, list[sqlite3.Row]] = {}
+        for row in rows:
+            grouped.setdefault(row["order_id"], []).append(row)
+        return grouped
+
+    # --- outbox ------------------------------------------------------------------------
+
+    def pending_events(self, limit: int) -> list[OrderEvent]:
+        """Up to `limit` undelivered events, in the order they were written."""
+        rows = self._db.execute(
+            "SELECT * FROM outbox WHERE state = 'PENDING' ORDER BY sequence LIMIT ?", (limit,)
+        ).fetchall()
+        return [
+            OrderEvent(
+                event_id=row["event_id"],
+                order_id=row["order_id"],
+                user_id=row["user_id"],
+                type=OrderEventType(row["event_type"]),
+                reason=row["reason"],
+                total=Money(row["currency_code"], row["total_minor"]),
+                occur_time=from_micros(row["occur_time_us"]),
+            )
+            for row in rows
+        ]
+
+    def mark_delivered(self, event_id: str) -> None:
+        """Record that the consumer acknowledged `event_id`."""
+        with transaction(self._db) as db:
+            db.execute(
+                "UPDATE outbox SET state = 'DELIVERED', attempts = attempts + 1,"
+                " delivered_time_us = ? WHERE event_id = ?",
+                (now_micros(), event_id),
+            )
+
+    def record_failure(self, event_id: str, error: str, *, give_up: bool) -> None:
+        """Record a failed delivery of `event_id`; `give_up` parks it as FAILED (a consumer
+        that refuses it for good) so it stops blocking the events behind it."""
+        with transaction(self._db) as db:
+            db.execute(
+                "UPDATE outbox SET attempts = attempts + 1, last_error = ?,"
+                " state = CASE WHEN ? THEN 'FAILED' ELSE state END WHERE event_id = ?",
+                (error, give_up, event_id),
+            )
+
+
+def _unit_minor(item: OrderItem) -> int | None:
+    return None if item.unit_price is None else item.unit_price.minor_units
+
+
+def _saga_values(saga: SagaState) -> tuple[str, str, str | None, str, str]:
+    return (
+        saga.step.value,
+        saga.payment_token,
+        None if saga.outcome is None else saga.outcome.value,
+        saga.outcome_reason,
+        saga.last_error,
+    )
+
+
+def _order(row: sqlite3.Row, item_rows: list[sqlite3.Row]) -> Order:
+    currency = row["currency_code"]
+    items = tuple(
+        OrderItem(
+            sku=item["sku"],
+            quantity=item["quantity"],
+            unit_price=None
+            if item["unit_price_minor"] is None
+            else Money(currency, item["unit_price_minor"]),
+        )
+        for item in item_rows
+    )
+    return Order(
+        order_id=row["order_id"],
+        user_id=row["user_id"],
+        items=items,
+        currency_code=currency,
+        status=OrderStatus(row["status"]),
+        create_time=from_micros(row["create_time_us"]),
+        update_time=from_micros(row["update_time_us"]),
+        total=None if row["total_minor"] is None else Money(currency, row["total_minor"]),
+        rejection_reason=row["rejection_reason"],
+        cancel_reason=row["cancel_reason"],
+        payment_id=row["payment_id"],
+    )

@@ -1,0 +1,31 @@
+"""Wiring of the payments service: its store, domain and servicer, as an App for common.server."""
+
+from __future__ import annotations
+
+from services.common.config import ServiceConfig
+from services.common.server import App, Registration
+from services.payments.domain import Payments
+from services.payments.servicer import PaymentsServicer
+from services.payments.store import SqlitePaymentStore
+from shop.payments.v1 import payments_pb2, payments_pb2_grpc
+
+SERVICE_NAME = payments_pb2.DESCRIPTOR.services_by_name["PaymentsService"].full_name
+
+
+async def build(config: ServiceConfig) -> App:
+    """The payments App: PaymentsService on the SQLite file at `config.db_path`."""
+    store = SqlitePaymentStore.open(config.db_path)
+
+    async def close_store() -> None:
+        store.close()
+
+    return App(
+        registrations=[
+            Registration(
+                SERVICE_NAME,
+                PaymentsServicer(Payments(store)),
+                payments_pb2_grpc.add_PaymentsServiceServicer_to_server,
+            )
+        ],
+        cleanups=[close_store],
+    )

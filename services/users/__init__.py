@@ -1,0 +1,1 @@
+"""The users service: shop customer accounts with unique, normalised email addresses."""

@@ -1,0 +1,194 @@
+"""Users domain: validation and normalisation of accounts, and the create/get rules.
+
+No grpc here: the servicer converts protos to these calls, and DomainErrors raised here become
+status codes in the shared error-mapping interceptor.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from enum import Enum
+from typing import Protocol
+
+from services.common.clock import utc_now
+from services.common.faults import AlreadyExists, NotFound, Validator
+
+# RFC 5321 limits: 64 characters before the "@", 254 for the whole address.
+MAX_EMAIL_LENGTH = 254
+MAX_LOCAL_PART_LENGTH = 64
+MAX_DISPLAY_NAME_LENGTH = 100
+MAX_REQUEST_ID_LENGTH = 255
+
+USER_ID_PREFIX = "usr_"
+
+# A practical subset of RFC 5322 on an already lower-cased address: a dot-atom local part
+# (no quoted strings, no comments) and a DNS host name with at least two labels whose last one
+# is alphabetic (or an IDNA "xn--" label). It rejects what a shop should not send mail to.
+_EMAIL = re.compile(
+    r"^(?P<local>[a-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[a-z0-9!#$%&'*+/=?^_`{|}~-]+)*)"
+    r"@(?P<domain>(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+(?:[a-z]{2,63}|xn--[a-z0-9-]{1,59}))$"
+)
+
+
+@dataclass(frozen=True)
+class User:
+    """A shop customer. `email` is normalised; `create_time` is timezone-aware UTC."""
+
+    user_id: str
+    email: str
+    display_name: str
+    create_time: datetime
+
+
+@dataclass(frozen=True)
+class NewUser:
+    """A validated, normalised CreateUser request. `request_id` is "" when not idempotent."""
+
+    request_id: str
+    email: str
+    display_name: str
+
+
+class AddOutcome(Enum):
+    """What the store did with an `add` call (decided inside one transaction)."""
+
+    CREATED = "created"
+    # A user was created earlier under the same request id; nothing was written.
+    REPLAYED = "replayed"
+    # Another request owns the email; nothing was written.
+    EMAIL_TAKEN = "email_taken"
+
+
+class UserStore(Protocol):
+    """Persistence the users domain needs (implemented by services.users.store)."""
+
+    def add(self, user: User, request_id: str) -> tuple[AddOutcome, User]:
+        """Atomically: return the user of `request_id` if it was seen, else the user holding
+        `user.email` if any, else insert `user`. The returned user is the one the outcome is
+        about (the new, the earlier or the conflicting one)."""
+        ...
+
+    def get(self, user_id: str) -> User | None:
+        """The user with `user_id`, or None."""
+        ...
+
+
+def normalize_email(email: str) -> str:
+    """The canonical form of an address: surrounding whitespace removed, lower-cased.
+
+    The whole address is lower-cased (not only the domain) because customers type their email
+    in any case and expect one account; no real mailbox provider is case-sensitive.
+    """
+    return email.strip().lower()
+
+
+def is_valid_email(email: str) -> bool:
+    """True if the normalised `email` is an address the shop accepts."""
+    match = _EMAIL.match(email)
+    return (
+        match is not None
+        and len(email) <= MAX_EMAIL_LENGTH
+        and len(match["local"]) <= MAX_LOCAL_PART_LENGTH
+    )
+
+
+def _has_control_characters(text: str) -> bool:
+    # Only category Cc (newlines, tabs, NUL...): format characters such as the zero-width
+    # joiner inside emoji sequences are legitimate in names.
+    return any(unicodedata.category(char) == "Cc" for char in text)
+
+
+def validate_new_user(request_id: str, email: str, display_name: str) -> NewUser:
+    """Validate and normalise a CreateUser request; raises InvalidArgument naming every bad
+    field."""
+    email = normalize_email(email)
+    display_name = display_name.strip()
+    check = Validator()
+    # One violation per field: the first rule an email breaks is the one worth reporting.
+    if check.require(bool(email), "email", "must not be empty") and check.require(
+        len(email) <= MAX_EMAIL_LENGTH, "email", f"must be at most {MAX_EMAIL_LENGTH} characters"
+    ):
+        check.require(
+            is_valid_email(email), "email", "must be an email address such as ada@example.com"
+        )
+    check.require(
+        len(display_name) <= MAX_DISPLAY_NAME_LENGTH,
+        "display_name",
+        f"must be at most {MAX_DISPLAY_NAME_LENGTH} characters",
+    )
+    check.require(
+        not _has_control_characters(display_name),
+        "display_name",
+        "must not contain control characters",
+    )
+    check.require(
+        len(request_id) <= MAX_REQUEST_ID_LENGTH,
+        "request_id",
+        f"must be at most {MAX_REQUEST_ID_LENGTH} characters",
+    )
+    check.raise_if_invalid("invalid CreateUser request")
+    return NewUser(request_id=request_id, email=email, display_name=display_name)
+
+
+def validate_user_id(user_id: str) -> str:
+    """Check that a user id was given; raises InvalidArgument if it is empty."""
+    check = Validator()
+    check.require(bool(user_id), "user_id", "must not be empty")
+    check.raise_if_invalid("invalid user id")
+    return user_id
+
+
+def new_user_id() -> str:
+    """A fresh, unguessable user id."""
+    return USER_ID_PREFIX + uuid.uuid4().hex
+
+
+class Users:
+    """The users service's behaviour: create accounts (idempotently) and look them up."""
+
+    def __init__(self, store: UserStore, clock: Callable[[], datetime] = utc_now) -> None:
+        self._store = store
+        self._clock = clock
+
+    def create(self, request_id: str, email: str, display_name: str) -> User:
+        """Create an account, or return the one an earlier call with `request_id` created.
+
+        Raises InvalidArgument for bad input, AlreadyExists EMAIL_TAKEN when another request
+        owns the email, AlreadyExists IDEMPOTENCY_KEY_REUSED when `request_id` was used for a
+        different email or display name.
+        """
+        new = validate_new_user(request_id, email, display_name)
+        candidate = User(new_user_id(), new.email, new.display_name, self._clock())
+        outcome, user = self._store.add(candidate, new.request_id)
+        if outcome is AddOutcome.REPLAYED and (user.email, user.display_name) != (
+            new.email,
+            new.display_name,
+        ):
+            raise AlreadyExists(
+                "request_id was already used to create a different user",
+                reason="IDEMPOTENCY_KEY_REUSED",
+                metadata={"request_id": new.request_id},
+            )
+        if outcome is AddOutcome.EMAIL_TAKEN:
+            raise AlreadyExists(
+                "a user with this email already exists",
+                reason="EMAIL_TAKEN",
+                metadata={"email": new.email},
+            )
+        return user
+
+    def get(self, user_id: str) -> User:
+        """The user with `user_id`; raises NotFound USER_NOT_FOUND if there is none."""
+        user = self._store.get(validate_user_id(user_id))
+        if user is None:
+            raise NotFound(
+                f"user {user_id!r} does not exist",
+                reason="USER_NOT_FOUND",
+                metadata={"user_id": user_id},
+            )
+        return user

@@ -1,0 +1,1 @@
+"""shopmesh tooling: the topology file, certificates, Envoy config rendering and the CLI."""

@@ -1,0 +1,450 @@
+"""Checkout across all five services, each a real grpc.aio server in this process on a temporary
+Unix socket: orders calling users, inventory, payments and notifications through its config."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+import pytest
+from grpc import aio
+
+from services.common.config import ServiceConfig
+from services.common.errors import field_violations
+from services.common.faults import FieldViolation
+from services.common.server import App, Registration, RunningService
+from services.inventory.app import build as build_inventory
+from services.notifications.app import build as build_notifications
+from services.orders.app import build as build_orders
+from services.payments.app import build as build_payments
+from services.users.app import build as build_users
+from shop.common.v1 import money_pb2
+from shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
+from shop.notifications.v1 import notifications_pb2, notifications_pb2_grpc
+from shop.orders.v1 import orders_pb2, orders_pb2_grpc
+from shop.payments.v1 import payments_pb2, payments_pb2_grpc
+from shop.users.v1 import users_pb2, users_pb2_grpc
+from tests.conftest import ServiceRunner
+from tests.helpers import count_rows, expect_error_info
+
+Channels = Callable[[str], aio.Channel]
+T = TypeVar("T")
+
+
+@dataclass
+class Shop:
+    """The five running services and a client stub for each."""
+
+    services: ServiceRunner
+    running: dict[str, RunningService]
+    orders: orders_pb2_grpc.OrdersServiceAsyncStub
+    users: users_pb2_grpc.UsersServiceAsyncStub
+    inventory: inventory_pb2_grpc.InventoryServiceAsyncStub
+    payments: payments_pb2_grpc.PaymentsServiceAsyncStub
+    notifications: notifications_pb2_grpc.NotificationsServiceAsyncStub
+
+    def db_path(self, service: str) -> Path:
+        return self.services.config(service).db_path
+
+    async def new_user(self) -> str:
+        created = await self.users.CreateUser(
+            users_pb2.CreateUserRequest(
+                email=f"{uuid.uuid4().hex[:8]}@example.com", display_name="Ada"
+            )
+        )
+        return created.user.user_id
+
+    async def available(self, sku: str) -> int:
+        response = await self.inventory.GetProduct(inventory_pb2.GetProductRequest(sku=sku))
+        return response.product.available_quantity
+
+    async def notifications_of(self, user_id: str) -> list[notifications_pb2.Notification]:
+        response = await self.notifications.ListNotifications(
+            notifications_pb2.ListNotificationsRequest(user_id=user_id, page_size=500),
+            # The test's own channel may be reconnecting after notifications restarted.
+            wait_for_ready=True,
+            timeout=10,
+        )
+        return list(response.notifications)
+
+
+UPSTREAMS = ("users", "inventory", "payments", "notifications")
+BUILDS = {
+    "users": build_users,
+    "inventory": build_inventory,
+    "payments": build_payments,
+    "notifications": build_notifications,
+}
+
+
+@pytest.fixture
+def fast_orders(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Short recovery and relay intervals, so tests see background work within a second."""
+    monkeypatch.setenv("SHOPMESH_ORDERS_RECOVERY_INTERVAL", "0.1")
+    monkeypatch.setenv("SHOPMESH_ORDERS_RELAY_POLL_INTERVAL", "0.5")
+    monkeypatch.setenv("SHOPMESH_ORDERS_RELAY_MAX_BACKOFF", "0.2")
+
+
+async def start_shop(
+    services: ServiceRunner,
+    channels: Channels,
+    replace: dict[str, Callable[[ServiceConfig], Awaitable[App]]] | None = None,
+) -> Shop:
+    """Start the four upstreams (any of them swapped for a test double) and orders."""
+    builds = {**BUILDS, **(replace or {})}
+    running = {name: await services.start(name, builds[name]) for name in UPSTREAMS}
+    running["orders"] = await services.start(
+        "orders", build_orders, upstreams={name: running[name].address for name in UPSTREAMS}
+    )
+
+    def channel(name: str) -> aio.Channel:
+        return channels(running[name].address)
+
+    return Shop(
+        services=services,
+        running=running,
+        orders=orders_pb2_grpc.OrdersServiceStub(channel("orders")),
+        users=users_pb2_grpc.UsersServiceStub(channel("users")),
+        inventory=inventory_pb2_grpc.InventoryServiceStub(channel("inventory")),
+        payments=payments_pb2_grpc.PaymentsServiceStub(channel("payments")),
+        notifications=notifications_pb2_grpc.NotificationsServiceStub(channel("notifications")),
+    )
+
+
+@pytest.fixture
+async def shop(services: ServiceRunner, channels: Channels, fast_orders: None) -> Shop:
+    return await start_shop(services, channels)
+
+
+async def eventually(probe: Callable[[], Awaitable[T]], done: Callable[[T], bool]) -> T:
+    """Call `probe` until `done(result)`, for at most 10 seconds; returns the last result."""
+    deadline = time.monotonic() + 10.0
+    while True:
+        result = await probe()
+        if done(result):
+            return result
+        assert time.monotonic() < deadline, f"gave up waiting; last result: {result!r}"
+        await asyncio.sleep(0.02)
+
+
+def place_request(
+    user_id: str,
+    key: str = "key-1",
+    items: tuple[tuple[str, int], ...] = (("MUG-01", 2), ("STICKER-01", 3)),
+    token: str = "tok_visa",
+) -> orders_pb2.PlaceOrderRequest:
+    return orders_pb2.PlaceOrderRequest(
+        idempotency_key=key,
+        user_id=user_id,
+        items=[orders_pb2.OrderItem(sku=sku, quantity=quantity) for sku, quantity in items],
+        payment_token=token,
+    )
+
+
+def usd(minor_units: int) -> money_pb2.Money:
+    return money_pb2.Money(currency_code="USD", minor_units=minor_units)
+
+
+# --- checkout ----------------------------------------------------------------------------
+
+
+async def test_full_checkout_confirms_charges_commits_and_notifies(shop: Shop) -> None:
+    user_id = await shop.new_user()
+    mugs, stickers = await shop.available("MUG-01"), await shop.available("STICKER-01")
+
+    placed = await shop.orders.PlaceOrder(place_request(user_id))
+
+    order = placed.order
+    assert order.status == orders_pb2.ORDER_STATUS_CONFIRMED
+    assert order.user_id == user_id
+    assert order.total == usd(2 * 1299 + 3 * 299)
+    assert [(i.sku, i.quantity, i.unit_price) for i in order.items] == [
+        ("MUG-01", 2, usd(1299)),
+        ("STICKER-01", 3, usd(299)),
+    ]
+    assert (await shop.available("MUG-01"), await shop.available("STICKER-01")) == (
+        mugs - 2,
+        stickers - 3,
+    )
+    payment = await shop.payments.GetPayment(
+        payments_pb2.GetPaymentRequest(payment_id=order.payment_id)
+    )
+    assert (payment.payment.order_id, payment.payment.amount, payment.payment.status) == (
+        order.order_id,
+        order.total,
+        payments_pb2.PAYMENT_STATUS_CAPTURED,
+    )
+    fetched = await shop.orders.GetOrder(orders_pb2.GetOrderRequest(order_id=order.order_id))
+    assert fetched.order == order
+
+    notes = await eventually(lambda: shop.notifications_of(user_id), lambda n: len(n) == 1)
+    assert (notes[0].order_id, notes[0].event_id) == (
+        order.order_id,
+        f"{order.order_id}:confirmed",
+    )
+    assert notes[0].event_type == notifications_pb2.ORDER_EVENT_TYPE_CONFIRMED
+
+
+async def test_place_order_repeated_with_one_key_makes_one_order_and_one_charge(
+    shop: Shop,
+) -> None:
+    user_id = await shop.new_user()
+
+    first = await shop.orders.PlaceOrder(place_request(user_id))
+    second = await shop.orders.PlaceOrder(place_request(user_id))
+
+    assert second.order == first.order
+    assert count_rows(shop.db_path("payments"), "SELECT COUNT(*) FROM payments") == 1
+    listed = await shop.orders.ListOrders(orders_pb2.ListOrdersRequest(user_id=user_id))
+    assert [o.order_id for o in listed.orders] == [first.order.order_id]
+
+
+async def test_same_key_with_different_items_is_already_exists(shop: Shop) -> None:
+    user_id = await shop.new_user()
+    first = await shop.orders.PlaceOrder(place_request(user_id))
+
+    with pytest.raises(aio.AioRpcError) as raised:
+        await shop.orders.PlaceOrder(place_request(user_id, items=(("MUG-01", 1),)))
+
+    info = expect_error_info(raised.value, grpc.StatusCode.ALREADY_EXISTS)
+    assert info.reason == "IDEMPOTENCY_KEY_REUSED"
+    assert dict(info.metadata) == {"idempotency_key": "key-1", "order_id": first.order.order_id}
+
+
+async def test_declined_card_rejects_and_restores_the_stock(shop: Shop) -> None:
+    user_id = await shop.new_user()
+    mugs = await shop.available("MUG-01")
+
+    placed = await shop.orders.PlaceOrder(place_request(user_id, token="tok_chargeDeclined"))
+
+    assert placed.order.status == orders_pb2.ORDER_STATUS_REJECTED
+    assert placed.order.rejection_reason == "CARD_DECLINED"
+    assert placed.order.payment_id == ""
+    assert await shop.available("MUG-01") == mugs
+    assert count_rows(shop.db_path("payments"), "SELECT COUNT(*) FROM payments") == 0
+    notes = await eventually(lambda: shop.notifications_of(user_id), lambda n: len(n) == 1)
+    assert notes[0].event_type == notifications_pb2.ORDER_EVENT_TYPE_REJECTED
+
+
+async def test_short_stock_rejects_with_insufficient_stock(shop: Shop) -> None:
+    user_id = await shop.new_user()
+
+    placed = await shop.orders.PlaceOrder(place_request(user_id, items=(("POSTER-LTD", 2),)))
+
+    assert placed.order.status == orders_pb2.ORDER_STATUS_REJECTED
+    assert placed.order.rejection_reason == "INSUFFICIENT_STOCK"
+    assert await shop.available("POSTER-LTD") == 1
+
+
+async def test_unknown_user_and_unknown_product_are_rejected(shop: Shop) -> None:
+    user_id = await shop.new_user()
+
+    no_user = await shop.orders.PlaceOrder(place_request("usr_nobody", key="a"))
+    no_product = await shop.orders.PlaceOrder(
+        place_request(user_id, key="b", items=(("NOPE-01", 1),))
+    )
+
+    assert (no_user.order.status, no_user.order.rejection_reason) == (
+        orders_pb2.ORDER_STATUS_REJECTED,
+        "USER_NOT_FOUND",
+    )
+    assert (no_product.order.status, no_product.order.rejection_reason) == (
+        orders_pb2.ORDER_STATUS_REJECTED,
+        "PRODUCT_NOT_FOUND",
+    )
+
+
+async def test_bad_input_is_invalid_argument_listing_every_field(shop: Shop) -> None:
+    request = orders_pb2.PlaceOrderRequest(
+        user_id="usr_1",
+        items=[
+            orders_pb2.OrderItem(sku="MUG-01", quantity=0),
+            orders_pb2.OrderItem(sku="", quantity=1),
+        ],
+        currency_code="dollars",
+    )
+
+    with pytest.raises(aio.AioRpcError) as raised:
+        await shop.orders.PlaceOrder(request)
+
+    info = expect_error_info(raised.value, grpc.StatusCode.INVALID_ARGUMENT)
+    assert info.reason == "INVALID_ARGUMENT"
+    assert field_violations(raised.value) == [
+        FieldViolation("idempotency_key", "must not be empty"),
+        FieldViolation("payment_token", "must not be empty"),
+        FieldViolation("items[0].quantity", "must be between 1 and 1000"),
+        FieldViolation("items[1].sku", "must not be empty"),
+        FieldViolation("currency_code", "must be three upper-case letters, e.g. USD"),
+    ]
+    assert count_rows(shop.db_path("orders"), "SELECT COUNT(*) FROM orders") == 0
+
+
+async def test_get_unknown_order_is_not_found(shop: Shop) -> None:
+    with pytest.raises(aio.AioRpcError) as raised:
+        await shop.orders.GetOrder(orders_pb2.GetOrderRequest(order_id="ord_nope"))
+
+    info = expect_error_info(raised.value, grpc.StatusCode.NOT_FOUND)
+    assert (info.reason, dict(info.metadata)) == ("ORDER_NOT_FOUND", {"order_id": "ord_nope"})
+
+
+# --- cancellation ------------------------------------------------------------------------
+
+
+async def test_cancel_refunds_and_puts_the_stock_back(shop: Shop) -> None:
+    user_id = await shop.new_user()
+    mugs = await shop.available("MUG-01")
+    placed = await shop.orders.PlaceOrder(place_request(user_id, items=(("MUG-01", 4),)))
+    assert await shop.available("MUG-01") == mugs - 4
+
+    cancelled = await shop.orders.CancelOrder(
+        orders_pb2.CancelOrderRequest(order_id=placed.order.order_id, reason="changed my mind")
+    )
+    again = await shop.orders.CancelOrder(
+        orders_pb2.CancelOrderRequest(order_id=placed.order.order_id)
+    )
+
+    assert cancelled.order.status == orders_pb2.ORDER_STATUS_CANCELLED
+    assert cancelled.order.cancel_reason == "changed my mind"
+    assert again.order == cancelled.order
+    assert await shop.available("MUG-01") == mugs
+    payment = await shop.payments.GetPayment(
+        payments_pb2.GetPaymentRequest(payment_id=placed.order.payment_id)
+    )
+    assert payment.payment.status == payments_pb2.PAYMENT_STATUS_REFUNDED
+    notes = await eventually(lambda: shop.notifications_of(user_id), lambda n: len(n) == 2)
+    assert sorted(n.event_type for n in notes) == [
+        notifications_pb2.ORDER_EVENT_TYPE_CONFIRMED,
+        notifications_pb2.ORDER_EVENT_TYPE_CANCELLED,
+    ]
+
+
+async def test_cancelling_a_rejected_order_is_failed_precondition(shop: Shop) -> None:
+    user_id = await shop.new_user()
+    placed = await shop.orders.PlaceOrder(place_request(user_id, token="tok_chargeDeclined"))
+
+    with pytest.raises(aio.AioRpcError) as raised:
+        await shop.orders.CancelOrder(orders_pb2.CancelOrderRequest(order_id=placed.order.order_id))
+
+    info = expect_error_info(raised.value, grpc.StatusCode.FAILED_PRECONDITION)
+    assert info.reason == "ORDER_NOT_CANCELLABLE"
+    assert dict(info.metadata) == {"order_id": placed.order.order_id, "status": "REJECTED"}
+
+
+# --- failures of dependencies ------------------------------------------------------------
+
+
+async def test_events_reach_notifications_exactly_once_across_its_outage(shop: Shop) -> None:
+    user_id = await shop.new_user()
+    await shop.services.stop(shop.running["notifications"])
+
+    order_ids = []
+    for n in range(3):
+        placed = await shop.orders.PlaceOrder(place_request(user_id, key=f"k{n}"))
+        assert placed.order.status == orders_pb2.ORDER_STATUS_CONFIRMED
+        order_ids.append(placed.order.order_id)
+    orders_db = shop.db_path("orders")
+
+    # The relay keeps trying while notifications is down, and nothing is marked delivered.
+    await eventually(
+        lambda: as_async(count_rows, orders_db, "SELECT MAX(attempts) FROM outbox"),
+        lambda attempts: attempts >= 1,
+    )
+    assert count_rows(orders_db, "SELECT COUNT(*) FROM outbox WHERE state = 'PENDING'") == 3
+
+    shop.running["notifications"] = await shop.services.start("notifications", build_notifications)
+
+    notes = await eventually(lambda: shop.notifications_of(user_id), lambda n: len(n) >= 3)
+    assert sorted(n.event_id for n in notes) == sorted(f"{o}:confirmed" for o in order_ids)
+    await eventually(
+        lambda: as_async(
+            count_rows, orders_db, "SELECT COUNT(*) FROM outbox WHERE state = 'PENDING'"
+        ),
+        lambda pending: pending == 0,
+    )
+    assert len(await shop.notifications_of(user_id)) == 3
+
+
+async def test_order_pending_on_an_unreachable_dependency_is_resumed_when_it_returns(
+    shop: Shop,
+) -> None:
+    user_id = await shop.new_user()
+    await shop.services.stop(shop.running["payments"])
+
+    with pytest.raises(aio.AioRpcError) as raised:
+        await shop.orders.PlaceOrder(place_request(user_id))
+
+    info = expect_error_info(raised.value, grpc.StatusCode.UNAVAILABLE)
+    assert info.reason == "ORDER_PENDING"
+    order_id = info.metadata["order_id"]
+    assert info.metadata["step"] == "CHARGE_PAYMENT"
+    pending = await shop.orders.GetOrder(orders_pb2.GetOrderRequest(order_id=order_id))
+    assert pending.order.status == orders_pb2.ORDER_STATUS_PENDING
+
+    await shop.services.start("payments", build_payments)
+
+    confirmed = await eventually(
+        lambda: shop.orders.GetOrder(orders_pb2.GetOrderRequest(order_id=order_id)),
+        lambda response: response.order.status != orders_pb2.ORDER_STATUS_PENDING,
+    )
+    assert confirmed.order.status == orders_pb2.ORDER_STATUS_CONFIRMED
+    assert count_rows(shop.db_path("payments"), "SELECT COUNT(*) FROM payments") == 1
+
+
+class HangingUsers(users_pb2_grpc.UsersServiceServicer):
+    """A users service that never answers GetUser, recording the deadline each call came with."""
+
+    def __init__(self) -> None:
+        self.time_remaining: list[float | None] = []
+
+    async def GetUser(
+        self, request: users_pb2.GetUserRequest, context: aio.ServicerContext[Any, Any]
+    ) -> users_pb2.GetUserResponse:
+        self.time_remaining.append(context.time_remaining())
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    async def CreateUser(
+        self, request: users_pb2.CreateUserRequest, context: aio.ServicerContext[Any, Any]
+    ) -> users_pb2.CreateUserResponse:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not part of this test double")
+
+
+async def test_short_client_deadline_is_deadline_exceeded_and_reaches_downstream(
+    services: ServiceRunner, channels: Channels, fast_orders: None
+) -> None:
+    hanging = HangingUsers()
+
+    async def build_hanging_users(config: ServiceConfig) -> App:
+        return App(
+            [
+                Registration(
+                    "shop.users.v1.UsersService",
+                    hanging,
+                    users_pb2_grpc.add_UsersServiceServicer_to_server,
+                )
+            ]
+        )
+
+    shop = await start_shop(services, channels, replace={"users": build_hanging_users})
+    started = time.monotonic()
+
+    with pytest.raises(aio.AioRpcError) as raised:
+        await shop.orders.PlaceOrder(place_request("usr_1"), timeout=0.5)
+
+    assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert time.monotonic() - started < 2.0
+    # Orders passed on what was left of the 0.5 s, not its own 10 s default.
+    remaining = hanging.time_remaining[0]
+    assert remaining is not None
+    assert remaining <= 0.5
+
+
+async def as_async(function: Callable[..., T], *args: object) -> T:
+    """Run a synchronous probe as a coroutine, for `eventually`."""
+    return function(*args)

@@ -1,0 +1,228 @@
+"""The orders SQLite store: orders, saga state, idempotency keys and the transactional outbox."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from services.common.faults import AlreadyExists
+from services.common.money import Money
+from services.orders.domain import (
+    Order,
+    OrderEvent,
+    OrderEventType,
+    OrderItem,
+    OrderStatus,
+    SagaState,
+    SagaStep,
+)
+from services.orders.store import OrderStore
+
+T0 = datetime(2025, 1, 1, 12, 0, 0, 123456, tzinfo=UTC)
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "orders.db"
+
+
+@pytest.fixture
+def store(path: Path) -> Iterator[OrderStore]:
+    s = OrderStore(path)
+    yield s
+    s.close()
+
+
+def new_order(order_id: str = "ord_1", user_id: str = "usr_1", at: datetime = T0) -> Order:
+    return Order(
+        order_id=order_id,
+        user_id=user_id,
+        items=(OrderItem("MUG-01", 2), OrderItem("TSHIRT-01", 1)),
+        currency_code="USD",
+        status=OrderStatus.PENDING,
+        create_time=at,
+        update_time=at,
+    )
+
+
+START = SagaState(SagaStep.VALIDATE_USER, payment_token="tok_visa")
+
+
+def confirmed(order: Order) -> tuple[Order, SagaState, OrderEvent]:
+    priced = replace(
+        order,
+        items=tuple(replace(i, unit_price=Money("USD", 100)) for i in order.items),
+        total=Money("USD", 300),
+        status=OrderStatus.CONFIRMED,
+        payment_id="pay_1",
+    )
+    event = OrderEvent(
+        event_id=f"{order.order_id}:confirmed",
+        order_id=order.order_id,
+        user_id=order.user_id,
+        type=OrderEventType.CONFIRMED,
+        reason="",
+        total=Money("USD", 300),
+        occur_time=T0,
+    )
+    return priced, SagaState(SagaStep.DONE, outcome=OrderStatus.CONFIRMED), event
+
+
+def outbox_rows(path: Path) -> list[tuple[str, str]]:
+    with sqlite3.connect(path) as db:
+        return db.execute("SELECT event_id, state FROM outbox ORDER BY sequence").fetchall()
+
+
+def test_created_order_loads_back_with_its_saga_state(store: OrderStore) -> None:
+    store.create("key-1", "fp", new_order(), START)
+
+    assert store.load("ord_1") == (new_order(), START)
+
+
+def test_loading_an_unknown_order_gives_none(store: OrderStore) -> None:
+    assert store.load("ord_nope") is None
+
+
+def test_same_key_and_fingerprint_returns_the_first_order(store: OrderStore) -> None:
+    store.create("key-1", "fp", new_order(), START)
+
+    again = store.create("key-1", "fp", new_order("ord_2"), START)
+
+    assert again.order_id == "ord_1"
+    assert store.load("ord_2") is None
+
+
+def test_same_key_with_another_fingerprint_is_already_exists(store: OrderStore) -> None:
+    store.create("key-1", "fp", new_order(), START)
+
+    with pytest.raises(AlreadyExists) as raised:
+        store.create("key-1", "other", new_order("ord_2"), START)
+
+    assert raised.value.reason == "IDEMPOTENCY_KEY_REUSED"
+    assert store.load("ord_2") is None
+
+
+def test_saved_state_survives_reopening_the_file(store: OrderStore, path: Path) -> None:
+    store.create("key-1", "fp", new_order(), START)
+    order, saga, event = confirmed(new_order())
+    store.save(order, saga, event)
+    store.close()
+
+    reopened = OrderStore(path)
+    try:
+        assert reopened.load("ord_1") == (order, saga)
+        assert reopened.pending_events(10) == [event]
+    finally:
+        reopened.close()
+
+
+def test_save_with_an_event_writes_the_order_and_the_outbox_row(
+    store: OrderStore, path: Path
+) -> None:
+    store.create("key-1", "fp", new_order(), START)
+    order, saga, event = confirmed(new_order())
+
+    store.save(order, saga, event)
+
+    assert outbox_rows(path) == [("ord_1:confirmed", "PENDING")]
+    loaded = store.load("ord_1")
+    assert loaded is not None
+    assert loaded[0].status is OrderStatus.CONFIRMED
+
+
+def test_failed_outbox_insert_rolls_back_the_state_change(store: OrderStore, path: Path) -> None:
+    store.create("key-1", "fp", new_order(), START)
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "CREATE TRIGGER outbox_down BEFORE INSERT ON outbox"
+            " BEGIN SELECT RAISE(ABORT, 'outbox down'); END"
+        )
+    order, saga, event = confirmed(new_order())
+
+    with pytest.raises(sqlite3.IntegrityError, match="outbox down"):
+        store.save(order, saga, event)
+
+    assert store.load("ord_1") == (new_order(), START)
+    assert outbox_rows(path) == []
+
+
+def test_failed_order_update_writes_no_event(store: OrderStore, path: Path) -> None:
+    store.create("key-1", "fp", new_order(), START)
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "CREATE TRIGGER saga_down BEFORE UPDATE ON saga_state"
+            " BEGIN SELECT RAISE(ABORT, 'saga down'); END"
+        )
+    order, saga, event = confirmed(new_order())
+
+    with pytest.raises(sqlite3.IntegrityError, match="saga down"):
+        store.save(order, saga, event)
+
+    assert outbox_rows(path) == []
+    loaded = store.load("ord_1")
+    assert loaded is not None
+    assert loaded[0].status is OrderStatus.PENDING
+
+
+def test_an_event_id_is_written_at_most_once(store: OrderStore, path: Path) -> None:
+    store.create("key-1", "fp", new_order(), START)
+    order, saga, event = confirmed(new_order())
+    store.save(order, saga, event)
+
+    with pytest.raises(sqlite3.IntegrityError):
+        store.save(replace(order, payment_id="pay_2"), saga, event)
+
+    assert outbox_rows(path) == [("ord_1:confirmed", "PENDING")]
+    loaded = store.load("ord_1")
+    assert loaded is not None
+    assert loaded[0].payment_id == "pay_1"
+
+
+def test_in_flight_lists_unfinished_sagas_oldest_first(store: OrderStore) -> None:
+    store.create("k2", "fp", new_order("ord_b", at=T0.replace(second=5)), START)
+    store.create("k1", "fp", new_order("ord_a", at=T0), START)
+    store.create("k3", "fp", new_order("ord_c"), START)
+    store.save(*confirmed(new_order("ord_c")))
+
+    assert store.in_flight() == ["ord_a", "ord_b"]
+
+
+def test_list_for_user_is_newest_first_with_items(store: OrderStore) -> None:
+    for n in range(3):
+        store.create(f"k{n}", "fp", new_order(f"ord_{n}", at=T0.replace(second=n)), START)
+    store.create("other", "fp", new_order("ord_x", user_id="usr_2"), START)
+
+    orders = store.list_for_user("usr_1", offset=1, limit=5)
+
+    assert [o.order_id for o in orders] == ["ord_1", "ord_0"]
+    assert orders[0].items == new_order().items
+
+
+def test_pending_events_come_in_write_order_until_delivered(store: OrderStore) -> None:
+    for order_id in ("ord_b", "ord_a"):
+        store.create(order_id, "fp", new_order(order_id), START)
+        store.save(*confirmed(new_order(order_id)))
+
+    assert [e.order_id for e in store.pending_events(10)] == ["ord_b", "ord_a"]
+    store.mark_delivered("ord_b:confirmed")
+    assert [e.order_id for e in store.pending_events(10)] == ["ord_a"]
+
+
+def test_recorded_failures_keep_or_park_the_event(store: OrderStore, path: Path) -> None:
+    for order_id in ("ord_a", "ord_b"):
+        store.create(order_id, "fp", new_order(order_id), START)
+        store.save(*confirmed(new_order(order_id)))
+
+    store.record_failure("ord_a:confirmed", "unreachable", give_up=False)
+    store.record_failure("ord_b:confirmed", "refused", give_up=True)
+
+    assert outbox_rows(path) == [("ord_a:confirmed", "PENDING"), ("ord_b:confirmed", "FAILED")]
+    with sqlite3.connect(path) as db:
+        assert db.execute(
+            "SELECT attempts, last_error FROM outbox WHERE event_id = ?", ("ord_a:confirmed",)
+        ).fetchone() == (1, "unreachable")

@@ -1,0 +1,311 @@
+"""Payments domain and store: validation, the simulated processor, idempotent charges and
+refunds, atomic writes, durability."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from services.common.faults import (
+    AlreadyExists,
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+    PreconditionViolation,
+)
+from services.common.money import Money
+from services.payments.domain import (
+    PAYMENT_ID_PREFIX,
+    ChargeAttempt,
+    Decline,
+    Payment,
+    Payments,
+    PaymentStatus,
+    authorize,
+    validate_charge,
+)
+from services.payments.store import SqlitePaymentStore
+from tests.helpers import ManualClock, count_rows
+
+T0 = datetime(2025, 3, 1, 12, 0, 0, 250001, tzinfo=UTC)
+USD_12_99 = Money("USD", 1299)
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "payments.db"
+
+
+@pytest.fixture
+def store(db_path: Path) -> Iterator[SqlitePaymentStore]:
+    store = SqlitePaymentStore.open(db_path)
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock(T0)
+
+
+@pytest.fixture
+def payments(store: SqlitePaymentStore, clock: ManualClock) -> Payments:
+    return Payments(store, clock=clock)
+
+
+def charge(
+    payments: Payments,
+    key: str = "key-1",
+    *,
+    order_id: str = "ord_1",
+    amount: Money = USD_12_99,
+    payment_token: str = "tok_visa",
+) -> Payment:
+    return payments.charge(key, order_id, amount, payment_token)
+
+
+def test_valid_charge_request_becomes_an_attempt() -> None:
+    assert validate_charge("key-1", "ord_1", USD_12_99, "tok_mastercard") == ChargeAttempt(
+        "key-1", "ord_1", USD_12_99, "tok_mastercard"
+    )
+
+
+def test_every_missing_charge_field_is_reported() -> None:
+    with pytest.raises(InvalidArgument) as raised:
+        validate_charge("", "", None, "")
+    assert raised.value.violations == [
+        FieldViolation("idempotency_key", "must not be empty"),
+        FieldViolation("order_id", "must not be empty"),
+        FieldViolation("amount", "must be set"),
+        FieldViolation("payment_token", "must not be empty"),
+    ]
+
+
+@pytest.mark.parametrize("currency", ["usd", "US", "USDX", "", "U5D"])
+def test_malformed_currency_is_rejected(currency: str) -> None:
+    with pytest.raises(InvalidArgument) as raised:
+        validate_charge("key-1", "ord_1", Money(currency, 100), "tok_visa")
+    assert [v.field for v in raised.value.violations] == ["amount.currency_code"]
+
+
+@pytest.mark.parametrize("minor_units", [0, -1])
+def test_amount_must_be_positive(minor_units: int) -> None:
+    with pytest.raises(InvalidArgument) as raised:
+        validate_charge("key-1", "ord_1", Money("USD", minor_units), "tok_visa")
+    assert raised.value.violations == [
+        FieldViolation("amount.minor_units", "must be greater than 0")
+    ]
+
+
+def test_too_long_key_and_order_id_are_rejected() -> None:
+    with pytest.raises(InvalidArgument) as raised:
+        validate_charge("k" * 256, "o" * 256, USD_12_99, "tok_visa")
+    assert [v.field for v in raised.value.violations] == ["idempotency_key", "order_id"]
+
+
+def test_unknown_test_token_is_invalid_payment_token() -> None:
+    with pytest.raises(InvalidArgument) as raised:
+        validate_charge("key-1", "ord_1", USD_12_99, "tok_amex")
+    [violation] = raised.value.violations
+    assert violation.field == "payment_token"
+    assert violation.description.startswith("unknown test token")
+
+
+def test_token_without_tok_prefix_is_invalid_payment_token() -> None:
+    with pytest.raises(InvalidArgument) as raised:
+        validate_charge("key-1", "ord_1", USD_12_99, "4242424242424242")
+    assert raised.value.violations == [
+        FieldViolation("payment_token", "must be a payment token starting with 'tok_'")
+    ]
+
+
+@pytest.mark.parametrize(
+    ("token", "decline_code"),
+    [
+        ("tok_visa", None),
+        ("tok_mastercard", None),
+        ("tok_chargeDeclined", "generic_decline"),
+        ("tok_insufficientFunds", "insufficient_funds"),
+    ],
+)
+def test_simulated_processor_follows_the_test_tokens(token: str, decline_code: str | None) -> None:
+    decline = authorize(token)
+    assert (None if decline is None else decline.code) == decline_code
+
+
+def test_charge_captures_a_payment(payments: Payments) -> None:
+    payment = charge(payments)
+    assert payment.payment_id.startswith(PAYMENT_ID_PREFIX)
+    assert (payment.order_id, payment.amount, payment.status) == (
+        "ord_1",
+        USD_12_99,
+        PaymentStatus.CAPTURED,
+    )
+    assert payment.create_time == payment.update_time == T0
+
+
+def test_get_returns_the_charged_payment(payments: Payments) -> None:
+    payment = charge(payments)
+    assert payments.get(payment.payment_id) == payment
+
+
+def test_repeated_charge_with_same_key_returns_the_same_payment(
+    payments: Payments, clock: ManualClock, db_path: Path
+) -> None:
+    first = charge(payments)
+    clock.now = T0 + timedelta(seconds=5)
+    assert charge(payments) == first
+    assert count_rows(db_path, "SELECT COUNT(*) FROM payments") == 1
+
+
+def test_different_keys_make_different_payments(payments: Payments, db_path: Path) -> None:
+    first = charge(payments, "key-1")
+    second = charge(payments, "key-2")
+    assert first.payment_id != second.payment_id
+    assert count_rows(db_path, "SELECT COUNT(*) FROM payments") == 2
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"amount": Money("USD", 1300)},
+        {"amount": Money("EUR", 1299)},
+        {"order_id": "ord_2"},
+        {"payment_token": "tok_mastercard"},
+    ],
+)
+def test_same_key_with_different_parameters_is_key_reuse(
+    payments: Payments, db_path: Path, changes: dict[str, Any]
+) -> None:
+    charge(payments)
+    with pytest.raises(AlreadyExists) as raised:
+        charge(payments, **changes)
+    assert raised.value.reason == "IDEMPOTENCY_KEY_REUSED"
+    assert raised.value.metadata == {"idempotency_key": "key-1"}
+    assert count_rows(db_path, "SELECT COUNT(*) FROM payments") == 1
+
+
+@pytest.mark.parametrize(
+    ("token", "decline_code"),
+    [("tok_chargeDeclined", "generic_decline"), ("tok_insufficientFunds", "insufficient_funds")],
+)
+def test_declined_card_is_card_declined_with_its_code(
+    payments: Payments, db_path: Path, token: str, decline_code: str
+) -> None:
+    with pytest.raises(FailedPrecondition) as raised:
+        charge(payments, payment_token=token)
+    assert raised.value.reason == "CARD_DECLINED"
+    assert raised.value.metadata == {"decline_code": decline_code}
+    [violation] = raised.value.violations
+    assert (violation.type, violation.subject) == ("PAYMENT_METHOD", "payment_token")
+    assert count_rows(db_path, "SELECT COUNT(*) FROM payments") == 0
+
+
+def test_declined_attempt_is_recorded_and_replayed(payments: Payments, db_path: Path) -> None:
+    with pytest.raises(FailedPrecondition) as first:
+        charge(payments, payment_token="tok_insufficientFunds")
+    with pytest.raises(FailedPrecondition) as again:
+        charge(payments, payment_token="tok_insufficientFunds")
+    assert (again.value.reason, again.value.metadata, again.value.violations) == (
+        first.value.reason,
+        first.value.metadata,
+        first.value.violations,
+    )
+    assert count_rows(db_path, "SELECT COUNT(*) FROM charge_attempts") == 1
+
+
+def test_retrying_a_declined_key_with_another_card_is_key_reuse(payments: Payments) -> None:
+    with pytest.raises(FailedPrecondition):
+        charge(payments, payment_token="tok_chargeDeclined")
+    with pytest.raises(AlreadyExists) as raised:
+        charge(payments, payment_token="tok_visa")
+    assert raised.value.reason == "IDEMPOTENCY_KEY_REUSED"
+
+
+def test_refund_marks_the_payment_refunded(payments: Payments, clock: ManualClock) -> None:
+    payment = charge(payments)
+    clock.now = T0 + timedelta(minutes=3)
+    refunded = payments.refund(payment.payment_id)
+    assert refunded.status is PaymentStatus.REFUNDED
+    assert (refunded.create_time, refunded.update_time) == (T0, T0 + timedelta(minutes=3))
+    assert payments.get(payment.payment_id) == refunded
+
+
+def test_refunding_twice_returns_the_first_refund(payments: Payments, clock: ManualClock) -> None:
+    payment = charge(payments)
+    clock.now = T0 + timedelta(minutes=3)
+    first = payments.refund(payment.payment_id)
+    clock.now = T0 + timedelta(minutes=9)
+    assert payments.refund(payment.payment_id) == first
+
+
+def test_replaying_a_charge_after_refund_reports_the_refund(payments: Payments) -> None:
+    payment = charge(payments)
+    refunded = payments.refund(payment.payment_id)
+    assert charge(payments) == refunded
+
+
+def test_refund_of_unknown_payment_is_payment_not_found(payments: Payments) -> None:
+    with pytest.raises(NotFound) as raised:
+        payments.refund("pay_missing")
+    assert (raised.value.reason, raised.value.metadata) == (
+        "PAYMENT_NOT_FOUND",
+        {"payment_id": "pay_missing"},
+    )
+
+
+def test_get_unknown_payment_is_payment_not_found(payments: Payments) -> None:
+    with pytest.raises(NotFound) as raised:
+        payments.get("pay_missing")
+    assert raised.value.reason == "PAYMENT_NOT_FOUND"
+
+
+@pytest.mark.parametrize("operation", ["get", "refund"])
+def test_empty_payment_id_is_invalid(payments: Payments, operation: str) -> None:
+    with pytest.raises(InvalidArgument) as raised:
+        getattr(payments, operation)("")
+    assert raised.value.violations == [FieldViolation("payment_id", "must not be empty")]
+
+
+def test_payment_is_not_kept_without_its_idempotency_record(
+    store: SqlitePaymentStore, db_path: Path
+) -> None:
+    attempt = ChargeAttempt("key-1", "ord_1", USD_12_99, "tok_visa")
+    payment = Payment("pay_1", "ord_1", USD_12_99, PaymentStatus.CAPTURED, T0, T0)
+    # A record with both a payment and a decline violates the attempts table's CHECK, so the
+    # second INSERT fails after the first succeeded: the transaction must undo both.
+    with pytest.raises(sqlite3.IntegrityError):
+        store.record_charge(attempt, payment, Decline("generic_decline", "declined"), T0)
+    assert store.get("pay_1") is None
+    assert count_rows(db_path, "SELECT COUNT(*) FROM charge_attempts") == 0
+
+
+def test_payments_and_keys_survive_a_restart(payments: Payments, db_path: Path) -> None:
+    payment = charge(payments)
+    with pytest.raises(FailedPrecondition):
+        charge(payments, "key-2", payment_token="tok_chargeDeclined")
+    reopened = SqlitePaymentStore.open(db_path)
+    try:
+        restarted = Payments(reopened, clock=ManualClock(T0 + timedelta(hours=1)))
+        assert restarted.get(payment.payment_id) == payment
+        assert charge(restarted) == payment
+        with pytest.raises(FailedPrecondition) as raised:
+            charge(restarted, "key-2", payment_token="tok_chargeDeclined")
+        assert raised.value.metadata == {"decline_code": "generic_decline"}
+        assert reopened.count_payments() == 1
+    finally:
+        reopened.close()
+
+
+def test_card_declined_carries_a_precondition_violation(payments: Payments) -> None:
+    with pytest.raises(FailedPrecondition) as raised:
+        charge(payments, payment_token="tok_chargeDeclined")
+    assert raised.value.violations == [
+        PreconditionViolation("PAYMENT_METHOD", "payment_token", "the card was declined")
+    ]
