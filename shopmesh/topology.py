@@ -1,0 +1,565 @@
+"""The mesh topology (envoy/mesh.yaml) loaded and validated into frozen dataclasses.
+
+The topology is the single source of truth for every rendered Envoy config, so the loader is
+strict: every key is required, unknown keys are refused, and each error names the offending key
+by its path in the file (`services.orders.calls.userz`). When a descriptor set is given (the
+`gen/shop.pb` written by scripts/generate.py), every gRPC service and method the file names is
+checked against the contracts too.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from types import MappingProxyType
+from typing import NoReturn, TypeVar
+
+import yaml
+from google.protobuf import descriptor_pb2
+
+GATEWAY = "gateway"
+"""The identity of the edge gateway; it may appear wherever a caller identity is expected."""
+
+HEALTH_SERVICE = "grpc.health.v1.Health"
+REFLECTION_SERVICE = "grpc.reflection.v1alpha.ServerReflection"
+
+_NAME = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
+_DNS_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$")
+_GRPC_SERVICE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*\.[A-Z][A-Za-z0-9]*$")
+_METHOD = re.compile(r"^[A-Z][A-Za-z0-9]*$")
+_DURATION = re.compile(r"^(?P<value>\d+(\.\d+)?)(?P<unit>ms|s|m)$")
+_DURATION_UNITS = {"ms": 1, "s": 1000, "m": 60_000}
+_RETRY_ON = frozenset(
+    {
+        "cancelled",
+        "deadline-exceeded",
+        "internal",
+        "resource-exhausted",
+        "unavailable",
+        "reset",
+        "connect-failure",
+        "refused-stream",
+        "retriable-4xx",
+        "gateway-error",
+        "5xx",
+    }
+)
+
+T = TypeVar("T")
+
+
+class TopologyError(ValueError):
+    """The topology file is malformed; the message names the file and the bad key."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Route-level retries: which failures are retried, how often and with what backoff."""
+
+    retry_on: tuple[str, ...]
+    num_retries: int
+    backoff_base: timedelta
+    backoff_max: timedelta
+    host_selection_max_attempts: int
+    """How many times Envoy may re-pick a host to avoid one that already failed this request
+    (the previous-hosts retry predicate)."""
+
+
+@dataclass(frozen=True)
+class RoutePolicy:
+    """Timeouts and retries of the routes to one upstream (or one of its methods).
+
+    A zero route_timeout disables it (long-lived streams); a zero per_try_timeout leaves each
+    attempt bounded only by the route timeout.
+    """
+
+    route_timeout: timedelta
+    per_try_timeout: timedelta
+    retry: RetryPolicy
+
+
+@dataclass(frozen=True)
+class RetryBudget:
+    """Retries allowed at once, as a share of the requests in flight to the upstream."""
+
+    budget_percent: float
+    min_retry_concurrency: int
+
+
+@dataclass(frozen=True)
+class CircuitBreaker:
+    """Bulkhead limits per upstream cluster; beyond them calls fail fast."""
+
+    max_connections: int
+    max_pending_requests: int
+    max_requests: int
+
+
+@dataclass(frozen=True)
+class OutlierDetection:
+    """Passive ejection of replicas that keep failing."""
+
+    consecutive_5xx: int
+    consecutive_gateway_failure: int
+    interval: timedelta
+    base_ejection_time: timedelta
+    max_ejection_percent: int
+
+
+@dataclass(frozen=True)
+class HealthCheck:
+    """Active gRPC health checks (grpc.health.v1) of every replica, through mTLS."""
+
+    interval: timedelta
+    no_traffic_interval: timedelta
+    timeout: timedelta
+    unhealthy_threshold: int
+    healthy_threshold: int
+
+
+@dataclass(frozen=True)
+class UpstreamPolicy:
+    """Everything a caller's Envoy applies to calls to one upstream service."""
+
+    connect_timeout: timedelta
+    route: RoutePolicy
+    methods: Mapping[str, RoutePolicy]
+    """Per-method route overrides (e.g. no timeout for a server-streaming watch)."""
+    retry_budget: RetryBudget
+    circuit_breaker: CircuitBreaker
+    outlier_detection: OutlierDetection
+    health_check: HealthCheck
+    panic_threshold_percent: int
+
+
+@dataclass(frozen=True)
+class Service:
+    """One service of the mesh: its gRPC service, replica count and what it may call."""
+
+    name: str
+    grpc_service: str
+    replicas: int
+    calls: Mapping[str, tuple[str, ...]]
+    """Upstream service name -> the methods of it this service may call."""
+
+
+@dataclass(frozen=True)
+class LocalRateLimit:
+    """Token bucket shared by every connection to the gateway."""
+
+    max_tokens: int
+    tokens_per_fill: int
+    fill_interval: timedelta
+
+
+@dataclass(frozen=True)
+class Gateway:
+    """The edge gateway: the public methods, and what else it offers to outside clients."""
+
+    exposes: Mapping[str, tuple[str, ...]]
+    reflection: bool
+    """Route server reflection to each service, chosen by :authority (one virtual host each)."""
+    health: bool
+    """Route grpc.health.v1.Health/Check to each service, chosen by :authority."""
+    local_rate_limit: LocalRateLimit
+
+
+@dataclass(frozen=True)
+class Topology:
+    """The whole mesh. Build it with `load_topology`."""
+
+    trust_domain: str
+    namespace: str
+    services: Mapping[str, Service]
+    gateway: Gateway
+    policies: Mapping[str, UpstreamPolicy]
+    """Service name -> the policy every caller applies to it (defaults merged with overrides)."""
+
+    def spiffe_id(self, identity: str) -> str:
+        """The SPIFFE ID in the certificate of `identity` (a service name or "gateway")."""
+        if identity != GATEWAY and identity not in self.services:
+            raise KeyError(f"unknown identity {identity!r}")
+        return f"spiffe://{self.trust_domain}/ns/{self.namespace}/sa/{identity}"
+
+    @property
+    def spiffe_prefix(self) -> str:
+        """What every mesh identity's SPIFFE ID starts with."""
+        return f"spiffe://{self.trust_domain}/ns/{self.namespace}/sa/"
+
+    @property
+    def identities(self) -> tuple[str, ...]:
+        """Every identity that gets a certificate: each service, then the gateway."""
+        return (*self.services, GATEWAY)
+
+    def callers(self, service: str) -> dict[str, tuple[str, ...]]:
+        """Caller identity -> the methods of `service` it may call (the gateway included)."""
+        allowed = {
+            caller.name: caller.calls[service]
+            for caller in self.services.values()
+            if service in caller.calls
+        }
+        if service in self.gateway.exposes:
+            allowed[GATEWAY] = self.gateway.exposes[service]
+        return allowed
+
+
+def load_topology(path: Path, descriptor_set: Path | None = None) -> Topology:
+    """Load and validate the topology at `path`.
+
+    With `descriptor_set` (a serialized FileDescriptorSet, e.g. gen/shop.pb), every gRPC service
+    and method named in the file must exist in it; without, names are only checked for form.
+    """
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise TopologyError(f"{path}: cannot read the topology: {error.strerror}") from None
+    except yaml.YAMLError as error:
+        raise TopologyError(f"{path}: not valid YAML: {error}") from None
+    contracts = _read_descriptor_set(descriptor_set) if descriptor_set is not None else None
+    return parse_topology(raw, source=str(path), contracts=contracts)
+
+
+def parse_topology(
+    raw: object, source: str, contracts: Mapping[str, frozenset[str]] | None = None
+) -> Topology:
+    """Validate an already-parsed topology document (`source` names it in errors).
+
+    `contracts` maps full gRPC service names to their method names; None skips that check.
+    """
+    root = _Section.of(raw, source, "")
+    trust_domain = root.text("trust_domain", _DNS_NAME, "a DNS name such as shop.local")
+    namespace = root.text("namespace", _NAME, "a lower-case name such as shop")
+
+    services_section = root.section("services")
+    names = services_section.entries()
+    if not names:
+        root.fail("services", "at least one service is required")
+    grpc_services: dict[str, str] = {}
+    for name in names:
+        if not _NAME.match(name) or name == GATEWAY:
+            services_section.fail(name, f"{name!r} is not a valid service name")
+        section = services_section.section(name)
+        grpc_service = section.text(
+            "grpc_service", _GRPC_SERVICE, "a full gRPC service name (shop.users.v1.UsersService)"
+        )
+        if contracts is not None and grpc_service not in contracts:
+            section.fail("grpc_service", f"{grpc_service} is not in the descriptor set")
+        grpc_services[name] = grpc_service
+    methods = _MethodChecker(grpc_services, contracts)
+
+    services: dict[str, Service] = {}
+    for name in names:
+        section = services_section.section(name)
+        replicas = section.integer("replicas", minimum=1)
+        calls = methods.method_map(section.section("calls"), caller=name)
+        section.done()
+        services[name] = Service(name, grpc_services[name], replicas, MappingProxyType(calls))
+    services_section.done()
+
+    gateway_section = root.section("gateway")
+    exposes = methods.method_map(gateway_section.section("exposes"), caller=GATEWAY)
+    limit = gateway_section.section("local_rate_limit")
+    gateway = Gateway(
+        exposes=MappingProxyType(exposes),
+        reflection=gateway_section.boolean("reflection"),
+        health=gateway_section.boolean("health"),
+        local_rate_limit=LocalRateLimit(
+            max_tokens=limit.integer("max_tokens", minimum=1),
+            tokens_per_fill=limit.integer("tokens_per_fill", minimum=1),
+            fill_interval=limit.duration("fill_interval", minimum=_ONE_MS),
+        ),
+    )
+    limit.done()
+    gateway_section.done()
+
+    resilience = root.section("resilience")
+    defaults_raw = resilience.mapping("defaults")
+    # Parsed alone first, so a bad default is reported where it is written.
+    _parse_policy(_Section.of(defaults_raw, source, "resilience.defaults"), {})
+    overrides = resilience.section("overrides")
+    for target in overrides.entries():
+        if target not in services:
+            overrides.fail(target, f"unknown service {target!r}; known: {', '.join(names)}")
+    policies: dict[str, UpstreamPolicy] = {}
+    for name in names:
+        path = f"resilience.overrides.{name}"
+        override = dict(overrides.mapping(name)) if name in overrides.data else {}
+        method_overrides = override.pop("methods", {})
+        merged = _merge(defaults_raw, override, source, path)
+        method_routes: dict[str, RoutePolicy] = {}
+        methods_section = _Section.of(method_overrides, source, f"{path}.methods")
+        for method in methods_section.entries():
+            methods.check(methods_section, method, method, name)
+            method_path = f"{path}.methods.{method}"
+            method_raw = methods_section.mapping(method)
+            for key in method_raw:
+                if key not in _ROUTE_KEYS:
+                    _fail(source, f"{method_path}.{key}", f"may only set {', '.join(_ROUTE_KEYS)}")
+            route_raw = {key: merged[key] for key in _ROUTE_KEYS}
+            method_merged = _merge(route_raw, method_raw, source, method_path)
+            method_routes[method] = _parse_route(_Section.of(method_merged, source, method_path))
+        methods_section.done()
+        policies[name] = _parse_policy(_Section.of(merged, source, path), method_routes)
+    overrides.done()
+    resilience.done()
+    root.done()
+
+    return Topology(
+        trust_domain=trust_domain,
+        namespace=namespace,
+        services=MappingProxyType(services),
+        gateway=gateway,
+        policies=MappingProxyType(policies),
+    )
+
+
+_ONE_MS = timedelta(milliseconds=1)
+_ROUTE_KEYS = ("route_timeout", "per_try_timeout", "retry")
+
+
+def _fail(source: str, path: str, message: str) -> NoReturn:
+    raise TopologyError(f"{source}: {path}: {message}")
+
+
+def _merge(
+    defaults: Mapping[str, object], override: Mapping[str, object], source: str, path: str
+) -> dict[str, object]:
+    """`defaults` with `override` laid over it; an override may only set keys the defaults
+    have, so a typo cannot silently fall back to a default."""
+    merged = dict(defaults)
+    for key, value in override.items():
+        if key not in defaults:
+            _fail(source, f"{path}.{key}", "unknown key (not in resilience.defaults)")
+        base = defaults[key]
+        if isinstance(base, dict):
+            if not isinstance(value, dict):
+                _fail(source, f"{path}.{key}", "expected a mapping")
+            merged[key] = _merge(base, value, source, f"{path}.{key}")
+        else:
+            merged[key] = value
+    return merged
+
+
+class _MethodChecker:
+    """Checks method names against the contracts when a descriptor set was given."""
+
+    def __init__(
+        self, grpc_services: Mapping[str, str], contracts: Mapping[str, frozenset[str]] | None
+    ) -> None:
+        self.grpc_services = grpc_services
+        self.contracts = contracts
+
+    def check(self, section: _Section, key: str, method: str, service: str) -> None:
+        if not isinstance(method, str) or not _METHOD.match(method):
+            section.fail(key, f"{method!r} is not a gRPC method name such as GetUser")
+        if self.contracts is not None:
+            grpc_service = self.grpc_services[service]
+            if method not in self.contracts[grpc_service]:
+                section.fail(key, f"{grpc_service} has no method {method!r}")
+
+    def method_map(self, section: _Section, caller: str) -> dict[str, tuple[str, ...]]:
+        """A `service: [Method, ...]` mapping whose services and methods all exist."""
+        result: dict[str, tuple[str, ...]] = {}
+        for target in section.entries():
+            if target not in self.grpc_services:
+                known = ", ".join(self.grpc_services)
+                section.fail(target, f"unknown service {target!r}; known: {known}")
+            if target == caller:
+                section.fail(target, "a service does not call itself through the mesh")
+            methods = section.text_list(target, _METHOD, "gRPC method names such as GetUser")
+            if not methods:
+                section.fail(target, "list at least one method (or remove the entry)")
+            for method in methods:
+                self.check(section, target, method, target)
+            result[target] = methods
+        section.done()
+        return result
+
+
+def _parse_route(section: _Section) -> RoutePolicy:
+    retry = section.section("retry")
+    retry_on = retry.text_list("retry_on", re.compile(r"^[a-z0-9-]+$"), "retry conditions")
+    for condition in retry_on:
+        if condition not in _RETRY_ON:
+            retry.fail("retry_on", f"unknown condition {condition!r}; known: {sorted(_RETRY_ON)}")
+    policy = RoutePolicy(
+        route_timeout=section.duration("route_timeout"),
+        per_try_timeout=section.duration("per_try_timeout"),
+        retry=RetryPolicy(
+            retry_on=retry_on,
+            num_retries=retry.integer("num_retries", minimum=0),
+            backoff_base=retry.duration("backoff_base", minimum=_ONE_MS),
+            backoff_max=retry.duration("backoff_max", minimum=_ONE_MS),
+            host_selection_max_attempts=retry.integer("host_selection_max_attempts", minimum=1),
+        ),
+    )
+    if policy.retry.backoff_max < policy.retry.backoff_base:
+        retry.fail("backoff_max", "must be >= backoff_base")
+    retry.done()
+    if policy.route_timeout and policy.per_try_timeout > policy.route_timeout:
+        section.fail("per_try_timeout", "must not exceed route_timeout, which bounds all tries")
+    return policy
+
+
+def _parse_policy(section: _Section, methods: Mapping[str, RoutePolicy]) -> UpstreamPolicy:
+    route = _parse_route(section)
+    budget = section.section("retry_budget")
+    breaker = section.section("circuit_breaker")
+    outlier = section.section("outlier_detection")
+    health = section.section("health_check")
+    policy = UpstreamPolicy(
+        connect_timeout=section.duration("connect_timeout", minimum=_ONE_MS),
+        route=route,
+        methods=MappingProxyType(dict(methods)),
+        retry_budget=RetryBudget(
+            budget_percent=budget.number("budget_percent", 0.0, 100.0),
+            min_retry_concurrency=budget.integer("min_retry_concurrency", minimum=0),
+        ),
+        circuit_breaker=CircuitBreaker(
+            max_connections=breaker.integer("max_connections", minimum=1),
+            max_pending_requests=breaker.integer("max_pending_requests", minimum=1),
+            max_requests=breaker.integer("max_requests", minimum=1),
+        ),
+        outlier_detection=OutlierDetection(
+            consecutive_5xx=outlier.integer("consecutive_5xx", minimum=1),
+            consecutive_gateway_failure=outlier.integer("consecutive_gateway_failure", minimum=1),
+            interval=outlier.duration("interval", minimum=_ONE_MS),
+            base_ejection_time=outlier.duration("base_ejection_time", minimum=_ONE_MS),
+            max_ejection_percent=outlier.integer("max_ejection_percent", minimum=0, maximum=100),
+        ),
+        health_check=HealthCheck(
+            interval=health.duration("interval", minimum=_ONE_MS),
+            no_traffic_interval=health.duration("no_traffic_interval", minimum=_ONE_MS),
+            timeout=health.duration("timeout", minimum=_ONE_MS),
+            unhealthy_threshold=health.integer("unhealthy_threshold", minimum=1),
+            healthy_threshold=health.integer("healthy_threshold", minimum=1),
+        ),
+        panic_threshold_percent=section.integer("panic_threshold_percent", 0, 100),
+    )
+    for part in (budget, breaker, outlier, health):
+        part.done()
+    section.done()
+    return policy
+
+
+def _read_descriptor_set(path: Path) -> dict[str, frozenset[str]]:
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise TopologyError(f"{path}: cannot read the descriptor set: {error.strerror}") from None
+    descriptors = descriptor_pb2.FileDescriptorSet()
+    descriptors.ParseFromString(data)
+    contracts: dict[str, frozenset[str]] = {}
+    for file in descriptors.file:
+        for service in file.service:
+            full_name = f"{file.package}.{service.name}" if file.package else service.name
+            contracts[full_name] = frozenset(method.name for method in service.method)
+    return contracts
+
+
+class _Section:
+    """One mapping of the document, read key by key; `done` refuses keys nobody read."""
+
+    def __init__(self, data: Mapping[str, object], source: str, path: str) -> None:
+        self.data = data
+        self.source = source
+        self.path = path
+        self.read: set[str] = set()
+        self.children: dict[str, _Section] = {}
+
+    @classmethod
+    def of(cls, raw: object, source: str, path: str) -> _Section:
+        if not isinstance(raw, dict):
+            _fail(source, path or "(top level)", "expected a mapping")
+        for key in raw:
+            if not isinstance(key, str):
+                _fail(source, path or "(top level)", f"key {key!r} is not a string")
+        return cls(raw, source, path)
+
+    def _where(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def fail(self, key: str, message: str) -> NoReturn:
+        _fail(self.source, self._where(key), message)
+
+    def entries(self) -> list[str]:
+        """Every key of this mapping (all count as read: the caller handles each)."""
+        self.read.update(self.data)
+        return list(self.data)
+
+    def _get(self, key: str) -> object:
+        if key not in self.data:
+            self.fail(key, "missing (every key is required)")
+        self.read.add(key)
+        return self.data[key]
+
+    def _typed(self, key: str, kind: type[T], expected: str) -> T:
+        value = self._get(key)
+        # bool is an int in Python; a YAML `true` is never a number here.
+        if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+            self.fail(key, f"expected {expected}, got {value!r}")
+        return value
+
+    def mapping(self, key: str) -> Mapping[str, object]:
+        return _Section.of(self._get(key), self.source, self._where(key)).data
+
+    def section(self, key: str) -> _Section:
+        """The mapping at `key`; asking twice gives the same section (and its read keys)."""
+        if key not in self.children:
+            self.children[key] = _Section.of(self._get(key), self.source, self._where(key))
+        return self.children[key]
+
+    def text(self, key: str, pattern: re.Pattern[str], expected: str) -> str:
+        value = self._typed(key, str, expected)
+        if not pattern.match(value):
+            self.fail(key, f"expected {expected}, got {value!r}")
+        return value
+
+    def text_list(self, key: str, pattern: re.Pattern[str], expected: str) -> tuple[str, ...]:
+        values = self._typed(key, list, f"a list of {expected}")
+        for value in values:
+            if not isinstance(value, str) or not pattern.match(value):
+                self.fail(key, f"expected {expected}, got {value!r}")
+        if len(set(values)) != len(values):
+            self.fail(key, "lists an entry twice")
+        return tuple(values)
+
+    def boolean(self, key: str) -> bool:
+        return self._typed(key, bool, "true or false")
+
+    def integer(self, key: str, minimum: int, maximum: int | None = None) -> int:
+        value = self._typed(key, int, "an integer")
+        if value < minimum or (maximum is not None and value > maximum):
+            bound = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
+            self.fail(key, f"must be {bound}, got {value}")
+        return value
+
+    def number(self, key: str, minimum: float, maximum: float) -> float:
+        value = self._get(key)
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            self.fail(key, f"expected a number, got {value!r}")
+        if not minimum <= value <= maximum:
+            self.fail(key, f"must be between {minimum:g} and {maximum:g}, got {value}")
+        return float(value)
+
+    def duration(self, key: str, minimum: timedelta = timedelta(0)) -> timedelta:
+        value = self._get(key)
+        match = _DURATION.match(value) if isinstance(value, str) else None
+        if match is None:
+            self.fail(key, f"expected a duration such as 250ms, 1s or 1.5s, got {value!r}")
+        millis = float(match["value"]) * _DURATION_UNITS[match["unit"]]
+        if millis != int(millis):
+            self.fail(key, f"{value!r} is finer than a millisecond")
+        result = timedelta(milliseconds=int(millis))
+        if result < minimum:
+            self.fail(key, f"must be at least {minimum.total_seconds() * 1000:g}ms")
+        return result
+
+    def done(self) -> None:
+        """Refuse keys that were never read: they are typos or unsupported settings."""
+        for key in self.data:
+            if key not in self.read:
+                self.fail(key, "unknown key")

@@ -1,0 +1,325 @@
+"""Every config the renderer produces, local and Kubernetes, passes `envoy --mode validate`,
+and says what the topology says (names, addressing, routes, authorization, no inline keys)."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shopmesh.pki import CertificateAuthority, LocalPki, mounted_identity
+from shopmesh.render import (
+    GatewayPorts,
+    Json,
+    KubernetesAddressing,
+    LocalAddressing,
+    Pod,
+    RenderError,
+    local_pods,
+    render_all,
+    render_sidecar,
+    write_all,
+)
+from shopmesh.topology import GATEWAY, load_topology
+from tests.mesh.conftest import MESH_FILE, ROOT, contracts_descriptor_set, validate
+
+TOPOLOGY = load_topology(MESH_FILE)
+LOCAL_FILES = [f"{pod.name}.yaml" for pod in local_pods(TOPOLOGY)] + ["gateway.yaml"]
+KUBERNETES_FILES = [f"{name}.yaml" for name in TOPOLOGY.services] + ["gateway.yaml"]
+FIRST_PORT = 21000
+GATEWAY_PORTS = GatewayPorts(listener=28080, admin=29901, health=28081)
+
+
+@dataclasses.dataclass(frozen=True)
+class Rendered:
+    directory: Path
+    configs: dict[str, Json]
+    addressing: Any
+
+
+@pytest.fixture(scope="module")
+def local(tmp_path_factory: pytest.TempPathFactory) -> Rendered:
+    """Every local config, with the CA, identities, descriptor and directories they name."""
+    root = tmp_path_factory.mktemp("local")
+    descriptor = root / "shop.pb"
+    descriptor.write_bytes(contracts_descriptor_set(TOPOLOGY))
+    pki = LocalPki(root / "certs")
+    ca = pki.ensure_ca(datetime.timedelta(days=1))
+    for identity in TOPOLOGY.identities:
+        pki.issue(ca, identity, TOPOLOGY.spiffe_id(identity), datetime.timedelta(hours=1))
+    addressing = LocalAddressing.sequential(
+        TOPOLOGY, root / "var", root / "certs", descriptor, GATEWAY_PORTS, FIRST_PORT
+    )
+    addressing.make_directories(TOPOLOGY)
+    configs = render_all(TOPOLOGY, addressing)
+    write_all(configs, root / "envoy")
+    return Rendered(root / "envoy", configs, addressing)
+
+
+@pytest.fixture(scope="module")
+def kubernetes(tmp_path_factory: pytest.TempPathFactory) -> Rendered:
+    """Every Kubernetes config. The mounts (TLS Secret, descriptor) are stood in for by temp
+    directories so validation can open the files; everything else is the standard layout."""
+    root = tmp_path_factory.mktemp("kubernetes")
+    standard = KubernetesAddressing.standard(TOPOLOGY)
+    addressing = dataclasses.replace(standard, tls_dir=root / "tls", descriptor=root / "shop.pb")
+    addressing.descriptor.write_bytes(contracts_descriptor_set(TOPOLOGY))
+    ca = CertificateAuthority.create("test CA", datetime.timedelta(days=1))
+    credential = ca.issue(TOPOLOGY.spiffe_id("orders"), datetime.timedelta(hours=1))
+    addressing.tls_dir.mkdir()
+    for name, content in mounted_identity(ca, credential, addressing.tls_dir).items():
+        (addressing.tls_dir / name).write_bytes(content)
+    configs = render_all(TOPOLOGY, addressing)
+    write_all(configs, root / "envoy")
+    return Rendered(root / "envoy", configs, addressing)
+
+
+def assert_valid(config: Path) -> None:
+    result = validate(config)
+    assert result.returncode == 0, f"{config.name}:\n{result.stdout}\n{result.stderr}"
+
+
+@pytest.mark.parametrize("name", LOCAL_FILES)
+def test_local_config_passes_envoy_validation(local: Rendered, name: str) -> None:
+    assert_valid(local.directory / name)
+
+
+@pytest.mark.parametrize("name", KUBERNETES_FILES)
+def test_kubernetes_config_passes_envoy_validation(kubernetes: Rendered, name: str) -> None:
+    assert_valid(kubernetes.directory / name)
+
+
+def test_topology_matches_contracts_and_gateway_validates_with_them(
+    tmp_path: Path, local: Rendered
+) -> None:
+    # gen/ is written by `make generate`, which every test target runs first.
+    descriptor = ROOT / "gen" / "shop.pb"
+    load_topology(MESH_FILE, descriptor)
+    addressing = dataclasses.replace(local.addressing, descriptor=descriptor)
+    write_all({"gateway.yaml": render_all(TOPOLOGY, addressing)["gateway.yaml"]}, tmp_path)
+    assert_valid(tmp_path / "gateway.yaml")
+
+
+def walk(node: Any) -> Iterator[Any]:
+    """Every value in a nested config."""
+    yield node
+    if isinstance(node, dict):
+        for value in node.values():
+            yield from walk(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from walk(value)
+
+
+def by_name(items: list[Json], name: str) -> Json:
+    return next(item for item in items if item["name"] == name)
+
+
+def http_manager(listener: Json) -> Json:
+    manager: Json = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    return manager
+
+
+def address_of(listener_or_endpoint: Json) -> tuple[str, int]:
+    socket = listener_or_endpoint["socket_address"]
+    return socket["address"], socket["port_value"]
+
+
+def test_no_key_or_certificate_is_inlined(local: Rendered, kubernetes: Rendered) -> None:
+    for rendered in (local, kubernetes):
+        for name in rendered.configs:
+            text = (rendered.directory / name).read_text()
+            assert "BEGIN" not in text
+            assert "inline_" not in text
+
+
+def test_sidecar_names_follow_one_style(local: Rendered) -> None:
+    orders = local.configs["orders-0.yaml"]["static_resources"]
+    assert [listener["name"] for listener in orders["listeners"]] == [
+        "inbound",
+        "egress",
+        "health",
+    ]
+    assert [cluster["name"] for cluster in orders["clusters"]] == [
+        "local_app",
+        "svc_users",
+        "svc_inventory",
+        "svc_payments",
+        "svc_notifications",
+    ]
+    for listener in orders["listeners"]:
+        assert http_manager(listener)["stat_prefix"] == listener["name"]
+
+
+def test_local_sidecar_uses_unix_sockets_for_the_app_and_loopback_for_tcp(
+    local: Rendered,
+) -> None:
+    config = local.configs["orders-0.yaml"]
+    run_dir = local.addressing.var_dir / "run" / "orders-0"
+    resources = config["static_resources"]
+    egress = by_name(resources["listeners"], "egress")
+    assert egress["address"] == {"pipe": {"path": str(run_dir / "egress.sock")}}
+    app = by_name(resources["clusters"], "local_app")["load_assignment"]["endpoints"][0]
+    assert app["lb_endpoints"][0]["endpoint"]["address"] == {
+        "pipe": {"path": str(run_dir / "app.sock")}
+    }
+    tcp_hosts = {
+        value["address"]
+        for value in walk(config)
+        if isinstance(value, dict) and "port_value" in value
+    }
+    assert tcp_hosts == {"127.0.0.1"}
+
+
+def test_local_upstream_lists_every_replica_inbound_port(local: Rendered) -> None:
+    orders = local.configs["orders-0.yaml"]["static_resources"]
+    inventory = by_name(orders["clusters"], "svc_inventory")
+    assert inventory["type"] == "STATIC"
+    endpoints = inventory["load_assignment"]["endpoints"][0]["lb_endpoints"]
+    replicas = [local.configs[f"inventory-{i}.yaml"]["static_resources"] for i in range(2)]
+    inbound_ports = [
+        address_of(by_name(replica["listeners"], "inbound")["address"]) for replica in replicas
+    ]
+    assert [address_of(e["endpoint"]["address"]) for e in endpoints] == inbound_ports
+
+
+def test_kubernetes_sidecar_uses_headless_service_dns_and_standard_ports(
+    kubernetes: Rendered,
+) -> None:
+    config = kubernetes.configs["orders.yaml"]
+    resources = config["static_resources"]
+    inventory = by_name(resources["clusters"], "svc_inventory")
+    assert inventory["type"] == "STRICT_DNS"
+    endpoint = inventory["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+    assert address_of(endpoint["address"]) == ("inventory.shop.svc.cluster.local", 15443)
+    assert address_of(by_name(resources["listeners"], "inbound")["address"]) == ("0.0.0.0", 15443)
+    assert address_of(by_name(resources["listeners"], "health")["address"]) == ("0.0.0.0", 15021)
+    assert address_of(config["admin"]["address"]) == ("127.0.0.1", 15000)
+    assert by_name(resources["listeners"], "egress")["address"] == {
+        "pipe": {"path": "/var/run/shopmesh/egress.sock"}
+    }
+
+
+def test_admin_listens_on_loopback_only(local: Rendered, kubernetes: Rendered) -> None:
+    for rendered in (local, kubernetes):
+        for config in rendered.configs.values():
+            assert address_of(config["admin"]["address"])[0] == "127.0.0.1"
+
+
+def rbac_policies(config: Json) -> Json:
+    inbound = by_name(config["static_resources"]["listeners"], "inbound")
+    rbac = by_name(http_manager(inbound)["http_filters"], "envoy.filters.http.rbac")
+    policies: Json = rbac["typed_config"]["rules"]["policies"]
+    return policies
+
+
+def allowed_paths(policy: Json) -> set[str]:
+    return {
+        value["exact"]
+        for value in walk(policy["permissions"])
+        if isinstance(value, dict) and "exact" in value
+    }
+
+
+def test_inbound_rbac_grants_each_caller_exactly_its_methods(local: Rendered) -> None:
+    policies = rbac_policies(local.configs["payments-0.yaml"])
+    service = "/shop.payments.v1.PaymentsService"
+    assert allowed_paths(policies["caller-orders"]) == {
+        f"{service}/Charge",
+        f"{service}/Refund",
+        f"{service}/GetPayment",
+    }
+    assert allowed_paths(policies["caller-gateway"]) == {f"{service}/GetPayment"}
+    assert set(policies) == {
+        "caller-orders",
+        "caller-gateway",
+        "mesh-health-checks",
+        "gateway-reflection",
+    }
+    principal = policies["caller-orders"]["principals"][0]["authenticated"]["principal_name"]
+    assert principal == {"exact": "spiffe://shop.local/ns/shop/sa/orders"}
+
+
+def test_upstream_tls_requires_the_callee_spiffe_id(local: Rendered) -> None:
+    orders = local.configs["orders-0.yaml"]["static_resources"]
+    payments = by_name(orders["clusters"], "svc_payments")
+    context = payments["transport_socket"]["typed_config"]["common_tls_context"]
+    sans = context["combined_validation_context"]["default_validation_context"]
+    assert sans["match_typed_subject_alt_names"] == [
+        {"san_type": "URI", "matcher": {"exact": "spiffe://shop.local/ns/shop/sa/payments"}}
+    ]
+    assert payments["health_checks"][0]["grpc_health_check"]["service_name"] == (
+        "shop.payments.v1.PaymentsService"
+    )
+
+
+def test_resilience_policy_reaches_the_upstream_cluster_and_route(local: Rendered) -> None:
+    orders = local.configs["orders-0.yaml"]["static_resources"]
+    payments = by_name(orders["clusters"], "svc_payments")
+    thresholds = payments["circuit_breakers"]["thresholds"][0]
+    assert thresholds["max_requests"] == 32
+    assert thresholds["retry_budget"]["budget_percent"] == {"value": 25.0}
+    egress = http_manager(by_name(orders["listeners"], "egress"))
+    route = by_name(egress["route_config"]["virtual_hosts"][0]["routes"], "payments")
+    assert route["match"] == {"prefix": "/shop.payments.v1.PaymentsService/"}
+    assert route["route"]["timeout"] == "8.000s"
+    assert route["route"]["retry_policy"]["num_retries"] == 4
+    assert route["route"]["retry_policy"]["per_try_timeout"] == "2.000s"
+    assert route["route"]["retry_policy"]["retry_on"] == (
+        "unavailable,reset,connect-failure,refused-stream"
+    )
+
+
+def gateway_paths(config: Json, virtual_host: str) -> set[str]:
+    ingress = http_manager(by_name(config["static_resources"]["listeners"], "ingress"))
+    host = by_name(ingress["route_config"]["virtual_hosts"], virtual_host)
+    return {route["match"].get("path") or route["match"]["prefix"] for route in host["routes"]}
+
+
+def test_gateway_routes_only_exposed_methods(local: Rendered) -> None:
+    config = local.configs["gateway.yaml"]
+    expected = {
+        f"/{TOPOLOGY.services[service].grpc_service}/{method}"
+        for service, methods in TOPOLOGY.gateway.exposes.items()
+        for method in methods
+    }
+    assert gateway_paths(config, "public") == expected
+    assert "/shop.payments.v1.PaymentsService/Charge" not in gateway_paths(config, "payments")
+    assert "/shop.notifications.v1.NotificationsService/PublishOrderEvent" not in expected
+
+
+def test_gateway_offers_reflection_and_health_per_service_virtual_host(local: Rendered) -> None:
+    paths = gateway_paths(local.configs["gateway.yaml"], "users")
+    assert paths == {
+        "/shop.users.v1.UsersService/CreateUser",
+        "/shop.users.v1.UsersService/GetUser",
+        "/grpc.reflection.v1alpha.ServerReflection/",
+        "/grpc.health.v1.Health/Check",
+    }
+
+
+def test_streaming_method_override_disables_the_route_timeout(local: Rendered) -> None:
+    ingress = http_manager(
+        by_name(local.configs["gateway.yaml"]["static_resources"]["listeners"], "ingress")
+    )
+    public = by_name(ingress["route_config"]["virtual_hosts"], "public")["routes"]
+    watch = by_name(public, "notifications.WatchNotifications")["route"]
+    assert watch["timeout"] == "0.000s"
+    assert "per_try_timeout" not in watch["retry_policy"]
+
+
+def test_rendering_a_pod_without_ports_is_an_error(local: Rendered) -> None:
+    addressing = dataclasses.replace(local.addressing, ports={})
+    with pytest.raises(RenderError, match=re.escape("no ports for pod 'users-0'")):
+        render_sidecar(TOPOLOGY, addressing, Pod("users", "users-0"))
+
+
+def test_render_all_covers_every_pod_and_the_gateway(local: Rendered, kubernetes: Rendered) -> None:
+    assert sorted(local.configs) == sorted(LOCAL_FILES)
+    assert sorted(kubernetes.configs) == sorted(KUBERNETES_FILES)
+    assert local.configs[f"{GATEWAY}.yaml"]["node"] == {"id": "gateway", "cluster": "gateway"}
