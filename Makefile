@@ -62,6 +62,33 @@ run: $(GEN_STAMP) ## Run the five services without the mesh on 127.0.0.1:50051-5
 	trap 'kill -TERM "$${pids[@]}" 2>/dev/null' INT TERM; \
 	wait
 
+# The local mesh (shopmesh/cli.py): every service with its Envoy sidecar, and the gateway.
+# State (sockets, pids, logs, certificates, data) lives in STATE_DIR.
+STATE_DIR ?= var
+SHOPMESH := $(BIN)/shopmesh
+
+.PHONY: up down status logs fault
+$(SHOPMESH): pyproject.toml | $(VENV_STAMP)
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
+
+up: $(GEN_STAMP) $(SHOPMESH) ## Start the mesh (apps, sidecars, gateway); prints where to connect
+	$(SHOPMESH) up --state-dir $(STATE_DIR)
+
+down: ## Stop the mesh: no process left, sockets removed, data kept
+	@if [ -x $(SHOPMESH) ]; then $(SHOPMESH) down --state-dir $(STATE_DIR); \
+	else echo "shopmesh is not installed: nothing was started (make up)"; fi
+
+status: $(SHOPMESH) ## Each app, sidecar and the gateway: pid, alive, health
+	$(SHOPMESH) status --state-dir $(STATE_DIR)
+
+logs: $(SHOPMESH) ## Follow one process's log: make logs NAME=orders-0 (or orders-0.sidecar, gateway)
+	@test -n "$(NAME)" || { echo "usage: make logs NAME=<pod>|<pod>.sidecar|<pod>.access|gateway"; exit 2; }
+	$(SHOPMESH) logs --state-dir $(STATE_DIR) $(NAME) -f
+
+fault: $(SHOPMESH) ## Inject faults: make fault SERVICE=payments ARGS='--abort-percent 30 --status UNAVAILABLE'
+	@test -n "$(SERVICE)" || { echo "usage: make fault SERVICE=<service> ARGS='--abort-percent N --status CODE | --delay-ms N | --clear'"; exit 2; }
+	$(SHOPMESH) fault --state-dir $(STATE_DIR) $(SERVICE) $(ARGS)
+
 lint: $(GEN_STAMP) ## buf lint + format check, ruff, mypy --strict
 	$(BIN)/buf lint
 	$(BIN)/buf format --diff --exit-code
@@ -76,6 +103,28 @@ fmt: $(VENV_STAMP) ## Format protos and Python in place
 
 breaking: $(VENV_STAMP) ## buf breaking against BREAKING_AGAINST (default: the main branch)
 	$(BIN)/buf breaking --against '$(BREAKING_AGAINST)'
+
+.PHONY: bench
+bench: $(GEN_STAMP) ## Benchmark the mesh (h2load; installs Debian nghttp2-client if missing)
+	@command -v h2load >/dev/null || { \
+		echo "h2load not found: installing Debian nghttp2-client (apt-get update && apt-get install)"; \
+		sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		{ $$sudo apt-get update -q && \
+		  $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q nghttp2-client; } || \
+		{ echo "could not install nghttp2-client; install h2load yourself (Debian/Ubuntu:"\
+		  "apt-get install nghttp2-client, Fedora: dnf install nghttp2, macOS:"\
+		  "brew install nghttp2) and rerun make bench"; exit 1; }; }
+	$(BIN)/python scripts/bench.py $(BENCH_ARGS)
+
+.PHONY: kind-up kind-smoke kind-down
+kind-up: $(VENV_STAMP) ## Create a kind cluster running the mesh (needs docker, kind, kubectl; k8s/README.md)
+	bash scripts/kind-up.sh
+
+kind-smoke: $(VENV_STAMP) ## A checkout through the kind cluster's gateway with grpcurl
+	bash scripts/kind-smoke.sh
+
+kind-down: ## Delete the kind cluster and its certificates
+	bash scripts/kind-down.sh
 
 clean: ## Remove generated code, the venv and local data
 	rm -rf gen $(VENV) var .pytest_cache .mypy_cache .ruff_cache *.egg-info

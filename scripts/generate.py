@@ -2,7 +2,9 @@
 
 Runs the protoc bundled in grpcio-tools (pinned in requirements.txt) so the output is the same on
 every machine, plus mypy-protobuf's plugins for the type stubs. It also writes a binary
-descriptor set of every contract, which tools such as Envoy's gRPC-JSON transcoder read.
+descriptor set of every contract, which tools such as Envoy's gRPC-JSON transcoder read; the set
+also holds google.rpc.Status and the error detail messages (from googleapis-common-protos), so
+the transcoder can turn a failed call's status and details into a JSON body.
 
 Usage: python scripts/generate.py [--out gen]
 """
@@ -14,12 +16,16 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import tempfile
 from pathlib import Path
 
+import google.rpc.status_pb2
 import grpc_tools
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_DIR = ROOT / "proto"
+# In the descriptor set only: error details for the gateway's JSON transcoder.
+RPC_PROTOS = ("status.proto", "error_details.proto")
 
 
 def _plugin(name: str) -> str:
@@ -54,18 +60,43 @@ def generate(out: Path) -> list[Path]:
         f"--plugin=protoc-gen-mypy_grpc={_plugin('protoc-gen-mypy_grpc')}",
         f"--mypy_out={out}",
         f"--mypy_grpc_out={out}",
-        f"--descriptor_set_out={out / 'shop.pb'}",
-        "--include_imports",
-        "--include_source_info",
         *protos,
     ]
     subprocess.run(command, check=True, cwd=ROOT)
+    write_descriptor_set(out / "shop.pb", protos, well_known)
     # protoc writes plain directories; make each one a regular package so imports, mypy and
     # setuptools treat `shop` like any other package.
     for directory in [out, *(p for p in out.rglob("*") if p.is_dir())]:
         if directory != out:
             (directory / "__init__.py").touch()
     return sorted(out.rglob("*_pb2*.py"))
+
+
+def write_descriptor_set(path: Path, protos: list[str], well_known: Path) -> None:
+    """Write a descriptor set of `protos`, their imports, and google/rpc/status.proto and
+    error_details.proto. Those two ship as .proto files inside googleapis-common-protos, whose
+    Python modules the services already use; they are copied into a directory of their own so
+    that nothing else in site-packages can shadow the well-known types on the import path."""
+    installed = Path(google.rpc.status_pb2.__file__).parent
+    with tempfile.TemporaryDirectory() as include:
+        rpc = Path(include) / "google" / "rpc"
+        rpc.mkdir(parents=True)
+        for name in RPC_PROTOS:
+            shutil.copyfile(installed / name, rpc / name)
+        command = [
+            sys.executable,
+            "-m",
+            "grpc_tools.protoc",
+            f"--proto_path={PROTO_DIR}",
+            f"--proto_path={well_known}",
+            f"--proto_path={include}",
+            f"--descriptor_set_out={path}",
+            "--include_imports",
+            "--include_source_info",
+            *protos,
+            *(f"google/rpc/{name}" for name in RPC_PROTOS),
+        ]
+        subprocess.run(command, check=True, cwd=ROOT)
 
 
 def main() -> None:

@@ -47,6 +47,11 @@ INGRESS = "ingress"
 HEALTH_CHECK_PATH = f"/{HEALTH_SERVICE}/Check"
 REFLECTION_PREFIX = f"/{REFLECTION_SERVICE}/"
 GATEWAY_HEALTH_PATH = "/healthz"
+STREAM_IDLE_TIMEOUT = "0s"
+"""Idle timeout of stream routes (those without a route timeout, such as a notifications
+watch, which may be quiet for hours): none, instead of Envoy's default of 5 minutes. A peer that
+disappears is found by HTTP2_KEEPALIVE instead, on every network hop a stream crosses."""
+HTTP2_KEEPALIVE: dict[str, str] = {"interval": "30s", "timeout": "10s"}
 
 
 @dataclass(frozen=True)
@@ -409,12 +414,14 @@ def access_log(path: str, listener: str) -> list[Json]:
     ]
 
 
-def http2_options() -> Json:
-    """Upstream protocol options: gRPC needs HTTP/2 to the upstream."""
+def http2_options(keepalive: bool = False) -> Json:
+    """Upstream protocol options: gRPC needs HTTP/2 to the upstream. With `keepalive`
+    (connections to other Envoys), HTTP/2 PINGs find a peer that vanished without closing."""
+    options: Json = {"connection_keepalive": HTTP2_KEEPALIVE} if keepalive else {}
     return {
         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": typed(
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-            explicit_http_config={"http2_protocol_options": {}},
+            explicit_http_config={"http2_protocol_options": options},
         )
     }
 
@@ -444,6 +451,49 @@ def deadline_replies() -> Json:
             }
         ]
     }
+
+
+# The gRPC code of each HTTP status Envoy answers by itself (a body the transcoder cannot
+# parse, a method the gateway does not route, the rate limit, no healthy upstream, a timeout).
+LOCAL_REPLY_CODES = {400: 3, 404: 12, 429: 8, 503: 14, 504: 4}
+
+
+def gateway_replies() -> Json:
+    """Envoy's own replies to a JSON (transcoded) request come as the JSON google.rpc.Status
+    the transcoder renders the services' errors as (`{"code": 3, "message": "..."}`), not as
+    plain text. The transcoder marks what it transcoded with x-envoy-original-method; gRPC
+    clients keep Envoy's gRPC replies, with `deadline_replies`."""
+    json_replies = [
+        {
+            "filter": {
+                "and_filter": {
+                    "filters": [
+                        {
+                            "header_filter": {
+                                "header": {"name": "x-envoy-original-method", "present_match": True}
+                            }
+                        },
+                        {
+                            "status_code_filter": {
+                                "comparison": {
+                                    "op": "EQ",
+                                    "value": {
+                                        "default_value": status,
+                                        "runtime_key": f"ingress.local_reply.{status}",
+                                    },
+                                }
+                            }
+                        },
+                    ]
+                }
+            },
+            "body_format_override": {
+                "json_format": {"code": code, "message": "%LOCAL_REPLY_BODY%"}
+            },
+        }
+        for status, code in LOCAL_REPLY_CODES.items()
+    ]
+    return {"mappers": [*json_replies, *deadline_replies()["mappers"]]}
 
 
 def http_connection_manager(
@@ -509,12 +559,25 @@ def route_action(cluster: str, policy: RoutePolicy) -> Json:
     }
     if policy.per_try_timeout:
         retry_policy["per_try_timeout"] = duration(policy.per_try_timeout)
-    return {
+    action: Json = {
         "cluster": cluster,
         "timeout": duration(policy.route_timeout),
-        "max_stream_duration": {"grpc_timeout_header_max": duration(policy.route_timeout)},
         "retry_policy": retry_policy,
     }
+    if policy.route_timeout:
+        # With max_stream_duration on a route the router ignores `timeout` (Envoy's "new
+        # timeouts"), so the route timeout is also the stream's limit when a client sends no
+        # grpc-timeout; a grpc-timeout is honoured up to the same limit.
+        action["max_stream_duration"] = {
+            "max_stream_duration": duration(policy.route_timeout),
+            "grpc_timeout_header_max": duration(policy.route_timeout),
+        }
+    else:
+        action["idle_timeout"] = STREAM_IDLE_TIMEOUT
+    # Without a route timeout (streams) Envoy leaves the client's deadline to the client and
+    # the app: a stream that has sent its headers cannot get a local reply, so Envoy would
+    # reset it and the client would see INTERNAL instead of DEADLINE_EXCEEDED.
+    return action
 
 
 def upstream_routes(topology: Topology, service: str, methods: Sequence[str] | None) -> list[Json]:
@@ -577,7 +640,7 @@ def upstream_cluster(
         "type": upstream.discovery,
         "connect_timeout": duration(policy.connect_timeout),
         "lb_policy": "ROUND_ROBIN",
-        "typed_extension_protocol_options": http2_options(),
+        "typed_extension_protocol_options": http2_options(keepalive=True),
         "load_assignment": {
             "cluster_name": name,
             "endpoints": [
@@ -617,6 +680,9 @@ def upstream_cluster(
             "interval": duration(outlier.interval),
             "base_ejection_time": duration(outlier.base_ejection_time),
             "max_ejection_percent": outlier.max_ejection_percent,
+            # A replica that answers health checks but fails calls stays out for the ejection
+            # time; by default each passing health check would let it straight back in.
+            "successful_active_health_check_uneject_host": False,
         },
         "health_checks": [
             {
@@ -631,7 +697,13 @@ def upstream_cluster(
                 },
             }
         ],
-        "common_lb_config": {"healthy_panic_threshold": {"value": policy.panic_threshold_percent}},
+        "common_lb_config": {
+            "healthy_panic_threshold": {"value": policy.panic_threshold_percent},
+            # Health-check and ejection verdicts steer traffic at once; Envoy's default 1 s
+            # merge window (meant for big, noisy clusters) would add up to a second to every
+            # removal and return of a replica, and make /clusters run ahead of the routing.
+            "update_merge_window": "0s",
+        },
     }
     if upstream.discovery == "STRICT_DNS":
         cluster["dns_lookup_family"] = "V4_ONLY"
@@ -728,9 +800,26 @@ def local_app_cluster(addressing: Addressing, pod: Pod, connect_timeout: timedel
     }
 
 
+def stream_routes(topology: Topology, service: str) -> list[Json]:
+    """Inbound routes of `service`'s methods without a route timeout (streams): like every
+    inbound call, no timeout, and no idle timeout either (STREAM_IDLE_TIMEOUT)."""
+    grpc_service = topology.services[service].grpc_service
+    return [
+        {
+            "name": f"{service}.{method}",
+            "match": path_exact(f"/{grpc_service}/{method}"),
+            "route": {"cluster": LOCAL_APP, "timeout": "0s", "idle_timeout": STREAM_IDLE_TIMEOUT},
+        }
+        for method, policy in topology.policies[service].methods.items()
+        if not policy.route_timeout
+    ]
+
+
 def inbound_listener(topology: Topology, addressing: Addressing, pod: Pod) -> Json:
     """mTLS from mesh identities only -> RBAC per caller and method -> faults -> the app. No
-    timeout here: the caller's sidecar owns the budget, and its grpc-timeout is honoured."""
+    timeout here: the caller's sidecar owns the budget, and the app enforces the grpc-timeout
+    it forwards (an Envoy timer here would reset streams mid-response: INTERNAL, not
+    DEADLINE_EXCEEDED)."""
     files = addressing.identity(pod.service)
     routes = {
         "name": INBOUND,
@@ -739,14 +828,11 @@ def inbound_listener(topology: Topology, addressing: Addressing, pod: Pod) -> Js
                 "name": pod.service,
                 "domains": ["*"],
                 "routes": [
+                    *stream_routes(topology, pod.service),
                     {
                         "match": {"prefix": "/"},
-                        "route": {
-                            "cluster": LOCAL_APP,
-                            "timeout": "0s",
-                            "max_stream_duration": {"grpc_timeout_header_max": "0s"},
-                        },
-                    }
+                        "route": {"cluster": LOCAL_APP, "timeout": "0s"},
+                    },
                 ],
             }
         ],
@@ -770,6 +856,7 @@ def inbound_listener(topology: Topology, addressing: Addressing, pod: Pod) -> Js
                     # The app may read the caller's SPIFFE ID from x-forwarded-client-cert.
                     forward_client_cert_details="SANITIZE_SET",
                     set_current_client_cert_details={"uri": True},
+                    http2_protocol_options={"connection_keepalive": HTTP2_KEEPALIVE},
                 )
             ],
             "transport_socket": {"name": "envoy.transport_sockets.tls", "typed_config": tls},
@@ -990,12 +1077,15 @@ def render_gateway(topology: Topology, addressing: Addressing) -> Json:
                 http_connection_manager(
                     INGRESS,
                     gateway_routes(topology),
-                    [local_rate_limit_filter(topology), transcoder_filter(topology, addressing)],
+                    # The transcoder first, so a JSON request refused by the rate limit is
+                    # known as one (gateway_replies) and answered in JSON.
+                    [transcoder_filter(topology, addressing), local_rate_limit_filter(topology)],
                     addressing.access_log(GATEWAY),
                     "AUTO",
                     # Virtual hosts match the authority without its port.
                     strip_any_host_port=True,
-                    local_reply_config=deadline_replies(),
+                    local_reply_config=gateway_replies(),
+                    http2_protocol_options={"connection_keepalive": HTTP2_KEEPALIVE},
                 )
             ]
         },

@@ -8,9 +8,12 @@ store created by an older version is brought up to date on start.
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+
+_WAL_SWITCH_SECONDS = 5.0
 
 
 def open_database(path: Path | str, migrations: Sequence[str]) -> sqlite3.Connection:
@@ -24,22 +27,40 @@ def open_database(path: Path | str, migrations: Sequence[str]) -> sqlite3.Connec
     # isolation_level=None: transactions are explicit (see `transaction`), never implicit.
     connection = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
     connection.row_factory = sqlite3.Row
-    connection.execute("PRAGMA journal_mode=WAL")
+    connection.execute("PRAGMA busy_timeout=5000")
+    _enable_wal(connection)
     # FULL: a committed transaction survives power loss, which the saga and outbox rely on.
     connection.execute("PRAGMA synchronous=FULL")
     connection.execute("PRAGMA foreign_keys=ON")
-    connection.execute("PRAGMA busy_timeout=5000")
-    version = connection.execute("PRAGMA user_version").fetchone()[0]
-    if version > len(migrations):
-        raise RuntimeError(
-            f"{path} has schema version {version}, newer than this code knows ({len(migrations)})"
-        )
-    for number in range(version, len(migrations)):
+    # One transaction per migration, the version read inside it: of two processes migrating
+    # one file at once (inventory replicas), the second sees the first's work and skips it.
+    while True:
         with transaction(connection):
-            for statement in _statements(migrations[number]):
+            version = connection.execute("PRAGMA user_version").fetchone()[0]
+            if version > len(migrations):
+                raise RuntimeError(
+                    f"{path} has schema version {version}, newer than this code knows "
+                    f"({len(migrations)})"
+                )
+            if version == len(migrations):
+                return connection
+            for statement in _statements(migrations[version]):
                 connection.execute(statement)
-            connection.execute(f"PRAGMA user_version={number + 1}")
-    return connection
+            connection.execute(f"PRAGMA user_version={version + 1}")
+
+
+def _enable_wal(connection: sqlite3.Connection) -> None:
+    """Switch to WAL. Processes opening one new file together (inventory replicas) race for
+    the lock this takes, and SQLite does not wait for it with busy_timeout: retry briefly."""
+    deadline = time.monotonic() + _WAL_SWITCH_SECONDS
+    while True:
+        try:
+            connection.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.005)
 
 
 def _statements(script: str) -> Iterator[str]:

@@ -1,0 +1,151 @@
+"""Every Envoy config in a ConfigMap of the manifests passes `envoy --mode validate`, run with
+the same arguments as its container, and the certificate files `issue-certs` writes for the
+Secrets are the ones those configs read.
+
+`envoy --mode validate` opens every file a config names (the SDS files, and through them the
+certificate, key and trust bundle; the gateway's descriptor set), so the pod's mounts are
+stood in for by a temporary directory: each mount path `/m` becomes `<tmp>/m`, filled as the
+kubelet would fill it (the Secret's files from `pki.mounted_identity`, the descriptor set from
+gen/). The configs are validated with that prefix added to every path under a mount, and
+nothing else changed."""
+
+from __future__ import annotations
+
+import datetime
+import stat
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from shopmesh.k8s import CONFIG_DIR, CONFIG_FILE, issue_certificates
+from shopmesh.pki import (
+    CERTIFICATE_SDS_FILE,
+    VALIDATION_SDS_FILE,
+    CertificateAuthority,
+    IdentityFiles,
+    mounted_identity,
+)
+from shopmesh.render import KubernetesAddressing
+from shopmesh.topology import GATEWAY
+from tests.k8s.conftest import ROOT, TOPOLOGY, Json, Rendered, all_containers, is_envoy, pod_spec
+
+ENVOY = Path(sys.executable).parent / "envoy"
+ADDRESSING = KubernetesAddressing.standard(TOPOLOGY)
+DESCRIPTOR = ROOT / "gen" / "shop.pb"
+
+
+def config_of(overlay: Rendered, workload: Json) -> str:
+    """The envoy.yaml of the ConfigMap the workload mounts."""
+    volumes = {v["name"]: v for v in pod_spec(workload)["volumes"]}
+    config_map = overlay.named("ConfigMap", volumes["envoy-config"]["configMap"]["name"])
+    text: str = config_map["data"][CONFIG_FILE]
+    return text
+
+
+def envoy_container(workload: Json) -> Json:
+    return next(c for c in all_containers(workload) if is_envoy(c))
+
+
+def under(value: Any, mounts: list[str]) -> bool:
+    """Whether `value` is a mount path or a path inside one."""
+    return isinstance(value, str) and any(
+        value == m or value.startswith(f"{m.rstrip('/')}/") for m in mounts
+    )
+
+
+def prefixed(node: Any, mounts: list[str], root: Path, moved: list[str]) -> Any:
+    """`node` with every path under a mount moved under `root` (each one noted in `moved`)."""
+    if isinstance(node, dict):
+        return {key: prefixed(value, mounts, root, moved) for key, value in node.items()}
+    if isinstance(node, list):
+        return [prefixed(value, mounts, root, moved) for value in node]
+    if under(node, mounts):
+        moved.append(node)
+        return f"{root}{node}"
+    return node
+
+
+def materialise(workload: Json, root: Path) -> list[str]:
+    """Fill `root` with what the pod's Envoy mounts; returns the mount paths."""
+    name = workload["metadata"]["name"]
+    mounts = [m["mountPath"] for m in envoy_container(workload)["volumeMounts"]]
+    for mount in mounts:
+        (root / mount.lstrip("/")).mkdir(parents=True, exist_ok=True)
+    tls = root / str(ADDRESSING.tls_dir).lstrip("/")
+    ca = CertificateAuthority.create("test CA", datetime.timedelta(hours=1))
+    credential = ca.issue(TOPOLOGY.spiffe_id(name), datetime.timedelta(minutes=30))
+    for file, content in mounted_identity(ca, credential, tls).items():
+        (tls / file).write_bytes(content)
+    if name == GATEWAY:
+        if not DESCRIPTOR.exists():
+            pytest.fail(f"{DESCRIPTOR} is missing: run `make generate` first", pytrace=False)
+        descriptor = root / str(ADDRESSING.descriptor).lstrip("/")
+        descriptor.write_bytes(DESCRIPTOR.read_bytes())
+    return mounts
+
+
+def test_every_config_map_passes_envoy_validation_with_its_container_args(
+    overlay: Rendered, tmp_path: Path
+) -> None:
+    for workload in overlay.workloads():
+        name = workload["metadata"]["name"]
+        root = tmp_path / name
+        mounts = materialise(workload, root)
+        moved: list[str] = []
+        config = prefixed(yaml.safe_load(config_of(overlay, workload)), mounts, root, moved)
+        # The SDS files (certificates) at least; the only change is the prefix.
+        assert str(ADDRESSING.tls_dir / CERTIFICATE_SDS_FILE) in moved, name
+
+        config_path = root / str(CONFIG_DIR).lstrip("/") / CONFIG_FILE
+        config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        container = envoy_container(workload)
+        args = list(container["args"])
+        args[args.index("--config-path") + 1] = str(config_path)
+        result = subprocess.run(
+            [str(ENVOY), *args, "--mode", "validate"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 0, f"{name}:\n{result.stdout}\n{result.stderr}"
+
+
+def test_sidecar_identity_is_the_workload_and_the_config_is_the_rendered_one(
+    overlay: Rendered,
+) -> None:
+    for workload in overlay.workloads():
+        config = yaml.safe_load(config_of(overlay, workload))
+        assert config["node"]["cluster"] == workload["metadata"]["name"]
+
+
+def test_issued_secret_files_are_the_ones_the_configs_read(tmp_path: Path) -> None:
+    out = tmp_path / "tls"
+    issued = issue_certificates(TOPOLOGY, ADDRESSING, tmp_path / "pki", out)
+    assert set(issued) == set(TOPOLOGY.identities)
+    for identity in TOPOLOGY.identities:
+        directory = out / identity
+        mounted = IdentityFiles(ADDRESSING.tls_dir)
+        files = {p.name for p in directory.iterdir()}
+        assert {CERTIFICATE_SDS_FILE, VALIDATION_SDS_FILE} <= files
+        certificate_sds = yaml.safe_load((directory / CERTIFICATE_SDS_FILE).read_text())
+        secret = certificate_sds["resources"][0]["tls_certificate"]
+        named = [
+            Path(secret["certificate_chain"]["filename"]),
+            Path(secret["private_key"]["filename"]),
+        ]
+        assert all(p.parent == mounted.directory and p.name in files for p in named)
+        for path in directory.iterdir():
+            assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+
+
+def test_reissuing_certificates_keeps_the_ca(tmp_path: Path) -> None:
+    first = issue_certificates(TOPOLOGY, ADDRESSING, tmp_path / "pki", tmp_path / "tls")
+    bundle = (tmp_path / "tls" / "users" / "ca.pem").read_bytes()
+    second = issue_certificates(TOPOLOGY, ADDRESSING, tmp_path / "pki", tmp_path / "tls")
+    assert (tmp_path / "tls" / "users" / "ca.pem").read_bytes() == bundle
+    assert second["users"] >= first["users"]

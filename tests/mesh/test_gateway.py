@@ -1,0 +1,575 @@
+"""The edge gateway of the running mesh, reached the way its users reach it: grpcurl with
+server reflection and no proto files, JSON over HTTP/1.1 through gRPC-JSON transcoding (the
+standard library and curl), only what envoy/mesh.yaml exposes, and the local rate limit.
+
+Everything runs against one real mesh (every app, its Envoy sidecar, the gateway) started for
+this module; the expectations (what is exposed, the rate limit) come from the topology file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import subprocess
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf import descriptor_pb2, json_format
+from google.protobuf.message import Message
+from grpc import aio
+
+from shop.common.v1 import money_pb2
+from shop.inventory.v1 import inventory_pb2
+from shop.notifications.v1 import notifications_pb2
+from shop.payments.v1 import payments_pb2
+from shop.users.v1 import users_pb2
+from shopmesh.supervisor import RunningMesh
+from shopmesh.topology import load_topology
+from tests.helpers import count_rows
+from tests.mesh.conftest import MESH_FILE, MeshClients, eventually
+from tests.mesh.gateway_clients import (
+    CALL_TIMEOUT,
+    CURL,
+    GRPCURL_STATUS_EXIT_BASE,
+    Grpcurl,
+    HttpResponse,
+    apost_json,
+    call_raw,
+    curl_json,
+    grpc_path,
+)
+
+# Read once at collection: the tests are parametrized by what the topology exposes.
+TOPOLOGY = load_topology(MESH_FILE)
+EXPOSED = {service: TOPOLOGY.services[service].grpc_service for service in TOPOLOGY.gateway.exposes}
+ERROR_INFO = "type.googleapis.com/google.rpc.ErrorInfo"
+BAD_REQUEST = "type.googleapis.com/google.rpc.BadRequest"
+ERROR_DOMAIN = "shop.example"
+REFLECTION_SERVICE = "grpc.reflection.v1alpha.ServerReflection"
+HEALTH_SERVICE = "grpc.health.v1.Health"
+
+
+@pytest.fixture(scope="module")
+def grpcurl(mesh: RunningMesh) -> Grpcurl:
+    return Grpcurl(mesh.gateway_address)
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+def method_of(service: str, method: str) -> str:
+    """grpcurl's name of a method: `pkg.Service/Method`."""
+    return f"{EXPOSED[service]}/{method}"
+
+
+# --- grpcurl: reflection through the gateway, by authority ---------------------------------
+
+
+@pytest.mark.parametrize("service", list(EXPOSED))
+async def test_grpcurl_lists_the_service_chosen_by_authority(
+    grpcurl: Grpcurl, service: str
+) -> None:
+    result = await grpcurl.run(service, "list")
+
+    assert result.returncode == 0, result.explain()
+    listed = set(result.stdout.split())
+    assert EXPOSED[service] in listed
+    assert {HEALTH_SERVICE, REFLECTION_SERVICE} <= listed
+    # Each virtual host reaches its own service's app only.
+    assert {name for name in listed if name.startswith("shop.")} == {EXPOSED[service]}
+
+
+@pytest.mark.parametrize("service", list(EXPOSED))
+async def test_grpcurl_describes_every_exposed_method(grpcurl: Grpcurl, service: str) -> None:
+    described = await grpcurl.run(service, "describe", EXPOSED[service])
+
+    assert described.returncode == 0, described.explain()
+    assert f"{EXPOSED[service]} is a service:" in described.stdout
+    for method in TOPOLOGY.gateway.exposes[service]:
+        found = re.search(rf"rpc {method} \( \.(\S+) \) returns", described.stdout)
+        assert found, described.stdout
+        # Messages resolve too: grpcurl builds requests from them, with no proto file.
+        request = await grpcurl.run(service, "describe", found[1])
+        assert f"{found[1]} is a message:" in request.stdout, request.explain()
+
+
+async def test_grpcurl_without_authority_gets_no_reflection(grpcurl: Grpcurl) -> None:
+    # The default virtual host routes public methods only: reflection needs -authority.
+    result = await grpcurl.run(None, "list")
+
+    assert result.returncode != 0
+    assert "does not support the reflection API" in result.stderr, result.explain()
+
+
+# --- grpcurl: every public RPC -----------------------------------------------------------
+
+
+@dataclass
+class Journey:
+    """A shopper's session through grpcurl; remembers which public methods it used."""
+
+    grpcurl: Grpcurl
+    called: set[tuple[str, str]]
+
+    async def __call__(self, service: str, method: str, data: Mapping[str, Any]) -> Any:
+        self.called.add((service, method))
+        return await self.grpcurl.call(service, method_of(service, method), data)
+
+
+@dataclass
+class Watch:
+    """A running `grpcurl -v ... WatchNotifications`, bounded by -max-time."""
+
+    process: asyncio.subprocess.Process
+    output: list[str]
+
+    async def headers_received(self, within: float) -> None:
+        """Wait until the response headers arrived: from then on, the subscription is in
+        place (the contract says so), so a notification created next is streamed."""
+        assert self.process.stdout is not None
+        deadline = time.monotonic() + within
+        while not any(line.startswith("Response headers received") for line in self.output):
+            line = await asyncio.wait_for(
+                self.process.stdout.readline(), max(0.0, deadline - time.monotonic())
+            )
+            assert line, f"watch ended before its headers: {''.join(self.output)}"
+            self.output.append(line.decode())
+
+    async def finish(self, within: float) -> tuple[int, list[Any]]:
+        """Wait for grpcurl to end (its -max-time); its exit status and streamed messages."""
+        assert self.process.stdout is not None
+        rest = await asyncio.wait_for(self.process.stdout.read(), within)
+        returncode = await asyncio.wait_for(self.process.wait(), within)
+        text = "".join(self.output) + rest.decode()
+        decoder = json.JSONDecoder()
+        messages = []
+        for block in text.split("Response contents:\n")[1:]:
+            message, _ = decoder.raw_decode(block)
+            messages.append(message)
+        return returncode, messages
+
+
+async def start_watch(grpcurl: Grpcurl, user_id: str, max_time: float) -> Watch:
+    request = json.dumps({"user_id": user_id})
+    command = [
+        *grpcurl.command("notifications", "-v", "-d", request, max_time=max_time),
+        grpcurl.target,
+        method_of("notifications", "WatchNotifications"),
+    ]
+    process = await asyncio.create_subprocess_exec(
+        *command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    return Watch(process, [])
+
+
+async def test_grpcurl_invokes_every_public_rpc(grpcurl: Grpcurl) -> None:
+    call = Journey(grpcurl, set())
+
+    email = f"{unique('ada')}@example.com"
+    created = await call(
+        "users",
+        "CreateUser",
+        {"request_id": unique("req"), "email": email, "display_name": "Ada Lovelace"},
+    )
+    user = created["user"]
+    assert user["email"] == email
+    assert user["display_name"] == "Ada Lovelace"
+    assert user["user_id"]
+    assert user["create_time"]
+    assert (await call("users", "GetUser", {"user_id": user["user_id"]}))["user"] == user
+
+    first_page = await call("inventory", "ListProducts", {"page_size": 2})
+    assert len(first_page["products"]) == 2
+    second_page = await call(
+        "inventory",
+        "ListProducts",
+        {"page_size": 2, "page_token": first_page["next_page_token"]},
+    )
+    first_skus = {product["sku"] for product in first_page["products"]}
+    assert first_skus.isdisjoint(product["sku"] for product in second_page["products"])
+    # The best-stocked product of the first two pages: ordering two never runs out.
+    product = max(
+        first_page["products"] + second_page["products"],
+        key=lambda p: int(p["available_quantity"]),
+    )
+    fetched = await call("inventory", "GetProduct", {"sku": product["sku"]})
+    assert fetched["product"] == product
+
+    # The watch outlives the gateway's default route timeout: WatchNotifications has no
+    # route timeout (envoy/mesh.yaml), so only the client's -max-time ends it.
+    default_timeout = TOPOLOGY.policies["notifications"].route.route_timeout.total_seconds()
+    watch_time = default_timeout + 1
+    watch = await start_watch(grpcurl, user["user_id"], watch_time)
+    watch_started = time.monotonic()
+    try:
+        await watch.headers_received(within=CALL_TIMEOUT)
+
+        price = product["price"]
+        placed = await call(
+            "orders",
+            "PlaceOrder",
+            {
+                "idempotency_key": unique("checkout"),
+                "user_id": user["user_id"],
+                "items": [{"sku": product["sku"], "quantity": 2}],
+                "payment_token": "tok_visa",
+                "currency_code": price["currency_code"],
+            },
+        )
+        order = placed["order"]
+        assert order["status"] == "ORDER_STATUS_CONFIRMED", order
+        assert order["total"] == {
+            "currency_code": price["currency_code"],
+            "minor_units": str(2 * int(price["minor_units"])),
+        }
+        assert [(item["sku"], item["quantity"]) for item in order["items"]] == [
+            (product["sku"], "2")
+        ]
+        assert (await call("orders", "GetOrder", {"order_id": order["order_id"]}))["order"] == order
+        listed = await call("orders", "ListOrders", {"user_id": user["user_id"]})
+        assert listed["orders"] == [order]
+
+        payment = (await call("payments", "GetPayment", {"payment_id": order["payment_id"]}))[
+            "payment"
+        ]
+        assert payment["status"] == "PAYMENT_STATUS_CAPTURED"
+        assert payment["order_id"] == order["order_id"]
+        assert payment["amount"] == order["total"]
+
+        cancelled = await call(
+            "orders", "CancelOrder", {"order_id": order["order_id"], "reason": "changed my mind"}
+        )
+        assert cancelled["order"]["status"] == "ORDER_STATUS_CANCELLED"
+        assert cancelled["order"]["cancel_reason"] == "changed my mind"
+        refunded = await call("payments", "GetPayment", {"payment_id": order["payment_id"]})
+        assert refunded["payment"]["status"] == "PAYMENT_STATUS_REFUNDED"
+
+        # Order events reach notifications through orders' outbox, asynchronously.
+        notifications: list[Any] = []
+
+        async def both_notified() -> bool:
+            listed = await call("notifications", "ListNotifications", {"user_id": user["user_id"]})
+            notifications[:] = listed.get("notifications", [])
+            return len(notifications) == 2
+
+        await eventually(both_notified, within=CALL_TIMEOUT, what="two notifications")
+        # Newest first.
+        assert [n["event_type"] for n in notifications] == [
+            "ORDER_EVENT_TYPE_CANCELLED",
+            "ORDER_EVENT_TYPE_CONFIRMED",
+        ]
+        assert {n["order_id"] for n in notifications} == {order["order_id"]}
+
+        returncode, streamed = await watch.finish(within=watch_time + CALL_TIMEOUT)
+    finally:
+        if watch.process.returncode is None:
+            watch.process.kill()
+            await watch.process.wait()
+    assert returncode == GRPCURL_STATUS_EXIT_BASE + grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
+    assert time.monotonic() - watch_started >= default_timeout
+    assert [message["notification"] for message in streamed] == notifications[::-1]
+
+    exposed = {(s, m) for s, methods in TOPOLOGY.gateway.exposes.items() for m in methods}
+    assert call.called | {("notifications", "WatchNotifications")} == exposed
+
+
+# --- only what the topology exposes --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class InternalCall:
+    """A valid request to an internal method, and how to tell whether it ran."""
+
+    service: str
+    method: str
+    request: Message
+    executed_sql: str
+    """Counts the rows the call would have written (0: it never ran)."""
+
+
+def internal_calls() -> list[InternalCall]:
+    order_id = unique("ord")
+    usd = money_pb2.Money(currency_code="USD", minor_units=1299)
+    key = unique("charge")
+    event_id = unique("evt")
+    return [
+        InternalCall(
+            "payments",
+            "Charge",
+            payments_pb2.ChargeRequest(
+                idempotency_key=key,
+                order_id=order_id,
+                amount=usd,
+                payment_token="tok_visa",
+            ),
+            f"SELECT COUNT(*) FROM charge_attempts WHERE idempotency_key = '{key}'",
+        ),
+        InternalCall(
+            "notifications",
+            "PublishOrderEvent",
+            json_format.ParseDict(
+                {
+                    "event": {
+                        "event_id": event_id,
+                        "order_id": order_id,
+                        "user_id": unique("usr"),
+                        "type": "ORDER_EVENT_TYPE_CONFIRMED",
+                        "total": json_format.MessageToDict(usd),
+                        "occur_time": "2026-01-01T00:00:00Z",
+                    }
+                },
+                notifications_pb2.PublishOrderEventRequest(),
+            ),
+            f"SELECT COUNT(*) FROM events WHERE event_id = '{event_id}'",
+        ),
+        InternalCall(
+            "inventory",
+            "ReserveStock",
+            inventory_pb2.ReserveStockRequest(
+                order_id=order_id,
+                items=[inventory_pb2.ReservationItem(sku="STICKER-01", quantity=1)],
+            ),
+            f"SELECT COUNT(*) FROM reservations WHERE order_id = '{order_id}'",
+        ),
+    ]
+
+
+@pytest.mark.parametrize("internal", internal_calls(), ids=lambda c: f"{c.service}.{c.method}")
+async def test_internal_rpc_is_unimplemented_at_the_gateway_and_never_runs(
+    mesh: RunningMesh, grpcurl: Grpcurl, mesh_clients: MeshClients, internal: InternalCall
+) -> None:
+    database = mesh.replicas(internal.service)[0].db_path
+    path = grpc_path(EXPOSED[internal.service], internal.method)
+    request_json = json_format.MessageToDict(internal.request, preserving_proto_field_name=True)
+
+    # grpcurl resolves the method by reflection (it is in the contract), the gateway has no
+    # route for it: UNIMPLEMENTED, from Envoy.
+    result = await grpcurl.run(
+        internal.service, method_of(internal.service, internal.method), data=request_json
+    )
+    code, error = result.status()
+    assert code == grpc.StatusCode.UNIMPLEMENTED, result.explain()
+    assert "details" not in error
+    # The same through the default virtual host, from a plain gRPC client...
+    serialized = internal.request.SerializeToString()
+    assert await call_raw(mesh_clients.channel, path, serialized) == grpc.StatusCode.UNIMPLEMENTED
+    # ...and as JSON: the transcoder knows the method, the router still has no route.
+    response = await apost_json(mesh.gateway_address, path, request_json)
+    assert response.status == 404, response
+
+    assert count_rows(database, internal.executed_sql) == 0
+
+
+def contract_methods(descriptor_set: Path) -> dict[str, list[str]]:
+    """gRPC service -> every method the contracts define (from gen/shop.pb)."""
+    files = descriptor_pb2.FileDescriptorSet.FromString(descriptor_set.read_bytes())
+    return {
+        f"{file.package}.{service.name}": [method.name for method in service.method]
+        for file in files.file
+        if file.package.startswith("shop.")
+        for service in file.service
+    }
+
+
+async def test_no_method_beyond_the_exposed_ones_is_routed(
+    mesh: RunningMesh, mesh_clients: MeshClients
+) -> None:
+    exposes = mesh.topology.gateway.exposes
+    names = {service.grpc_service: name for name, service in mesh.topology.services.items()}
+    internal = [
+        (names[grpc_service], grpc_path(grpc_service, method))
+        for grpc_service, methods in contract_methods(mesh.descriptor).items()
+        for method in methods
+        if method not in exposes.get(names[grpc_service], ())
+    ]
+    assert internal, "every contract method is exposed: nothing to check"
+    for service, path in internal:
+        # An empty request would be INVALID_ARGUMENT in any app: UNIMPLEMENTED is Envoy's.
+        assert await call_raw(mesh_clients.channel, path) == grpc.StatusCode.UNIMPLEMENTED, path
+        by_authority = mesh_clients.authority(service)
+        assert await call_raw(by_authority, path) == grpc.StatusCode.UNIMPLEMENTED, path
+
+
+# --- JSON through gRPC-JSON transcoding ----------------------------------------------------
+
+CREATE_USER = grpc_path(EXPOSED["users"], "CreateUser")
+GET_USER = grpc_path(EXPOSED["users"], "GetUser")
+
+
+def detail(error: Mapping[str, Any], type_url: str) -> Any:
+    """The one detail of `type_url` in a JSON google.rpc.Status."""
+    (found,) = [d for d in error.get("details", []) if d["@type"] == type_url]
+    return found
+
+
+async def test_json_create_user_answers_200_with_json(mesh: RunningMesh) -> None:
+    email = f"{unique('grace')}@example.com"
+    created = await apost_json(
+        mesh.gateway_address, CREATE_USER, {"email": email, "displayName": "Grace Hopper"}
+    )
+
+    assert created.status == 200, created
+    user = created.json()["user"]
+    assert user["email"] == email
+    assert user["displayName"] == "Grace Hopper"
+    assert user["userId"]
+    fetched = await apost_json(mesh.gateway_address, GET_USER, {"user_id": user["userId"]})
+    assert fetched.status == 200, fetched
+    assert fetched.json() == {"user": user}
+
+
+@pytest.mark.skipif(CURL is None, reason="curl is not installed (apt-get install curl)")
+async def test_curl_create_user_answers_200_with_json(mesh: RunningMesh) -> None:
+    email = f"{unique('linus')}@example.com"
+    body = json.dumps({"request_id": unique("req"), "email": email, "display_name": "Linus"})
+
+    created = await curl_json(mesh.gateway_address, CREATE_USER, body)
+
+    assert created.status == 200, created
+    assert created.json()["user"]["email"] == email
+    # The same request again is idempotent: the same user, not a conflict.
+    again = await curl_json(mesh.gateway_address, CREATE_USER, body)
+    assert again.status == 200, again
+    assert again.json() == created.json()
+
+
+def assert_json_status(
+    response: HttpResponse, http_status: int, code: grpc.StatusCode, reason: str
+) -> Any:
+    """An error answered as JSON: the HTTP status, then a google.rpc.Status body with the gRPC
+    code and an ErrorInfo detail of `reason`. Returns the body."""
+    assert response.status == http_status, response
+    error = response.json()
+    assert error["code"] == code.value[0], error
+    assert error["message"]
+    info = detail(error, ERROR_INFO)
+    assert info["reason"] == reason
+    assert info["domain"] == ERROR_DOMAIN
+    return error
+
+
+async def test_json_invalid_request_is_400_with_status_and_field_violations(
+    mesh: RunningMesh,
+) -> None:
+    response = await apost_json(
+        mesh.gateway_address, CREATE_USER, {"email": "not-an-email", "display_name": "x" * 1000}
+    )
+
+    error = assert_json_status(response, 400, grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT")
+    violations = detail(error, BAD_REQUEST)["fieldViolations"]
+    assert {violation["field"] for violation in violations} == {"email", "display_name"}
+    assert all(violation["description"] for violation in violations)
+
+
+async def test_json_unknown_user_is_404_with_error_info(mesh: RunningMesh) -> None:
+    response = await apost_json(mesh.gateway_address, GET_USER, {"user_id": "usr_missing"})
+
+    error = assert_json_status(response, 404, grpc.StatusCode.NOT_FOUND, "USER_NOT_FOUND")
+    assert detail(error, ERROR_INFO)["metadata"] == {"user_id": "usr_missing"}
+
+
+@pytest.mark.skipif(CURL is None, reason="curl is not installed (apt-get install curl)")
+async def test_curl_conflicting_email_is_409_with_error_info(mesh: RunningMesh) -> None:
+    email = f"{unique('dup')}@example.com"
+    first = await curl_json(mesh.gateway_address, CREATE_USER, json.dumps({"email": email}))
+    assert first.status == 200, first
+
+    second = await curl_json(mesh.gateway_address, CREATE_USER, json.dumps({"email": email}))
+
+    assert_json_status(second, 409, grpc.StatusCode.ALREADY_EXISTS, "EMAIL_TAKEN")
+
+
+@pytest.mark.parametrize(
+    "body", [b'{"email": ', b'{"email": 5}', b"not json"], ids=["truncated", "wrong-type", "text"]
+)
+async def test_json_unparsable_body_is_400_with_a_json_status(
+    mesh: RunningMesh, body: bytes
+) -> None:
+    response = await apost_json(mesh.gateway_address, CREATE_USER, body)
+
+    assert response.status == 400, response
+    error = response.json()
+    assert error["code"] == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert error["message"]
+
+
+async def test_json_unexposed_method_is_404_with_a_json_status(mesh: RunningMesh) -> None:
+    path = grpc_path(EXPOSED["payments"], "Refund")
+    response = await apost_json(mesh.gateway_address, path, {"payment_id": "pay_x"})
+
+    assert response.status == 404, response
+    assert response.json()["code"] == grpc.StatusCode.UNIMPLEMENTED.value[0]
+
+
+# --- local rate limit ----------------------------------------------------------------------
+
+
+async def test_rate_limit_answers_resource_exhausted_beyond_the_bucket(mesh: RunningMesh) -> None:
+    limit = mesh.topology.gateway.local_rate_limit
+    fill_seconds = limit.fill_interval.total_seconds()
+    breaker = mesh.topology.policies["users"].circuit_breaker
+    # Fewer in flight than the users circuit breaker admits: only the rate limiter refuses.
+    concurrency = min(16, breaker.max_requests // 2, breaker.max_pending_requests // 2)
+    # Enough to drain the bucket even if it refilled several times meanwhile, never unbounded.
+    budget = limit.max_tokens + 10 * limit.tokens_per_fill
+    before = await mesh.envoy_stats("gateway")
+    request = users_pb2.GetUserRequest(user_id="usr_missing")
+    grpc_outcomes: dict[grpc.StatusCode, int] = {}
+    json_refusals: list[HttpResponse] = []
+    json_admitted = 0
+
+    async with aio.insecure_channel(mesh.gateway_address) as channel:
+        started = time.monotonic()
+        sent = 0
+        # gRPC and JSON clients share the bucket; both are refused once it is empty.
+        while (
+            grpc.StatusCode.RESOURCE_EXHAUSTED not in grpc_outcomes or not json_refusals
+        ) and sent < budget:
+            calls = [
+                call_raw(channel, GET_USER, request.SerializeToString()) for _ in range(concurrency)
+            ]
+            codes, response = await asyncio.gather(
+                asyncio.gather(*calls),
+                apost_json(mesh.gateway_address, GET_USER, {"user_id": request.user_id}),
+            )
+            sent += concurrency + 1
+            for code in codes:
+                grpc_outcomes[code] = grpc_outcomes.get(code, 0) + 1
+            if response.status == 429:
+                json_refusals.append(response)
+            else:
+                assert response.status == 404, response
+                json_admitted += 1
+        elapsed = time.monotonic() - started
+
+    assert grpc_outcomes.get(grpc.StatusCode.RESOURCE_EXHAUSTED, 0) > 0, grpc_outcomes
+    # Everything else reached the app (an unknown user): nothing failed another way.
+    assert set(grpc_outcomes) == {grpc.StatusCode.NOT_FOUND, grpc.StatusCode.RESOURCE_EXHAUSTED}
+    assert json_refusals, f"no JSON request was refused in {sent} requests"
+    for refusal in json_refusals:
+        assert refusal.json()["code"] == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+    admitted = grpc_outcomes[grpc.StatusCode.NOT_FOUND] + json_admitted
+    refills = int(elapsed / fill_seconds) + 1
+    # At most a full bucket plus what refilled meanwhile (earlier tests may have used some).
+    assert 0 < admitted <= limit.max_tokens + refills * limit.tokens_per_fill
+    after = await mesh.envoy_stats("gateway")
+    limited = "ingress.http_local_rate_limit.rate_limited"
+    assert after[limited] - before.get(limited, 0) == (
+        grpc_outcomes[grpc.StatusCode.RESOURCE_EXHAUSTED] + len(json_refusals)
+    )
+
+    # The bucket refills by itself: later callers get through again.
+    async def admitted_again() -> bool:
+        async with aio.insecure_channel(mesh.gateway_address) as channel:
+            code = await call_raw(channel, GET_USER, request.SerializeToString())
+            return code == grpc.StatusCode.NOT_FOUND
+
+    await eventually(admitted_again, within=2 * fill_seconds + CALL_TIMEOUT, what="a refill")
