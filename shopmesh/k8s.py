@@ -209,6 +209,7 @@ def app_container(topology: Topology, addressing: KubernetesAddressing, pod: Pod
             for upstream in service.calls
         ),
         {"name": "SHOPMESH_LOG_LEVEL", "value": "INFO"},
+        {"name": "SHOPMESH_DRAIN_SECONDS", "value": f"{topology.drain_seconds(pod.service):g}"},
     ]
     health = addressing.health_port
     return {

@@ -64,6 +64,8 @@ from shopmesh.render import (
 from shopmesh.topology import GATEWAY, Topology, TopologyError, load_topology
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+# ManagedProcess has a `signal` method, which hides the module inside its class body.
+_SIGTERM = signal.SIGTERM
 DEFAULT_STATE_DIR = Path("var")
 DEFAULT_TOPOLOGY = Path("envoy/mesh.yaml")
 DEFAULT_DESCRIPTOR = Path("gen/shop.pb")
@@ -238,9 +240,9 @@ class ManagedProcess:
             await asyncio.sleep(_POLL_INTERVAL)
         return True
 
-    async def terminate(self, within: float) -> None:
-        """SIGTERM, then SIGKILL if it has not exited `within` seconds."""
-        self.signal(signal.SIGTERM)
+    async def terminate(self, within: float, signum: int = _SIGTERM) -> None:
+        """`signum` (SIGTERM), then SIGKILL if it has not exited `within` seconds."""
+        self.signal(signum)
         if not await self.wait(within):
             self.signal(signal.SIGKILL)
             await self.wait(within)
@@ -712,6 +714,7 @@ class RunningMesh:
         for upstream in pod.calls:
             variable = f"SHOPMESH_UPSTREAM_{upstream.upper().replace('-', '_')}"
             env[variable] = f"unix:{pod.egress_socket}"
+        env["SHOPMESH_DRAIN_SECONDS"] = f"{self.topology.drain_seconds(pod.service):.3f}"
         env.update(self.app_env)
         return env
 
@@ -924,8 +927,10 @@ class RunningMesh:
     # --- stop ---
 
     async def stop(self) -> None:
-        """Stop everything: apps first (SIGTERM: they drain in-flight calls, still reachable
-        through their sidecars), callers before the services they call; then every Envoy.
+        """Stop everything: apps first (SIGINT: they finish in-flight calls, still reachable
+        through their sidecars, and skip the drain period — with the whole mesh going down
+        there is no other replica to move traffic to), callers before the services they call;
+        then every Envoy.
         Stragglers get SIGKILL. Sockets, pidfiles and mesh.json go; data, certs and logs stay.
         Safe to call twice, and after a failed start."""
         app_timeout = float(self.app_env.get("SHOPMESH_GRACE_SECONDS", "5")) + _APP_STOP_MARGIN
@@ -933,7 +938,7 @@ class RunningMesh:
             apps = [
                 pod.app for pod in self.pods.values() if pod.service in wave and pod.app is not None
             ]
-            await asyncio.gather(*(app.terminate(app_timeout) for app in apps))
+            await asyncio.gather(*(app.terminate(app_timeout, signal.SIGINT) for app in apps))
         envoys = [pod.sidecar for pod in self.pods.values() if pod.sidecar is not None]
         if self.gateway.process is not None:
             envoys.append(self.gateway.process)

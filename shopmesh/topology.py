@@ -194,6 +194,14 @@ class Topology:
         """Every identity that gets a certificate: each service, then the gateway."""
         return (*self.services, GATEWAY)
 
+    def drain_seconds(self, service: str) -> float:
+        """How long a replica of `service` keeps serving after SIGTERM while reporting
+        NOT_SERVING (SHOPMESH_DRAIN_SECONDS): long enough for every caller's active health
+        check to see it `unhealthy_threshold` times, one interval apart, each answered within
+        the check's timeout."""
+        check = self.policies[service].health_check
+        return (check.unhealthy_threshold * check.interval + check.timeout).total_seconds()
+
     def callers(self, service: str) -> dict[str, tuple[str, ...]]:
         """Caller identity -> the methods of `service` it may call (the gateway included)."""
         allowed = {

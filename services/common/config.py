@@ -7,7 +7,10 @@ message that names the variable and says what is expected.
 - SHOPMESH_LISTEN: `unix:/path.sock` or `host:port` (default 127.0.0.1:<service port>)
 - SHOPMESH_DB_PATH: this service's SQLite file (default var/data/<service>.db)
 - SHOPMESH_UPSTREAM_<NAME>: address of upstream NAME (default 127.0.0.1:<NAME's port>)
-- SHOPMESH_GRACE_SECONDS: how long in-flight calls may drain on SIGTERM (default 5)
+- SHOPMESH_GRACE_SECONDS: how long in-flight calls may finish on SIGTERM (default 5)
+- SHOPMESH_DRAIN_SECONDS: on SIGTERM, how long to keep serving while reporting NOT_SERVING, so
+  callers' health checks move traffic away before the server stops accepting calls (default 0;
+  the mesh sets it from the health-check policy). SIGINT skips it.
 - SHOPMESH_LOG_LEVEL: DEBUG, INFO, WARNING or ERROR (default INFO)
 """
 
@@ -47,6 +50,7 @@ class ServiceConfig:
     db_path: Path
     upstreams: Mapping[str, str] = field(default_factory=dict)
     grace_seconds: float = 5.0
+    drain_seconds: float = 0.0
     log_level: str = "INFO"
 
     def upstream(self, name: str) -> str:
@@ -137,5 +141,6 @@ def load_config(
         db_path=db_path,
         upstreams=upstreams,
         grace_seconds=_float(env, ENV_PREFIX + "GRACE_SECONDS", 5.0, 0.0),
+        drain_seconds=_float(env, ENV_PREFIX + "DRAIN_SECONDS", 0.0, 0.0),
         log_level=log_level,
     )

@@ -62,13 +62,19 @@ class RunningService:
     app: App
     tasks: list[asyncio.Task[None]]
 
-    async def stop(self, grace: float) -> None:
-        """Graceful shutdown: report NOT_SERVING first so load balancers and health-checking
-        sidecars stop sending new calls, let in-flight calls finish for `grace` seconds, then
-        stop background work and release resources."""
+    async def stop(self, grace: float, drain: float = 0.0) -> None:
+        """Graceful shutdown: report NOT_SERVING, keep serving for `drain` seconds so callers'
+        health checks take this replica out of their load balancing (grpcio answers CANCELLED,
+        which nobody retries, to calls arriving after `server.stop` begins), then refuse new
+        calls, let in-flight ones finish for `grace` seconds, stop background work and release
+        resources."""
         await self.health.enter_graceful_shutdown()
         for hook in self.app.on_shutdown:
             await hook()
+        if drain > 0:
+            # A fixed period, not a wait for an event: this replica cannot observe when every
+            # caller's health checker has seen NOT_SERVING.
+            await asyncio.sleep(drain)
         await self.server.stop(grace)
         for task in self.tasks:
             task.cancel()
@@ -123,14 +129,29 @@ async def start(config: ServiceConfig, app: App) -> RunningService:
 async def _serve_until_signalled(
     config: ServiceConfig, build: Callable[[ServiceConfig], Awaitable[App]]
 ) -> None:
-    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    received: asyncio.Future[signal.Signals] = loop.create_future()
+
+    def on_signal(signum: signal.Signals) -> None:
+        if not received.done():
+            received.set_result(signum)
+
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signum, on_signal, signum)
     running = await start(config, await build(config))
-    await stop.wait()
-    log.info("shutting down", extra={"grace_seconds": config.grace_seconds})
-    await running.stop(config.grace_seconds)
+    signum = await received
+    # SIGTERM (an orchestrator taking one replica away) drains; SIGINT (Ctrl-C, or the whole
+    # mesh going down) has nobody to drain traffic to, so it skips the drain period.
+    drain = config.drain_seconds if signum == signal.SIGTERM else 0.0
+    log.info(
+        "shutting down",
+        extra={
+            "signal": signum.name,
+            "drain_seconds": drain,
+            "grace_seconds": config.grace_seconds,
+        },
+    )
+    await running.stop(config.grace_seconds, drain)
 
 
 def run(
