@@ -19,7 +19,7 @@ PROTOS := $(shell find proto -name '*.proto')
 # would look deleted. Git refs need the history (CI: actions/checkout with fetch-depth: 0).
 BREAKING_AGAINST ?= .git\#branch=main
 
-.PHONY: help venv generate test unit integration contract run lint fmt breaking clean
+.PHONY: help venv system-deps generate test unit integration contract run lint fmt breaking clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -42,7 +42,20 @@ $(GEN_STAMP): $(VENV_STAMP) $(PROTOS) scripts/generate.py
 
 generate: $(GEN_STAMP) ## Generate the `shop` Python package from proto/ into gen/
 
-test: $(GEN_STAMP) ## Run every test (unit, integration, contract)
+# Debian packages the tests use beyond .venv: shellcheck (the kind scripts), curl (JSON through
+# the gateway). kubectl (with kustomize) is expected on the machine; tests/k8s says how to get it.
+SYSTEM_TOOLS := shellcheck curl
+
+system-deps: ## Install the Debian packages the tests use (shellcheck, curl) when missing
+	@missing=""; for tool in $(SYSTEM_TOOLS); do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:$$missing"; \
+		sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		{ $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq $$missing; } || \
+		{ echo "could not install$$missing: install them with your package manager, then rerun"; exit 1; }; \
+	fi
+
+test: $(GEN_STAMP) system-deps ## Run every test (unit, integration, contract, mesh, k8s)
 	$(BIN)/pytest
 
 unit: $(GEN_STAMP) ## Run the unit tests only
