@@ -96,21 +96,24 @@ class _WrappingInterceptor(aio.ServerInterceptor):
         return _wrap(handler, self.wrap_unary, self.wrap_streaming)
 
 
+def _record_deadline(context: aio.ServicerContext[Any, Any]) -> None:
+    left = context.time_remaining()
+    _deadline.set(None if left is None else time.monotonic() + left)
+
+
 class DeadlineInterceptor(_WrappingInterceptor):
     """Records the caller's deadline so downstream calls inherit what is left of it."""
 
     def wrap_unary(self, behaviour: Unary) -> Unary:
         async def unary(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
-            left = context.time_remaining()
-            _deadline.set(None if left is None else time.monotonic() + left)
+            _record_deadline(context)
             return await behaviour(request, context)
 
         return unary
 
     def wrap_streaming(self, behaviour: Streaming) -> Streaming:
         async def streaming(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
-            left = context.time_remaining()
-            _deadline.set(None if left is None else time.monotonic() + left)
+            _record_deadline(context)
             async for response in behaviour(request, context):
                 yield response
 

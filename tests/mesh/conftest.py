@@ -20,8 +20,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -48,7 +46,7 @@ from shopmesh.render import (
     local_pods,
     render_sidecar,
 )
-from shopmesh.supervisor import MeshOptions, RunningMesh, up
+from shopmesh.supervisor import MeshOptions, RunningMesh, http_request, parse_stats, up
 from shopmesh.topology import Topology
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -85,14 +83,6 @@ def validate(config: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-def _get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode()
-
-
 @dataclass
 class EnvoyProcess:
     """A running Envoy with its admin address (written by Envoy itself, so port 0 works)."""
@@ -103,7 +93,7 @@ class EnvoyProcess:
 
     async def admin_get(self, path: str) -> tuple[int, str]:
         """GET an admin endpoint; returns (status, body)."""
-        return await asyncio.to_thread(_get, f"http://{self.admin}{path}")
+        return await http_request(f"http://{self.admin}{path}")
 
     async def listener_port(self, name: str) -> int:
         """The TCP port the listener `name` is bound to."""
@@ -118,12 +108,7 @@ class EnvoyProcess:
         """Every counter and gauge, by name."""
         status, body = await self.admin_get("/stats")
         assert status == 200, body
-        values: dict[str, int] = {}
-        for line in body.splitlines():
-            name, _, value = line.partition(": ")
-            if value.isdigit():
-                values[name] = int(value)
-        return values
+        return parse_stats(body)
 
     async def stat_sum(self, suffix: str) -> int:
         """The sum of the stats whose names end with `suffix` (listener stats carry the
