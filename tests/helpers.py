@@ -18,7 +18,7 @@ from google.rpc import error_details_pb2
 from grpc import aio
 from grpc_health.v1 import health_pb2
 
-from services.common.errors import error_info
+from services.common.status import error_info
 
 HEALTH_CHECK_METHOD = "/grpc.health.v1.Health/Check"
 

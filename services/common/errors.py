@@ -1,133 +1,112 @@
-"""gRPC status <-> domain error mapping with google.rpc rich details (grpcio-status).
+"""Domain errors: what business code raises when a request cannot be served.
 
-Servers: `to_grpc_status` builds the status the ErrorMappingInterceptor aborts with.
-Clients: `error_info`, `field_violations` and `precondition_violations` read the details back
-out of a failed call.
+This module never imports grpc, so domain modules can use it. One interceptor
+(`services.common.status`) turns these into gRPC status codes with google.rpc rich details, so
+no handler maps errors by hand.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 
-import grpc
-from google.protobuf import any_pb2
-from google.rpc import code_pb2, error_details_pb2, status_pb2
-from grpc_status import rpc_status
-
-from services.common.faults import (
-    ERROR_DOMAIN,
-    AlreadyExists,
-    DomainError,
-    FailedPrecondition,
-    FieldViolation,
-    InvalidArgument,
-    NotFound,
-    PreconditionViolation,
-    ResourceExhausted,
-    Unavailable,
-)
-
-_CODES: Mapping[type[DomainError], int] = {
-    InvalidArgument: code_pb2.INVALID_ARGUMENT,
-    NotFound: code_pb2.NOT_FOUND,
-    AlreadyExists: code_pb2.ALREADY_EXISTS,
-    FailedPrecondition: code_pb2.FAILED_PRECONDITION,
-    ResourceExhausted: code_pb2.RESOURCE_EXHAUSTED,
-    Unavailable: code_pb2.UNAVAILABLE,
-}
+# ErrorInfo.domain for every error shopmesh raises.
+ERROR_DOMAIN = "shop.example"
 
 
-def _pack(message: object) -> any_pb2.Any:
-    packed = any_pb2.Any()
-    packed.Pack(message)  # type: ignore[arg-type]
-    return packed
+@dataclass(frozen=True)
+class FieldViolation:
+    """One invalid request field: `field` is a path such as `items[0].quantity`."""
+
+    field: str
+    description: str
 
 
-def to_grpc_status(error: DomainError) -> grpc.Status:
-    """The status for `error`: its code, message, an ErrorInfo, and BadRequest violations."""
-    code = next((c for cls, c in _CODES.items() if isinstance(error, cls)), code_pb2.UNKNOWN)
-    details = [
-        _pack(
-            error_details_pb2.ErrorInfo(
-                reason=error.reason, domain=ERROR_DOMAIN, metadata=dict(error.metadata)
-            )
-        )
-    ]
-    if isinstance(error, InvalidArgument) and error.violations:
-        details.append(
-            _pack(
-                error_details_pb2.BadRequest(
-                    field_violations=[
-                        error_details_pb2.BadRequest.FieldViolation(
-                            field=v.field, description=v.description
-                        )
-                        for v in error.violations
-                    ]
-                )
-            )
-        )
-    if isinstance(error, FailedPrecondition) and error.violations:
-        details.append(
-            _pack(
-                error_details_pb2.PreconditionFailure(
-                    violations=[
-                        error_details_pb2.PreconditionFailure.Violation(
-                            type=v.type, subject=v.subject, description=v.description
-                        )
-                        for v in error.violations
-                    ]
-                )
-            )
-        )
-    return _status(status_pb2.Status(code=code, message=error.message, details=details))
+@dataclass
+class DomainError(Exception):
+    """Base of every business error. `reason` is an UPPER_SNAKE_CASE ErrorInfo reason."""
+
+    message: str
+    reason: str = "UNKNOWN"
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        super().__init__(self.message)
 
 
-def _status(status: status_pb2.Status) -> grpc.Status:
-    result: grpc.Status = rpc_status.to_status(status)
-    return result
+@dataclass
+class InvalidArgument(DomainError):
+    """The request itself is malformed (gRPC INVALID_ARGUMENT, with BadRequest details)."""
+
+    reason: str = "INVALID_ARGUMENT"
+    violations: list[FieldViolation] = field(default_factory=list)
 
 
-def internal_status() -> grpc.Status:
-    """The status for a bug: INTERNAL without leaking the exception text to callers."""
-    return _status(
-        status_pb2.Status(
-            code=code_pb2.INTERNAL,
-            message="internal error; see the service log",
-            details=[_pack(error_details_pb2.ErrorInfo(reason="INTERNAL", domain=ERROR_DOMAIN))],
-        )
-    )
+@dataclass
+class NotFound(DomainError):
+    """The named entity does not exist (gRPC NOT_FOUND)."""
+
+    reason: str = "NOT_FOUND"
 
 
-def _details(error: grpc.aio.AioRpcError) -> list[any_pb2.Any]:
-    # AioRpcError carries code, details and trailing metadata, all from_call reads.
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    return [] if status is None else list(status.details)
+@dataclass
+class AlreadyExists(DomainError):
+    """The entity exists already, or an idempotency key was reused for a different request
+    (gRPC ALREADY_EXISTS)."""
+
+    reason: str = "ALREADY_EXISTS"
 
 
-def error_info(error: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo | None:
-    """The ErrorInfo detail of a failed call, if the server sent one."""
-    for detail in _details(error):
-        info = error_details_pb2.ErrorInfo()
-        if detail.Unpack(info):
-            return info
-    return None
+@dataclass(frozen=True)
+class PreconditionViolation:
+    """One unmet precondition, e.g. type "STOCK", subject "sku:MUG-01"."""
+
+    type: str
+    subject: str
+    description: str
 
 
-def field_violations(error: grpc.aio.AioRpcError) -> list[FieldViolation]:
-    """The BadRequest field violations of a failed call (empty if none were sent)."""
-    for detail in _details(error):
-        bad_request = error_details_pb2.BadRequest()
-        if detail.Unpack(bad_request):
-            return [FieldViolation(v.field, v.description) for v in bad_request.field_violations]
-    return []
+@dataclass
+class FailedPrecondition(DomainError):
+    """The system is not in a state that allows this (gRPC FAILED_PRECONDITION): stock short,
+    card declined, order no longer cancellable. `violations` become PreconditionFailure details."""
+
+    reason: str = "FAILED_PRECONDITION"
+    violations: list[PreconditionViolation] = field(default_factory=list)
 
 
-def precondition_violations(error: grpc.aio.AioRpcError) -> list[PreconditionViolation]:
-    """The PreconditionFailure violations of a failed call (empty if none were sent)."""
-    for detail in _details(error):
-        failure = error_details_pb2.PreconditionFailure()
-        if detail.Unpack(failure):
-            return [
-                PreconditionViolation(v.type, v.subject, v.description) for v in failure.violations
-            ]
-    return []
+@dataclass
+class ResourceExhausted(DomainError):
+    """A per-caller limit was hit, e.g. a watcher too slow for its buffer (RESOURCE_EXHAUSTED)."""
+
+    reason: str = "RESOURCE_EXHAUSTED"
+
+
+@dataclass
+class Unavailable(DomainError):
+    """A dependency could not be reached; the caller may retry (gRPC UNAVAILABLE)."""
+
+    reason: str = "UNAVAILABLE"
+
+
+class Validator:
+    """Collects field violations so one response lists every problem, not just the first.
+
+    >>> v = Validator()
+    >>> v.require(bool(email), "email", "must not be empty")
+    >>> v.raise_if_invalid("invalid CreateUser request")
+    """
+
+    def __init__(self) -> None:
+        self.violations: list[FieldViolation] = []
+
+    def require(self, condition: bool, field_path: str, description: str) -> bool:
+        """Record a violation when `condition` is false; returns `condition`."""
+        if not condition:
+            self.violations.append(FieldViolation(field_path, description))
+        return condition
+
+    def raise_if_invalid(self, message: str) -> None:
+        """Raise InvalidArgument listing every recorded violation, if there is any."""
+        if self.violations:
+            raise InvalidArgument(message, violations=list(self.violations))

@@ -17,8 +17,8 @@ from typing import Any, TypeAlias, cast
 import grpc
 from grpc import aio
 
-from services.common.errors import internal_status, to_grpc_status
-from services.common.faults import DomainError
+from services.common.errors import DomainError
+from services.common.status import internal_status, to_grpc_status
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 
-from services.common.faults import FieldViolation, InvalidArgument, Validator
+from services.common.errors import FieldViolation, InvalidArgument, Validator
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500

@@ -22,7 +22,7 @@ from datetime import datetime
 from typing import Any
 
 from services.common import paging
-from services.common.faults import (
+from services.common.errors import (
     AlreadyExists,
     FailedPrecondition,
     NotFound,

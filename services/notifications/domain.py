@@ -18,7 +18,7 @@ from typing import Protocol
 
 from services.common import paging
 from services.common.clock import now_micros
-from services.common.faults import AlreadyExists, FieldViolation, InvalidArgument, Validator
+from services.common.errors import AlreadyExists, FieldViolation, InvalidArgument, Validator
 from services.common.money import Money, is_currency_code
 
 MAX_ID_LENGTH = 128

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 from enum import Enum
 from types import TracebackType
 
-from services.common.faults import ResourceExhausted
+from services.common.errors import ResourceExhausted
 from services.notifications.domain import Notification
 
 DEFAULT_CAPACITY = 256

@@ -18,8 +18,7 @@ import grpc
 from grpc import aio
 
 from services.common.convert import money_from_proto, money_to_proto, to_timestamp
-from services.common.errors import error_info, field_violations
-from services.common.faults import (
+from services.common.errors import (
     AlreadyExists,
     DomainError,
     FailedPrecondition,
@@ -28,6 +27,7 @@ from services.common.faults import (
     Unavailable,
 )
 from services.common.money import Money
+from services.common.status import error_info, field_violations
 from services.orders.domain import OrderEvent, OrderEventType, OrderItem
 from shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from shop.notifications.v1 import notifications_pb2, notifications_pb2_grpc

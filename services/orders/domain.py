@@ -2,7 +2,7 @@
 
 The saga is an orchestrator over *ports* (the Protocols below): it never talks gRPC itself, so
 it runs in unit tests against small in-memory fakes, and the gRPC adapters live in
-`services.orders.clients`. Ports raise the domain errors of `services.common.faults`:
+`services.orders.clients`. Ports raise the domain errors of `services.common.errors`:
 NotFound / FailedPrecondition (with the downstream ErrorInfo reason) for business outcomes, and
 Unavailable when the dependency could not be reached.
 
@@ -31,7 +31,7 @@ from enum import StrEnum
 from typing import Protocol
 
 from services.common.clock import utc_now
-from services.common.faults import (
+from services.common.errors import (
     DomainError,
     FailedPrecondition,
     InvalidArgument,

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from services.common.faults import DomainError, Unavailable
+from services.common.errors import DomainError, Unavailable
 from services.orders.domain import OrderEvent
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from services.common.clock import from_micros, now_micros, to_micros
-from services.common.faults import AlreadyExists
+from services.common.errors import AlreadyExists
 from services.common.money import Money
 from services.common.sqlite import open_database, transaction
 from services.orders.domain import (

@@ -14,7 +14,7 @@ from enum import Enum
 from typing import Protocol
 
 from services.common.clock import utc_now
-from services.common.faults import (
+from services.common.errors import (
     AlreadyExists,
     FailedPrecondition,
     NotFound,

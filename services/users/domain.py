@@ -16,7 +16,7 @@ from enum import Enum
 from typing import Protocol
 
 from services.common.clock import utc_now
-from services.common.faults import AlreadyExists, NotFound, Validator
+from services.common.errors import AlreadyExists, NotFound, Validator
 
 # RFC 5321 limits: 64 characters before the "@", 254 for the whole address.
 MAX_EMAIL_LENGTH = 254

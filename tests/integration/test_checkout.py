@@ -16,9 +16,9 @@ import pytest
 from grpc import aio
 
 from services.common.config import ServiceConfig
-from services.common.errors import field_violations
-from services.common.faults import FieldViolation
+from services.common.errors import FieldViolation
 from services.common.server import App, Registration, RunningService
+from services.common.status import field_violations
 from services.inventory.app import build as build_inventory
 from services.notifications.app import build as build_notifications
 from services.orders.app import build as build_orders

@@ -12,9 +12,9 @@ from grpc import aio
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2
 
-from services.common.errors import field_violations, precondition_violations
-from services.common.faults import FieldViolation
+from services.common.errors import FieldViolation
 from services.common.server import RunningService
+from services.common.status import field_violations, precondition_violations
 from services.inventory.app import build, seed_catalog
 from shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from shop.inventory.v1.inventory_pb2 import ReservationItem

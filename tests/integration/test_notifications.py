@@ -12,8 +12,8 @@ import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc import aio
 
-from services.common.errors import field_violations
 from services.common.server import RunningService
+from services.common.status import field_violations
 from services.notifications.app import build
 from services.notifications.domain import OrderEvent, notification_for, validate_event
 from services.notifications.hub import DEFAULT_CAPACITY, NotificationHub

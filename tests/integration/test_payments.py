@@ -10,7 +10,7 @@ import grpc
 import pytest
 from grpc import aio
 
-from services.common.errors import field_violations
+from services.common.status import field_violations
 from services.payments.app import build
 from shop.common.v1 import money_pb2
 from shop.payments.v1 import payments_pb2, payments_pb2_grpc

@@ -9,8 +9,8 @@ import grpc
 import pytest
 from grpc import aio
 
-from services.common.errors import field_violations
-from services.common.faults import ERROR_DOMAIN
+from services.common.errors import ERROR_DOMAIN
+from services.common.status import field_violations
 from services.users.app import build
 from shop.users.v1 import users_pb2, users_pb2_grpc
 from tests.conftest import ServiceRunner

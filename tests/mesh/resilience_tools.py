@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 import grpc
 from grpc import aio
 
-from services.common.errors import error_info
+from services.common.status import error_info
 from shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from shop.orders.v1 import orders_pb2
 from shop.payments.v1 import payments_pb2, payments_pb2_grpc

@@ -23,7 +23,7 @@ import pytest
 from cryptography import x509
 from grpc import aio
 
-from services.common.errors import error_info
+from services.common.status import error_info
 from shop.common.v1 import money_pb2
 from shop.orders.v1 import orders_pb2
 from shop.payments.v1 import payments_pb2

@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from services.common.faults import (
+from services.common.errors import (
     FailedPrecondition,
     FieldViolation,
     InvalidArgument,

@@ -23,13 +23,6 @@ from services.common.convert import (
     to_timestamp,
 )
 from services.common.errors import (
-    error_info,
-    field_violations,
-    internal_status,
-    precondition_violations,
-    to_grpc_status,
-)
-from services.common.faults import (
     ERROR_DOMAIN,
     AlreadyExists,
     DomainError,
@@ -51,6 +44,13 @@ from services.common.paging import (
     page_size,
 )
 from services.common.sqlite import open_database, transaction
+from services.common.status import (
+    error_info,
+    field_violations,
+    internal_status,
+    precondition_violations,
+    to_grpc_status,
+)
 from shop.common.v1 import money_pb2
 
 # --- config -----------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from services.common.config import ServiceConfig
-from services.common.faults import (
+from services.common.errors import (
     AlreadyExists,
     DomainError,
     FailedPrecondition,

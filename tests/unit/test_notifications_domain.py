@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from services.common.faults import AlreadyExists, FieldViolation, InvalidArgument
+from services.common.errors import AlreadyExists, FieldViolation, InvalidArgument
 from services.common.money import Money
 from services.common.paging import encode_token
 from services.notifications.domain import (

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from services.common.faults import (
+from services.common.errors import (
     AlreadyExists,
     FailedPrecondition,
     FieldViolation,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from services.common.faults import AlreadyExists
+from services.common.errors import AlreadyExists
 from services.common.money import Money
 from services.orders.domain import (
     Order,

@@ -7,8 +7,7 @@ import pytest
 from grpc import aio
 
 from services.common.config import ConfigError
-from services.common.errors import to_grpc_status
-from services.common.faults import (
+from services.common.errors import (
     AlreadyExists,
     DomainError,
     FailedPrecondition,
@@ -17,6 +16,7 @@ from services.common.faults import (
     NotFound,
     Unavailable,
 )
+from services.common.status import to_grpc_status
 from services.orders.app import OrdersSettings
 from services.orders.clients import to_domain_error
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from services.common.faults import AlreadyExists, FieldViolation, InvalidArgument, NotFound
+from services.common.errors import AlreadyExists, FieldViolation, InvalidArgument, NotFound
 from services.users.domain import (
     MAX_DISPLAY_NAME_LENGTH,
     USER_ID_PREFIX,
