@@ -15,11 +15,12 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_ROOT_USER_ACTION=ignore
 WORKDIR /src
 
-# requirements.txt pins every tool and library; `-c` installs only what is named here, at
-# those versions: what scripts/generate.py imports and runs, and the build backend.
-COPY requirements.txt ./
+# requirements/run.txt pins everything the services and the code generation use; `-c`
+# installs only what is named here, at those versions: what scripts/generate.py imports and
+# runs, and the build backend.
+COPY requirements/run.txt requirements/
 RUN python -m venv /opt/build \
-    && /opt/build/bin/pip install -c requirements.txt \
+    && /opt/build/bin/pip install -c requirements/run.txt \
         grpcio-tools mypy-protobuf googleapis-common-protos setuptools
 
 COPY proto/ proto/
@@ -31,7 +32,7 @@ COPY services/ services/
 COPY shopmesh/ shopmesh/
 RUN /opt/build/bin/pip wheel --no-deps --no-build-isolation --wheel-dir /wheels . \
     && python -m venv /opt/venv \
-    && /opt/venv/bin/pip install -c requirements.txt /wheels/*.whl
+    && /opt/venv/bin/pip install -c requirements/run.txt /wheels/*.whl
 
 # --- runtime: the interpreter, the venv and the descriptor set; no compilers, no sources ------
 FROM ${PYTHON_IMAGE} AS runtime

@@ -1,13 +1,17 @@
-# shopmesh developer entry points. Every target installs what it needs into .venv first.
+# shopmesh developer entry points. Every target installs what it needs into .venv first:
+# `make up` only what the mesh runs with (requirements/run.txt), the test and lint targets the
+# development tools as well (requirements/dev.txt).
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-VENV_STAMP := $(VENV)/.installed
+RUN_STAMP := $(VENV)/.installed-run
+DEV_STAMP := $(VENV)/.installed-dev
 GEN_STAMP := gen/.stamp
 PROTOS := $(shell find proto -name '*.proto')
+SHOPMESH := $(BIN)/shopmesh
 # What `make breaking` compares proto/ against: any buf input (a git ref, a directory...).
 # Default: the tip of the local `main` branch, so the working tree (committed or not) is
 # checked against main. Name another base on the command line: in CI or a PR checkout (no
@@ -19,25 +23,41 @@ PROTOS := $(shell find proto -name '*.proto')
 # would look deleted. Git refs need the history (CI: actions/checkout with fetch-depth: 0).
 BREAKING_AGAINST ?= .git\#branch=main
 
-.PHONY: help venv system-deps generate test unit integration contract run lint fmt breaking clean
+# The local mesh (`shopmesh up`): state (sockets, pids, logs, certificates, data) in STATE_DIR.
+STATE_DIR ?= var
+GATEWAY_PORT ?= 8080
+LOG_LEVEL ?= $(or $(SHOPMESH_LOG_LEVEL),INFO)
+
+.PHONY: help venv venv-dev system-deps generate test unit integration contract run lint fmt \
+	breaking clean up down status logs fault restart bench kind-up kind-smoke kind-down
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-$(VENV_STAMP): requirements.txt
+$(VENV)/bin/python:
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
 		{ echo "shopmesh needs Python >= 3.11 (found: $$($(PYTHON) --version))"; exit 1; }
 	@$(PYTHON) -m venv $(VENV) || \
 		{ echo "could not create $(VENV): on Debian/Ubuntu run 'apt-get install python3-venv'"; exit 1; }
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -r requirements.txt
+
+# --no-compile: bytecode is written on first import, only for the modules that are used.
+$(RUN_STAMP): requirements/run.txt | $(VENV)/bin/python
+	@echo "installing what the mesh runs with into $(VENV) (about 200 MB, once)"
+	$(BIN)/pip install --no-compile --progress-bar on --disable-pip-version-check -r requirements/run.txt
 	@touch $@
 
-venv: $(VENV_STAMP) ## Create .venv with the pinned tools and libraries
+$(DEV_STAMP): requirements/dev.txt $(RUN_STAMP)
+	@echo "installing the development and test tools into $(VENV) (about 250 MB more, once)"
+	$(BIN)/pip install --no-compile --progress-bar on --disable-pip-version-check -r requirements/dev.txt
+	@touch $@
 
-$(GEN_STAMP): $(VENV_STAMP) $(PROTOS) scripts/generate.py
+venv: $(RUN_STAMP) ## Create .venv with what the mesh runs with (pinned)
+
+venv-dev: $(DEV_STAMP) ## Add the development and test tools to .venv (pinned)
+
+$(GEN_STAMP): $(RUN_STAMP) $(PROTOS) scripts/generate.py pyproject.toml
 	$(BIN)/python scripts/generate.py --out gen
-	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	@touch $@
 
 generate: $(GEN_STAMP) ## Generate the `shop` Python package from proto/ into gen/
@@ -55,69 +75,59 @@ system-deps: ## Install the Debian packages the tests use (shellcheck, curl) whe
 		{ echo "could not install$$missing: install them with your package manager, then rerun"; exit 1; }; \
 	fi
 
-test: $(GEN_STAMP) system-deps ## Run every test (unit, integration, contract, mesh, k8s)
+test: $(GEN_STAMP) $(DEV_STAMP) system-deps ## Run every test (unit, integration, contract, mesh, k8s)
 	$(BIN)/pytest
 
-unit: $(GEN_STAMP) ## Run the unit tests only
+unit: $(GEN_STAMP) $(DEV_STAMP) ## Run the unit tests only
 	$(BIN)/pytest tests/unit
 
-integration: $(GEN_STAMP) ## Run the in-process gRPC integration tests only
+integration: $(GEN_STAMP) $(DEV_STAMP) ## Run the in-process gRPC integration tests only
 	$(BIN)/pytest tests/integration
 
-contract: $(GEN_STAMP) ## Run the contract tests only (buf lint, format, breaking proven)
+contract: $(GEN_STAMP) $(DEV_STAMP) ## Run the contract tests only (buf lint, format, breaking proven)
 	$(BIN)/pytest tests/contract
 
-run: $(GEN_STAMP) ## Run the five services without the mesh on 127.0.0.1:50051-50055 (Ctrl-C stops)
-	@pids=(); \
-	for service in users inventory payments notifications orders; do \
-		$(BIN)/python -m services.$$service & pids+=($$!); \
-	done; \
-	trap 'kill -TERM "$${pids[@]}" 2>/dev/null' INT TERM; \
-	wait
+run: $(GEN_STAMP) ## Run every service without the mesh, on its standalone_port (Ctrl-C stops)
+	$(SHOPMESH) run --log-level $(LOG_LEVEL)
 
-# The local mesh (shopmesh/cli.py): every service with its Envoy sidecar, and the gateway.
-# State (sockets, pids, logs, certificates, data) lives in STATE_DIR.
-STATE_DIR ?= var
-SHOPMESH := $(BIN)/shopmesh
-
-.PHONY: up down status logs fault
-$(SHOPMESH): pyproject.toml | $(VENV_STAMP)
-	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
-
-up: $(GEN_STAMP) $(SHOPMESH) ## Start the mesh (apps, sidecars, gateway); prints where to connect
-	$(SHOPMESH) up --state-dir $(STATE_DIR)
+up: $(GEN_STAMP) ## Start the mesh (apps, sidecars, gateway); prints where to connect
+	$(SHOPMESH) up --state-dir $(STATE_DIR) --gateway-port $(GATEWAY_PORT) --log-level $(LOG_LEVEL)
 
 down: ## Stop the mesh: no process left, sockets removed, data kept
 	@if [ -x $(SHOPMESH) ]; then $(SHOPMESH) down --state-dir $(STATE_DIR); \
 	else echo "shopmesh is not installed: nothing was started (make up)"; fi
 
-status: $(SHOPMESH) ## Each app, sidecar and the gateway: pid, alive, health
+status: $(GEN_STAMP) ## Each app, sidecar and the gateway: pid, alive, health
 	$(SHOPMESH) status --state-dir $(STATE_DIR)
 
-logs: $(SHOPMESH) ## Follow one process's log: make logs NAME=orders-0 (or orders-0.sidecar, gateway)
+logs: $(GEN_STAMP) ## Follow one process's log: make logs NAME=orders-0 (or orders-0.sidecar, gateway)
 	@test -n "$(NAME)" || { echo "usage: make logs NAME=<pod>|<pod>.sidecar|<pod>.access|gateway"; exit 2; }
 	$(SHOPMESH) logs --state-dir $(STATE_DIR) $(NAME) -f
 
-fault: $(SHOPMESH) ## Inject faults: make fault SERVICE=payments ARGS='--abort-percent 30 --status UNAVAILABLE'
+fault: $(GEN_STAMP) ## Inject faults: make fault SERVICE=payments ARGS='--abort-percent 30 --status UNAVAILABLE'
 	@test -n "$(SERVICE)" || { echo "usage: make fault SERVICE=<service> ARGS='--abort-percent N --status CODE | --delay-ms N | --clear'"; exit 2; }
 	$(SHOPMESH) fault --state-dir $(STATE_DIR) $(SERVICE) $(ARGS)
 
-lint: $(GEN_STAMP) ## buf lint + format check, ruff, mypy --strict
+restart: $(GEN_STAMP) ## Start a stopped pod again: make restart NAME=inventory-1 (or gateway)
+	@test -n "$(NAME)" || { echo "usage: make restart NAME=<pod>|gateway"; exit 2; }
+	$(SHOPMESH) restart --state-dir $(STATE_DIR) $(NAME)
+
+lint: $(GEN_STAMP) $(DEV_STAMP) ## buf lint + format check, ruff, mypy --strict
 	$(BIN)/buf lint
 	$(BIN)/buf format --diff --exit-code
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-fmt: $(VENV_STAMP) ## Format protos and Python in place
+fmt: $(DEV_STAMP) ## Format protos and Python in place
 	$(BIN)/buf format --write
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-breaking: $(VENV_STAMP) ## buf breaking against BREAKING_AGAINST (default: the main branch)
+breaking: $(DEV_STAMP) ## buf breaking against BREAKING_AGAINST (default: the main branch)
 	$(BIN)/buf breaking --against '$(BREAKING_AGAINST)'
+	@echo "buf breaking: proto/ against $(BREAKING_AGAINST): no breaking change (FILE rules)"
 
-.PHONY: bench
 bench: $(GEN_STAMP) ## Benchmark the mesh (h2load; installs Debian nghttp2-client if missing)
 	@command -v h2load >/dev/null || { \
 		echo "h2load not found: installing Debian nghttp2-client (apt-get update && apt-get install)"; \
@@ -129,11 +139,10 @@ bench: $(GEN_STAMP) ## Benchmark the mesh (h2load; installs Debian nghttp2-clien
 		  "brew install nghttp2) and rerun make bench"; exit 1; }; }
 	$(BIN)/python scripts/bench.py $(BENCH_ARGS)
 
-.PHONY: kind-up kind-smoke kind-down
-kind-up: $(VENV_STAMP) ## Create a kind cluster running the mesh (needs docker, kind, kubectl; k8s/README.md)
+kind-up: $(GEN_STAMP) ## Create a kind cluster running the mesh (needs docker, kind, kubectl; k8s/README.md)
 	bash scripts/kind-up.sh
 
-kind-smoke: $(VENV_STAMP) ## A checkout through the kind cluster's gateway with grpcurl
+kind-smoke: $(GEN_STAMP) ## A checkout through the kind cluster's gateway with grpcurl
 	bash scripts/kind-smoke.sh
 
 kind-down: ## Delete the kind cluster and its certificates

@@ -1,9 +1,9 @@
 """`make bench`: what the sidecars cost, measured on this machine.
 
 One run, on loopback and Unix sockets only, bounded in request count and time, against the mesh
-exactly as `make up` runs it (shopmesh.supervisor: every app on its Unix socket behind its
-Envoy sidecar, Envoy with --concurrency 1, real certificates from shopmesh.pki, configs from
-shopmesh.render) in a temporary state directory:
+exactly as `make up` runs it (shopmesh.local: every app on its Unix socket behind its Envoy
+sidecar, Envoy with --concurrency 1, real certificates from shopmesh.pki, configs from
+shopmesh.envoy) in a temporary state directory:
 
 1. Unary `users.GetUser` (a SQLite read of a user created first), driven by h2load:
    - direct: straight at the users app's own Unix socket;
@@ -60,8 +60,10 @@ from rich.table import Table
 
 from shop.orders.v1 import orders_pb2, orders_pb2_grpc
 from shop.users.v1 import users_pb2, users_pb2_grpc
-from shopmesh.render import EGRESS, INBOUND
-from shopmesh.supervisor import MeshError, MeshOptions, RunningMesh, up
+from shopmesh.envoy.sidecar import EGRESS, INBOUND
+from shopmesh.local.errors import MeshError
+from shopmesh.local.mesh import RunningMesh
+from shopmesh.local.startup import MeshOptions, find_envoy, up
 from shopmesh.topology import GATEWAY
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -490,7 +492,7 @@ def memory_kib(pid: int) -> tuple[int, int]:
 
 
 def envoy_memory(mesh: RunningMesh) -> dict[str, tuple[int, int]]:
-    pids = {name: pod.sidecar_pid for name, pod in mesh.pods.items()}
+    pids = {name: pod.sidecar.pid if pod.sidecar else None for name, pod in mesh.pods.items()}
     pids[GATEWAY] = mesh.gateway.pid
     return {name: memory_kib(pid) for name, pid in pids.items() if pid is not None}
 
@@ -733,12 +735,12 @@ async def bench(args: argparse.Namespace, root: Path) -> Figures:
         raise BenchError("h2load not found: `make bench` installs it (Debian nghttp2-client)")
     about = machine()
     cpu_before, started = CpuSample.now(), time.monotonic()
-    print("starting the mesh (shopmesh.supervisor) ...", flush=True)
+    print("starting the mesh (shopmesh.local) ...", flush=True)
     mesh = await up(MeshOptions(state_dir=root / "mesh", topology=MESH_FILE, descriptor=DESCRIPTOR))
     try:
         if "GetUser" not in mesh.topology.services["orders"].calls.get("users", ()):
             raise BenchError(f"{MESH_FILE} no longer lets orders call users.GetUser")
-        about += await tools(mesh.envoy)
+        about += await tools(find_envoy())
         gateway = mesh.gateway_address
         user_id = await create_user(gateway)
         h2load_seconds = (2 * ROUNDS + 2) * args.seconds
@@ -747,19 +749,21 @@ async def bench(args: argparse.Namespace, root: Path) -> Figures:
         print(f"{args.orders} checkouts through the gateway ...", flush=True)
         checkout = await bench_checkout(gateway, user_id, args.orders, args.workers)
         memory = envoy_memory(mesh)
-        stats = await mesh.envoy_stats(CALLER)
+        stats = await mesh.admin(CALLER).stats()
         logs = await mesh_logs(mesh, *unary.mesh_calls)
     finally:
         await stop_surely(mesh)
     foreign = foreign_share(cpu_before, CpuSample.now(), time.monotonic() - started)
     return Figures(
         about=about,
-        startup=mesh.up_seconds or 0.0,
+        startup=mesh.state.up_seconds or 0.0,
         pods=len(mesh.pods),
         unary=unary,
         logs=logs,
         retries=stats.get("cluster.svc_users.upstream_rq_retry", 0),
-        overflows=stats.get("cluster.svc_users.upstream_rq_pending_overflow", 0),
+        # Envoy 1.40 counts requests refused by max_requests as active (not pending) overflows.
+        overflows=stats.get("cluster.svc_users.upstream_rq_active_overflow", 0)
+        + stats.get("cluster.svc_users.upstream_rq_pending_overflow", 0),
         checkout=checkout,
         memory=memory,
         seconds=args.seconds,

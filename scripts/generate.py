@@ -1,7 +1,7 @@
 """Generate the `shop` Python package from proto/ (messages, gRPC stubs, typed .pyi).
 
-Runs the protoc bundled in grpcio-tools (pinned in requirements.txt) so the output is the same on
-every machine, plus mypy-protobuf's plugins for the type stubs. It also writes a binary
+Runs the protoc bundled in grpcio-tools (pinned in requirements/run.txt) so the output is the
+same on every machine, plus mypy-protobuf's plugins for the type stubs. It also writes a binary
 descriptor set of every contract, which tools such as Envoy's gRPC-JSON transcoder read; the set
 also holds google.rpc.Status and the error detail messages (from googleapis-common-protos), so
 the transcoder can turn a failed call's status and details into a JSON body.

@@ -15,6 +15,7 @@ IMAGE="shopmesh:dev"
 # The gateway on the host: k8s/kind/cluster.yaml maps it to the NodePort of the kind overlay.
 GATEWAY="127.0.0.1:30080"
 PYTHON="${PYTHON:-.venv/bin/python}"
+SHOPMESH="${SHOPMESH:-.venv/bin/shopmesh}"
 GRPCURL="${GRPCURL:-.venv/bin/grpcurl}"
 # Everything scripts/kind-up.sh writes (the CA, the Secrets' files); never committed (var/).
 STATE_DIR="var/k8s"
@@ -52,7 +53,8 @@ https://kubernetes.io/docs/tasks/tools/ (it includes kustomize)."
 }
 
 require_venv() {
-    [ -x "$PYTHON" ] || die "$PYTHON not found: run 'make venv' first (or set PYTHON)."
+    [ -x "$PYTHON" ] || die "$PYTHON not found: run 'make generate' first (or set PYTHON)."
+    [ -x "$SHOPMESH" ] || die "$SHOPMESH not found: run 'make generate' first (or set SHOPMESH)."
 }
 
 cluster_exists() {

@@ -29,7 +29,7 @@ kind load docker-image "$IMAGE" --name "$CLUSTER"
 
 echo "==> namespace and certificates (local CA in $STATE_DIR/pki)"
 kubectl --context "$CONTEXT" apply --filename k8s/base/namespace.yaml
-"$PYTHON" -m shopmesh.k8s issue-certs --pki-dir "$STATE_DIR/pki" --out "$STATE_DIR/tls"
+"$SHOPMESH" k8s issue-certs --pki-dir "$STATE_DIR/pki" --out "$STATE_DIR/tls"
 for dir in "$STATE_DIR"/tls/*/; do
     identity="$(basename "$dir")"
     kubectl --context "$CONTEXT" create secret generic "tls-${identity}" \

@@ -1,17 +1,16 @@
-"""`shopmesh`: run the local mesh. `up`, `down`, `status`, `logs`, `fault`, `certs rotate`.
-
-Every command takes `--state-dir` (default ./var) and `--topology` (default envoy/mesh.yaml);
-the Makefile's `up`, `down`, `status` and `logs` targets call these commands.
-"""
+"""`shopmesh`: run the mesh on this machine (`up`, `down`, `status`, `logs`, `fault`,
+`restart`, `certs rotate`), run the services without it (`run`), and generate what Kubernetes
+needs (`k8s render`, `k8s issue-certs`). The Makefile's targets call these commands."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shlex
 import sys
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -19,113 +18,136 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from shopmesh.supervisor import (
-    DEFAULT_DESCRIPTOR,
-    DEFAULT_STATE_DIR,
-    DEFAULT_TOPOLOGY,
-    MeshError,
-    MeshOptions,
-    RunningMesh,
-    StateDir,
-    rotate_certificates,
-    up,
-)
+from services.common.config import LOG_LEVEL
+from shopmesh import options
+from shopmesh.appenv import is_mesh_owned
+from shopmesh.envoy.faults import Fault, FaultError
+from shopmesh.k8s.commands import k8s_group
+from shopmesh.layout import LayoutError, StateDir
+from shopmesh.local import certs, faults
+from shopmesh.local.errors import MeshError
+from shopmesh.local.mesh import RunningMesh
+from shopmesh.local.standalone import run_standalone
+from shopmesh.local.startup import DEFAULT_DESCRIPTOR, MeshOptions, down, up
+from shopmesh.local.status import mesh_status
+from shopmesh.pki import PkiError, rotate_certificates
 from shopmesh.topology import TopologyError, load_topology
 
-F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
 
 console = Console(highlight=False)
 errors = Console(stderr=True, highlight=False)
+# Errors a user can act on: each becomes one line on stderr and exit status 1.
+USER_ERRORS = (MeshError, FaultError, TopologyError, PkiError, LayoutError)
 
 
-def _run(coroutine: Coroutine[Any, Any, T]) -> T:
-    """Run a coroutine; a MeshError becomes a message and exit status 1."""
-    try:
-        return asyncio.run(coroutine)
-    except MeshError as error:
-        errors.print(f"[red]error:[/red] {error}", markup=True, soft_wrap=True)
-        sys.exit(1)
+class Shopmesh(click.Group):
+    """The command group: every error a user can act on is one line, never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (*USER_ERRORS, OSError) as error:
+            # OSError: the machine refused something (an unusable --state-dir, a full disk).
+            errors.print(f"[red]error:[/red] {error}", markup=True, soft_wrap=True)
+            sys.exit(1)
 
 
-def common_options(function: F) -> F:
-    """--state-dir and --topology, on every command."""
-    function = click.option(
-        "--topology",
-        type=click.Path(path_type=Path, dir_okay=False),
-        default=DEFAULT_TOPOLOGY,
-        show_default=True,
-        help="The topology file.",
-    )(function)
-    function = click.option(
-        "--state-dir",
-        type=click.Path(path_type=Path, file_okay=False),
-        default=DEFAULT_STATE_DIR,
-        show_default=True,
-        help="Sockets, pids, logs, certificates, data and rendered configs.",
-    )(function)
-    return function
+def run(coroutine: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coroutine)
 
 
-def _attach(state_dir: Path) -> RunningMesh:
+def tool(name: str) -> str:
+    """How to type the command `name` installed beside this Python so that it runs from the
+    current directory (`.venv/bin/shopmesh`), whatever PATH holds."""
+    path = Path(sys.executable).parent / name
+    if not path.exists():
+        return name
+    relative = os.path.relpath(path)
+    return shlex.quote(relative if not relative.startswith("..") else str(path))
+
+
+def attached(state_dir: Path) -> RunningMesh:
     mesh = RunningMesh.attach(state_dir)
     if mesh is None:
-        errors.print(f"no mesh is running in {state_dir} (start one with `shopmesh up`)")
-        sys.exit(1)
+        raise MeshError(f"no mesh is running in {state_dir} (start one with `shopmesh up`)")
     return mesh
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    cls=Shopmesh,
+    context_settings={"help_option_names": ["-h", "--help"], "show_default": True},
+)
 def main() -> None:
     """Run the shopmesh services, each with its Envoy sidecar, and the edge gateway."""
 
 
 @main.command(name="up")
-@common_options
+@options.state_dir
+@options.topology
 @click.option(
     "--descriptor",
     type=click.Path(path_type=Path, dir_okay=False),
     default=DEFAULT_DESCRIPTOR,
-    show_default=True,
     help="Descriptor set of the contracts (make generate writes it).",
 )
 @click.option(
     "--gateway-port",
     type=click.IntRange(0, 65535),
     default=8080,
-    show_default=True,
     help="Port of the gateway on 127.0.0.1 (0: any free port).",
 )
-@click.option("--timeout", type=float, default=30.0, show_default=True, help="Seconds to wait.")
+@options.log_level
+@click.option(
+    "--envoy-log-level",
+    type=click.Choice(["trace", "debug", "info", "warning", "error", "critical", "off"]),
+    default="info",
+    help="Log level of every Envoy.",
+)
+@click.option("--timeout", type=float, default=30.0, help="Seconds to wait for health.")
 def up_command(
-    state_dir: Path, topology: Path, descriptor: Path, gateway_port: int, timeout: float
+    state_dir: Path,
+    topology: Path,
+    descriptor: Path,
+    gateway_port: int,
+    log_level: str,
+    envoy_log_level: str,
+    timeout: float,
 ) -> None:
-    """Start every app, sidecar and the gateway; wait until all are healthy."""
+    """Start every app, sidecar and the gateway; wait until all are healthy.
+
+    Apps get the environment `up` runs in, except what the mesh sets for each of them
+    (SHOPMESH_LISTEN, SHOPMESH_DB_PATH, SHOPMESH_UPSTREAM_*, SHOPMESH_GRACE_SECONDS,
+    SHOPMESH_DRAIN_SECONDS, SHOPMESH_LOG_LEVEL): service settings such as
+    SHOPMESH_ORDERS_RECOVERY_INTERVAL and OTEL_* variables pass through."""
+    ignored = [name for name in os.environ if is_mesh_owned(name) and name != LOG_LEVEL]
+    if ignored:
+        errors.print(f"ignored (the mesh sets them for each app): {', '.join(sorted(ignored))}")
     options = MeshOptions(
         state_dir=state_dir,
         topology=topology,
         descriptor=descriptor,
         gateway_port=gateway_port,
         startup_timeout=timeout,
+        log_level=log_level.upper(),
+        envoy_log_level=envoy_log_level,
     )
     try:
-        mesh = _run(up(options))
+        mesh = run(up(options))
     except KeyboardInterrupt:
         errors.print("interrupted: everything started was stopped")
         sys.exit(130)
-    pods = len(mesh.pods)
     console.print(
-        f"[green]mesh up[/green] in {mesh.up_seconds or 0:.2f} s: {pods} apps with their "
-        f"sidecars, and the gateway at [bold]{mesh.gateway_address}[/bold] "
+        f"[green]mesh up[/green] in {mesh.state.up_seconds or 0:.2f} s: {len(mesh.pods)} apps "
+        f"with their sidecars, and the gateway at [bold]{mesh.gateway_address}[/bold] "
         f"(state in {mesh.state_dir})"
     )
-    console.print(connection_help(mesh.gateway_address), soft_wrap=True, markup=False)
+    console.print(connection_help(mesh.gateway_address, state_dir), soft_wrap=True, markup=False)
 
 
-def connection_help(gateway: str) -> str:
-    """Ready-to-paste grpcurl and curl commands for the gateway at `gateway`."""
-    grpcurl = Path(sys.executable).parent / "grpcurl"
-    g = shlex.quote(str(grpcurl)) if grpcurl.exists() else "grpcurl"
+def connection_help(gateway: str, state_dir: Path) -> str:
+    """Ready-to-paste grpcurl, curl and shopmesh commands for the gateway at `gateway`."""
+    g = tool("grpcurl")
     user = json.dumps({"request_id": "ada-1", "email": "ada@example.com", "display_name": "Ada"})
     order = json.dumps(
         {
@@ -137,53 +159,61 @@ def connection_help(gateway: str) -> str:
     )
     url = f"http://{gateway}"
     json_post = "curl -s -X POST -H 'content-type: application/json'"
-    lines = [
-        "",
-        "gRPC with server reflection (no proto files): -authority picks the service",
-        f"  {g} -plaintext -authority users {gateway} list",
-        f"  {g} -plaintext -authority orders {gateway} describe shop.orders.v1.OrdersService",
-        f"  {g} -plaintext -authority users -d {shlex.quote(user)} \\\n"
-        f"      {gateway} shop.users.v1.UsersService/CreateUser",
-        f"  {g} -plaintext -authority orders -d {shlex.quote(order)} \\\n"
-        f"      {gateway} shop.orders.v1.OrdersService/PlaceOrder",
-        "",
-        "JSON over HTTP/1.1 (gRPC-JSON transcoding):",
-        f"  {json_post} -d '{{\"page_size\": 3}}' \\\n"
-        f"      {url}/shop.inventory.v1.InventoryService/ListProducts",
-        f"  {json_post} -d {shlex.quote(user)} \\\n"
-        f"      {url}/shop.users.v1.UsersService/CreateUser",
-        f"  {json_post} -d {shlex.quote(order)} \\\n"
-        f"      {url}/shop.orders.v1.OrdersService/PlaceOrder",
-        "",
-        "shopmesh status · shopmesh logs orders-0 -f · "
-        "shopmesh fault payments --abort-percent 30 --status UNAVAILABLE · shopmesh down",
-    ]
-    return "\n".join(lines)
+    s = tool("shopmesh")
+    state = (
+        ""
+        if state_dir == options.DEFAULT_STATE_DIR
+        else f" --state-dir {shlex.quote(str(state_dir))}"
+    )
+    return "\n".join(
+        [
+            "",
+            "gRPC with server reflection (no proto files): -authority picks the service",
+            f"  {g} -plaintext -authority users {gateway} list",
+            f"  {g} -plaintext -authority orders {gateway} describe shop.orders.v1.OrdersService",
+            f"  {g} -plaintext -authority users -d {shlex.quote(user)} \\\n"
+            f"      {gateway} shop.users.v1.UsersService/CreateUser",
+            f"  {g} -plaintext -authority orders -d {shlex.quote(order)} \\\n"
+            f"      {gateway} shop.orders.v1.OrdersService/PlaceOrder",
+            "",
+            "JSON over HTTP/1.1 (gRPC-JSON transcoding):",
+            f"  {json_post} -d '{{\"page_size\": 3}}' \\\n"
+            f"      {url}/shop.inventory.v1.InventoryService/ListProducts",
+            f"  {json_post} -d {shlex.quote(user)} \\\n"
+            f"      {url}/shop.users.v1.UsersService/CreateUser",
+            "",
+            "The mesh:",
+            f"  {s} status{state}",
+            f"  {s} logs orders-0 -f{state}",
+            f"  {s} fault payments --abort-percent 30 --status UNAVAILABLE{state}",
+            f"  {s} fault payments --clear{state}",
+            f"  {s} down{state}",
+        ]
+    )
 
 
 @main.command(name="down")
-@common_options
-def down_command(state_dir: Path, topology: Path) -> None:
+@options.state_dir
+def down_command(state_dir: Path) -> None:
     """Stop everything (apps drain first); keep data, certificates and logs."""
-    mesh = RunningMesh.attach(state_dir)
-    if mesh is None:
+    started = time.monotonic()
+    stopped = run(down(StateDir(state_dir.resolve())))
+    if stopped is None:
         console.print(f"no mesh is running in {state_dir}")
         return
-    started = time.monotonic()
-    count = len(mesh.processes())
-    _run(mesh.stop())
     console.print(
-        f"[green]mesh down[/green]: {count} processes stopped in "
+        f"[green]mesh down[/green]: {len(stopped)} processes stopped in "
         f"{time.monotonic() - started:.2f} s; data kept in {StateDir(state_dir).data}"
     )
 
 
 @main.command(name="status")
-@common_options
-def status_command(state_dir: Path, topology: Path) -> None:
-    """Each app, sidecar and the gateway: pid, alive, health. Exit 1 unless all healthy."""
-    mesh = _attach(state_dir)
-    rows = _run(mesh.status())
+@options.state_dir
+def status_command(state_dir: Path) -> None:
+    """Each app, sidecar, the gateway and the log keeper: pid, alive, health. Exit 1 unless
+    all are healthy."""
+    mesh = attached(state_dir)
+    rows = run(mesh_status(mesh))
     table = Table(title=f"shopmesh in {mesh.state_dir} · gateway {mesh.gateway_address}")
     for column in ("process", "kind", "pid", "alive", "health"):
         table.add_column(column, no_wrap=True)
@@ -199,12 +229,26 @@ def status_command(state_dir: Path, topology: Path) -> None:
             row.detail,
         )
     console.print(table)
+    stopped = [row.name.rpartition(".")[0] for row in rows if not row.alive and "." in row.name]
+    if stopped:
+        console.print(f"bring a stopped process back with: shopmesh restart {stopped[0]}")
     if not all(row.healthy for row in rows):
         sys.exit(1)
 
 
-def _log_names(state: StateDir) -> list[str]:
-    return sorted(path.name.removesuffix(".log") for path in state.logs.glob("*.log"))
+@main.command(name="restart")
+@options.state_dir
+@click.argument("name")
+@click.option("--timeout", type=float, default=30.0, help="Seconds to wait for health.")
+def restart_command(state_dir: Path, name: str, timeout: float) -> None:
+    """Start again what is not running of pod NAME (its app, its sidecar) or of the gateway
+    (NAME `gateway`), with the ports and configuration the mesh started with."""
+    mesh = attached(state_dir)
+    started = run(mesh.restart(name, timeout))
+    if started:
+        console.print(f"started {', '.join(started)}; {name} serves")
+    else:
+        console.print(f"{name} was running: nothing to do")
 
 
 def resolve_log(state: StateDir, name: str) -> Path:
@@ -214,27 +258,29 @@ def resolve_log(state: StateDir, name: str) -> Path:
         path = state.log(candidate)
         if path.is_file():
             return path
-    known = ", ".join(_log_names(state)) or "none yet"
+    names = sorted(path.name.removesuffix(".log") for path in state.logs.glob("*.log"))
+    known = ", ".join(names) or "none yet"
     raise click.BadParameter(f"no log {name!r} in {state.logs}; logs: {known}", param_hint="NAME")
 
 
 @main.command(name="logs")
-@common_options
+@options.state_dir
 @click.argument("name")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing what is appended.")
-@click.option("-n", "--lines", type=int, default=50, show_default=True, help="Lines to show.")
-def logs_command(state_dir: Path, topology: Path, name: str, follow: bool, lines: int) -> None:
+@click.option("-n", "--lines", type=int, default=50, help="Lines to show.")
+def logs_command(state_dir: Path, name: str, follow: bool, lines: int) -> None:
     """Show a process's log: NAME is a pod (its app), `<pod>.sidecar`, `<pod>.access`,
-    or `gateway`."""
+    `gateway` or `logs`."""
     path = resolve_log(StateDir(state_dir), name)
     with path.open("rb") as file:
-        tail = file.read().decode(errors="replace").splitlines()[-lines:] if lines else []
-        for line in tail:
+        for line in file.read().decode(errors="replace").splitlines()[-lines:] if lines else []:
             click.echo(line)
         if not follow:
             return
         try:
             while True:
+                if file.tell() > path.stat().st_size:
+                    file.seek(0)  # the log keeper emptied it (its earlier part is in .1)
                 chunk = file.read()
                 if chunk:
                     click.echo(chunk.decode(errors="replace"), nl=False)
@@ -245,16 +291,17 @@ def logs_command(state_dir: Path, topology: Path, name: str, follow: bool, lines
 
 
 @main.command(name="fault")
-@common_options
+@options.state_dir
 @click.argument("service")
 @click.option("--abort-percent", type=click.IntRange(0, 100), help="Share of calls to fail.")
-@click.option("--status", "grpc_status", help="gRPC status of aborted calls (name or number).")
+@click.option(
+    "--status", "grpc_status", help="gRPC status of aborted calls: a name or 1-16 [UNAVAILABLE]."
+)
 @click.option("--delay-ms", type=click.IntRange(0), help="Delay added to calls.")
-@click.option("--delay-percent", type=click.IntRange(0, 100), help="Share delayed (100).")
+@click.option("--delay-percent", type=click.IntRange(0, 100), help="Share delayed [100].")
 @click.option("--clear", is_flag=True, help="Remove every fault from SERVICE.")
 def fault_command(
     state_dir: Path,
-    topology: Path,
     service: str,
     abort_percent: int | None,
     grpc_status: str | None,
@@ -263,33 +310,26 @@ def fault_command(
     clear: bool,
 ) -> None:
     """Inject faults into calls to SERVICE at its sidecars, at runtime (no restart)."""
-    mesh = _attach(state_dir)
+    mesh = attached(state_dir)
     if clear:
         if any(v is not None for v in (abort_percent, grpc_status, delay_ms, delay_percent)):
             raise click.UsageError("--clear takes no other fault option")
-        _run(mesh.clear_faults(service))
+        run(faults.clear(mesh, service))
         console.print(f"faults cleared on {service}")
         return
     if abort_percent is None and delay_ms is None:
         raise click.UsageError("give --abort-percent (and --status), --delay-ms, or --clear")
-    fault = _run(
-        mesh.fault(
-            service,
-            abort_percent=abort_percent,
-            grpc_status=grpc_status,
-            delay_ms=delay_ms,
-            delay_percent=delay_percent,
-        )
+    fault = Fault.of(
+        abort_percent=abort_percent,
+        grpc_status=grpc_status,
+        delay_ms=delay_ms,
+        delay_percent=delay_percent,
     )
-    parts = []
-    if fault.abort_percent is not None:
-        parts.append(f"{fault.abort_percent}% of calls fail with status {fault.grpc_status}")
-    if fault.delay_ms is not None:
-        parts.append(f"{fault.delay_percent}% of calls wait {fault.delay_ms} ms")
+    run(faults.inject(mesh, service, fault))
     replicas = len(mesh.replicas(service))
     where = f"{replicas} replica{'s' if replicas != 1 else ''}"
-    console.print(f"fault on {service} ({where}): {'; '.join(parts)}")
-    console.print(f"undo with: shopmesh fault {service} --clear")
+    console.print(f"fault on {service} ({where}): {fault.describe()}")
+    console.print(f"undo with: {tool('shopmesh')} fault {service} --clear")
 
 
 @main.group(name="certs")
@@ -298,27 +338,45 @@ def certs_group() -> None:
 
 
 @certs_group.command(name="rotate")
-@common_options
+@options.state_dir
+@click.option(
+    "--topology",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=options.DEFAULT_TOPOLOGY,
+    help="The identities to rotate when no mesh runs (a running mesh uses its own).",
+)
 def rotate_command(state_dir: Path, topology: Path) -> None:
     """Re-issue every identity's certificate in place. A running mesh loads the new ones
     through SDS without a restart; this waits until every Envoy serves them."""
     mesh = RunningMesh.attach(state_dir)
     if mesh is not None:
-        serials = _run(mesh.rotate_certificates())
+        serials = run(certs.rotate(mesh))
         console.print(f"rotated {len(serials)} certificates; every Envoy serves the new ones")
         return
-    try:
-        loaded = load_topology(topology)
-    except TopologyError as error:
-        errors.print(f"error: {error}", soft_wrap=True)
-        sys.exit(1)
-    try:
-        serials = rotate_certificates(StateDir(state_dir.resolve()).certs, loaded)
-    except MeshError as error:
-        errors.print(f"error: {error}", soft_wrap=True)
-        sys.exit(1)
+    identities = load_topology(topology).spiffe_ids
+    serials = rotate_certificates(StateDir(state_dir.resolve()).certs, identities)
     console.print(f"rotated {len(serials)} certificates (no mesh running)")
 
+
+@main.command(name="run")
+@options.topology
+@click.option("--host", default="127.0.0.1", help="Where every service listens.")
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=options.DEFAULT_STATE_DIR / "data",
+    help="The services' SQLite files.",
+)
+@options.log_level
+def run_command(topology: Path, host: str, data_dir: Path, log_level: str) -> None:
+    """Run every service of the topology as a plain process, without the mesh: each on its
+    `standalone_port`, calling its upstreams there directly (no Envoy, no mTLS, no retries).
+    Ctrl-C stops them all."""
+    status = run_standalone(load_topology(topology), host, data_dir, log_level.upper())
+    sys.exit(status)
+
+
+main.add_command(k8s_group)
 
 if __name__ == "__main__":
     main()

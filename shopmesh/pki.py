@@ -80,6 +80,21 @@ def _now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
 
 
+def _key_usage(authority: bool) -> x509.KeyUsage:
+    """A CA signs certificates; a leaf signs (ECDSA) and agrees keys (ECDHE) in TLS."""
+    return x509.KeyUsage(
+        digital_signature=not authority,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=not authority,
+        key_cert_sign=authority,
+        crl_sign=authority,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
 class CertificateAuthority:
     """A self-signed EC P-256 CA that issues SPIFFE leaf certificates."""
 
@@ -108,20 +123,7 @@ class CertificateAuthority:
             .not_valid_before(now - _CLOCK_SKEW)
             .not_valid_after(now + validity)
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=False,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
+            .add_extension(_key_usage(authority=True), critical=True)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
             .sign(key, hashes.SHA256())
         )
@@ -190,20 +192,7 @@ class CertificateAuthority:
                 critical=False,
             )
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=True,
-                    key_cert_sign=False,
-                    crl_sign=False,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
+            .add_extension(_key_usage(authority=False), critical=True)
             .add_extension(
                 x509.ExtendedKeyUsage(
                     [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
@@ -265,7 +254,8 @@ def _discovery_response(resource: Mapping[str, object]) -> dict[str, object]:
     return {"resources": [dict(resource)]}
 
 
-def _dump(document: Mapping[str, object]) -> bytes:
+def sds_file(document: Mapping[str, object]) -> bytes:
+    """An SDS document as the file Envoy reads."""
     return yaml.safe_dump(dict(document), sort_keys=False).encode()
 
 
@@ -367,13 +357,13 @@ class LocalPki:
         if not files.validation_sds.exists():
             write_atomically(
                 files.validation_sds,
-                _dump(sds_validation_document(files.trust_bundle.resolve())),
+                sds_file(sds_validation_document(files.trust_bundle.resolve())),
                 _FILE_MODE,
             )
         # Last: the switch Envoy acts on, once the files it names are complete.
         write_atomically(
             files.certificate_sds,
-            _dump(sds_certificate_document(certificate.resolve(), key.resolve())),
+            sds_file(sds_certificate_document(certificate.resolve(), key.resolve())),
             _FILE_MODE,
         )
         self._remove_stale(files, keep={certificate.name, key.name, *_names(previous)})
@@ -386,8 +376,6 @@ class LocalPki:
             not_after=credential.certificate.not_valid_after_utc,
         )
 
-    rotate = issue
-
     @staticmethod
     def _remove_stale(files: IdentityFiles, keep: set[str]) -> None:
         for path in files.directory.iterdir():
@@ -399,19 +387,57 @@ def _names(pair: tuple[Path, Path] | None) -> tuple[str, ...]:
     return () if pair is None else (pair[0].name, pair[1].name)
 
 
-def mounted_identity(
-    ca: CertificateAuthority, credential: Credential, mount_dir: Path
-) -> dict[str, bytes]:
-    """File name -> content of one identity for a directory that is replaced as a whole, such
-    as a Kubernetes Secret volume mounted at `mount_dir` (the kubelet swaps every file at once,
-    so fixed names are safe there). The SDS files name the files at `mount_dir`."""
-    certificate = mount_dir / "cert.pem"
-    key = mount_dir / "key.pem"
-    trust_bundle = mount_dir / TRUST_BUNDLE_FILE
-    return {
-        certificate.name: credential.certificate_pem(),
-        key.name: credential.key_pem(),
-        trust_bundle.name: ca.credential.certificate_pem(),
-        CERTIFICATE_SDS_FILE: _dump(sds_certificate_document(certificate, key)),
-        VALIDATION_SDS_FILE: _dump(sds_validation_document(trust_bundle)),
-    }
+# --- the identities of a mesh ---------------------------------------------------------------
+
+RENEW_FRACTION = 1 / 3
+"""`ensure_certificates` re-issues a certificate once less than this share of its life is left."""
+
+
+def _needs_renewal(files: IdentityFiles, spiffe_id: str, ca_pem: bytes) -> bool:
+    try:
+        certificate_path, key_path = files.current()
+        certificate = x509.load_pem_x509_certificate(certificate_path.read_bytes())
+        if not key_path.is_file() or files.trust_bundle.read_bytes() != ca_pem:
+            return True
+    except (PkiError, OSError, ValueError):
+        return True
+    try:
+        sans = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except x509.ExtensionNotFound:
+        return True
+    if spiffe_id not in sans.value.get_values_for_type(x509.UniformResourceIdentifier):
+        return True
+    lifetime = certificate.not_valid_after_utc - certificate.not_valid_before_utc
+    return certificate.not_valid_after_utc - _now() < lifetime * RENEW_FRACTION
+
+
+def ensure_certificates(
+    root: Path, identities: Mapping[str, str], ttl: datetime.timedelta = LEAF_TTL
+) -> list[str]:
+    """The CA under `root` and a valid certificate for every identity (-> its SPIFFE ID); issues
+    only what is missing, names another SPIFFE ID, or has less than a third of its life left.
+    Returns the identities issued."""
+    pki = LocalPki(root)
+    ca = pki.ensure_ca(CA_VALIDITY)
+    ca_pem = ca.credential.certificate_pem()
+    issued = []
+    for identity, spiffe_id in identities.items():
+        if _needs_renewal(pki.files(identity), spiffe_id, ca_pem):
+            pki.issue(ca, identity, spiffe_id, ttl, [identity])
+            issued.append(identity)
+    return issued
+
+
+def rotate_certificates(
+    root: Path, identities: Mapping[str, str], ttl: datetime.timedelta = LEAF_TTL
+) -> dict[str, int]:
+    """Re-issue the certificate of every identity (-> its SPIFFE ID) now (running Envoys reload them
+    through SDS). Returns identity -> the new certificate's serial number."""
+    pki = LocalPki(root)
+    ca = pki.ensure_ca(CA_VALIDITY)
+    serials: dict[str, int] = {}
+    for identity, spiffe_id in identities.items():
+        issued = pki.issue(ca, identity, spiffe_id, ttl, [identity])
+        certificate = x509.load_pem_x509_certificate(issued.certificate.read_bytes())
+        serials[identity] = certificate.serial_number
+    return serials

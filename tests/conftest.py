@@ -1,23 +1,20 @@
-"""Fixtures shared by every test: in-process services on temporary Unix sockets."""
+"""Fixtures shared by every test: in-process services on temporary Unix sockets (the
+machinery is tests/support/services.py)."""
 
 from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
 from grpc import aio
 
-from services.common.config import ServiceConfig
-from services.common.server import App, RunningService, start
-
 # Before any test module imports it, so its asserts report values like a test's own do.
-pytest.register_assert_rewrite("tests.helpers")
+pytest.register_assert_rewrite("tests.support")
 
-Build = Callable[[ServiceConfig], Awaitable[App]]
+from tests.support.services import ServiceRunner  # noqa: E402  (after the registration)
 
 
 @pytest.fixture
@@ -27,45 +24,6 @@ def socket_dir() -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="sm-", dir="/tmp"))
     yield path
     shutil.rmtree(path, ignore_errors=True)
-
-
-@dataclass
-class ServiceRunner:
-    """Starts services in this process; the fixture stops every one of them at teardown."""
-
-    socket_dir: Path
-    data_dir: Path
-    running: list[RunningService]
-
-    def config(
-        self, service: str, upstreams: Mapping[str, str] | None = None, db_path: Path | None = None
-    ) -> ServiceConfig:
-        """The config `start` would use: a socket in socket_dir, a database in data_dir."""
-        return ServiceConfig(
-            service=service,
-            listen=f"unix:{self.socket_dir / service}.sock",
-            db_path=db_path or self.data_dir / f"{service}.db",
-            upstreams=dict(upstreams or {}),
-            grace_seconds=0.0,
-        )
-
-    async def start(
-        self,
-        service: str,
-        build: Build,
-        upstreams: Mapping[str, str] | None = None,
-        db_path: Path | None = None,
-    ) -> RunningService:
-        """Build and start `service`; restarting one after `stop` reuses its socket and DB."""
-        config = self.config(service, upstreams, db_path)
-        running = await start(config, await build(config))
-        self.running.append(running)
-        return running
-
-    async def stop(self, service: RunningService, grace: float = 0.0) -> None:
-        """Stop one service now (e.g. to test that callers survive it being down)."""
-        self.running.remove(service)
-        await service.stop(grace)
 
 
 @pytest.fixture

@@ -1,1 +1,2 @@
-"""Plumbing shared by every shopmesh service: config, server bootstrap, errors, telemetry."""
+"""Plumbing shared by every shopmesh service: config, server bootstrap, the database, errors,
+paging, telemetry."""

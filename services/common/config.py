@@ -4,9 +4,14 @@ Every address a service listens on or calls comes from here, so the mesh can poi
 sidecar Unix sockets without touching their code. Bad values stop the service at start with a
 message that names the variable and says what is expected.
 
-- SHOPMESH_LISTEN: `unix:/path.sock` or `host:port` (default 127.0.0.1:<service port>)
+This module is the reader of the app environment; `shopmesh.appenv` is its one writer (for
+the local mesh, `shopmesh run` and Kubernetes alike), and tests/unit/test_appenv.py checks that
+what one writes is what the other reads. The variables:
+
+- SHOPMESH_LISTEN: `unix:/path.sock` or `host:port` (required)
 - SHOPMESH_DB_PATH: this service's SQLite file (default var/data/<service>.db)
-- SHOPMESH_UPSTREAM_<NAME>: address of upstream NAME (default 127.0.0.1:<NAME's port>)
+- SHOPMESH_UPSTREAM_<NAME>: address of upstream NAME (required for each upstream the service
+  calls; NAME is the service name upper-cased with `-` as `_`: gift-cards -> GIFT_CARDS)
 - SHOPMESH_GRACE_SECONDS: how long in-flight calls may finish on SIGTERM (default 5)
 - SHOPMESH_DRAIN_SECONDS: on SIGTERM, how long to keep serving while reporting NOT_SERVING, so
   callers' health checks move traffic away before the server stops accepting calls (default 0;
@@ -23,18 +28,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ENV_PREFIX = "SHOPMESH_"
-
-# Default TCP ports when a service is run on its own, outside the mesh.
-DEFAULT_PORTS: Mapping[str, int] = {
-    "users": 50051,
-    "inventory": 50052,
-    "payments": 50053,
-    "orders": 50054,
-    "notifications": 50055,
-}
+LISTEN = ENV_PREFIX + "LISTEN"
+DB_PATH = ENV_PREFIX + "DB_PATH"
+GRACE_SECONDS = ENV_PREFIX + "GRACE_SECONDS"
+DRAIN_SECONDS = ENV_PREFIX + "DRAIN_SECONDS"
+LOG_LEVEL = ENV_PREFIX + "LOG_LEVEL"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 _TCP_ADDRESS = re.compile(r"^(?P<host>\[[0-9a-fA-F:]+\]|[A-Za-z0-9.\-]+):(?P<port>\d{1,5})$")
-_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def upstream_variable(service: str) -> str:
+    """The variable holding the address of upstream `service` (SHOPMESH_UPSTREAM_GIFT_CARDS)."""
+    return f"{ENV_PREFIX}UPSTREAM_{service.upper().replace('-', '_')}"
 
 
 class ConfigError(ValueError):
@@ -60,7 +66,7 @@ class ServiceConfig:
         except KeyError:
             raise ConfigError(
                 f"{self.service} has no address for upstream {name!r}: "
-                f"set {ENV_PREFIX}UPSTREAM_{name.upper()}"
+                f"set {upstream_variable(name)}"
             ) from None
 
 
@@ -78,6 +84,16 @@ def validate_address(value: str, variable: str) -> str:
             f"{variable}={value!r}: expected unix:/path/to.sock or host:port (e.g. 127.0.0.1:50051)"
         )
     return value
+
+
+def _required_address(env: Mapping[str, str], variable: str) -> str:
+    value = env.get(variable)
+    if not value:
+        raise ConfigError(
+            f"{variable} is not set: start the service with `shopmesh up` (the mesh) or "
+            "`shopmesh run` (without it), or set it to unix:/path/to.sock or host:port"
+        )
+    return validate_address(value, variable)
 
 
 def _float(env: Mapping[str, str], variable: str, default: float, minimum: float) -> float:
@@ -105,42 +121,27 @@ def load_config(
 ) -> ServiceConfig:
     """Read `service`'s configuration from `env` (default: os.environ).
 
-    `upstream_names` lists the services this one calls; each gets an address.
+    `upstream_names` lists the services this one calls; each needs an address.
     """
     env = os.environ if env is None else env
-    if service not in DEFAULT_PORTS:
-        raise ConfigError(f"unknown service {service!r}; expected one of {sorted(DEFAULT_PORTS)}")
+    listen = _required_address(env, LISTEN)
 
-    listen_var = ENV_PREFIX + "LISTEN"
-    listen = validate_address(
-        env.get(listen_var) or f"127.0.0.1:{DEFAULT_PORTS[service]}", listen_var
-    )
-
-    db_var = ENV_PREFIX + "DB_PATH"
-    db_path = Path(env.get(db_var) or f"var/data/{service}.db")
+    db_path = Path(env.get(DB_PATH) or f"var/data/{service}.db")
     if db_path.exists() and db_path.is_dir():
-        raise ConfigError(f"{db_var}={str(db_path)!r} is a directory; give a file path")
+        raise ConfigError(f"{DB_PATH}={str(db_path)!r} is a directory; give a file path")
 
-    upstreams: dict[str, str] = {}
-    for name in upstream_names:
-        if name not in DEFAULT_PORTS:
-            raise ConfigError(f"unknown upstream {name!r}")
-        variable = f"{ENV_PREFIX}UPSTREAM_{name.upper()}"
-        upstreams[name] = validate_address(
-            env.get(variable) or f"127.0.0.1:{DEFAULT_PORTS[name]}", variable
-        )
+    upstreams = {name: _required_address(env, upstream_variable(name)) for name in upstream_names}
 
-    level_var = ENV_PREFIX + "LOG_LEVEL"
-    log_level = (env.get(level_var) or "INFO").upper()
-    if log_level not in _LOG_LEVELS:
-        raise ConfigError(f"{level_var}={log_level!r}: expected one of {', '.join(_LOG_LEVELS)}")
+    log_level = (env.get(LOG_LEVEL) or "INFO").upper()
+    if log_level not in LOG_LEVELS:
+        raise ConfigError(f"{LOG_LEVEL}={log_level!r}: expected one of {', '.join(LOG_LEVELS)}")
 
     return ServiceConfig(
         service=service,
         listen=listen,
         db_path=db_path,
         upstreams=upstreams,
-        grace_seconds=_float(env, ENV_PREFIX + "GRACE_SECONDS", 5.0, 0.0),
-        drain_seconds=_float(env, ENV_PREFIX + "DRAIN_SECONDS", 0.0, 0.0),
+        grace_seconds=_float(env, GRACE_SECONDS, 5.0, 0.0),
+        drain_seconds=_float(env, DRAIN_SECONDS, 0.0, 0.0),
         log_level=log_level,
     )

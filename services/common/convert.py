@@ -10,8 +10,13 @@ from datetime import datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from services.common.clock import from_micros
 from services.common.money import Money
 from shop.common.v1 import money_pb2
+
+# The seconds google.protobuf.Timestamp allows: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z.
+_MIN_SECONDS = -62_135_596_800
+_MAX_SECONDS = 253_402_300_799
 
 
 def to_timestamp(moment: datetime) -> Timestamp:
@@ -21,11 +26,18 @@ def to_timestamp(moment: datetime) -> Timestamp:
     return timestamp
 
 
-def micros_to_timestamp(micros: int) -> Timestamp:
-    """The Timestamp of integer epoch microseconds."""
-    timestamp = Timestamp()
-    timestamp.FromMicroseconds(micros)
-    return timestamp
+def from_timestamp(timestamp: Timestamp) -> datetime:
+    """The UTC-aware datetime of a Timestamp, to the microsecond.
+
+    Raises ValueError, its message saying what is wrong, for a Timestamp no datetime can hold:
+    seconds outside years 1..9999 or nanos outside 0..999,999,999 (a sender's bug, not ours,
+    so callers turn it into INVALID_ARGUMENT).
+    """
+    if not _MIN_SECONDS <= timestamp.seconds <= _MAX_SECONDS:
+        raise ValueError("must be between years 1 and 9999")
+    if not 0 <= timestamp.nanos < 1_000_000_000:
+        raise ValueError("must have nanos between 0 and 999999999")
+    return from_micros(timestamp.seconds * 1_000_000 + timestamp.nanos // 1_000)
 
 
 def money_to_proto(money: Money) -> money_pb2.Money:

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import signal
+import socket
 import stat
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
@@ -28,6 +30,10 @@ from services.common.logs import configure_logging
 from services.common.telemetry import server_interceptors
 
 log = logging.getLogger(__name__)
+
+# grpcio enables SO_REUSEPORT by default: a service started on a TCP port another process
+# already serves would then silently share it, the kernel splitting connections between them.
+SERVER_OPTIONS = [("grpc.so_reuseport", 0)]
 
 
 @dataclass(frozen=True)
@@ -95,10 +101,65 @@ def _prepare_unix_socket(address: str) -> None:
         path.unlink()
 
 
+def _refuse_taken_port(address: str) -> None:
+    """Raise ConfigError if TCP `address` cannot be bound, before grpc tries (whose own failure
+    is a RuntimeError plus a C-level log line, not a message for the operator)."""
+    host, _, port = address.rpartition(":")
+    if int(port) == 0:
+        return
+    try:
+        candidates = socket.getaddrinfo(
+            host.strip("[]"), int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except socket.gaierror as error:
+        raise ConfigError(f"cannot listen on {address}: {error.strerror}") from None
+    for family, kind, protocol, _, socket_address in candidates:
+        with socket.socket(family, kind, protocol) as probe:
+            # As grpc binds: SO_REUSEADDR, so only a live socket counts as taken.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(socket_address)
+            except OSError as error:
+                # Anything else (e.g. no IPv6 for one of localhost's addresses) is grpc's call.
+                if error.errno == errno.EADDRINUSE:
+                    raise ConfigError(_cannot_listen(address, error.strerror)) from None
+
+
+def _cannot_listen(address: str, reason: str | None) -> str:
+    return (
+        f"cannot listen on {address}: {reason or 'the address cannot be bound'}; stop what "
+        "holds it or set SHOPMESH_LISTEN to another address"
+    )
+
+
+def _listen(server: aio.Server, address: str) -> str:
+    """Bind `address`; returns it with the real port for `host:0`. ConfigError if it cannot."""
+    if address.startswith("unix:"):
+        _prepare_unix_socket(address)
+    else:
+        _refuse_taken_port(address)
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError:
+        # Lost a race for the port since the probe, or a Unix socket path that cannot be made.
+        port = 0
+    # 0 is grpc's "nothing bound" (a Unix socket that is bound reports 1).
+    if port == 0:
+        raise ConfigError(_cannot_listen(address, None))
+    if address.startswith("unix:"):
+        return address
+    return f"{address.rsplit(':', 1)[0]}:{port}"
+
+
 async def start(config: ServiceConfig, app: App) -> RunningService:
-    """Bind `config.listen`, serve `app` with health and reflection, start background tasks."""
+    """Bind `config.listen`, serve `app` with health and reflection, start background tasks.
+
+    Raises ConfigError naming the address when it cannot be bound (e.g. another process holds
+    it); the app's clean-ups have run by then, so its stores are closed.
+    """
     server = aio.server(
-        interceptors=[*server_interceptors(), DeadlineInterceptor(), ErrorMappingInterceptor()]
+        interceptors=[*server_interceptors(), DeadlineInterceptor(), ErrorMappingInterceptor()],
+        options=SERVER_OPTIONS,
     )
     names = [registration.service_name for registration in app.registrations]
     for registration in app.registrations:
@@ -109,13 +170,13 @@ async def start(config: ServiceConfig, app: App) -> RunningService:
     health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
     reflection.enable_server_reflection([*names, health_name, reflection.SERVICE_NAME], server)
 
-    address = config.listen
-    if address.startswith("unix:"):
-        _prepare_unix_socket(address)
-        server.add_insecure_port(address)
-    else:
-        port = server.add_insecure_port(address)
-        address = f"{address.rsplit(':', 1)[0]}:{port}"
+    try:
+        address = _listen(server, config.listen)
+    except ConfigError:
+        await server.stop(None)
+        for cleanup in reversed(app.cleanups):
+            await cleanup()
+        raise
     await server.start()
 
     serving = health_pb2.HealthCheckResponse.SERVING

@@ -1,4 +1,5 @@
-"""Inventory domain: products, stock and reservations, as plain data and pure rules.
+"""Inventory domain: products, stock and reservations, their rules, and `Inventory`, the
+service's behaviour over an async InventoryStore.
 
 Stock model. A product has `on_hand` units (physical stock not yet sold) and `held` units (the
 sum of its HELD reservations); `available = on_hand - held`. Reserving raises `held`;
@@ -6,6 +7,11 @@ committing a reservation sells the units (both `on_hand` and `held` drop); relea
 reservation drops the hold; releasing a COMMITTED one (a cancelled, paid order) puts the units
 back on hand. The store enforces `0 <= held <= on_hand` with a CHECK constraint, so no bug or
 race can ever show negative stock.
+
+No overselling, across processes too: every reservation change is decided inside the store's
+write transaction (the store loads the reservation and products there, calls the decision
+`Inventory` passes in, and writes what it returns), so the check and the hold are one atomic
+step against the current counters.
 
 Duplicate SKUs in one request are rejected rather than merged: a caller that sends the same
 SKU twice most likely has a bug, and merging would make the reservation differ from the request.
@@ -16,12 +22,12 @@ Nothing here imports grpc; `servicer.py` converts to and from the contract.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any
+from typing import Protocol
 
-from services.common import paging
+from services.common.clock import utc_now
 from services.common.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -29,11 +35,14 @@ from services.common.errors import (
     PreconditionViolation,
     Validator,
 )
-from services.common.money import Money, is_currency_code
+from services.common.money import Money
+from services.common.paging import Cursors
 
 # Bounds that keep one request (and one transaction) small.
 MAX_ITEMS = 100
 MAX_ID_LENGTH = 128
+# ListProducts pages by the SKU of the last product served.
+CURSORS = Cursors("ListProducts", (str,))
 
 
 class ReservationStatus(enum.Enum):
@@ -87,6 +96,59 @@ class StockChange:
     sku: str
     on_hand_delta: int
     held_delta: int
+
+
+@dataclass(frozen=True)
+class ReservationChange:
+    """What one write transaction applies, as the domain decided it: the order's reservation
+    as it is to be stored (new, with a new status, or unchanged) and how product counters move.
+    The items of a stored reservation never change."""
+
+    reservation: Reservation
+    stock: tuple[StockChange, ...] = ()
+
+
+# Decides, inside the store's write transaction, what a request does to an order's reservation,
+# given the reservation as stored (None if the order has none) and the products the request
+# names. Raising a DomainError writes nothing. Runs on the database's writer thread: it must be
+# quick and must not touch the event loop.
+Decide = Callable[[Reservation | None, Mapping[str, Product]], ReservationChange]
+
+
+@dataclass(frozen=True)
+class ProductPage:
+    """One page of the catalog by SKU, and the token of the next page ("" on the last)."""
+
+    products: tuple[Product, ...]
+    next_page_token: str
+
+
+class InventoryStore(Protocol):
+    """Persistence the inventory domain needs (implemented by services.inventory.store)."""
+
+    async def seed(self, products: Sequence[Product]) -> bool:
+        """Insert `products` if the catalog is empty (checked in the same write transaction);
+        returns whether it did."""
+        ...
+
+    async def get_product(self, sku: str) -> Product | None:
+        """The product with `sku`, or None."""
+        ...
+
+    async def list_products(self, after_sku: str | None, limit: int) -> list[Product]:
+        """Up to `limit` products ordered by SKU, after `after_sku` (None: from the first)."""
+        ...
+
+    async def get_reservation(self, order_id: str) -> Reservation | None:
+        """The order's reservation, or None."""
+        ...
+
+    async def change_reservation(
+        self, order_id: str, skus: Sequence[str], decide: Decide
+    ) -> Reservation:
+        """In one write transaction: load the order's reservation and the products `skus`
+        name, call `decide`, store what it returns; the stored reservation."""
+        ...
 
 
 # --- validation --------------------------------------------------------------------------------
@@ -248,50 +310,103 @@ def release(reservation: Reservation) -> tuple[ReservationStatus, list[StockChan
             return ReservationStatus.RELEASED, []
 
 
-# --- seed catalog --------------------------------------------------------------------------------
-
-
-def parse_catalog(document: Any) -> list[Product]:
-    """The products of a seed catalog document (parsed JSON): `{"products": [{"sku", "name",
-    "description", "price": {"currency_code", "minor_units"}, "on_hand"}, ...]}`.
-
-    Raises ValueError naming the first bad entry: a broken catalog must stop the service at
-    start rather than seed half a shop.
-    """
-    if not isinstance(document, dict) or not isinstance(document.get("products"), list):
-        raise ValueError('seed catalog: expected an object with a "products" list')
-    products: list[Product] = []
-    seen: set[str] = set()
-    for index, entry in enumerate(document["products"]):
-        where = f"seed catalog products[{index}]"
-        try:
-            price = entry["price"]
-            product = Product(
-                sku=str(entry["sku"]),
-                name=str(entry["name"]),
-                description=str(entry.get("description", "")),
-                price=Money(str(price["currency_code"]), int(price["minor_units"])),
-                on_hand=int(entry["on_hand"]),
-            )
-        except (KeyError, TypeError, ValueError) as error:
-            raise ValueError(f"{where}: missing or malformed field ({error})") from None
-        if not product.sku.strip() or product.sku in seen:
-            raise ValueError(f"{where}: empty or duplicate sku {product.sku!r}")
-        if not is_currency_code(product.price.currency_code) or product.price.minor_units < 0:
-            raise ValueError(f"{where}: price must be a currency code and minor_units >= 0")
-        if product.on_hand < 0:
-            raise ValueError(f"{where}: on_hand must be >= 0")
-        seen.add(product.sku)
-        products.append(product)
-    return products
-
-
 # --- paging --------------------------------------------------------------------------------------
 
 
-def page_request(requested_size: int, token: str) -> tuple[int, int]:
-    """The (offset, limit) a ListProducts request asks for, with every violation listed."""
+def page_request(requested_size: int, token: str) -> tuple[str | None, int]:
+    """The (SKU to start after, page size) a ListProducts request asks for, with every
+    violation listed."""
     check = Validator()
-    size, offset = paging.checked_page(check, requested_size, token)
+    size, key = CURSORS.checked_page(check, requested_size, token)
     check.raise_if_invalid("invalid ListProducts request")
-    return offset, size
+    if key is None:
+        return None, size
+    (after_sku,) = key
+    assert isinstance(after_sku, str)  # CURSORS' shape; tells the type checker
+    return after_sku, size
+
+
+# --- the service ---------------------------------------------------------------------------------
+
+
+class Inventory:
+    """The inventory service's behaviour: the catalog, and reservations that never oversell.
+
+    Validation and rules live here; the store only loads and writes (see the module docstring).
+    """
+
+    def __init__(self, store: InventoryStore, clock: Callable[[], datetime] = utc_now) -> None:
+        self._store = store
+        self._clock = clock
+
+    async def list_products(self, page_size: int, page_token: str) -> ProductPage:
+        """One page of the catalog in SKU order; InvalidArgument for a bad size or token."""
+        after_sku, size = page_request(page_size, page_token)
+        # One product more than the page tells whether another page follows.
+        products = await self._store.list_products(after_sku, size + 1)
+        page = tuple(products[:size])
+        more = len(products) > size
+        return ProductPage(page, CURSORS.token((page[-1].sku,)) if more else "")
+
+    async def get_product(self, sku: str) -> Product:
+        """The product with `sku`; NotFound PRODUCT_NOT_FOUND."""
+        validate_sku(sku)
+        product = await self._store.get_product(sku)
+        if product is None:
+            raise product_not_found([sku])
+        return product
+
+    async def reserve(self, order_id: str, items: Sequence[ReservationItem]) -> Reservation:
+        """Hold `items` for `order_id`, all or nothing; a repeat returns the first reservation.
+
+        Raises InvalidArgument, AlreadyExists (IDEMPOTENCY_KEY_REUSED), NotFound
+        (PRODUCT_NOT_FOUND) or FailedPrecondition (INSUFFICIENT_STOCK); nothing is written
+        when it raises.
+        """
+        validate_reservation(order_id, items)
+
+        def decide(
+            current: Reservation | None, products: Mapping[str, Product]
+        ) -> ReservationChange:
+            if current is not None:
+                return ReservationChange(replay(current, items))
+            check_stock(items, products)
+            now = self._clock()
+            held = Reservation(order_id, tuple(items), ReservationStatus.HELD, now, now)
+            return ReservationChange(held, tuple(hold(items)))
+
+        return await self._store.change_reservation(order_id, [item.sku for item in items], decide)
+
+    async def commit(self, order_id: str) -> Reservation:
+        """Mark the order's reservation sold; see `commit` (the rule) for the states."""
+        validate_order_id(order_id, "CommitReservation")
+        return await self._transition(order_id, commit)
+
+    async def release(self, order_id: str) -> Reservation:
+        """Give the order's reserved units back; see `release` (the rule) for the states."""
+        validate_order_id(order_id, "ReleaseStock")
+        return await self._transition(order_id, release)
+
+    async def get_reservation(self, order_id: str) -> Reservation:
+        """The order's reservation; NotFound RESERVATION_NOT_FOUND."""
+        validate_order_id(order_id, "GetReservation")
+        reservation = await self._store.get_reservation(order_id)
+        if reservation is None:
+            raise reservation_not_found(order_id)
+        return reservation
+
+    async def _transition(
+        self,
+        order_id: str,
+        rule: Callable[[Reservation], tuple[ReservationStatus, list[StockChange]]],
+    ) -> Reservation:
+        def decide(current: Reservation | None, _: Mapping[str, Product]) -> ReservationChange:
+            if current is None:
+                raise reservation_not_found(order_id)
+            status, changes = rule(current)
+            if status is current.status:
+                return ReservationChange(current)
+            updated = replace(current, status=status, update_time=self._clock())
+            return ReservationChange(updated, tuple(changes))
+
+        return await self._store.change_reservation(order_id, (), decide)

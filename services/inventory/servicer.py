@@ -1,22 +1,23 @@
 """InventoryService handlers: contract message -> domain call -> contract message.
 
-Handlers never map errors: domain errors propagate to the shared ErrorMappingInterceptor. Store
-calls run in worker threads so a disk sync never stalls other calls on the event loop.
+Handlers never map errors: domain errors propagate to the shared ErrorMappingInterceptor.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping
 from typing import Any
 
 from grpc import aio
 
-from services.common import paging
 from services.common.convert import money_to_proto, to_timestamp
-from services.inventory import domain
-from services.inventory.domain import Product, Reservation, ReservationItem, ReservationStatus
-from services.inventory.store import InventoryStore
+from services.inventory.domain import (
+    Inventory,
+    Product,
+    Reservation,
+    ReservationItem,
+    ReservationStatus,
+)
 from shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 
 Context = aio.ServicerContext[Any, Any]
@@ -54,41 +55,41 @@ def reservation_to_proto(reservation: Reservation) -> inventory_pb2.Reservation:
 
 
 class InventoryServicer(inventory_pb2_grpc.InventoryServiceServicer):
-    """Serves shop.inventory.v1.InventoryService from an InventoryStore."""
+    """Serves shop.inventory.v1.InventoryService from the inventory domain."""
 
-    def __init__(self, store: InventoryStore) -> None:
-        self._store = store
+    def __init__(self, inventory: Inventory) -> None:
+        self._inventory = inventory
 
     async def ListProducts(
         self, request: inventory_pb2.ListProductsRequest, context: Context
     ) -> inventory_pb2.ListProductsResponse:
-        offset, limit = domain.page_request(request.page_size, request.page_token)
-        products, more = await asyncio.to_thread(self._store.list_products, offset, limit)
+        """See inventory.proto."""
+        page = await self._inventory.list_products(request.page_size, request.page_token)
         return inventory_pb2.ListProductsResponse(
-            products=[product_to_proto(product) for product in products],
-            next_page_token=paging.encode_token(offset + len(products)) if more else "",
+            products=[product_to_proto(product) for product in page.products],
+            next_page_token=page.next_page_token,
         )
 
     async def GetProduct(
         self, request: inventory_pb2.GetProductRequest, context: Context
     ) -> inventory_pb2.GetProductResponse:
-        domain.validate_sku(request.sku)
-        product = await asyncio.to_thread(self._store.get_product, request.sku)
+        """See inventory.proto."""
+        product = await self._inventory.get_product(request.sku)
         return inventory_pb2.GetProductResponse(product=product_to_proto(product))
 
     async def ReserveStock(
         self, request: inventory_pb2.ReserveStockRequest, context: Context
     ) -> inventory_pb2.ReserveStockResponse:
+        """See inventory.proto."""
         items = [ReservationItem(item.sku, item.quantity) for item in request.items]
-        domain.validate_reservation(request.order_id, items)
-        reservation = await asyncio.to_thread(self._store.reserve, request.order_id, items)
+        reservation = await self._inventory.reserve(request.order_id, items)
         return inventory_pb2.ReserveStockResponse(reservation=reservation_to_proto(reservation))
 
     async def CommitReservation(
         self, request: inventory_pb2.CommitReservationRequest, context: Context
     ) -> inventory_pb2.CommitReservationResponse:
-        domain.validate_order_id(request.order_id, "CommitReservation")
-        reservation = await asyncio.to_thread(self._store.commit, request.order_id)
+        """See inventory.proto."""
+        reservation = await self._inventory.commit(request.order_id)
         return inventory_pb2.CommitReservationResponse(
             reservation=reservation_to_proto(reservation)
         )
@@ -96,13 +97,13 @@ class InventoryServicer(inventory_pb2_grpc.InventoryServiceServicer):
     async def ReleaseStock(
         self, request: inventory_pb2.ReleaseStockRequest, context: Context
     ) -> inventory_pb2.ReleaseStockResponse:
-        domain.validate_order_id(request.order_id, "ReleaseStock")
-        reservation = await asyncio.to_thread(self._store.release, request.order_id)
+        """See inventory.proto."""
+        reservation = await self._inventory.release(request.order_id)
         return inventory_pb2.ReleaseStockResponse(reservation=reservation_to_proto(reservation))
 
     async def GetReservation(
         self, request: inventory_pb2.GetReservationRequest, context: Context
     ) -> inventory_pb2.GetReservationResponse:
-        domain.validate_order_id(request.order_id, "GetReservation")
-        reservation = await asyncio.to_thread(self._store.get_reservation, request.order_id)
+        """See inventory.proto."""
+        reservation = await self._inventory.get_reservation(request.order_id)
         return inventory_pb2.GetReservationResponse(reservation=reservation_to_proto(reservation))

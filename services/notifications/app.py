@@ -16,11 +16,8 @@ SERVICE_NAME = notifications_pb2.DESCRIPTOR.services_by_name["NotificationsServi
 
 async def build(config: ServiceConfig) -> App:
     """The notifications App: NotificationsService on the SQLite file at `config.db_path`."""
-    store = SqliteNotificationStore.open(config.db_path)
+    store = await SqliteNotificationStore.open(config.db_path)
     hub = NotificationHub()
-
-    async def close_store() -> None:
-        store.close()
 
     async def close_hub() -> None:
         # Ends every watch stream still open, so none outlives the service.
@@ -36,5 +33,5 @@ async def build(config: ServiceConfig) -> App:
         ],
         # Ending the watch streams first lets the server drain without waiting out the grace.
         on_shutdown=[close_hub],
-        cleanups=[close_store],
+        cleanups=[store.close],
     )

@@ -2,8 +2,7 @@
 rules.
 
 No grpc here: the servicer converts protos to these calls, and DomainErrors raised here become
-status codes in the shared error-mapping interceptor. Times are integer epoch microseconds (UTC)
-throughout, exactly as stored.
+status codes in the shared error-mapping interceptor. Times are UTC-aware datetimes.
 """
 
 from __future__ import annotations
@@ -13,21 +12,21 @@ import json
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from enum import Enum
 from typing import Protocol
 
-from services.common import paging
-from services.common.clock import now_micros
+from services.common.clock import to_micros, utc_now
 from services.common.errors import AlreadyExists, FieldViolation, InvalidArgument, Validator
 from services.common.money import Money, is_currency_code
+from services.common.paging import Cursors
 
 MAX_ID_LENGTH = 128
 MAX_REASON_LENGTH = 500
 NOTIFICATION_ID_PREFIX = "ntf_"
 
-# The range google.protobuf.Timestamp can express: 0001-01-01T00:00:00Z..9999-12-31T23:59:59Z.
-MIN_TIME_US = -62_135_596_800 * 1_000_000
-MAX_TIME_US = 253_402_300_800 * 1_000_000 - 1
+# ListNotifications pages by the store's sequence number of the last notification served.
+CURSORS = Cursors("ListNotifications", (int,))
 
 # ISO 4217 currencies whose minor unit is not a hundredth; every other one has two decimals.
 _ZERO_DECIMALS = "BIF CLP DJF GNF ISK JPY KMF KRW PYG RWF UGX VND VUV XAF XOF XPF"
@@ -56,9 +55,17 @@ class OrderEventType(Enum):
 
 
 @dataclass(frozen=True)
+class InvalidTime:
+    """A time the publisher sent that no datetime can hold (not a valid protobuf Timestamp),
+    kept so that validation reports it together with every other bad field."""
+
+    problem: str
+
+
+@dataclass(frozen=True)
 class OrderEvent:
     """An order event as published. Unvalidated until `validate_event` returns it: `total` is
-    None when the publisher sent none, `occur_time_us` None when it was missing."""
+    None when the publisher sent none, `occur_time` None when it was missing."""
 
     event_id: str
     order_id: str
@@ -66,7 +73,7 @@ class OrderEvent:
     type: OrderEventType
     reason: str
     total: Money | None
-    occur_time_us: int | None
+    occur_time: datetime | InvalidTime | None
 
 
 @dataclass(frozen=True)
@@ -80,7 +87,7 @@ class Notification:
     event_type: OrderEventType
     title: str
     body: str
-    create_time_us: int
+    create_time: datetime
 
 
 @dataclass(frozen=True)
@@ -113,7 +120,7 @@ class NotificationPage:
     @property
     def next_page_token(self) -> str:
         """The opaque token a client passes back for the next page ("" on the last page)."""
-        return "" if self.next_cursor is None else paging.encode_token(self.next_cursor)
+        return "" if self.next_cursor is None else CURSORS.token((self.next_cursor,))
 
 
 class RecordOutcome(Enum):
@@ -129,7 +136,7 @@ class RecordOutcome(Enum):
 class NotificationStore(Protocol):
     """Persistence the notifications domain needs (implemented by services.notifications.store)."""
 
-    def record(
+    async def record(
         self, event: OrderEvent, fingerprint: str, notification: Notification
     ) -> tuple[RecordOutcome, Notification]:
         """Atomically: if `event.event_id` is new, store the event with its `fingerprint` and
@@ -137,7 +144,7 @@ class NotificationStore(Protocol):
         notification (the new one, or the one recorded the first time)."""
         ...
 
-    def list_for_user(self, query: ListQuery) -> NotificationPage:
+    async def list_for_user(self, query: ListQuery) -> NotificationPage:
         """One page of `query.user_id`'s notifications, newest first."""
         ...
 
@@ -180,14 +187,10 @@ def validate_event(event: OrderEvent | None) -> OrderEvent:
         check.require(
             event.total.minor_units >= 0, "event.total.minor_units", "must not be negative"
         )
-    if event.occur_time_us is None:
+    if event.occur_time is None:
         check.violations.append(FieldViolation("event.occur_time", "is required"))
-    else:
-        check.require(
-            MIN_TIME_US <= event.occur_time_us <= MAX_TIME_US,
-            "event.occur_time",
-            "must be between years 1 and 9999",
-        )
+    elif isinstance(event.occur_time, InvalidTime):
+        check.violations.append(FieldViolation("event.occur_time", event.occur_time.problem))
     check.raise_if_invalid("invalid PublishOrderEvent request")
     return event
 
@@ -204,15 +207,22 @@ def validate_list_query(user_id: str, page_size: int, page_token: str) -> ListQu
     """Check a ListNotifications request; raises InvalidArgument naming every bad field."""
     check = Validator()
     _require_id(check, user_id, "user_id")
-    size, before = paging.checked_page(check, page_size, page_token)
+    size, key = CURSORS.checked_page(check, page_size, page_token)
     check.raise_if_invalid("invalid ListNotifications request")
-    # Cursors are positive store sequence numbers, so 0 (the empty token) means "first page".
-    return ListQuery(user_id=user_id, page_size=size, before=before or None)
+    before: int | None = None
+    if key is not None:
+        (sequence,) = key
+        assert isinstance(sequence, int)  # CURSORS' shape; tells the type checker
+        before = sequence
+    return ListQuery(user_id=user_id, page_size=size, before=before)
 
 
 def event_fingerprint(event: OrderEvent) -> str:
-    """A digest of every field of `event`: two publications of one event id are the same event
-    exactly when their fingerprints are equal."""
+    """A digest of every field of a validated `event`: two publications of one event id are the
+    same event exactly when their fingerprints are equal."""
+    if not isinstance(event.occur_time, datetime):
+        raise ValueError("only a validated event has a fingerprint")
+    # Integer microseconds, as stored: fingerprints of events stored earlier stay valid.
     canonical = {
         "event_id": event.event_id,
         "order_id": event.order_id,
@@ -222,7 +232,7 @@ def event_fingerprint(event: OrderEvent) -> str:
         "total": None
         if event.total is None
         else [event.total.currency_code, event.total.minor_units],
-        "occur_time_us": event.occur_time_us,
+        "occur_time_us": to_micros(event.occur_time),
     }
     encoded = json.dumps(canonical, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(encoded).hexdigest()
@@ -267,7 +277,9 @@ def new_notification_id() -> str:
     return NOTIFICATION_ID_PREFIX + uuid.uuid4().hex
 
 
-def notification_for(event: OrderEvent, notification_id: str, create_time_us: int) -> Notification:
+def notification_for(
+    event: OrderEvent, notification_id: str, create_time: datetime
+) -> Notification:
     """The notification telling `event.user_id` about a validated `event`."""
     title, body = render(event)
     return Notification(
@@ -278,7 +290,7 @@ def notification_for(event: OrderEvent, notification_id: str, create_time_us: in
         event_type=event.type,
         title=title,
         body=body,
-        create_time_us=create_time_us,
+        create_time=create_time,
     )
 
 
@@ -289,14 +301,14 @@ class Notifications:
         self,
         store: NotificationStore,
         deliver: Callable[[Notification], None],
-        clock: Callable[[], int] = now_micros,
+        clock: Callable[[], datetime] = utc_now,
     ) -> None:
         """`deliver` hands a newly stored notification to live watchers; it must not block."""
         self._store = store
         self._deliver = deliver
         self._clock = clock
 
-    def publish(self, event: OrderEvent | None) -> Published:
+    async def publish(self, event: OrderEvent | None) -> Published:
         """Record `event` and its notification, delivering it to watchers if it is new.
 
         Raises InvalidArgument for a bad event, AlreadyExists IDEMPOTENCY_KEY_REUSED when its
@@ -304,7 +316,7 @@ class Notifications:
         """
         event = validate_event(event)
         candidate = notification_for(event, new_notification_id(), self._clock())
-        outcome, notification = self._store.record(event, event_fingerprint(event), candidate)
+        outcome, notification = await self._store.record(event, event_fingerprint(event), candidate)
         if outcome is RecordOutcome.CONFLICT:
             raise AlreadyExists(
                 "event_id was already used for a different event",
@@ -317,7 +329,7 @@ class Notifications:
             self._deliver(notification)
         return Published(notification, duplicate=outcome is RecordOutcome.DUPLICATE)
 
-    def list(self, user_id: str, page_size: int, page_token: str) -> NotificationPage:
+    async def list(self, user_id: str, page_size: int, page_token: str) -> NotificationPage:
         """One page of a user's notifications, newest first; raises InvalidArgument for bad
         input."""
-        return self._store.list_for_user(validate_list_query(user_id, page_size, page_token))
+        return await self._store.list_for_user(validate_list_query(user_id, page_size, page_token))

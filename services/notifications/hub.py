@@ -104,8 +104,6 @@ class NotificationHub:
         self._capacity = capacity
         self._subscriptions: dict[str, set[Subscription]] = {}
         self._closed = False
-        # Replaced by a fresh Event on every change, so waiters wake up and re-check.
-        self._changed = asyncio.Event()
 
     def subscribe(self, user_id: str) -> Subscription:
         """A new subscription to `user_id`'s notifications published from now on. After
@@ -115,7 +113,6 @@ class NotificationHub:
             subscription.finish()
         else:
             self._subscriptions.setdefault(user_id, set()).add(subscription)
-            self._notify_change()
         return subscription
 
     def unsubscribe(self, subscription: Subscription) -> None:
@@ -126,7 +123,6 @@ class NotificationHub:
         subscribers.discard(subscription)
         if not subscribers:
             del self._subscriptions[subscription.user_id]
-        self._notify_change()
 
     def publish(self, notification: Notification) -> None:
         """Hand `notification` to every subscription of its user, without waiting; overflowing
@@ -140,12 +136,6 @@ class NotificationHub:
         """How many subscriptions `user_id` has now."""
         return len(self._subscriptions.get(user_id, ()))
 
-    async def wait_for_subscribers(self, user_id: str, count: int) -> None:
-        """Return once `user_id` has exactly `count` subscriptions. Tests use it to know a watch
-        is in place (or gone); bound it with a timeout."""
-        while self.subscriber_count(user_id) != count:
-            await self._changed.wait()
-
     def close(self) -> None:
         """End every subscription (watchers drain their buffers, then their streams end) and
         refuse new ones. Called on shutdown."""
@@ -154,7 +144,3 @@ class NotificationHub:
             for subscription in list(subscribers):
                 subscription.finish()
                 self.unsubscribe(subscription)
-
-    def _notify_change(self) -> None:
-        self._changed.set()
-        self._changed = asyncio.Event()

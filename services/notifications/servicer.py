@@ -7,12 +7,14 @@ rich details in the shared ErrorMappingInterceptor.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
+from datetime import datetime
 from typing import Any
 
 from grpc import aio
 
-from services.common.convert import micros_to_timestamp, money_from_proto
+from services.common.convert import from_timestamp, money_from_proto, to_timestamp
 from services.notifications.domain import (
+    InvalidTime,
     Notification,
     Notifications,
     OrderEvent,
@@ -36,8 +38,18 @@ _EVENT_TYPE_NUMBERS: Mapping[OrderEventType, pb.OrderEventType.ValueType] = {
 }
 
 
+def _occur_time(event: pb.OrderEvent) -> datetime | InvalidTime | None:
+    if not event.HasField("occur_time"):
+        return None
+    try:
+        return from_timestamp(event.occur_time)
+    except ValueError as error:
+        return InvalidTime(str(error))
+
+
 def event_from_proto(event: pb.OrderEvent) -> OrderEvent:
-    """The domain form of a wire OrderEvent (not validated; unknown types become UNSPECIFIED)."""
+    """The domain form of a wire OrderEvent (not validated; unknown types become UNSPECIFIED,
+    a Timestamp no datetime can hold becomes InvalidTime)."""
     return OrderEvent(
         event_id=event.event_id,
         order_id=event.order_id,
@@ -45,7 +57,7 @@ def event_from_proto(event: pb.OrderEvent) -> OrderEvent:
         type=_EVENT_TYPES.get(event.type, OrderEventType.UNSPECIFIED),
         reason=event.reason,
         total=money_from_proto(event.total) if event.HasField("total") else None,
-        occur_time_us=event.occur_time.ToMicroseconds() if event.HasField("occur_time") else None,
+        occur_time=_occur_time(event),
     )
 
 
@@ -58,7 +70,7 @@ def notification_to_proto(notification: Notification) -> pb.Notification:
         order_id=notification.order_id,
         title=notification.title,
         body=notification.body,
-        create_time=micros_to_timestamp(notification.create_time_us),
+        create_time=to_timestamp(notification.create_time),
         event_type=_EVENT_TYPE_NUMBERS[notification.event_type],
     )
 
@@ -75,7 +87,7 @@ class NotificationsServicer(pb_grpc.NotificationsServiceServicer):
     ) -> pb.PublishOrderEventResponse:
         """See notifications.proto."""
         event = event_from_proto(request.event) if request.HasField("event") else None
-        published = self._notifications.publish(event)
+        published = await self._notifications.publish(event)
         return pb.PublishOrderEventResponse(
             duplicate=published.duplicate,
             notification=notification_to_proto(published.notification),
@@ -85,7 +97,9 @@ class NotificationsServicer(pb_grpc.NotificationsServiceServicer):
         self, request: pb.ListNotificationsRequest, context: aio.ServicerContext[Any, Any]
     ) -> pb.ListNotificationsResponse:
         """See notifications.proto."""
-        page = self._notifications.list(request.user_id, request.page_size, request.page_token)
+        page = await self._notifications.list(
+            request.user_id, request.page_size, request.page_token
+        )
         return pb.ListNotificationsResponse(
             notifications=[notification_to_proto(n) for n in page.notifications],
             next_page_token=page.next_page_token,

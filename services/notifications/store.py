@@ -8,9 +8,11 @@ across restarts.
 from __future__ import annotations
 
 import sqlite3
+from datetime import datetime
 from pathlib import Path
 
-from services.common.sqlite import open_database, transaction
+from services.common.clock import from_micros, to_micros
+from services.common.database import Database
 from services.notifications.domain import (
     ListQuery,
     Notification,
@@ -66,26 +68,26 @@ def _notification(row: sqlite3.Row) -> Notification:
         event_type=OrderEventType(row["event_type"]),
         title=row["title"],
         body=row["body"],
-        create_time_us=row["create_time_us"],
+        create_time=from_micros(row["create_time_us"]),
     )
 
 
 class SqliteNotificationStore:
-    """NotificationStore on one SQLite file (see services.common.sqlite for durability)."""
+    """NotificationStore on one SQLite file (see services.common.database for durability)."""
 
-    def __init__(self, connection: sqlite3.Connection) -> None:
-        self._db = connection
+    def __init__(self, database: Database) -> None:
+        self._db = database
 
     @classmethod
-    def open(cls, path: Path | str) -> SqliteNotificationStore:
+    async def open(cls, path: Path | str) -> SqliteNotificationStore:
         """Open (creating or migrating) the database at `path`."""
-        return cls(open_database(path, MIGRATIONS))
+        return cls(await Database.open(path, MIGRATIONS))
 
-    def close(self) -> None:
-        """Close the database connection."""
-        self._db.close()
+    async def close(self) -> None:
+        """Close the database."""
+        await self._db.close()
 
-    def record(
+    async def record(
         self, event: OrderEvent, fingerprint: str, notification: Notification
     ) -> tuple[RecordOutcome, Notification]:
         """Store a new event with its notification, or report what was stored for its id.
@@ -93,12 +95,16 @@ class SqliteNotificationStore:
         Returns CREATED and `notification`, or DUPLICATE / CONFLICT (as `fingerprint` matches
         the stored one or not) and the notification recorded the first time.
         """
+        if not isinstance(event.occur_time, datetime):
+            raise ValueError("only a validated event can be recorded")
+        occur_time_us = to_micros(event.occur_time)
         currency_code, minor_units = (
             (None, None)
             if event.total is None
             else (event.total.currency_code, event.total.minor_units)
         )
-        with transaction(self._db) as db:
+
+        def record(db: sqlite3.Connection) -> tuple[RecordOutcome, Notification]:
             stored = db.execute(
                 "SELECT fingerprint FROM events WHERE event_id = ?", (event.event_id,)
             ).fetchone()
@@ -126,7 +132,7 @@ class SqliteNotificationStore:
                     event.reason,
                     currency_code,
                     minor_units,
-                    event.occur_time_us,
+                    occur_time_us,
                 ),
             )
             db.execute(
@@ -140,23 +146,30 @@ class SqliteNotificationStore:
                     notification.event_type.value,
                     notification.title,
                     notification.body,
-                    notification.create_time_us,
+                    to_micros(notification.create_time),
                 ),
             )
-        return RecordOutcome.CREATED, notification
+            return RecordOutcome.CREATED, notification
 
-    def list_for_user(self, query: ListQuery) -> NotificationPage:
+        return await self._db.write(record)
+
+    async def list_for_user(self, query: ListQuery) -> NotificationPage:
         """One page of `query.user_id`'s notifications, newest first, before `query.before`."""
-        # One row more than the page tells whether another page follows.
-        rows = self._db.execute(
-            f"SELECT {_NOTIFICATION_COLUMNS} FROM notifications"
-            " WHERE user_id = ? AND seq < ? ORDER BY seq DESC LIMIT ?",
-            (
-                query.user_id,
-                query.before if query.before is not None else 2**63 - 1,
-                query.page_size + 1,
-            ),
-        ).fetchall()
+
+        def list_page(db: sqlite3.Connection) -> list[sqlite3.Row]:
+            # One row more than the page tells whether another page follows.
+            rows: list[sqlite3.Row] = db.execute(
+                f"SELECT {_NOTIFICATION_COLUMNS} FROM notifications"
+                " WHERE user_id = ? AND seq < ? ORDER BY seq DESC LIMIT ?",
+                (
+                    query.user_id,
+                    query.before if query.before is not None else 2**63 - 1,
+                    query.page_size + 1,
+                ),
+            ).fetchall()
+            return rows
+
+        rows = await self._db.read(list_page)
         page = rows[: query.page_size]
         more = len(rows) > query.page_size
         return NotificationPage(

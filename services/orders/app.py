@@ -22,11 +22,12 @@ from services.common.clients import open_channel
 from services.common.config import ServiceConfig, env_seconds
 from services.common.server import App, Registration
 from services.orders.clients import GrpcInventory, GrpcNotifications, GrpcPayments, GrpcUsers
-from services.orders.domain import OrderSaga
 from services.orders.recovery import recover_forever
 from services.orders.relay import Backoff, OutboxRelay
+from services.orders.saga import CheckoutSaga
+from services.orders.service import Orders
 from services.orders.servicer import OrdersServicer
-from services.orders.store import OrderStore
+from services.orders.store import SqliteOrderStore
 from shop.orders.v1 import orders_pb2, orders_pb2_grpc
 
 SERVICE_NAME = orders_pb2.DESCRIPTOR.services_by_name["OrdersService"].full_name
@@ -69,7 +70,7 @@ async def build(config: ServiceConfig, env: Mapping[str, str] | None = None) -> 
     settings = OrdersSettings.from_env(os.environ if env is None else env)
     # Resolve every address first, so a missing upstream fails before anything is opened.
     addresses = {name: config.upstream(name) for name in UPSTREAM_NAMES}
-    store = OrderStore(config.db_path)
+    store = await SqliteOrderStore.open(config.db_path)
     channels = {name: open_channel(address) for name, address in addresses.items()}
 
     relay = OutboxRelay(
@@ -78,7 +79,7 @@ async def build(config: ServiceConfig, env: Mapping[str, str] | None = None) -> 
         poll_interval=settings.relay_poll_interval,
         backoff=Backoff(maximum=settings.relay_max_backoff),
     )
-    saga = OrderSaga(
+    saga = CheckoutSaga(
         store,
         GrpcUsers(channels["users"]),
         GrpcInventory(channels["inventory"]),
@@ -90,9 +91,6 @@ async def build(config: ServiceConfig, env: Mapping[str, str] | None = None) -> 
     async def recovery() -> None:
         await recover_forever(saga, settings.recovery_interval)
 
-    async def close_store() -> None:
-        store.close()
-
     async def close_channels() -> None:
         for channel in channels.values():
             await channel.close()
@@ -101,11 +99,11 @@ async def build(config: ServiceConfig, env: Mapping[str, str] | None = None) -> 
         registrations=[
             Registration(
                 SERVICE_NAME,
-                OrdersServicer(saga),
+                OrdersServicer(Orders(store, saga)),
                 orders_pb2_grpc.add_OrdersServiceServicer_to_server,
             )
         ],
         background=[recovery, relay.run],
         # Run in reverse: channels close before the store.
-        cleanups=[close_store, close_channels],
+        cleanups=[store.close, close_channels],
     )

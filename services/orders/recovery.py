@@ -9,12 +9,12 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from services.orders.domain import OrderSaga
+from services.orders.saga import CheckoutSaga
 
 log = logging.getLogger(__name__)
 
 
-async def recover_forever(saga: OrderSaga, interval: float) -> None:
+async def recover_forever(saga: CheckoutSaga, interval: float) -> None:
     """Run a recovery pass now and then every `interval` seconds until cancelled."""
     while True:
         try:

@@ -26,13 +26,13 @@ log = logging.getLogger(__name__)
 class Outbox(Protocol):
     """The outbox table, as the relay sees it."""
 
-    def pending_events(self, limit: int) -> list[OrderEvent]:
+    async def pending_events(self, limit: int) -> list[OrderEvent]:
         """Up to `limit` undelivered events, oldest first."""
 
-    def mark_delivered(self, event_id: str) -> None:
+    async def mark_delivered(self, event_id: str) -> None:
         """Record the consumer's acknowledgement."""
 
-    def record_failure(self, event_id: str, error: str, *, give_up: bool) -> None:
+    async def record_failure(self, event_id: str, error: str, *, give_up: bool) -> None:
         """Record a failed attempt; `give_up` parks the event for good."""
 
 
@@ -96,21 +96,21 @@ class OutboxRelay:
         FAILED and logged, so one bad event does not block the rest.
         """
         delivered = 0
-        while batch := self._outbox.pending_events(self._batch_size):
+        while batch := await self._outbox.pending_events(self._batch_size):
             for event in batch:
                 try:
                     duplicate = await self._publisher.publish(event)
                 except Unavailable as error:
-                    self._outbox.record_failure(event.event_id, error.message, give_up=False)
+                    await self._outbox.record_failure(event.event_id, error.message, give_up=False)
                     raise
                 except DomainError as error:
                     log.error(
                         "notifications refused an order event; parked as FAILED",
                         extra={"event_id": event.event_id, "reason": error.reason},
                     )
-                    self._outbox.record_failure(event.event_id, error.message, give_up=True)
+                    await self._outbox.record_failure(event.event_id, error.message, give_up=True)
                     continue
-                self._outbox.mark_delivered(event.event_id)
+                await self._outbox.mark_delivered(event.event_id)
                 delivered += 1
                 log.debug(
                     "order event delivered",

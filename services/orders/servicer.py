@@ -13,7 +13,8 @@ from grpc import aio
 
 from services.common.convert import money_to_proto, to_timestamp
 from services.common.money import Money
-from services.orders.domain import Order, OrderItem, OrderSaga, OrderStatus, validate_place_order
+from services.orders.domain import Order, OrderItem, OrderStatus
+from services.orders.service import Orders
 from shop.common.v1 import money_pb2
 from shop.orders.v1 import orders_pb2, orders_pb2_grpc
 
@@ -53,46 +54,46 @@ def order_to_proto(order: Order) -> orders_pb2.Order:
 
 
 class OrdersServicer(orders_pb2_grpc.OrdersServiceServicer):
-    """OrdersService backed by the checkout saga."""
+    """OrdersService backed by the orders domain."""
 
-    def __init__(self, saga: OrderSaga) -> None:
-        self._saga = saga
+    def __init__(self, orders: Orders) -> None:
+        self._orders = orders
 
     async def PlaceOrder(
         self, request: orders_pb2.PlaceOrderRequest, context: aio.ServicerContext[Any, Any]
     ) -> orders_pb2.PlaceOrderResponse:
         """See orders.proto."""
-        order_input = validate_place_order(
+        order = await self._orders.place_order(
             request.idempotency_key,
             request.user_id,
             [(item.sku, item.quantity) for item in request.items],
             request.payment_token,
             request.currency_code,
         )
-        order = await self._saga.place_order(order_input)
         return orders_pb2.PlaceOrderResponse(order=order_to_proto(order))
 
     async def GetOrder(
         self, request: orders_pb2.GetOrderRequest, context: aio.ServicerContext[Any, Any]
     ) -> orders_pb2.GetOrderResponse:
         """See orders.proto."""
-        order = self._saga.get_order(request.order_id)
+        order = await self._orders.get_order(request.order_id)
         return orders_pb2.GetOrderResponse(order=order_to_proto(order))
 
     async def ListOrders(
         self, request: orders_pb2.ListOrdersRequest, context: aio.ServicerContext[Any, Any]
     ) -> orders_pb2.ListOrdersResponse:
         """See orders.proto."""
-        orders, next_token = self._saga.list_orders(
+        page = await self._orders.list_orders(
             request.user_id, request.page_size, request.page_token
         )
         return orders_pb2.ListOrdersResponse(
-            orders=[order_to_proto(order) for order in orders], next_page_token=next_token
+            orders=[order_to_proto(order) for order in page.orders],
+            next_page_token=page.next_page_token,
         )
 
     async def CancelOrder(
         self, request: orders_pb2.CancelOrderRequest, context: aio.ServicerContext[Any, Any]
     ) -> orders_pb2.CancelOrderResponse:
         """See orders.proto."""
-        order = await self._saga.cancel_order(request.order_id, request.reason)
+        order = await self._orders.cancel_order(request.order_id, request.reason)
         return orders_pb2.CancelOrderResponse(order=order_to_proto(order))

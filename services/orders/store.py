@@ -13,11 +13,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from services.common.clock import from_micros, now_micros, to_micros
+from services.common.database import Database
 from services.common.errors import AlreadyExists
 from services.common.money import Money
-from services.common.sqlite import open_database, transaction
 from services.orders.domain import (
     Order,
+    OrderCursor,
     OrderEvent,
     OrderEventType,
     OrderItem,
@@ -85,19 +86,24 @@ MIGRATIONS = [
 ]
 
 
-class OrderStore:
-    """Orders, saga state and outbox in one SQLite file (see module docstring)."""
+class SqliteOrderStore:
+    """OrderRepository and the relay's Outbox on one SQLite file (see module docstring)."""
 
-    def __init__(self, path: Path | str) -> None:
-        self._db = open_database(path, MIGRATIONS)
+    def __init__(self, database: Database) -> None:
+        self._db = database
 
-    def close(self) -> None:
-        """Close the database connection."""
-        self._db.close()
+    @classmethod
+    async def open(cls, path: Path | str) -> SqliteOrderStore:
+        """Open (creating and migrating if needed) the database at `path`."""
+        return cls(await Database.open(path, MIGRATIONS))
+
+    async def close(self) -> None:
+        """Close the database."""
+        await self._db.close()
 
     # --- orders ------------------------------------------------------------------------
 
-    def create(
+    async def create(
         self, idempotency_key: str, fingerprint: str, order: Order, saga: SagaState
     ) -> Order:
         """Store a new order under `idempotency_key`, or return the order the key names.
@@ -105,7 +111,8 @@ class OrderStore:
         Raises AlreadyExists(IDEMPOTENCY_KEY_REUSED) when the key was used with a different
         request (another `fingerprint`).
         """
-        with transaction(self._db) as db:
+
+        def create(db: sqlite3.Connection) -> Order:
             row = db.execute(
                 "SELECT order_id, fingerprint FROM idempotency_keys WHERE idempotency_key = ?",
                 (idempotency_key,),
@@ -117,7 +124,7 @@ class OrderStore:
                         reason="IDEMPOTENCY_KEY_REUSED",
                         metadata={"idempotency_key": idempotency_key, "order_id": row["order_id"]},
                     )
-                existing = self._order(row["order_id"])
+                existing = _find_order(db, row["order_id"])
                 if existing is None:
                     raise RuntimeError(f"idempotency key names missing order {row['order_id']}")
                 return existing
@@ -156,30 +163,37 @@ class OrderStore:
                 " create_time_us) VALUES (?, ?, ?, ?)",
                 (idempotency_key, order.order_id, fingerprint, to_micros(order.create_time)),
             )
-        return order
+            return order
 
-    def load(self, order_id: str) -> tuple[Order, SagaState] | None:
-        """The order and its saga state, or None if there is no such order."""
-        order = self._order(order_id)
-        if order is None:
-            return None
-        row = self._db.execute(
-            "SELECT step, payment_token, outcome, outcome_reason, last_error"
-            " FROM saga_state WHERE order_id = ?",
-            (order_id,),
-        ).fetchone()
-        saga = SagaState(
-            step=SagaStep(row["step"]),
-            payment_token=row["payment_token"],
-            outcome=None if row["outcome"] is None else OrderStatus(row["outcome"]),
-            outcome_reason=row["outcome_reason"],
-            last_error=row["last_error"],
-        )
-        return order, saga
+        return await self._db.write(create)
 
-    def save(self, order: Order, saga: SagaState, event: OrderEvent | None = None) -> None:
+    async def load(self, order_id: str) -> tuple[Order, SagaState] | None:
+        """The order and its saga state (one snapshot), or None if there is no such order."""
+
+        def load(db: sqlite3.Connection) -> tuple[Order, SagaState] | None:
+            order = _find_order(db, order_id)
+            if order is None:
+                return None
+            row = db.execute(
+                "SELECT step, payment_token, outcome, outcome_reason, last_error"
+                " FROM saga_state WHERE order_id = ?",
+                (order_id,),
+            ).fetchone()
+            saga = SagaState(
+                step=SagaStep(row["step"]),
+                payment_token=row["payment_token"],
+                outcome=None if row["outcome"] is None else OrderStatus(row["outcome"]),
+                outcome_reason=row["outcome_reason"],
+                last_error=row["last_error"],
+            )
+            return order, saga
+
+        return await self._db.read(load)
+
+    async def save(self, order: Order, saga: SagaState, event: OrderEvent | None = None) -> None:
         """Store the order's mutable fields, its saga state and `event` in one transaction."""
-        with transaction(self._db) as db:
+
+        def save(db: sqlite3.Connection) -> None:
             updated = db.execute(
                 "UPDATE orders SET status = ?, total_minor = ?, rejection_reason = ?,"
                 " cancel_reason = ?, payment_id = ?, update_time_us = ? WHERE order_id = ?",
@@ -223,81 +237,116 @@ class OrderStore:
                     ),
                 )
 
-    def in_flight(self) -> list[str]:
+        await self._db.write(save)
+
+    async def in_flight(self) -> list[str]:
         """Ids of orders whose saga has not reached DONE, oldest first."""
-        rows = self._db.execute(
-            "SELECT s.order_id FROM saga_state s JOIN orders o USING (order_id)"
-            " WHERE s.step <> 'DONE' ORDER BY o.create_time_us, o.order_id"
-        ).fetchall()
-        return [row["order_id"] for row in rows]
 
-    def list_for_user(self, user_id: str, offset: int, limit: int) -> list[Order]:
-        """A user's orders, newest first: `limit` of them after skipping `offset`."""
-        rows = self._db.execute(
-            "SELECT * FROM orders WHERE user_id = ?"
-            " ORDER BY create_time_us DESC, order_id DESC LIMIT ? OFFSET ?",
-            (user_id, limit, offset),
-        ).fetchall()
-        items = self._items([row["order_id"] for row in rows])
-        return [_order(row, items.get(row["order_id"], [])) for row in rows]
+        def in_flight(db: sqlite3.Connection) -> list[str]:
+            rows = db.execute(
+                "SELECT s.order_id FROM saga_state s JOIN orders o USING (order_id)"
+                " WHERE s.step <> 'DONE' ORDER BY o.create_time_us, o.order_id"
+            ).fetchall()
+            return [row["order_id"] for row in rows]
 
-    def _order(self, order_id: str) -> Order | None:
-        row = self._db.execute("SELECT * FROM orders WHERE order_id = ?", (order_id,)).fetchone()
-        if row is None:
-            return None
-        return _order(row, self._items([order_id]).get(order_id, []))
+        return await self._db.read(in_flight)
 
-    def _items(self, order_ids: Sequence[str]) -> dict[str, list[sqlite3.Row]]:
-        if not order_ids:
-            return {}
-        placeholders = ", ".join("?" * len(order_ids))
-        rows = self._db.execute(
-            f"SELECT * FROM order_items WHERE order_id IN ({placeholders}) ORDER BY line",
-            tuple(order_ids),
-        ).fetchall()
-        grouped: dict[str, list[sqlite3.Row]] = {}
-        for row in rows:
-            grouped.setdefault(row["order_id"], []).append(row)
-        return grouped
+    async def list_for_user(
+        self, user_id: str, after: OrderCursor | None, limit: int
+    ) -> list[Order]:
+        """Up to `limit` of a user's orders, newest first, after `after` (one snapshot)."""
+
+        def list_page(db: sqlite3.Connection) -> list[Order]:
+            if after is None:
+                rows = db.execute(
+                    "SELECT * FROM orders WHERE user_id = ?"
+                    " ORDER BY create_time_us DESC, order_id DESC LIMIT ?",
+                    (user_id, limit),
+                ).fetchall()
+            else:
+                # Row values compare left to right: older, or as old with a smaller id.
+                rows = db.execute(
+                    "SELECT * FROM orders WHERE user_id = ?"
+                    " AND (create_time_us, order_id) < (?, ?)"
+                    " ORDER BY create_time_us DESC, order_id DESC LIMIT ?",
+                    (user_id, to_micros(after.create_time), after.order_id, limit),
+                ).fetchall()
+            items = _items(db, [row["order_id"] for row in rows])
+            return [_order(row, items.get(row["order_id"], [])) for row in rows]
+
+        return await self._db.read(list_page)
 
     # --- outbox ------------------------------------------------------------------------
 
-    def pending_events(self, limit: int) -> list[OrderEvent]:
+    async def pending_events(self, limit: int) -> list[OrderEvent]:
         """Up to `limit` undelivered events, in the order they were written."""
-        rows = self._db.execute(
-            "SELECT * FROM outbox WHERE state = 'PENDING' ORDER BY sequence LIMIT ?", (limit,)
-        ).fetchall()
-        return [
-            OrderEvent(
-                event_id=row["event_id"],
-                order_id=row["order_id"],
-                user_id=row["user_id"],
-                type=OrderEventType(row["event_type"]),
-                reason=row["reason"],
-                total=Money(row["currency_code"], row["total_minor"]),
-                occur_time=from_micros(row["occur_time_us"]),
-            )
-            for row in rows
-        ]
 
-    def mark_delivered(self, event_id: str) -> None:
+        def pending(db: sqlite3.Connection) -> list[OrderEvent]:
+            rows = db.execute(
+                "SELECT * FROM outbox WHERE state = 'PENDING' ORDER BY sequence LIMIT ?",
+                (limit,),
+            ).fetchall()
+            return [
+                OrderEvent(
+                    event_id=row["event_id"],
+                    order_id=row["order_id"],
+                    user_id=row["user_id"],
+                    type=OrderEventType(row["event_type"]),
+                    reason=row["reason"],
+                    total=Money(row["currency_code"], row["total_minor"]),
+                    occur_time=from_micros(row["occur_time_us"]),
+                )
+                for row in rows
+            ]
+
+        return await self._db.read(pending)
+
+    async def mark_delivered(self, event_id: str) -> None:
         """Record that the consumer acknowledged `event_id`."""
-        with transaction(self._db) as db:
+        delivered_us = now_micros()
+
+        def mark(db: sqlite3.Connection) -> None:
             db.execute(
                 "UPDATE outbox SET state = 'DELIVERED', attempts = attempts + 1,"
                 " delivered_time_us = ? WHERE event_id = ?",
-                (now_micros(), event_id),
+                (delivered_us, event_id),
             )
 
-    def record_failure(self, event_id: str, error: str, *, give_up: bool) -> None:
+        await self._db.write(mark)
+
+    async def record_failure(self, event_id: str, error: str, *, give_up: bool) -> None:
         """Record a failed delivery of `event_id`; `give_up` parks it as FAILED (a consumer
         that refuses it for good) so it stops blocking the events behind it."""
-        with transaction(self._db) as db:
+
+        def record(db: sqlite3.Connection) -> None:
             db.execute(
                 "UPDATE outbox SET attempts = attempts + 1, last_error = ?,"
                 " state = CASE WHEN ? THEN 'FAILED' ELSE state END WHERE event_id = ?",
                 (error, give_up, event_id),
             )
+
+        await self._db.write(record)
+
+
+def _find_order(db: sqlite3.Connection, order_id: str) -> Order | None:
+    row = db.execute("SELECT * FROM orders WHERE order_id = ?", (order_id,)).fetchone()
+    if row is None:
+        return None
+    return _order(row, _items(db, [order_id]).get(order_id, []))
+
+
+def _items(db: sqlite3.Connection, order_ids: Sequence[str]) -> dict[str, list[sqlite3.Row]]:
+    if not order_ids:
+        return {}
+    placeholders = ", ".join("?" * len(order_ids))
+    rows = db.execute(
+        f"SELECT * FROM order_items WHERE order_id IN ({placeholders}) ORDER BY line",
+        tuple(order_ids),
+    ).fetchall()
+    grouped: dict[str, list[sqlite3.Row]] = {}
+    for row in rows:
+        grouped.setdefault(row["order_id"], []).append(row)
+    return grouped
 
 
 def _unit_minor(item: OrderItem) -> int | None:

@@ -14,11 +14,7 @@ SERVICE_NAME = payments_pb2.DESCRIPTOR.services_by_name["PaymentsService"].full_
 
 async def build(config: ServiceConfig) -> App:
     """The payments App: PaymentsService on the SQLite file at `config.db_path`."""
-    store = SqlitePaymentStore.open(config.db_path)
-
-    async def close_store() -> None:
-        store.close()
-
+    store = await SqlitePaymentStore.open(config.db_path)
     return App(
         registrations=[
             Registration(
@@ -27,5 +23,5 @@ async def build(config: ServiceConfig) -> App:
                 payments_pb2_grpc.add_PaymentsServiceServicer_to_server,
             )
         ],
-        cleanups=[close_store],
+        cleanups=[store.close],
     )

@@ -86,7 +86,7 @@ TEST_TOKENS: Mapping[str, Decline | None] = {
 class PaymentStore(Protocol):
     """Persistence the payments domain needs (implemented by services.payments.store)."""
 
-    def record_charge(
+    async def record_charge(
         self,
         attempt: ChargeAttempt,
         payment: Payment | None,
@@ -98,11 +98,11 @@ class PaymentStore(Protocol):
         (the payment or the decline) and return (False, that record)."""
         ...
 
-    def get(self, payment_id: str) -> Payment | None:
+    async def get(self, payment_id: str) -> Payment | None:
         """The payment with `payment_id`, or None."""
         ...
 
-    def refund(self, payment_id: str, now: datetime) -> Payment | None:
+    async def refund(self, payment_id: str, now: datetime) -> Payment | None:
         """Atomically mark the payment refunded at `now` unless it already is; None if it does
         not exist."""
         ...
@@ -193,7 +193,7 @@ class Payments:
         self._store = store
         self._clock = clock
 
-    def charge(
+    async def charge(
         self, idempotency_key: str, order_id: str, amount: Money | None, payment_token: str
     ) -> Payment:
         """Charge a card once per idempotency key.
@@ -215,7 +215,7 @@ class Payments:
                 new_payment_id(), attempt.order_id, attempt.amount, PaymentStatus.CAPTURED, now, now
             )
         )
-        replayed, record = self._store.record_charge(attempt, payment, decline, now)
+        replayed, record = await self._store.record_charge(attempt, payment, decline, now)
         if replayed and record.attempt != attempt:
             raise AlreadyExists(
                 "idempotency_key was already used for a different charge",
@@ -227,16 +227,16 @@ class Payments:
         assert record.payment is not None  # a record holds a payment or a decline
         return record.payment
 
-    def refund(self, payment_id: str) -> Payment:
+    async def refund(self, payment_id: str) -> Payment:
         """Refund a payment in full; refunding a refunded payment returns it unchanged."""
-        payment = self._store.refund(validate_payment_id(payment_id), self._clock())
+        payment = await self._store.refund(validate_payment_id(payment_id), self._clock())
         if payment is None:
             raise payment_not_found(payment_id)
         return payment
 
-    def get(self, payment_id: str) -> Payment:
+    async def get(self, payment_id: str) -> Payment:
         """The payment with `payment_id`; raises NotFound PAYMENT_NOT_FOUND if there is none."""
-        payment = self._store.get(validate_payment_id(payment_id))
+        payment = await self._store.get(validate_payment_id(payment_id))
         if payment is None:
             raise payment_not_found(payment_id)
         return payment

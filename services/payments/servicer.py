@@ -43,7 +43,7 @@ class PaymentsServicer(payments_pb2_grpc.PaymentsServiceServicer):
         self, request: payments_pb2.ChargeRequest, context: aio.ServicerContext[Any, Any]
     ) -> payments_pb2.ChargeResponse:
         """See payments.proto."""
-        payment = self._payments.charge(
+        payment = await self._payments.charge(
             request.idempotency_key,
             request.order_id,
             money_from_proto(request.amount) if request.HasField("amount") else None,
@@ -55,12 +55,12 @@ class PaymentsServicer(payments_pb2_grpc.PaymentsServiceServicer):
         self, request: payments_pb2.RefundRequest, context: aio.ServicerContext[Any, Any]
     ) -> payments_pb2.RefundResponse:
         """See payments.proto."""
-        payment = self._payments.refund(request.payment_id)
+        payment = await self._payments.refund(request.payment_id)
         return payments_pb2.RefundResponse(payment=payment_to_proto(payment))
 
     async def GetPayment(
         self, request: payments_pb2.GetPaymentRequest, context: aio.ServicerContext[Any, Any]
     ) -> payments_pb2.GetPaymentResponse:
         """See payments.proto."""
-        payment = self._payments.get(request.payment_id)
+        payment = await self._payments.get(request.payment_id)
         return payments_pb2.GetPaymentResponse(payment=payment_to_proto(payment))

@@ -8,11 +8,11 @@ from datetime import datetime
 from pathlib import Path
 
 from services.common.clock import from_micros, to_micros
+from services.common.database import Database
 from services.common.money import Money
-from services.common.sqlite import open_database, transaction
 from services.payments.domain import ChargeAttempt, ChargeRecord, Decline, Payment, PaymentStatus
 
-# Append-only: migrations[i] takes the schema from version i to i + 1 (see common.sqlite).
+# Append-only: migrations[i] takes the schema from version i to i + 1 (see common.database).
 MIGRATIONS: list[str] = [
     """
     CREATE TABLE payments (
@@ -61,19 +61,19 @@ def _payment(row: sqlite3.Row) -> Payment:
 class SqlitePaymentStore:
     """PaymentStore on a SQLite file; every write is one short transaction."""
 
-    def __init__(self, connection: sqlite3.Connection) -> None:
-        self._db = connection
+    def __init__(self, database: Database) -> None:
+        self._db = database
 
     @classmethod
-    def open(cls, path: Path | str) -> SqlitePaymentStore:
+    async def open(cls, path: Path | str) -> SqlitePaymentStore:
         """Open (creating and migrating if needed) the database at `path`."""
-        return cls(open_database(path, MIGRATIONS))
+        return cls(await Database.open(path, MIGRATIONS))
 
-    def close(self) -> None:
-        """Close the database connection."""
-        self._db.close()
+    async def close(self) -> None:
+        """Close the database."""
+        await self._db.close()
 
-    def record_charge(
+    async def record_charge(
         self,
         attempt: ChargeAttempt,
         payment: Payment | None,
@@ -82,8 +82,9 @@ class SqlitePaymentStore:
     ) -> tuple[bool, ChargeRecord]:
         """See PaymentStore.record_charge. The payment and its idempotency record commit
         together, so a crash can never leave a charge without its key (or the reverse)."""
-        with transaction(self._db) as db:
-            stored = self._attempt(db, attempt.idempotency_key)
+
+        def record(db: sqlite3.Connection) -> tuple[bool, ChargeRecord]:
+            stored = _attempt(db, attempt.idempotency_key)
             if stored is not None:
                 return True, stored
             if payment is not None:
@@ -117,39 +118,16 @@ class SqlitePaymentStore:
             )
             return False, ChargeRecord(attempt, payment, decline)
 
-    def _attempt(self, db: sqlite3.Connection, idempotency_key: str) -> ChargeRecord | None:
-        row = db.execute(
-            "SELECT order_id, currency_code, minor_units, payment_token, payment_id,"
-            " decline_code, decline_message FROM charge_attempts WHERE idempotency_key = ?",
-            (idempotency_key,),
-        ).fetchone()
-        if row is None:
-            return None
-        attempt = ChargeAttempt(
-            idempotency_key=idempotency_key,
-            order_id=row["order_id"],
-            amount=Money(row["currency_code"], row["minor_units"]),
-            payment_token=row["payment_token"],
-        )
-        if row["payment_id"] is None:
-            return ChargeRecord(attempt, None, Decline(row["decline_code"], row["decline_message"]))
-        # The payment as it is now: a replay after a refund reports the refund.
-        return ChargeRecord(attempt, self._get(db, row["payment_id"]), None)
+        return await self._db.write(record)
 
-    @staticmethod
-    def _get(db: sqlite3.Connection, payment_id: str) -> Payment | None:
-        row = db.execute(
-            f"SELECT {_PAYMENT_COLUMNS} FROM payments WHERE payment_id = ?", (payment_id,)
-        ).fetchone()
-        return None if row is None else _payment(row)
-
-    def get(self, payment_id: str) -> Payment | None:
+    async def get(self, payment_id: str) -> Payment | None:
         """See PaymentStore.get."""
-        return self._get(self._db, payment_id)
+        return await self._db.read(lambda db: _payment_by_id(db, payment_id))
 
-    def refund(self, payment_id: str, now: datetime) -> Payment | None:
+    async def refund(self, payment_id: str, now: datetime) -> Payment | None:
         """See PaymentStore.refund."""
-        with transaction(self._db) as db:
+
+        def refund(db: sqlite3.Connection) -> Payment | None:
             db.execute(
                 "UPDATE payments SET status = ?, update_time_us = ?"
                 " WHERE payment_id = ? AND status = ?",
@@ -160,9 +138,33 @@ class SqlitePaymentStore:
                     PaymentStatus.CAPTURED.value,
                 ),
             )
-            return self._get(db, payment_id)
+            return _payment_by_id(db, payment_id)
 
-    def count_payments(self) -> int:
-        """How many payments exist (for operators and tests)."""
-        count: int = self._db.execute("SELECT COUNT(*) FROM payments").fetchone()[0]
-        return count
+        return await self._db.write(refund)
+
+
+def _attempt(db: sqlite3.Connection, idempotency_key: str) -> ChargeRecord | None:
+    row = db.execute(
+        "SELECT order_id, currency_code, minor_units, payment_token, payment_id,"
+        " decline_code, decline_message FROM charge_attempts WHERE idempotency_key = ?",
+        (idempotency_key,),
+    ).fetchone()
+    if row is None:
+        return None
+    attempt = ChargeAttempt(
+        idempotency_key=idempotency_key,
+        order_id=row["order_id"],
+        amount=Money(row["currency_code"], row["minor_units"]),
+        payment_token=row["payment_token"],
+    )
+    if row["payment_id"] is None:
+        return ChargeRecord(attempt, None, Decline(row["decline_code"], row["decline_message"]))
+    # The payment as it is now: a replay after a refund reports the refund.
+    return ChargeRecord(attempt, _payment_by_id(db, row["payment_id"]), None)
+
+
+def _payment_by_id(db: sqlite3.Connection, payment_id: str) -> Payment | None:
+    row = db.execute(
+        f"SELECT {_PAYMENT_COLUMNS} FROM payments WHERE payment_id = ?", (payment_id,)
+    ).fetchone()
+    return None if row is None else _payment(row)

@@ -14,11 +14,7 @@ SERVICE_NAME = users_pb2.DESCRIPTOR.services_by_name["UsersService"].full_name
 
 async def build(config: ServiceConfig) -> App:
     """The users App: UsersService on the SQLite file at `config.db_path`."""
-    store = SqliteUserStore.open(config.db_path)
-
-    async def close_store() -> None:
-        store.close()
-
+    store = await SqliteUserStore.open(config.db_path)
     return App(
         registrations=[
             Registration(
@@ -27,5 +23,5 @@ async def build(config: ServiceConfig) -> App:
                 users_pb2_grpc.add_UsersServiceServicer_to_server,
             )
         ],
-        cleanups=[close_store],
+        cleanups=[store.close],
     )

@@ -67,13 +67,13 @@ class AddOutcome(Enum):
 class UserStore(Protocol):
     """Persistence the users domain needs (implemented by services.users.store)."""
 
-    def add(self, user: User, request_id: str) -> tuple[AddOutcome, User]:
+    async def add(self, user: User, request_id: str) -> tuple[AddOutcome, User]:
         """Atomically: return the user of `request_id` if it was seen, else the user holding
         `user.email` if any, else insert `user`. The returned user is the one the outcome is
         about (the new, the earlier or the conflicting one)."""
         ...
 
-    def get(self, user_id: str) -> User | None:
+    async def get(self, user_id: str) -> User | None:
         """The user with `user_id`, or None."""
         ...
 
@@ -155,7 +155,7 @@ class Users:
         self._store = store
         self._clock = clock
 
-    def create(self, request_id: str, email: str, display_name: str) -> User:
+    async def create(self, request_id: str, email: str, display_name: str) -> User:
         """Create an account, or return the one an earlier call with `request_id` created.
 
         Raises InvalidArgument for bad input, AlreadyExists EMAIL_TAKEN when another request
@@ -164,7 +164,7 @@ class Users:
         """
         new = validate_new_user(request_id, email, display_name)
         candidate = User(new_user_id(), new.email, new.display_name, self._clock())
-        outcome, user = self._store.add(candidate, new.request_id)
+        outcome, user = await self._store.add(candidate, new.request_id)
         if outcome is AddOutcome.REPLAYED and (user.email, user.display_name) != (
             new.email,
             new.display_name,
@@ -182,9 +182,9 @@ class Users:
             )
         return user
 
-    def get(self, user_id: str) -> User:
+    async def get(self, user_id: str) -> User:
         """The user with `user_id`; raises NotFound USER_NOT_FOUND if there is none."""
-        user = self._store.get(validate_user_id(user_id))
+        user = await self._store.get(validate_user_id(user_id))
         if user is None:
             raise NotFound(
                 f"user {user_id!r} does not exist",

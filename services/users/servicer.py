@@ -35,11 +35,12 @@ class UsersServicer(users_pb2_grpc.UsersServiceServicer):
         self, request: users_pb2.CreateUserRequest, context: aio.ServicerContext[Any, Any]
     ) -> users_pb2.CreateUserResponse:
         """See users.proto."""
-        user = self._users.create(request.request_id, request.email, request.display_name)
+        user = await self._users.create(request.request_id, request.email, request.display_name)
         return users_pb2.CreateUserResponse(user=user_to_proto(user))
 
     async def GetUser(
         self, request: users_pb2.GetUserRequest, context: aio.ServicerContext[Any, Any]
     ) -> users_pb2.GetUserResponse:
         """See users.proto."""
-        return users_pb2.GetUserResponse(user=user_to_proto(self._users.get(request.user_id)))
+        user = await self._users.get(request.user_id)
+        return users_pb2.GetUserResponse(user=user_to_proto(user))

@@ -6,10 +6,10 @@ import sqlite3
 from pathlib import Path
 
 from services.common.clock import from_micros, to_micros
-from services.common.sqlite import open_database, transaction
+from services.common.database import Database
 from services.users.domain import AddOutcome, User
 
-# Append-only: migrations[i] takes the schema from version i to i + 1 (see common.sqlite).
+# Append-only: migrations[i] takes the schema from version i to i + 1 (see common.database).
 MIGRATIONS: list[str] = [
     """
     CREATE TABLE users (
@@ -37,24 +37,25 @@ def _user(row: sqlite3.Row) -> User:
 
 
 class SqliteUserStore:
-    """UserStore on a SQLite file; every method is one short transaction or a single read."""
+    """UserStore on a SQLite file; every method is one short transaction."""
 
-    def __init__(self, connection: sqlite3.Connection) -> None:
-        self._db = connection
+    def __init__(self, database: Database) -> None:
+        self._db = database
 
     @classmethod
-    def open(cls, path: Path | str) -> SqliteUserStore:
+    async def open(cls, path: Path | str) -> SqliteUserStore:
         """Open (creating and migrating if needed) the database at `path`."""
-        return cls(open_database(path, MIGRATIONS))
+        return cls(await Database.open(path, MIGRATIONS))
 
-    def close(self) -> None:
-        """Close the database connection."""
-        self._db.close()
+    async def close(self) -> None:
+        """Close the database."""
+        await self._db.close()
 
-    def add(self, user: User, request_id: str) -> tuple[AddOutcome, User]:
-        """See UserStore.add. BEGIN IMMEDIATE serialises writers, so the checks and the insert
-        cannot interleave with another CreateUser."""
-        with transaction(self._db) as db:
+    async def add(self, user: User, request_id: str) -> tuple[AddOutcome, User]:
+        """See UserStore.add. One write transaction, so the checks and the insert cannot
+        interleave with another CreateUser."""
+
+        def add(db: sqlite3.Connection) -> tuple[AddOutcome, User]:
             if request_id:
                 row = db.execute(
                     f"SELECT {_COLUMNS} FROM users WHERE request_id = ?", (request_id,)
@@ -79,14 +80,15 @@ class SqliteUserStore:
             )
             return AddOutcome.CREATED, user
 
-    def get(self, user_id: str) -> User | None:
-        """See UserStore.get."""
-        row = self._db.execute(
-            f"SELECT {_COLUMNS} FROM users WHERE user_id = ?", (user_id,)
-        ).fetchone()
-        return None if row is None else _user(row)
+        return await self._db.write(add)
 
-    def count(self) -> int:
-        """How many accounts exist (for operators and tests)."""
-        count: int = self._db.execute("SELECT COUNT(*) FROM users").fetchone()[0]
-        return count
+    async def get(self, user_id: str) -> User | None:
+        """See UserStore.get."""
+
+        def get(db: sqlite3.Connection) -> User | None:
+            row = db.execute(
+                f"SELECT {_COLUMNS} FROM users WHERE user_id = ?", (user_id,)
+            ).fetchone()
+            return None if row is None else _user(row)
+
+        return await self._db.read(get)

@@ -10,12 +10,12 @@ import pytest
 
 @pytest.fixture(scope="session")
 def buf() -> Path:
-    """The buf installed by `make venv` (PyPI buf-bin, pinned in requirements.txt).
+    """The buf installed by `make venv-dev` (PyPI buf-bin, pinned in requirements/dev.txt).
 
     Not whatever buf is on PATH: lint and breaking rules change between buf releases, so the
     tests use the same version as `make lint` and `make breaking`.
     """
     path = Path(sys.executable).parent / "buf"
     if not path.exists():
-        pytest.fail(f"{path} not found: run `make venv` (it installs the pinned buf-bin)")
+        pytest.fail(f"{path} not found: run `make venv-dev` (it installs the pinned buf-bin)")
     return path

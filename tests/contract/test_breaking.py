@@ -132,7 +132,7 @@ def _make_breaking(
         make,
         "--no-print-directory",
         # The temporary repository has no venv of its own: never try to build one.
-        "--old-file=.venv/.installed",
+        "--old-file=.venv/.installed-dev",
         "breaking",
         f"BIN={buf.parent}",
     ]
@@ -226,6 +226,8 @@ def test_make_breaking_passes_without_a_breaking_change(
     result = _make_breaking(repo, buf)
 
     assert result.returncode == 0, result.stdout + result.stderr
+    # Success says what was compared and the verdict, instead of printing nothing.
+    assert "proto/ against .git#branch=main: no breaking change" in result.stdout
 
 
 def test_make_breaking_against_the_remote_base_branch_of_a_ci_checkout(

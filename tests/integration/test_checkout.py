@@ -5,11 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 import pytest
@@ -17,139 +13,26 @@ from grpc import aio
 
 from services.common.config import ServiceConfig
 from services.common.errors import FieldViolation
-from services.common.server import App, Registration, RunningService
+from services.common.server import App, Registration
 from services.common.status import field_violations
-from services.inventory.app import build as build_inventory
 from services.notifications.app import build as build_notifications
-from services.orders.app import build as build_orders
 from services.payments.app import build as build_payments
-from services.users.app import build as build_users
-from shop.common.v1 import money_pb2
-from shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
-from shop.notifications.v1 import notifications_pb2, notifications_pb2_grpc
-from shop.orders.v1 import orders_pb2, orders_pb2_grpc
-from shop.payments.v1 import payments_pb2, payments_pb2_grpc
+from shop.notifications.v1 import notifications_pb2
+from shop.orders.v1 import orders_pb2
+from shop.payments.v1 import payments_pb2
 from shop.users.v1 import users_pb2, users_pb2_grpc
-from tests.conftest import ServiceRunner
-from tests.helpers import count_rows, expect_error_info
-
-Channels = Callable[[str], aio.Channel]
-T = TypeVar("T")
-
-
-@dataclass
-class Shop:
-    """The five running services and a client stub for each."""
-
-    services: ServiceRunner
-    running: dict[str, RunningService]
-    orders: orders_pb2_grpc.OrdersServiceAsyncStub
-    users: users_pb2_grpc.UsersServiceAsyncStub
-    inventory: inventory_pb2_grpc.InventoryServiceAsyncStub
-    payments: payments_pb2_grpc.PaymentsServiceAsyncStub
-    notifications: notifications_pb2_grpc.NotificationsServiceAsyncStub
-
-    def db_path(self, service: str) -> Path:
-        return self.services.config(service).db_path
-
-    async def new_user(self) -> str:
-        created = await self.users.CreateUser(
-            users_pb2.CreateUserRequest(
-                email=f"{uuid.uuid4().hex[:8]}@example.com", display_name="Ada"
-            )
-        )
-        return created.user.user_id
-
-    async def available(self, sku: str) -> int:
-        response = await self.inventory.GetProduct(inventory_pb2.GetProductRequest(sku=sku))
-        return response.product.available_quantity
-
-    async def notifications_of(self, user_id: str) -> list[notifications_pb2.Notification]:
-        response = await self.notifications.ListNotifications(
-            notifications_pb2.ListNotificationsRequest(user_id=user_id, page_size=500),
-            # The test's own channel may be reconnecting after notifications restarted.
-            wait_for_ready=True,
-            timeout=10,
-        )
-        return list(response.notifications)
-
-
-UPSTREAMS = ("users", "inventory", "payments", "notifications")
-BUILDS = {
-    "users": build_users,
-    "inventory": build_inventory,
-    "payments": build_payments,
-    "notifications": build_notifications,
-}
-
-
-@pytest.fixture
-def fast_orders(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Short recovery and relay intervals, so tests see background work within a second."""
-    monkeypatch.setenv("SHOPMESH_ORDERS_RECOVERY_INTERVAL", "0.1")
-    monkeypatch.setenv("SHOPMESH_ORDERS_RELAY_POLL_INTERVAL", "0.5")
-    monkeypatch.setenv("SHOPMESH_ORDERS_RELAY_MAX_BACKOFF", "0.2")
-
-
-async def start_shop(
-    services: ServiceRunner,
-    channels: Channels,
-    replace: dict[str, Callable[[ServiceConfig], Awaitable[App]]] | None = None,
-) -> Shop:
-    """Start the four upstreams (any of them swapped for a test double) and orders."""
-    builds = {**BUILDS, **(replace or {})}
-    running = {name: await services.start(name, builds[name]) for name in UPSTREAMS}
-    running["orders"] = await services.start(
-        "orders", build_orders, upstreams={name: running[name].address for name in UPSTREAMS}
-    )
-
-    def channel(name: str) -> aio.Channel:
-        return channels(running[name].address)
-
-    return Shop(
-        services=services,
-        running=running,
-        orders=orders_pb2_grpc.OrdersServiceStub(channel("orders")),
-        users=users_pb2_grpc.UsersServiceStub(channel("users")),
-        inventory=inventory_pb2_grpc.InventoryServiceStub(channel("inventory")),
-        payments=payments_pb2_grpc.PaymentsServiceStub(channel("payments")),
-        notifications=notifications_pb2_grpc.NotificationsServiceStub(channel("notifications")),
-    )
-
-
-@pytest.fixture
-async def shop(services: ServiceRunner, channels: Channels, fast_orders: None) -> Shop:
-    return await start_shop(services, channels)
-
-
-async def eventually(probe: Callable[[], Awaitable[T]], done: Callable[[T], bool]) -> T:
-    """Call `probe` until `done(result)`, for at most 10 seconds; returns the last result."""
-    deadline = time.monotonic() + 10.0
-    while True:
-        result = await probe()
-        if done(result):
-            return result
-        assert time.monotonic() < deadline, f"gave up waiting; last result: {result!r}"
-        await asyncio.sleep(0.02)
-
-
-def place_request(
-    user_id: str,
-    key: str = "key-1",
-    items: tuple[tuple[str, int], ...] = (("MUG-01", 2), ("STICKER-01", 3)),
-    token: str = "tok_visa",
-) -> orders_pb2.PlaceOrderRequest:
-    return orders_pb2.PlaceOrderRequest(
-        idempotency_key=key,
-        user_id=user_id,
-        items=[orders_pb2.OrderItem(sku=sku, quantity=quantity) for sku, quantity in items],
-        payment_token=token,
-    )
-
-
-def usd(minor_units: int) -> money_pb2.Money:
-    return money_pb2.Money(currency_code="USD", minor_units=minor_units)
-
+from tests.support.databases import count_rows
+from tests.support.errors import expect_error_info
+from tests.support.services import ServiceRunner
+from tests.support.shop import (
+    Channels,
+    Shop,
+    as_async,
+    eventually,
+    place_request,
+    start_shop,
+    usd,
+)
 
 # --- checkout ----------------------------------------------------------------------------
 
@@ -443,8 +326,3 @@ async def test_short_client_deadline_is_deadline_exceeded_and_reaches_downstream
     remaining = hanging.time_remaining[0]
     assert remaining is not None
     assert remaining <= 0.5
-
-
-async def as_async(function: Callable[..., T], *args: object) -> T:
-    """Run a synchronous probe as a coroutine, for `eventually`."""
-    return function(*args)

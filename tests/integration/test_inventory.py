@@ -15,11 +15,14 @@ from grpc_reflection.v1alpha import reflection_pb2
 from services.common.errors import FieldViolation
 from services.common.server import RunningService
 from services.common.status import field_violations, precondition_violations
-from services.inventory.app import build, seed_catalog
+from services.inventory.app import build
+from services.inventory.catalog import seed_catalog
 from shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from shop.inventory.v1.inventory_pb2 import ReservationItem
-from tests.conftest import ServiceRunner
-from tests.helpers import expect_error_info, health_check
+from shopmesh.local.health import health_check
+from tests.support.db_locks import WriteWatch, serves_while_a_write_waits
+from tests.support.errors import expect_error_info
+from tests.support.services import ServiceRunner
 
 if TYPE_CHECKING:
     from shop.inventory.v1.inventory_pb2_grpc import InventoryServiceAsyncStub
@@ -310,3 +313,24 @@ async def test_health_is_serving(
     check = health_check(channels(server.address))
     response = await check(health_pb2.HealthCheckRequest(service=service))
     assert response.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_get_product_and_health_answer_while_a_reservation_waits_for_the_database_lock(
+    services: ServiceRunner,
+    server: RunningService,
+    channels: Callable[[str], aio.Channel],
+    database_writes: WriteWatch,
+) -> None:
+    channel = channels(server.address)
+    inventory = inventory_pb2_grpc.InventoryServiceStub(channel)
+
+    held = await serves_while_a_write_waits(
+        db_path=services.config("inventory").db_path,
+        channel=channel,
+        writes=database_writes,
+        read=lambda: inventory.GetProduct(inventory_pb2.GetProductRequest(sku="MUG-01")),
+        write=lambda: reserve(inventory, "ord_1", ("MUG-01", 2)),
+    )
+
+    assert held.status == HELD
+    assert await available(inventory, "MUG-01") == 98

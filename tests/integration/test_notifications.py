@@ -12,6 +12,8 @@ import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc import aio
 
+from services.common.clock import utc_now
+from services.common.errors import FieldViolation
 from services.common.server import RunningService
 from services.common.status import field_violations
 from services.notifications.app import build
@@ -21,8 +23,10 @@ from services.notifications.servicer import NotificationsServicer, event_from_pr
 from shop.common.v1 import money_pb2
 from shop.notifications.v1 import notifications_pb2 as pb
 from shop.notifications.v1 import notifications_pb2_grpc as pb_grpc
-from tests.conftest import ServiceRunner
-from tests.helpers import expect_error_info
+from tests.support.db_locks import WriteWatch, serves_while_a_write_waits
+from tests.support.errors import expect_error_info
+from tests.support.polling import eventually
+from tests.support.services import ServiceRunner
 
 # Bounds every wait for the server, so a broken test fails instead of hanging.
 WAIT = 10.0
@@ -35,6 +39,7 @@ class Notifications:
     """A running notifications service and a client stub for it."""
 
     running: RunningService
+    channel: aio.Channel
     stub: Stub
 
     @property
@@ -50,7 +55,8 @@ async def notifications(
     services: ServiceRunner, channels: Callable[[str], aio.Channel]
 ) -> Notifications:
     running = await services.start("notifications", build)
-    return Notifications(running, pb_grpc.NotificationsServiceStub(channels(running.address)))
+    channel = channels(running.address)
+    return Notifications(running, channel, pb_grpc.NotificationsServiceStub(channel))
 
 
 def order_event(**changes: Any) -> pb.OrderEvent:
@@ -162,6 +168,32 @@ async def test_invalid_event_lists_every_bad_field(notifications: Notifications)
     ]
 
 
+@pytest.mark.parametrize(
+    ("occur_time", "problem"),
+    [
+        (Timestamp(seconds=253_402_300_800), "must be between years 1 and 9999"),
+        (Timestamp(seconds=-62_135_596_801), "must be between years 1 and 9999"),
+        (Timestamp(seconds=1_700_000_000, nanos=-1), "must have nanos between 0 and 999999999"),
+    ],
+)
+async def test_occur_time_no_datetime_can_hold_is_invalid_argument(
+    notifications: Notifications, occur_time: Timestamp, problem: str
+) -> None:
+    with pytest.raises(aio.AioRpcError) as raised:
+        await publish(notifications.stub, occur_time=occur_time)
+    assert raised.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert field_violations(raised.value) == [FieldViolation("event.occur_time", problem)]
+
+
+async def test_occur_time_at_the_end_of_year_9999_is_accepted(
+    notifications: Notifications,
+) -> None:
+    published = await publish(
+        notifications.stub, occur_time=Timestamp(seconds=253_402_300_799, nanos=999_999_999)
+    )
+    assert not published.duplicate
+
+
 async def test_unknown_event_type_number_is_invalid(notifications: Notifications) -> None:
     with pytest.raises(aio.AioRpcError) as raised:
         await publish(notifications.stub, type=99)
@@ -241,10 +273,15 @@ async def test_cancelled_watch_releases_its_subscription(notifications: Notifica
     call = notifications.stub.WatchNotifications(
         pb.WatchNotificationsRequest(user_id="usr_1"), timeout=WAIT
     )
-    async with asyncio.timeout(WAIT):
-        await notifications.hub.wait_for_subscribers("usr_1", 1)
-        call.cancel()
-        await notifications.hub.wait_for_subscribers("usr_1", 0)
+    # Headers come once the subscription exists (the contract says so).
+    await asyncio.wait_for(call.initial_metadata(), WAIT)
+    assert notifications.hub.subscriber_count("usr_1") == 1
+    call.cancel()
+
+    async def released() -> bool:
+        return notifications.hub.subscriber_count("usr_1") == 0
+
+    await eventually(released, WAIT, "the watch's subscription to be released")
 
 
 async def test_watch_without_user_is_invalid(notifications: Notifications) -> None:
@@ -286,7 +323,7 @@ async def test_watcher_that_falls_behind_gets_resource_exhausted(
         pb.WatchNotificationsRequest(user_id="usr_1"), timeout=WAIT
     )
     await call.initial_metadata()
-    notification = notification_for(validate_event(domain_event()), "ntf_1", 1)
+    notification = notification_for(validate_event(domain_event()), "ntf_1", utc_now())
     # Publishing straight into the hub, without yielding to the event loop, overfills the
     # watcher's buffer before the server can send anything: the slowest possible client.
     for _ in range(DEFAULT_CAPACITY + 1):
@@ -300,3 +337,20 @@ async def test_watcher_that_falls_behind_gets_resource_exhausted(
         await call.read()
     info = expect_error_info(raised.value, grpc.StatusCode.RESOURCE_EXHAUSTED)
     assert info.reason == "WATCHER_TOO_SLOW"
+
+
+async def test_list_and_health_answer_while_a_publication_waits_for_the_database_lock(
+    services: ServiceRunner, notifications: Notifications, database_writes: WriteWatch
+) -> None:
+    await publish(notifications.stub, event_id="evt_1")
+
+    published = await serves_while_a_write_waits(
+        db_path=services.config("notifications").db_path,
+        channel=notifications.channel,
+        writes=database_writes,
+        read=lambda: list_all(notifications.stub, "usr_1"),
+        write=lambda: publish(notifications.stub, event_id="evt_2"),
+    )
+
+    assert not published.duplicate
+    assert [n.event_id for n in await list_all(notifications.stub, "usr_1")] == ["evt_2", "evt_1"]

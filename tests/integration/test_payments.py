@@ -14,8 +14,10 @@ from services.common.status import field_violations
 from services.payments.app import build
 from shop.common.v1 import money_pb2
 from shop.payments.v1 import payments_pb2, payments_pb2_grpc
-from tests.conftest import ServiceRunner
-from tests.helpers import count_rows, expect_error_info
+from tests.support.databases import count_rows
+from tests.support.db_locks import WriteWatch, serves_while_a_write_waits
+from tests.support.errors import expect_error_info
+from tests.support.services import ServiceRunner
 
 Channels = Callable[[str], aio.Channel]
 # The async stub class exists only in the generated .pyi, hence the string.
@@ -181,3 +183,24 @@ async def test_payments_and_keys_survive_a_restart(
     replayed = await stub.Charge(charge_request())
     assert replayed.payment == charged.payment
     assert count_rows(db_path, PAYMENT_ROWS) == 1
+
+
+async def test_get_payment_and_health_answer_while_a_charge_waits_for_the_database_lock(
+    services: ServiceRunner, channels: Channels, db_path: Path, database_writes: WriteWatch
+) -> None:
+    running = await services.start("payments", build)
+    channel = channels(running.address)
+    stub = payments_pb2_grpc.PaymentsServiceStub(channel)
+    first = await stub.Charge(charge_request("key-1"))
+    read = payments_pb2.GetPaymentRequest(payment_id=first.payment.payment_id)
+
+    charged = await serves_while_a_write_waits(
+        db_path=db_path,
+        channel=channel,
+        writes=database_writes,
+        read=lambda: stub.GetPayment(read),
+        write=lambda: stub.Charge(charge_request("key-2", order_id="ord_2")),
+    )
+
+    assert charged.payment.status == payments_pb2.PAYMENT_STATUS_CAPTURED
+    assert count_rows(db_path, PAYMENT_ROWS) == 2

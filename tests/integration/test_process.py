@@ -22,7 +22,7 @@ import pytest
 from grpc_health.v1 import health_pb2
 
 from shop.users.v1 import users_pb2
-from tests.helpers import health_check
+from shopmesh.local.health import health_check
 
 ROOT = Path(__file__).resolve().parents[2]
 USERS_SERVICE = users_pb2.DESCRIPTOR.services_by_name["UsersService"].full_name
@@ -195,3 +195,21 @@ def test_bad_config_exits_2_naming_the_variable(
     assert variable in stderr
     assert expected in stderr
     assert not (socket_dir / "users.sock").exists()
+
+
+def test_a_taken_tcp_port_exits_2_naming_the_address(launch: Launch, tmp_path: Path) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        address = f"127.0.0.1:{holder.getsockname()[1]}"
+        users = launch(
+            "users",
+            {"SHOPMESH_LISTEN": address, "SHOPMESH_DB_PATH": str(tmp_path / "users.db")},
+        )
+
+        code = users.process.wait(timeout=STARTUP_SECONDS)
+
+    stderr = users.stderr_text()
+    assert code == 2, stderr
+    assert f"users: configuration error: cannot listen on {address}: " in stderr
+    assert "Traceback" not in stderr

@@ -15,8 +15,8 @@ from grpc_health.v1 import health_pb2
 
 from services.common.config import ServiceConfig
 from services.common.server import App, Registration, RunningService
-from tests.conftest import ServiceRunner
-from tests.helpers import health_check
+from shopmesh.local.health import health_check
+from tests.support.services import ServiceRunner
 
 HealthCheckRequest = health_pb2.HealthCheckRequest
 HealthCheckResponse = health_pb2.HealthCheckResponse

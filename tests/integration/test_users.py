@@ -13,8 +13,9 @@ from services.common.errors import ERROR_DOMAIN
 from services.common.status import field_violations
 from services.users.app import build
 from shop.users.v1 import users_pb2, users_pb2_grpc
-from tests.conftest import ServiceRunner
-from tests.helpers import expect_error_info
+from tests.support.db_locks import WriteWatch, serves_while_a_write_waits
+from tests.support.errors import expect_error_info
+from tests.support.services import ServiceRunner
 
 Channels = Callable[[str], aio.Channel]
 # The async stub class exists only in the generated .pyi, hence the string.
@@ -130,3 +131,24 @@ async def test_users_survive_a_restart(services: ServiceRunner, channels: Channe
         users_pb2.CreateUserRequest(request_id="r-1", email="ada@example.com")
     )
     assert replayed.user == created.user
+
+
+async def test_get_user_and_health_answer_while_a_create_waits_for_the_database_lock(
+    services: ServiceRunner, channels: Channels, database_writes: WriteWatch
+) -> None:
+    running = await services.start("users", build)
+    channel = channels(running.address)
+    stub = users_pb2_grpc.UsersServiceStub(channel)
+    ada = await stub.CreateUser(users_pb2.CreateUserRequest(email="ada@example.com"))
+
+    created = await serves_while_a_write_waits(
+        db_path=services.config("users").db_path,
+        channel=channel,
+        writes=database_writes,
+        read=lambda: stub.GetUser(users_pb2.GetUserRequest(user_id=ada.user.user_id)),
+        write=lambda: stub.CreateUser(users_pb2.CreateUserRequest(email="grace@example.com")),
+    )
+
+    assert created.user.email == "grace@example.com"
+    fetched = await stub.GetUser(users_pb2.GetUserRequest(user_id=created.user.user_id))
+    assert fetched.user == created.user

@@ -1,73 +1,11 @@
-"""Shared fixtures for the offline Kubernetes checks: the kustomize output of every overlay
-(rendered once per session with the real kubectl) and helpers to look into it."""
+"""Fixtures of the offline Kubernetes checks: the kustomize output of every overlay, rendered
+once per session with the real kubectl (tests/support/k8s.py)."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
-
 import pytest
-import yaml
 
-from shopmesh.k8s import ENVOY_IMAGE
-from shopmesh.topology import Topology, load_topology
-
-ROOT = Path(__file__).resolve().parents[2]
-K8S = ROOT / "k8s"
-OVERLAYS = ("kind", "production")
-TOPOLOGY: Topology = load_topology(ROOT / "envoy" / "mesh.yaml")
-
-Json = dict[str, Any]
-
-KUBECTL_MISSING = (
-    "kubectl not found on PATH: the Kubernetes manifests are checked with its built-in "
-    "kustomize. Install kubectl 1.32 or newer (https://kubernetes.io/docs/tasks/tools/; "
-    "Debian/Ubuntu: the pkgs.k8s.io apt repository, or a release binary in /usr/local/bin)."
-)
-
-
-def kubectl() -> str:
-    """The kubectl binary; a test that needs it fails, with how to install it, if missing."""
-    found = shutil.which("kubectl")
-    if found is None:
-        pytest.fail(KUBECTL_MISSING, pytrace=False)
-    return found
-
-
-def kustomize(directory: Path) -> list[Json]:
-    """`kubectl kustomize directory`, parsed."""
-    result = subprocess.run(
-        [kubectl(), "kustomize", str(directory)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 0, f"kubectl kustomize {directory} failed:\n{result.stderr}"
-    return [doc for doc in yaml.safe_load_all(result.stdout) if doc is not None]
-
-
-@dataclass(frozen=True)
-class Rendered:
-    """One overlay's objects, as `kubectl apply -k` would send them."""
-
-    overlay: str
-    objects: list[Json]
-
-    def of_kind(self, kind: str) -> list[Json]:
-        return [o for o in self.objects if o["kind"] == kind]
-
-    def named(self, kind: str, name: str) -> Json:
-        matches = [o for o in self.of_kind(kind) if o["metadata"]["name"] == name]
-        assert len(matches) == 1, f"{self.overlay}: expected one {kind} {name}, got {len(matches)}"
-        return matches[0]
-
-    def workloads(self) -> list[Json]:
-        return [o for o in self.objects if o["kind"] in ("Deployment", "StatefulSet")]
+from tests.support.k8s import K8S, OVERLAYS, Rendered, kustomize
 
 
 @pytest.fixture(scope="session")
@@ -81,25 +19,3 @@ def overlay(request: pytest.FixtureRequest, rendered: dict[str, Rendered]) -> Re
     """Each overlay in turn."""
     result: Rendered = rendered[request.param]
     return result
-
-
-def pod_spec(workload: Json) -> Json:
-    spec: Json = workload["spec"]["template"]["spec"]
-    return spec
-
-
-def all_containers(workload: Json) -> Iterator[Json]:
-    """Init containers (the native sidecar among them) and containers."""
-    spec = pod_spec(workload)
-    yield from spec.get("initContainers", [])
-    yield from spec["containers"]
-
-
-def is_envoy(container: Json) -> bool:
-    image: str = container["image"]
-    return image == ENVOY_IMAGE
-
-
-def is_sidecar(container: Json) -> bool:
-    """A native sidecar: an init container that keeps running beside the app."""
-    return is_envoy(container) and container.get("restartPolicy") == "Always"

@@ -21,20 +21,20 @@ from typing import Any
 import pytest
 import yaml
 
-from shopmesh.k8s import CONFIG_DIR, CONFIG_FILE, issue_certificates
+from shopmesh.k8s.certs import issue_certificates, mounted_identity
+from shopmesh.layout import KubernetesLayout
 from shopmesh.pki import (
     CERTIFICATE_SDS_FILE,
     VALIDATION_SDS_FILE,
     CertificateAuthority,
     IdentityFiles,
-    mounted_identity,
 )
-from shopmesh.render import KubernetesAddressing
 from shopmesh.topology import GATEWAY
-from tests.k8s.conftest import ROOT, TOPOLOGY, Json, Rendered, all_containers, is_envoy, pod_spec
+from tests.support.k8s import Json, Rendered, all_containers, is_envoy, pod_spec
+from tests.support.paths import ROOT, TOPOLOGY
 
 ENVOY = Path(sys.executable).parent / "envoy"
-ADDRESSING = KubernetesAddressing.standard(TOPOLOGY)
+LAYOUT = KubernetesLayout(TOPOLOGY)
 DESCRIPTOR = ROOT / "gen" / "shop.pb"
 
 
@@ -42,7 +42,7 @@ def config_of(overlay: Rendered, workload: Json) -> str:
     """The envoy.yaml of the ConfigMap the workload mounts."""
     volumes = {v["name"]: v for v in pod_spec(workload)["volumes"]}
     config_map = overlay.named("ConfigMap", volumes["envoy-config"]["configMap"]["name"])
-    text: str = config_map["data"][CONFIG_FILE]
+    text: str = config_map["data"][LAYOUT.config_file]
     return text
 
 
@@ -75,7 +75,7 @@ def materialise(workload: Json, root: Path) -> list[str]:
     mounts = [m["mountPath"] for m in envoy_container(workload)["volumeMounts"]]
     for mount in mounts:
         (root / mount.lstrip("/")).mkdir(parents=True, exist_ok=True)
-    tls = root / str(ADDRESSING.tls_dir).lstrip("/")
+    tls = root / str(LAYOUT.tls_dir).lstrip("/")
     ca = CertificateAuthority.create("test CA", datetime.timedelta(hours=1))
     credential = ca.issue(TOPOLOGY.spiffe_id(name), datetime.timedelta(minutes=30))
     for file, content in mounted_identity(ca, credential, tls).items():
@@ -83,7 +83,7 @@ def materialise(workload: Json, root: Path) -> list[str]:
     if name == GATEWAY:
         if not DESCRIPTOR.exists():
             pytest.fail(f"{DESCRIPTOR} is missing: run `make generate` first", pytrace=False)
-        descriptor = root / str(ADDRESSING.descriptor).lstrip("/")
+        descriptor = root / str(LAYOUT.descriptor).lstrip("/")
         descriptor.write_bytes(DESCRIPTOR.read_bytes())
     return mounts
 
@@ -98,13 +98,13 @@ def test_every_config_map_passes_envoy_validation_with_its_container_args(
         moved: list[str] = []
         config = prefixed(yaml.safe_load(config_of(overlay, workload)), mounts, root, moved)
         # The SDS files (certificates) at least; the only change is the prefix.
-        assert str(ADDRESSING.tls_dir / CERTIFICATE_SDS_FILE) in moved, name
+        assert str(LAYOUT.tls_dir / CERTIFICATE_SDS_FILE) in moved, name
 
-        config_path = root / str(CONFIG_DIR).lstrip("/") / CONFIG_FILE
+        config_path = root / str(LAYOUT.config_path()).lstrip("/")
         config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         container = envoy_container(workload)
         args = list(container["args"])
-        args[args.index("--config-path") + 1] = str(config_path)
+        args[args.index("-c") + 1] = str(config_path)
         result = subprocess.run(
             [str(ENVOY), *args, "--mode", "validate"],
             capture_output=True,
@@ -125,11 +125,11 @@ def test_sidecar_identity_is_the_workload_and_the_config_is_the_rendered_one(
 
 def test_issued_secret_files_are_the_ones_the_configs_read(tmp_path: Path) -> None:
     out = tmp_path / "tls"
-    issued = issue_certificates(TOPOLOGY, ADDRESSING, tmp_path / "pki", out)
+    issued = issue_certificates(LAYOUT, tmp_path / "pki", out)
     assert set(issued) == set(TOPOLOGY.identities)
     for identity in TOPOLOGY.identities:
         directory = out / identity
-        mounted = IdentityFiles(ADDRESSING.tls_dir)
+        mounted = IdentityFiles(LAYOUT.tls_dir)
         files = {p.name for p in directory.iterdir()}
         assert {CERTIFICATE_SDS_FILE, VALIDATION_SDS_FILE} <= files
         certificate_sds = yaml.safe_load((directory / CERTIFICATE_SDS_FILE).read_text())
@@ -144,8 +144,8 @@ def test_issued_secret_files_are_the_ones_the_configs_read(tmp_path: Path) -> No
 
 
 def test_reissuing_certificates_keeps_the_ca(tmp_path: Path) -> None:
-    first = issue_certificates(TOPOLOGY, ADDRESSING, tmp_path / "pki", tmp_path / "tls")
+    first = issue_certificates(LAYOUT, tmp_path / "pki", tmp_path / "tls")
     bundle = (tmp_path / "tls" / "users" / "ca.pem").read_bytes()
-    second = issue_certificates(TOPOLOGY, ADDRESSING, tmp_path / "pki", tmp_path / "tls")
+    second = issue_certificates(LAYOUT, tmp_path / "pki", tmp_path / "tls")
     assert (tmp_path / "tls" / "users" / "ca.pem").read_bytes() == bundle
     assert second["users"] >= first["users"]

@@ -14,9 +14,13 @@ import site
 from dataclasses import dataclass
 from pathlib import Path
 
-from shopmesh.k8s import APP_IMAGE, DESCRIPTOR_IN_IMAGE, RUN_AS
+from shopmesh.k8s.objects import APP_IMAGE, RUN_AS
+from shopmesh.layout import KubernetesLayout
 from shopmesh.topology import GATEWAY
-from tests.k8s.conftest import ROOT, TOPOLOGY, Rendered, all_containers, pod_spec
+from tests.support.k8s import Rendered, all_containers, pod_spec
+from tests.support.paths import ROOT, TOPOLOGY
+
+DESCRIPTOR_IN_IMAGE = KubernetesLayout(TOPOLOGY).descriptor_in_image
 
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
@@ -199,7 +203,7 @@ def builder_installs() -> set[str]:
             return {
                 w.lower()
                 for w in command
-                if not w.startswith("-") and w not in ("install", "requirements.txt")
+                if not w.startswith("-") and w not in ("install", "requirements/run.txt")
             }
     raise AssertionError("no `/opt/build/bin/pip install` in the Dockerfile")
 

@@ -1,7 +1,8 @@
 """scripts/kind-*.sh, checked without Docker or a cluster: shellcheck clean; every kind, kubectl
 and docker invocation uses only subcommands and flags those tools document (the tables in
-cli_reference.py; kubectl's also against the real binary's --help); and the scripts, the kind
-cluster config and the kind overlay agree on the cluster's ports, namespace, image and Secrets."""
+tests/support/kind_reference.py; kubectl's also against the real binary's --help); and the
+scripts, the kind cluster config and the kind overlay agree on the cluster's ports, namespace,
+image and Secrets."""
 
 from __future__ import annotations
 
@@ -17,10 +18,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from shopmesh.k8s import APP_IMAGE, tls_secret
+from shopmesh.k8s.objects import APP_IMAGE
+from shopmesh.layout import KubernetesLayout
 from shopmesh.topology import GATEWAY
-from tests.k8s.cli_reference import KUBECTL, TOOLS, Tool
-from tests.k8s.conftest import ROOT, TOPOLOGY, Rendered, kubectl
+from tests.support.k8s import Rendered, kubectl
+from tests.support.kind_reference import KUBECTL, TOOLS, Command, Tool
+from tests.support.paths import ROOT, TOPOLOGY
 
 SCRIPTS = ROOT / "scripts"
 KIND_SCRIPTS = sorted(SCRIPTS.glob("kind-*.sh"))
@@ -238,7 +241,6 @@ def real_flags(*path: str) -> frozenset[str]:
 
 def kubectl_commands() -> Iterator[tuple[str, ...]]:
     def walk(path: tuple[str, ...], node: object) -> Iterator[tuple[str, ...]]:
-        from tests.k8s.cli_reference import Command
 
         assert isinstance(node, Command)
         if node.runnable:
@@ -302,7 +304,7 @@ def test_the_scripts_use_the_topology_namespace_and_the_kind_overlay_image(
 def test_the_scripts_create_the_secrets_the_pods_mount() -> None:
     up = (SCRIPTS / "kind-up.sh").read_text()
     assert 'create secret generic "tls-${identity}"' in up
-    assert tls_secret("users") == "tls-users"
+    assert KubernetesLayout(TOPOLOGY).tls_secret("users") == "tls-users"
 
 
 def cluster_config() -> dict[str, object]:

@@ -16,23 +16,13 @@ import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 
 from services.common.config import ENV_PREFIX
-from shopmesh.k8s import (
-    DATA_DIR,
-    ENVOY_IMAGE,
-    GATEWAY_REPLICAS,
-    RUN_AS,
-    STATEFUL_REPLICAS,
-    envoy_config_map,
-    render_manifests,
-    stale_files,
-    tls_secret,
-)
-from shopmesh.render import KubernetesAddressing
+from shopmesh.k8s.manifests import render_manifests, stale_files
+from shopmesh.k8s.objects import ENVOY_IMAGE, GATEWAY_REPLICAS, RUN_AS, STATEFUL_REPLICAS
+from shopmesh.layout import KubernetesLayout
 from shopmesh.topology import GATEWAY
-from tests.k8s.conftest import (
+from tests.support.cli import shopmesh
+from tests.support.k8s import (
     K8S,
-    ROOT,
-    TOPOLOGY,
     Json,
     Rendered,
     all_containers,
@@ -41,8 +31,9 @@ from tests.k8s.conftest import (
     kustomize,
     pod_spec,
 )
+from tests.support.paths import ROOT, TOPOLOGY
 
-ADDRESSING = KubernetesAddressing.standard(TOPOLOGY)
+LAYOUT = KubernetesLayout(TOPOLOGY)
 GENERATED = K8S / "base" / "generated"
 SCHEMA_VERSIONS = ("1.32", "1.33", kubernetes_validate.latest_version())
 """The kubectl on the machine image (1.32), the kind node image (k8s/kind/cluster.yaml: 1.33)
@@ -122,19 +113,19 @@ def test_the_schema_check_is_strict_about_unknown_fields(overlay: Rendered) -> N
 
 
 def test_generated_manifests_are_what_the_renderer_writes_now() -> None:
-    stale = stale_files(render_manifests(TOPOLOGY, ADDRESSING), GENERATED)
+    stale = stale_files(render_manifests(TOPOLOGY, LAYOUT), GENERATED)
     assert not stale, (
         f"out of date in {GENERATED.relative_to(ROOT)}: {stale}; "
-        "run `.venv/bin/python -m shopmesh.k8s render` and commit the result"
+        "run `.venv/bin/shopmesh k8s render` and commit the result"
     )
 
 
 def test_render_check_command_reports_a_stale_file(tmp_path: Path) -> None:
-    command = [sys.executable, "-m", "shopmesh.k8s", "render", "--out", str(tmp_path)]
-    subprocess.run(command, cwd=ROOT, check=True, capture_output=True)
-    assert subprocess.run([*command, "--check"], cwd=ROOT, capture_output=True).returncode == 0
+    render = ["k8s", "render", "--out", str(tmp_path)]
+    assert shopmesh(*render).returncode == 0
+    assert shopmesh(*render, "--check").returncode == 0
     (tmp_path / "users.yaml").write_text("edited by hand\n")
-    result = subprocess.run([*command, "--check"], cwd=ROOT, capture_output=True, text=True)
+    result = shopmesh(*render, "--check")
     assert result.returncode == 1
     assert "users.yaml" in result.stderr
 
@@ -182,19 +173,19 @@ def test_every_app_is_probed_through_the_sidecar_health_port(overlay: Rendered) 
         if name == GATEWAY:
             continue
         app = app_of(workload)
-        expected = {"port": ADDRESSING.health_port, "service": TOPOLOGY.services[name].grpc_service}
+        expected = {"port": LAYOUT.health_port, "service": TOPOLOGY.services[name].grpc_service}
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
             assert app[probe]["grpc"] == expected, f"{name} {probe}"
-        assert ADDRESSING.health_port in {p["containerPort"] for p in envoy_of(workload)["ports"]}
+        assert LAYOUT.health_port in {p["containerPort"] for p in envoy_of(workload)["ports"]}
 
 
 def test_the_gateway_is_probed_on_its_health_listener(overlay: Rendered) -> None:
     envoy = envoy_of(overlay.named("Deployment", GATEWAY))
     assert envoy["readinessProbe"]["httpGet"] == {
         "path": "/healthz",
-        "port": ADDRESSING.health_port,
+        "port": LAYOUT.health_port,
     }
-    assert envoy["livenessProbe"]["tcpSocket"] == {"port": ADDRESSING.health_port}
+    assert envoy["livenessProbe"]["tcpSocket"] == {"port": LAYOUT.health_port}
 
 
 def test_every_container_has_cpu_and_memory_requests_and_limits(overlay: Rendered) -> None:
@@ -243,15 +234,15 @@ def test_every_envoy_reads_its_identity_secret_and_config_map(overlay: Rendered)
     for workload in overlay.workloads():
         name = name_of(workload)
         volumes = {v["name"]: v for v in pod_spec(workload)["volumes"]}
-        assert volumes["tls"]["secret"]["secretName"] == tls_secret(name)
+        assert volumes["tls"]["secret"]["secretName"] == LAYOUT.tls_secret(name)
         config_map = volumes["envoy-config"]["configMap"]["name"]
         # kustomize names each generated ConfigMap after its content: a new config, new pods.
-        assert re.fullmatch(rf"{envoy_config_map(name)}-[a-z0-9]{{10}}", config_map), config_map
+        assert re.fullmatch(rf"{LAYOUT.config_map(name)}-[a-z0-9]{{10}}", config_map), config_map
         assert set(config_maps[config_map]["data"]) == {"envoy.yaml"}
         mounts = {m["name"]: m for m in envoy_of(workload)["volumeMounts"]}
         assert mounts["tls"] == {
             "name": "tls",
-            "mountPath": str(ADDRESSING.tls_dir),
+            "mountPath": str(LAYOUT.tls_dir),
             "readOnly": True,
         }
 
@@ -264,7 +255,7 @@ def test_app_and_sidecar_share_the_socket_directory(overlay: Rendered) -> None:
         assert "emptyDir" in volumes["sockets"]
         for container in (app_of(workload), envoy_of(workload)):
             mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
-            assert mounts["sockets"] == str(ADDRESSING.socket_dir)
+            assert mounts["sockets"] == str(LAYOUT.socket_dir)
 
 
 def env_of(container: Json) -> dict[str, str]:
@@ -280,13 +271,13 @@ def test_apps_listen_and_call_upstreams_only_through_the_sidecar_sockets(
             continue
         app = app_of(workload)
         env = env_of(app)
-        assert env[f"{ENV_PREFIX}LISTEN"] == f"unix:{ADDRESSING.socket_dir / 'app.sock'}"
+        assert env[f"{ENV_PREFIX}LISTEN"] == f"unix:{LAYOUT.socket_dir / 'app.sock'}"
         upstreams = {k for k in env if k.startswith(f"{ENV_PREFIX}UPSTREAM_")}
         assert upstreams == {
             f"{ENV_PREFIX}UPSTREAM_{u.upper()}" for u in TOPOLOGY.services[name].calls
         }
         for variable in upstreams:
-            assert env[variable] == f"unix:{ADDRESSING.socket_dir / 'egress.sock'}"
+            assert env[variable] == f"unix:{LAYOUT.socket_dir / 'egress.sock'}"
         assert "ports" not in app, f"{name}: the app must not listen on TCP"
 
 
@@ -308,8 +299,8 @@ def test_stateful_services_run_one_pod_on_their_own_volume(overlay: Rendered) ->
         claim = volumes["data"]["persistentVolumeClaim"]["claimName"]
         assert claim in claims
         mounts = {m["name"]: m["mountPath"] for m in app_of(workload)["volumeMounts"]}
-        assert mounts["data"] == str(DATA_DIR)
-        assert env_of(app_of(workload))[f"{ENV_PREFIX}DB_PATH"].startswith(f"{DATA_DIR}/")
+        assert mounts["data"] == str(LAYOUT.data_dir)
+        assert env_of(app_of(workload))[f"{ENV_PREFIX}DB_PATH"].startswith(f"{LAYOUT.data_dir}/")
 
 
 def test_production_runs_more_gateways_than_the_base(rendered: dict[str, Rendered]) -> None:
@@ -357,7 +348,7 @@ def test_mesh_services_are_headless_and_publish_only_the_mtls_port(overlay: Rend
     for name in TOPOLOGY.services:
         service = overlay.named("Service", name)
         assert service["spec"]["clusterIP"] == "None"
-        assert [p["port"] for p in service["spec"]["ports"]] == [ADDRESSING.inbound_port]
+        assert [p["port"] for p in service["spec"]["ports"]] == [LAYOUT.inbound_port]
 
 
 def test_the_gateway_service_publishes_only_the_gateway_listener(
@@ -365,7 +356,7 @@ def test_the_gateway_service_publishes_only_the_gateway_listener(
 ) -> None:
     kind = rendered["kind"].named("Service", GATEWAY)
     assert kind["spec"]["type"] == "NodePort"
-    assert [p["port"] for p in kind["spec"]["ports"]] == [ADDRESSING.gateway_port]
+    assert [p["port"] for p in kind["spec"]["ports"]] == [LAYOUT.gateway_port]
     assert rendered["production"].named("Service", GATEWAY)["spec"]["type"] == "LoadBalancer"
 
 
@@ -433,4 +424,4 @@ def test_callers_may_reach_exactly_their_upstreams_and_dns(overlay: Rendered) ->
 
 def test_the_gateway_listener_is_open_to_everyone(overlay: Rendered) -> None:
     policy = overlay.named("NetworkPolicy", f"{GATEWAY}-ingress")["spec"]
-    assert policy["ingress"] == [{"ports": [{"protocol": "TCP", "port": ADDRESSING.gateway_port}]}]
+    assert policy["ingress"] == [{"ports": [{"protocol": "TCP", "port": LAYOUT.gateway_port}]}]

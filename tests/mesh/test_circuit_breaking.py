@@ -1,4 +1,4 @@
-"""Circuit breaking / bulkheads (issue 3, sidecar point 6) in the real mesh.
+"""Circuit breaking / bulkheads in the real mesh.
 
 The test plays the orders app: it calls through orders-0's egress socket, so the limits at
 work are the orders sidecar's per-upstream circuit breakers from envoy/mesh.yaml. With
@@ -17,19 +17,16 @@ from __future__ import annotations
 import asyncio
 
 import grpc
+import pytest
 
-from shopmesh.supervisor import RunningMesh
-from tests.mesh.resilience_tools import (
-    Outcome,
-    bounded,
-    channel,
-    egress,
-    get_payment,
-    get_product,
-    stats_of,
-    summary,
-    timed,
-)
+from shopmesh.envoy.faults import Fault
+from shopmesh.local import faults
+from shopmesh.local.mesh import RunningMesh
+from tests.support.calls import Outcome, bounded, get_payment, get_product, summary, timed
+from tests.support.clients import channel, egress
+from tests.support.observe import stats_of
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 EXCESS = 16
 DELAY_MS = 1000
@@ -49,7 +46,7 @@ async def test_excess_calls_to_a_slow_upstream_fail_fast_while_others_stay_healt
         warm_up = await timed(get_payment(target, "pay_missing"))
         assert warm_up.code is grpc.StatusCode.NOT_FOUND, warm_up
         orders = await stats_of(mesh, "orders-0")
-        await mesh.fault("payments", delay_ms=DELAY_MS)
+        await faults.inject(mesh, "payments", Fault.of(delay_ms=DELAY_MS))
         try:
             payments_calls = [
                 asyncio.create_task(timed(get_payment(target, f"pay_missing_{index}")))
@@ -57,7 +54,7 @@ async def test_excess_calls_to_a_slow_upstream_fail_fast_while_others_stay_healt
             ]
             # While payments is saturated: inventory, behind the same sidecar, answers at once.
             await asyncio.wait(payments_calls, timeout=FAST)
-            stats = await mesh.envoy_stats("orders-0")
+            stats = await mesh.admin("orders-0").stats()
             gauges = {
                 name: stats[f"cluster.svc_payments.circuit_breakers.default.{name}"]
                 for name in ("rq_open", "remaining_rq")
@@ -69,7 +66,7 @@ async def test_excess_calls_to_a_slow_upstream_fail_fast_while_others_stay_healt
             products = await bounded(PRODUCT_CALLS, 4, one_product)
             payments = await asyncio.gather(*payments_calls)
         finally:
-            await mesh.clear_faults("payments")
+            await faults.clear(mesh, "payments")
 
     overflowed = [outcome for outcome in payments if outcome.code is grpc.StatusCode.UNAVAILABLE]
     waited = [outcome for outcome in payments if outcome.code is not grpc.StatusCode.UNAVAILABLE]

@@ -1,38 +1,35 @@
 """The `shopmesh` command as a user runs it, in its own processes: `up` starts the mesh and
-exits, `status` reports it, `down` stops it (no process left, sockets gone, data kept), and a
-broken topology is refused with a message naming the key."""
+exits, `status` reports it, `down` stops it (no process left, sockets gone, data kept), the
+commands `up` prints run as printed, a stopped replica comes back with `restart`, and every
+mistake (a taken port, a broken topology, an unusable state directory, a nonsense fault) is
+refused with one line that says what to do."""
 
 from __future__ import annotations
 
 import json
+import os
+import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
-from tests.mesh.conftest import DESCRIPTOR_SET, MESH_FILE, ROOT
+from shopmesh.layout import StateDir
+from shopmesh.local.process import start_ticks
+from tests.support.cli import shopmesh
+from tests.support.mesh import short_temp_dir
+from tests.support.paths import BIN, DESCRIPTOR_SET, MESH_FILE, ROOT, TOPOLOGY
+from tests.support.polling import eventually_sync
 
-SHOPMESH = Path(sys.executable).parent / "shopmesh"
-COMMAND_TIMEOUT = 90.0
-
-
-def shopmesh(*args: str) -> subprocess.CompletedProcess[str]:
-    """Run the installed `shopmesh` script (`python -m shopmesh.cli` before `pip install`)."""
-    command = [str(SHOPMESH)] if SHOPMESH.exists() else [sys.executable, "-m", "shopmesh.cli"]
-    return subprocess.run(
-        [*command, *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=COMMAND_TIMEOUT,
-        check=False,
-    )
+STOP_SECONDS = 15.0
 
 
 def running(pid: int) -> bool:
@@ -44,18 +41,25 @@ def running(pid: int) -> bool:
     return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
 
 
+def recorded(state_dir: Path) -> dict[str, Any]:
+    """Process name -> its record in mesh.json."""
+    processes: dict[str, Any] = json.loads((state_dir / "mesh.json").read_text())["processes"]
+    return processes
+
+
 def recorded_pids(state_dir: Path) -> list[int]:
-    state = json.loads((state_dir / "mesh.json").read_text())
-    processes = [state["gateway"]["process"]]
-    for pod in state["pods"].values():
-        processes += [pod["app"], pod["sidecar"]]
-    return [process["pid"] for process in processes]
+    return [int(record["pid"]) for record in recorded(state_dir).values()]
+
+
+def gateway_port(state_dir: Path) -> int:
+    port: int = json.loads((state_dir / "mesh.json").read_text())["gateway_ports"]["listener"]
+    return port
 
 
 @pytest.fixture
 def state_dir() -> Iterator[Path]:
     """A fresh state directory; whatever the test leaves running is stopped afterwards."""
-    path = Path(tempfile.mkdtemp(prefix="smc-", dir="/tmp"))
+    path = short_temp_dir("smc-")
     try:
         yield path
     finally:
@@ -64,11 +68,32 @@ def state_dir() -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
+@dataclass(frozen=True)
+class CliMesh:
+    """A mesh started by `shopmesh up` for the module, and what `up` printed."""
+
+    state_dir: Path
+    printed: str
+
+
+@pytest.fixture(scope="module")
+def cli_mesh() -> Iterator[CliMesh]:
+    path = short_temp_dir("smc-")
+    environment = {**os.environ, "SHOPMESH_LOG_LEVEL": "debug"}
+    try:
+        started = shopmesh("up", "--state-dir", str(path), "--gateway-port", "0", env=environment)
+        assert started.returncode == 0, started.stderr
+        yield CliMesh(path, started.stdout)
+    finally:
+        shopmesh("down", "--state-dir", str(path))
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def test_up_status_down(state_dir: Path) -> None:
     started = shopmesh("up", "--state-dir", str(state_dir), "--gateway-port", "0")
     assert started.returncode == 0, started.stderr
     assert "mesh up in" in started.stdout
-    gateway = json.loads((state_dir / "mesh.json").read_text())["gateway"]["ports"]["listener"]
+    gateway = gateway_port(state_dir)
     assert f"-authority users 127.0.0.1:{gateway} list" in started.stdout
     assert f"http://127.0.0.1:{gateway}/shop.users.v1.UsersService/CreateUser" in started.stdout
     pids = recorded_pids(state_dir)
@@ -89,18 +114,159 @@ def test_up_status_down(state_dir: Path) -> None:
     assert list(state_dir.rglob("*.sock")) == []
     assert list(state_dir.rglob("*.pid")) == []
     assert not (state_dir / "mesh.json").exists()
-    assert sorted(p.name for p in (state_dir / "data").iterdir() if p.suffix == ".db") == [
-        "inventory.db",
-        "notifications.db",
-        "orders.db",
-        "payments.db",
-        "users.db",
-    ]
+    databases = sorted(p.name for p in (state_dir / "data").iterdir() if p.suffix == ".db")
+    assert databases == sorted(f"{service}.db" for service in TOPOLOGY.services)
     assert (state_dir / "certs" / "ca" / "ca.pem").exists()
 
     after = shopmesh("status", "--state-dir", str(state_dir))
     assert after.returncode == 1
     assert "no mesh is running" in after.stderr
+
+
+def printed_commands(printed: str, name: str) -> list[str]:
+    """The lines of `up`'s output that run the command `name` (grpcurl, shopmesh)."""
+    lines = [line.strip() for line in printed.replace("\\\n", " ").splitlines()]
+    return [line for line in lines if line.split(" ", 1)[0].endswith(f"/{name}")]
+
+
+def test_the_commands_up_prints_run_as_printed(cli_mesh: CliMesh) -> None:
+    # A shell whose PATH does not have .venv/bin, like a fresh terminal.
+    path = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if Path(p) != BIN)
+    environment = {**os.environ, "PATH": path}
+    commands = printed_commands(cli_mesh.printed, "shopmesh")
+    status = next(command for command in commands if " status" in command)
+    listing = next(
+        command for command in printed_commands(cli_mesh.printed, "grpcurl") if "list" in command
+    )
+    assert status.endswith(f" status --state-dir {cli_mesh.state_dir}")
+    for command in (status, listing):
+        result = subprocess.run(
+            ["bash", "-c", command],
+            cwd=ROOT,
+            env=environment,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 0, f"{command}\n{result.stdout}{result.stderr}"
+    assert "shop.users.v1.UsersService" in result.stdout
+
+
+def test_the_log_level_reaches_every_app(cli_mesh: CliMesh) -> None:
+    records = recorded(cli_mesh.state_dir)
+    apps = [record for name, record in records.items() if name.endswith(".app")]
+    assert len(apps) == sum(service.replicas for service in TOPOLOGY.services.values())
+    assert {record["env"]["SHOPMESH_LOG_LEVEL"] for record in apps} == {"DEBUG"}
+
+
+def test_a_killed_replica_comes_back_with_restart(cli_mesh: CliMesh) -> None:
+    paths = StateDir(cli_mesh.state_dir)
+    pid = int(paths.pidfile("inventory-1.app").read_text())
+    os.kill(pid, signal.SIGTERM)
+    eventually_sync(lambda: not running(pid), STOP_SECONDS, "inventory-1.app to exit")
+
+    down = shopmesh("status", "--state-dir", str(cli_mesh.state_dir))
+    assert down.returncode == 1
+    assert "shopmesh restart inventory-1" in down.stdout
+
+    restarted = shopmesh("restart", "inventory-1", "--state-dir", str(cli_mesh.state_dir))
+    assert restarted.returncode == 0, restarted.stderr
+    assert "started inventory-1.app" in restarted.stdout
+    new_pid = int(paths.pidfile("inventory-1.app").read_text())
+    assert new_pid != pid
+    assert start_ticks(new_pid) is not None
+
+    def healthy() -> bool:
+        return shopmesh("status", "--state-dir", str(cli_mesh.state_dir)).returncode == 0
+
+    eventually_sync(healthy, 30, "every process healthy again", interval=0.5)
+    again = shopmesh("restart", "inventory-1", "--state-dir", str(cli_mesh.state_dir))
+    assert "was running: nothing to do" in again.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--status", "0"], "cannot fail a call"),
+        (["--status", "OK"], "cannot fail a call"),
+        (["--status", "LOUD"], "unknown gRPC status 'LOUD'"),
+        (["--delay-percent", "50"], "give --abort-percent"),
+    ],
+)
+def test_nonsense_faults_are_refused_in_one_line(
+    cli_mesh: CliMesh, args: list[str], expected: str
+) -> None:
+    state = ["--state-dir", str(cli_mesh.state_dir)]
+    abort = [] if "--delay-percent" in args else ["--abort-percent", "50"]
+    result = shopmesh("fault", "payments", *abort, *args, *state)
+    assert result.returncode in (1, 2)
+    # One line: ours ("error: ..."), or click's usage error around its own.
+    assert expected in result.stderr
+    assert "Traceback" not in result.stderr
+    assert [line for line in result.stderr.splitlines() if expected in line] != []
+
+
+@pytest.mark.parametrize("command", [["down"], ["status"], ["logs", "gateway"], ["fault", "x"]])
+def test_options_are_offered_only_where_they_act(command: list[str]) -> None:
+    result = shopmesh(*command, "--topology", str(MESH_FILE))
+    assert result.returncode == 2
+    assert "No such option '--topology'" in result.stderr
+
+
+def test_help_shows_each_option_default() -> None:
+    up = shopmesh("up", "--help")
+    assert "[default: var]" in up.stdout
+    assert "default: 8080" in up.stdout
+    assert "SHOPMESH_LOG_LEVEL" in up.stdout
+    fault = shopmesh("fault", "--help")
+    assert "[default: var]" in fault.stdout
+    assert "[UNAVAILABLE]" in fault.stdout
+
+
+def test_an_unusable_state_directory_is_one_clear_line() -> None:
+    result = shopmesh("up", "--state-dir", "/proc/shopmesh", "--gateway-port", "0")
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error:")
+    assert "/proc/shopmesh" in line
+
+
+def test_down_stops_a_mesh_an_earlier_shopmesh_started(state_dir: Path) -> None:
+    """mesh.json version 1 (before the layout moved admin to Unix sockets): `down` still finds
+    and stops its processes; every other command says to run `down`."""
+    sleepers = [
+        subprocess.Popen(
+            [sys.executable, "-c", "import time; time.sleep(120)"], start_new_session=True
+        )
+        for _ in range(3)
+    ]
+    try:
+        records = [{"pid": p.pid, "start_ticks": start_ticks(p.pid)} for p in sleepers]
+        legacy = {
+            "version": 1,
+            "pods": {"users-0": {"app": records[0], "sidecar": records[1]}},
+            "gateway": {"ports": {}, "process": records[2]},
+        }
+        (state_dir / "mesh.json").write_text(json.dumps(legacy))
+
+        status = shopmesh("status", "--state-dir", str(state_dir))
+        assert status.returncode == 1
+        assert "started by an earlier shopmesh" in status.stderr
+        assert f"shopmesh down --state-dir {state_dir}" in status.stderr
+
+        stopped = shopmesh("down", "--state-dir", str(state_dir))
+        assert stopped.returncode == 0, stopped.stderr
+        assert "3 processes stopped" in stopped.stdout
+        for sleeper in sleepers:
+            sleeper.wait(STOP_SECONDS)
+        assert not (state_dir / "mesh.json").exists()
+    finally:
+        for sleeper in sleepers:
+            if sleeper.poll() is None:
+                sleeper.kill()
+                sleeper.wait()
 
 
 def test_taken_gateway_port_is_refused_with_a_way_out(state_dir: Path) -> None:
@@ -153,3 +319,16 @@ def test_missing_descriptor_set_says_to_generate(state_dir: Path) -> None:
 
     assert result.returncode == 1
     assert "make generate" in result.stderr
+
+
+def test_make_passes_the_gateway_port_and_log_level_to_up() -> None:
+    result = subprocess.run(
+        ["make", "-n", "up", "GATEWAY_PORT=18080", "LOG_LEVEL=DEBUG"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    (up,) = [line for line in result.stdout.splitlines() if "shopmesh up" in line]
+    assert shlex.split(up)[-4:] == ["--gateway-port", "18080", "--log-level", "DEBUG"]

@@ -19,17 +19,16 @@ from grpc_health.v1 import health_pb2
 
 from services.common.config import ServiceConfig
 from services.common.server import App, start
-from shopmesh.render import LocalAddressing, Pod, PodPorts
-from shopmesh.topology import load_topology
-from tests.mesh.conftest import (
-    MESH_FILE,
+from shopmesh.layout import Pod, PodPorts
+from tests.support.envoy import (
     EnvoyProcess,
     StartEnvoy,
-    eventually,
     issue_identities,
-    local_addressing,
+    local_layout,
     write_sidecar,
 )
+from tests.support.paths import TOPOLOGY
+from tests.support.polling import eventually
 
 CHARGE = "/shop.payments.v1.PaymentsService/Charge"
 
@@ -44,18 +43,18 @@ class Pair:
 
 @pytest.fixture
 async def pair(socket_dir: Path, envoys: StartEnvoy) -> AsyncIterator[Pair]:
-    topology = load_topology(MESH_FILE)
-    issue_identities(topology, socket_dir / "certs")
+    topology = TOPOLOGY
     payments, orders = Pod("payments", "payments-0"), Pod("orders", "orders-0")
 
     # The callee first: the caller's STATIC cluster needs the port it bound.
-    callee_addressing = local_addressing(topology, socket_dir)
-    callee = await envoys(write_sidecar(topology, callee_addressing, payments, socket_dir))
+    callee_layout = local_layout(topology, socket_dir)
+    issue_identities(topology, callee_layout.state.certs)
+    callee = await envoys(write_sidecar(topology, callee_layout, payments, socket_dir))
     inbound = await callee.listener_port("inbound")
     app = await start(
         ServiceConfig(
             "payments",
-            f"unix:{callee_addressing.socket_dir(payments) / 'app.sock'}",
+            f"unix:{callee_layout.app_socket(payments)}",
             socket_dir / "payments.db",
             grace_seconds=0,
         ),
@@ -67,14 +66,12 @@ async def pair(socket_dir: Path, envoys: StartEnvoy) -> AsyncIterator[Pair]:
     )
     try:
         # Other upstreams of orders stay at port 0: unreachable, and not used here.
-        addressing: LocalAddressing = local_addressing(
-            topology, socket_dir, {payments.name: PodPorts(inbound, 0, 0)}
-        )
-        caller = await envoys(write_sidecar(topology, addressing, orders, socket_dir))
+        layout = local_layout(topology, socket_dir, {payments.name: PodPorts(inbound, 0, 0)})
+        caller = await envoys(write_sidecar(topology, layout, orders, socket_dir))
         yield Pair(
             caller=caller,
             callee=callee,
-            egress=f"unix:{addressing.socket_dir(orders) / 'egress.sock'}",
+            egress=f"unix:{layout.egress_socket(orders)}",
             callee_inbound=inbound,
         )
     finally:
@@ -112,11 +109,11 @@ async def test_egress_refuses_services_the_caller_does_not_call(pair: Pair) -> N
 
 
 async def test_caller_health_checks_pass_callee_mtls_and_rbac(pair: Pair) -> None:
-    host = f"svc_payments::127.0.0.1:{pair.callee_inbound}"
+    host = f"127.0.0.1:{pair.callee_inbound}"
 
     async def healthy() -> bool:
-        _, body = await pair.caller.admin_get("/clusters")
-        return f"{host}::health_flags::healthy" in body.splitlines()
+        hosts = await pair.caller.admin.host_health()
+        return hosts.get("svc_payments", {}).get(host) == "healthy"
 
     await eventually(healthy, within=10, what="payments-0 to pass orders' health checks")
     stats = await pair.caller.stats()

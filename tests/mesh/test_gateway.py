@@ -30,21 +30,17 @@ from shop.inventory.v1 import inventory_pb2
 from shop.notifications.v1 import notifications_pb2
 from shop.payments.v1 import payments_pb2
 from shop.users.v1 import users_pb2
-from shopmesh.supervisor import RunningMesh
+from shopmesh.local.mesh import RunningMesh
 from shopmesh.topology import load_topology
-from tests.helpers import count_rows
-from tests.mesh.conftest import MESH_FILE, MeshClients, eventually
-from tests.mesh.gateway_clients import (
-    CALL_TIMEOUT,
-    CURL,
-    GRPCURL_STATUS_EXIT_BASE,
-    Grpcurl,
-    HttpResponse,
-    apost_json,
-    call_raw,
-    curl_json,
-    grpc_path,
-)
+from tests.support.calls import call_raw
+from tests.support.clients import MeshClients
+from tests.support.databases import count_rows
+from tests.support.grpcurl import GRPCURL_STATUS_EXIT_BASE, Grpcurl
+from tests.support.http import CURL, HttpResponse, curl_json, grpc_path, post_json
+from tests.support.paths import DESCRIPTOR_SET, MESH_FILE
+from tests.support.polling import CALL_TIMEOUT, eventually
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 # Read once at collection: the tests are parametrized by what the topology exposes.
 TOPOLOGY = load_topology(MESH_FILE)
@@ -360,9 +356,11 @@ async def test_internal_rpc_is_unimplemented_at_the_gateway_and_never_runs(
     assert "details" not in error
     # The same through the default virtual host, from a plain gRPC client...
     serialized = internal.request.SerializeToString()
-    assert await call_raw(mesh_clients.channel, path, serialized) == grpc.StatusCode.UNIMPLEMENTED
+    assert (
+        await call_raw(mesh_clients.channel, path, serialized)
+    ).code == grpc.StatusCode.UNIMPLEMENTED
     # ...and as JSON: the transcoder knows the method, the router still has no route.
-    response = await apost_json(mesh.gateway_address, path, request_json)
+    response = await post_json(mesh.gateway_address, path, request_json)
     assert response.status == 404, response
 
     assert count_rows(database, internal.executed_sql) == 0
@@ -386,16 +384,18 @@ async def test_no_method_beyond_the_exposed_ones_is_routed(
     names = {service.grpc_service: name for name, service in mesh.topology.services.items()}
     internal = [
         (names[grpc_service], grpc_path(grpc_service, method))
-        for grpc_service, methods in contract_methods(mesh.descriptor).items()
+        for grpc_service, methods in contract_methods(DESCRIPTOR_SET).items()
         for method in methods
         if method not in exposes.get(names[grpc_service], ())
     ]
     assert internal, "every contract method is exposed: nothing to check"
     for service, path in internal:
         # An empty request would be INVALID_ARGUMENT in any app: UNIMPLEMENTED is Envoy's.
-        assert await call_raw(mesh_clients.channel, path) == grpc.StatusCode.UNIMPLEMENTED, path
+        assert (await call_raw(mesh_clients.channel, path)).code == grpc.StatusCode.UNIMPLEMENTED, (
+            path
+        )
         by_authority = mesh_clients.authority(service)
-        assert await call_raw(by_authority, path) == grpc.StatusCode.UNIMPLEMENTED, path
+        assert (await call_raw(by_authority, path)).code == grpc.StatusCode.UNIMPLEMENTED, path
 
 
 # --- JSON through gRPC-JSON transcoding ----------------------------------------------------
@@ -412,7 +412,7 @@ def detail(error: Mapping[str, Any], type_url: str) -> Any:
 
 async def test_json_create_user_answers_200_with_json(mesh: RunningMesh) -> None:
     email = f"{unique('grace')}@example.com"
-    created = await apost_json(
+    created = await post_json(
         mesh.gateway_address, CREATE_USER, {"email": email, "displayName": "Grace Hopper"}
     )
 
@@ -421,7 +421,7 @@ async def test_json_create_user_answers_200_with_json(mesh: RunningMesh) -> None
     assert user["email"] == email
     assert user["displayName"] == "Grace Hopper"
     assert user["userId"]
-    fetched = await apost_json(mesh.gateway_address, GET_USER, {"user_id": user["userId"]})
+    fetched = await post_json(mesh.gateway_address, GET_USER, {"user_id": user["userId"]})
     assert fetched.status == 200, fetched
     assert fetched.json() == {"user": user}
 
@@ -459,7 +459,7 @@ def assert_json_status(
 async def test_json_invalid_request_is_400_with_status_and_field_violations(
     mesh: RunningMesh,
 ) -> None:
-    response = await apost_json(
+    response = await post_json(
         mesh.gateway_address, CREATE_USER, {"email": "not-an-email", "display_name": "x" * 1000}
     )
 
@@ -470,7 +470,7 @@ async def test_json_invalid_request_is_400_with_status_and_field_violations(
 
 
 async def test_json_unknown_user_is_404_with_error_info(mesh: RunningMesh) -> None:
-    response = await apost_json(mesh.gateway_address, GET_USER, {"user_id": "usr_missing"})
+    response = await post_json(mesh.gateway_address, GET_USER, {"user_id": "usr_missing"})
 
     error = assert_json_status(response, 404, grpc.StatusCode.NOT_FOUND, "USER_NOT_FOUND")
     assert detail(error, ERROR_INFO)["metadata"] == {"user_id": "usr_missing"}
@@ -493,7 +493,7 @@ async def test_curl_conflicting_email_is_409_with_error_info(mesh: RunningMesh) 
 async def test_json_unparsable_body_is_400_with_a_json_status(
     mesh: RunningMesh, body: bytes
 ) -> None:
-    response = await apost_json(mesh.gateway_address, CREATE_USER, body)
+    response = await post_json(mesh.gateway_address, CREATE_USER, body)
 
     assert response.status == 400, response
     error = response.json()
@@ -503,7 +503,7 @@ async def test_json_unparsable_body_is_400_with_a_json_status(
 
 async def test_json_unexposed_method_is_404_with_a_json_status(mesh: RunningMesh) -> None:
     path = grpc_path(EXPOSED["payments"], "Refund")
-    response = await apost_json(mesh.gateway_address, path, {"payment_id": "pay_x"})
+    response = await post_json(mesh.gateway_address, path, {"payment_id": "pay_x"})
 
     assert response.status == 404, response
     assert response.json()["code"] == grpc.StatusCode.UNIMPLEMENTED.value[0]
@@ -520,7 +520,7 @@ async def test_rate_limit_answers_resource_exhausted_beyond_the_bucket(mesh: Run
     concurrency = min(16, breaker.max_requests // 2, breaker.max_pending_requests // 2)
     # Enough to drain the bucket even if it refilled several times meanwhile, never unbounded.
     budget = limit.max_tokens + 10 * limit.tokens_per_fill
-    before = await mesh.envoy_stats("gateway")
+    before = await mesh.admin("gateway").stats()
     request = users_pb2.GetUserRequest(user_id="usr_missing")
     grpc_outcomes: dict[grpc.StatusCode, int] = {}
     json_refusals: list[HttpResponse] = []
@@ -538,11 +538,11 @@ async def test_rate_limit_answers_resource_exhausted_beyond_the_bucket(mesh: Run
             ]
             codes, response = await asyncio.gather(
                 asyncio.gather(*calls),
-                apost_json(mesh.gateway_address, GET_USER, {"user_id": request.user_id}),
+                post_json(mesh.gateway_address, GET_USER, {"user_id": request.user_id}),
             )
             sent += concurrency + 1
-            for code in codes:
-                grpc_outcomes[code] = grpc_outcomes.get(code, 0) + 1
+            for outcome in codes:
+                grpc_outcomes[outcome.code] = grpc_outcomes.get(outcome.code, 0) + 1
             if response.status == 429:
                 json_refusals.append(response)
             else:
@@ -560,7 +560,7 @@ async def test_rate_limit_answers_resource_exhausted_beyond_the_bucket(mesh: Run
     refills = int(elapsed / fill_seconds) + 1
     # At most a full bucket plus what refilled meanwhile (earlier tests may have used some).
     assert 0 < admitted <= limit.max_tokens + refills * limit.tokens_per_fill
-    after = await mesh.envoy_stats("gateway")
+    after = await mesh.admin("gateway").stats()
     limited = "ingress.http_local_rate_limit.rate_limited"
     assert after[limited] - before.get(limited, 0) == (
         grpc_outcomes[grpc.StatusCode.RESOURCE_EXHAUSTED] + len(json_refusals)
@@ -569,7 +569,7 @@ async def test_rate_limit_answers_resource_exhausted_beyond_the_bucket(mesh: Run
     # The bucket refills by itself: later callers get through again.
     async def admitted_again() -> bool:
         async with aio.insecure_channel(mesh.gateway_address) as channel:
-            code = await call_raw(channel, GET_USER, request.SerializeToString())
+            code = (await call_raw(channel, GET_USER, request.SerializeToString())).code
             return code == grpc.StatusCode.NOT_FOUND
 
     await eventually(admitted_again, within=2 * fill_seconds + CALL_TIMEOUT, what="a refill")

@@ -1,4 +1,4 @@
-"""Graceful shutdown (issue 3, sidecar point 9) in the real mesh: SIGTERM to one of the two
+"""Graceful shutdown in the real mesh: SIGTERM to one of the two
 inventory apps under load loses no request.
 
 The load is two-fold: GetProduct calls as the orders app (through orders-0's egress socket,
@@ -28,19 +28,15 @@ from __future__ import annotations
 
 import signal
 
-from shopmesh.supervisor import RunningMesh
-from tests.mesh.conftest import MeshClients, eventually
-from tests.mesh.resilience_tools import (
-    channel,
-    checkout,
-    egress,
-    get_product,
-    host_flags,
-    running_load,
-    stats_of,
-    summary,
-    timed,
-)
+import pytest
+
+from shopmesh.local.mesh import RunningMesh
+from tests.support.calls import checkout, get_product, running_load, summary, timed
+from tests.support.clients import MeshClients, channel, egress
+from tests.support.observe import host_flags, stats_of
+from tests.support.polling import eventually
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 STOPPING = "inventory-1"
 PRODUCT_IN_FLIGHT = 8

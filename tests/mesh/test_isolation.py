@@ -1,43 +1,44 @@
-"""Isolation, loopback-only admin and JSON access logs (issue 3, sidecar points 3 and 10) in
-the real mesh.
+"""Isolation, private admin endpoints and JSON access logs in the real mesh.
 
 The sockets each process holds are read from /proc (/proc/<pid>/fd matched against
 /proc/<pid>/net/{tcp,tcp6,unix}): an app holds no TCP socket at all and listens only on its
-Unix socket; Envoys listen on TCP only on loopback. The egress listener routes by gRPC service
-name, and only to the services the pod's app calls.
+Unix socket; Envoys listen on TCP only on loopback, and only for what must be reachable (mTLS
+inbound, health, Prometheus metrics); their admin endpoints are Unix sockets in a private
+directory, and no TCP listener answers an admin path. The egress listener routes by gRPC
+service name, and only to the services the pod's app calls.
 
 Switch-off checks (by hand, not part of the suite; the `mesh` fixture overridden to start
-the mesh with the renderer patched): admin rendered on 0.0.0.0 fails the listener and admin
-tests; a catch-all egress route (prefix "/" to one upstream) fails the egress test (calls to
-unknown services leave the pod and meet the callee's RBAC instead of UNIMPLEMENTED). The
-/proc reader itself is proven by the Envoy test, which finds exactly the expected TCP
-listeners.
+the mesh with the renderer patched): admin rendered on a TCP address fails the listener and
+admin tests; a catch-all egress route (prefix "/" to one upstream) fails the egress test
+(calls to unknown services leave the pod and meet the callee's RBAC instead of
+UNIMPLEMENTED). The /proc reader itself is proven by the Envoy test, which finds exactly the
+expected TCP listeners.
 """
 
 from __future__ import annotations
 
+import stat
+from pathlib import Path
 from typing import Any
 
 import grpc
+import httpx
+import pytest
 import yaml
 
 from shop.orders.v1 import orders_pb2, orders_pb2_grpc
 from shop.users.v1 import users_pb2, users_pb2_grpc
-from shopmesh.render import KubernetesAddressing, render_all
-from shopmesh.supervisor import ManagedProcess, RunningMesh
-from tests.mesh.conftest import MeshClients, eventually
-from tests.mesh.resilience_tools import (
-    access_log,
-    call_path,
-    channel,
-    egress,
-    get_payment,
-    get_product,
-    get_user,
-    process_sockets,
-    stats_of,
-    timed,
-)
+from shopmesh.envoy.render import render_all
+from shopmesh.layout import KubernetesLayout
+from shopmesh.local.mesh import RunningMesh
+from shopmesh.local.process import ManagedProcess
+from tests.support.calls import call_raw, get_payment, get_product, get_user, timed
+from tests.support.clients import MeshClients, channel, egress
+from tests.support.observe import access_log, stats_of
+from tests.support.polling import CALL_TIMEOUT, eventually
+from tests.support.sockets import process_sockets
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 LOOPBACK = "127.0.0.1"
 USERS = "/shop.users.v1.UsersService"
@@ -48,6 +49,7 @@ def pid(process: ManagedProcess | None) -> int:
     """The pid of a running mesh process."""
     assert process is not None
     assert process.alive(), process.name
+    assert process.pid is not None
     return process.pid
 
 
@@ -69,30 +71,62 @@ async def test_envoys_listen_on_tcp_only_on_loopback(mesh: RunningMesh) -> None:
         assert listening == {
             (LOOPBACK, ports.inbound),
             (LOOPBACK, ports.health),
-            (LOOPBACK, ports.admin),
+            (LOOPBACK, ports.metrics),
         }
-        # Its egress listener, the app's only way out, is a Unix socket.
-        assert sockets.unix_listening == (str(pod.egress_socket),), pod.sidecar_name
+        # Its egress listener, the app's only way out, and its admin are Unix sockets.
+        assert set(sockets.unix_listening) == {str(pod.egress_socket), str(pod.admin.socket)}
     gateway = process_sockets(pid(mesh.gateway.process))
     gateway_ports = mesh.gateway.ports
     assert {(sock.address, sock.port) for sock in gateway.tcp_listening} == {
         (LOOPBACK, gateway_ports.listener),
         (LOOPBACK, gateway_ports.health),
-        (LOOPBACK, gateway_ports.admin),
+        (LOOPBACK, gateway_ports.metrics),
     }
-    assert gateway.unix_listening == ()
+    assert gateway.unix_listening == (str(mesh.gateway.admin.socket),)
 
 
-async def test_admin_interfaces_are_rendered_on_loopback_only(mesh: RunningMesh) -> None:
+async def test_admin_interfaces_are_unix_sockets_in_a_private_directory(
+    mesh: RunningMesh,
+) -> None:
     rendered = {
         path.name: yaml.safe_load(path.read_text())
-        for path in sorted(mesh.state.envoy.glob("*.yaml"))
+        for path in sorted(mesh.paths.envoy.glob("*.yaml"))
+        if path.name != "mesh.yaml"
     }
     assert len(rendered) == len(mesh.pods) + 1
-    kubernetes = render_all(mesh.topology, KubernetesAddressing.standard(mesh.topology))
-    for name, config in [*rendered.items(), *kubernetes.items()]:
-        admin = config["admin"]["address"]["socket_address"]
-        assert admin["address"] == LOOPBACK, name
+    for name, config in rendered.items():
+        admin = config["admin"]["address"]["pipe"]
+        assert Path(admin["path"]).parent == mesh.paths.admin, name
+        assert admin["mode"] == 0o600, name
+    assert stat.S_IMODE(mesh.paths.admin.stat().st_mode) == 0o700
+    kubernetes = render_all(mesh.topology, KubernetesLayout(mesh.topology))
+    for name, config in kubernetes.items():
+        assert "socket_address" not in config["admin"]["address"], name
+
+
+ADMIN_PATHS = ("/ready", "/stats", "/runtime", "/clusters", "/config_dump", "/")
+
+
+async def test_no_tcp_listener_answers_an_admin_path(mesh: RunningMesh) -> None:
+    """The metrics listener routes /stats/prometheus alone; health routes the health check
+    alone; neither lets a local process reach admin (runtime_modify, config_dump...)."""
+    ports = [pod.ports for pod in mesh.pods.values()]
+    urls = [f"http://{LOOPBACK}:{p.metrics}" for p in ports]
+    urls += [f"http://{LOOPBACK}:{p.health}" for p in ports]
+    urls += [f"http://{LOOPBACK}:{mesh.gateway.ports.metrics}"]
+    async with httpx.AsyncClient(timeout=CALL_TIMEOUT, trust_env=False) as client:
+        for url in urls:
+            for path in ADMIN_PATHS:
+                assert (await client.get(url + path)).status_code == 404, url + path
+            assert (await client.post(url + "/runtime_modify?x=1")).status_code == 404, url
+        for url in [p.removesuffix("/stats/prometheus") for p in _metrics_urls(mesh)]:
+            scraped = await client.get(url + "/stats/prometheus")
+            assert scraped.status_code == 200, url
+            assert "# TYPE envoy_" in scraped.text, url
+
+
+def _metrics_urls(mesh: RunningMesh) -> list[str]:
+    return [pod.metrics_url for pod in mesh.pods.values()] + [mesh.gateway.metrics_url]
 
 
 async def test_egress_routes_by_grpc_service_name(mesh: RunningMesh) -> None:
@@ -114,7 +148,7 @@ async def test_egress_routes_by_grpc_service_name(mesh: RunningMesh) -> None:
                 orders_pb2.GetOrderRequest(order_id="ord_missing"), timeout=10
             )
         )
-        unknown = await call_path(target, UNKNOWN_SERVICE)
+        unknown = await call_raw(target, UNKNOWN_SERVICE)
     async with channel(egress(mesh, "inventory-0")) as target:
         # inventory calls nothing: its egress routes nowhere.
         from_inventory = await timed(get_user(target, "u_missing"))

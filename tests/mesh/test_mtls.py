@@ -24,19 +24,20 @@ from grpc_health.v1 import health_pb2
 
 from services.common.config import ServiceConfig
 from services.common.server import App, start
+from shopmesh.layout import Pod
+from shopmesh.local.health import health_check
 from shopmesh.pki import CertificateAuthority, Credential, LocalPki
-from shopmesh.render import Pod
-from shopmesh.topology import Topology, load_topology
-from tests.mesh.conftest import (
+from shopmesh.topology import Topology
+from tests.support.envoy import (
     HOUR,
-    MESH_FILE,
     EnvoyProcess,
     StartEnvoy,
-    eventually,
     issue_identities,
-    local_addressing,
+    local_layout,
     write_sidecar,
 )
+from tests.support.paths import TOPOLOGY
+from tests.support.polling import eventually
 
 CHARGE = "/shop.payments.v1.PaymentsService/Charge"
 GET_PAYMENT = "/shop.payments.v1.PaymentsService/GetPayment"
@@ -58,13 +59,13 @@ class Sidecar:
 
 @pytest.fixture
 async def sidecar(socket_dir: Path, envoys: StartEnvoy) -> AsyncIterator[Sidecar]:
-    topology = load_topology(MESH_FILE)
-    pki, ca = issue_identities(topology, socket_dir / "certs")
+    topology = TOPOLOGY
     pod = Pod("payments", "payments-0")
-    addressing = local_addressing(topology, socket_dir)
-    config = write_sidecar(topology, addressing, pod, socket_dir)
+    layout = local_layout(topology, socket_dir)
+    pki, ca = issue_identities(topology, layout.state.certs)
+    config = write_sidecar(topology, layout, pod, socket_dir)
 
-    app_socket = addressing.socket_dir(pod) / "app.sock"
+    app_socket = layout.app_socket(pod)
     app = await start(
         ServiceConfig(
             "payments", f"unix:{app_socket}", socket_dir / "payments.db", grace_seconds=0
@@ -100,16 +101,6 @@ def mtls_channel(sidecar: Sidecar, credential: Credential | None) -> aio.Channel
     )
     return aio.secure_channel(
         sidecar.inbound, credentials, options=[("grpc.ssl_target_name_override", SERVER_NAME)]
-    )
-
-
-def health_check(
-    channel: aio.Channel,
-) -> aio.UnaryUnaryMultiCallable[health_pb2.HealthCheckRequest, health_pb2.HealthCheckResponse]:
-    return channel.unary_unary(
-        "/grpc.health.v1.Health/Check",
-        request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
-        response_deserializer=health_pb2.HealthCheckResponse.FromString,
     )
 
 
@@ -249,7 +240,7 @@ async def test_rotated_certificate_is_served_without_restart_under_traffic(
     async with channel:
         calls = asyncio.create_task(traffic())
         for _ in range(3):
-            issued = sidecar.pki.rotate(
+            issued = sidecar.pki.issue(
                 sidecar.ca, "payments", sidecar.topology.spiffe_id("payments"), HOUR, ["payments"]
             )
             serial = x509.load_pem_x509_certificate(issued.certificate.read_bytes()).serial_number

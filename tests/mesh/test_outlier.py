@@ -1,4 +1,4 @@
-"""Outlier detection and active gRPC health checks (issue 3, sidecar point 7) in the real mesh.
+"""Outlier detection and active gRPC health checks in the real mesh.
 
 inventory runs two replicas, each an app with its own sidecar. The test plays the orders app
 (calls through orders-0's egress socket), so the orders sidecar's view of the replicas
@@ -23,21 +23,15 @@ import signal
 from collections.abc import Callable
 from datetime import timedelta
 
-from shopmesh.supervisor import RunningMesh
-from tests.mesh.conftest import eventually
-from tests.mesh.resilience_tools import (
-    Outcome,
-    bounded,
-    channel,
-    egress,
-    get_product,
-    host_flags,
-    pod_fault,
-    running_load,
-    stats_of,
-    summary,
-    timed,
-)
+import pytest
+
+from shopmesh.local.mesh import RunningMesh
+from tests.support.calls import Outcome, bounded, get_product, running_load, summary, timed
+from tests.support.clients import channel, egress
+from tests.support.observe import host_flags, pod_fault, stats_of
+from tests.support.polling import eventually
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 CALLER = "orders-0"
 FAILING = "inventory-1"
@@ -79,8 +73,7 @@ async def wait_for_flags(
 
 async def requests_sent(mesh: RunningMesh, pod: str) -> int:
     """How many requests the caller's Envoy has sent to replica `pod` (its /clusters rq_total)."""
-    status, body = await mesh.admin(CALLER, "/clusters")
-    assert status == 200, body
+    body = await mesh.admin(CALLER).get("/clusters")
     prefix = f"svc_inventory::{mesh.pod(pod).inbound}::rq_total::"
     (total,) = [line[len(prefix) :] for line in body.splitlines() if line.startswith(prefix)]
     return int(total)

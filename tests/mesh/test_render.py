@@ -6,40 +6,50 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import re
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from shopmesh.pki import CertificateAuthority, LocalPki, mounted_identity
-from shopmesh.render import (
+from shopmesh.envoy.builders import Json
+from shopmesh.envoy.render import render_all, write_configs
+from shopmesh.envoy.sidecar import render_sidecar
+from shopmesh.k8s.certs import mounted_identity
+from shopmesh.layout import (
     GatewayPorts,
-    Json,
-    KubernetesAddressing,
-    LocalAddressing,
+    KubernetesLayout,
+    LayoutError,
+    LocalLayout,
     Pod,
-    RenderError,
+    PodPorts,
+    StateDir,
     local_pods,
-    render_all,
-    render_sidecar,
-    write_all,
 )
+from shopmesh.pki import CertificateAuthority, LocalPki
 from shopmesh.topology import GATEWAY, load_topology
-from tests.mesh.conftest import MESH_FILE, ROOT, contracts_descriptor_set, validate
+from tests.support.envoy import contracts_descriptor_set, validate
+from tests.support.paths import DESCRIPTOR_SET, MESH_FILE, TOPOLOGY
 
-TOPOLOGY = load_topology(MESH_FILE)
 LOCAL_FILES = [f"{pod.name}.yaml" for pod in local_pods(TOPOLOGY)] + ["gateway.yaml"]
 KUBERNETES_FILES = [f"{name}.yaml" for name in TOPOLOGY.services] + ["gateway.yaml"]
 FIRST_PORT = 21000
-GATEWAY_PORTS = GatewayPorts(listener=28080, admin=29901, health=28081)
+GATEWAY_PORTS = GatewayPorts(listener=28080, health=28081, metrics=28082)
 
 
 @dataclasses.dataclass(frozen=True)
 class Rendered:
     directory: Path
     configs: dict[str, Json]
-    addressing: Any
+    """File name (`orders-0.yaml`) -> config."""
+    layout: Any
+
+
+def render_into(layout: Any, directory: Path) -> Rendered:
+    configs = render_all(TOPOLOGY, layout)
+    write_configs(configs, lambda name: directory / f"{name}.yaml")
+    return Rendered(directory, {f"{name}.yaml": c for name, c in configs.items()}, layout)
 
 
 @pytest.fixture(scope="module")
@@ -48,17 +58,18 @@ def local(tmp_path_factory: pytest.TempPathFactory) -> Rendered:
     root = tmp_path_factory.mktemp("local")
     descriptor = root / "shop.pb"
     descriptor.write_bytes(contracts_descriptor_set(TOPOLOGY))
-    pki = LocalPki(root / "certs")
+    state = StateDir(root / "var")
+    pki = LocalPki(state.certs)
     ca = pki.ensure_ca(datetime.timedelta(days=1))
-    for identity in TOPOLOGY.identities:
-        pki.issue(ca, identity, TOPOLOGY.spiffe_id(identity), datetime.timedelta(hours=1))
-    addressing = LocalAddressing.sequential(
-        TOPOLOGY, root / "var", root / "certs", descriptor, GATEWAY_PORTS, FIRST_PORT
-    )
-    addressing.make_directories(TOPOLOGY)
-    configs = render_all(TOPOLOGY, addressing)
-    write_all(configs, root / "envoy")
-    return Rendered(root / "envoy", configs, addressing)
+    for identity, spiffe_id in TOPOLOGY.spiffe_ids.items():
+        pki.issue(ca, identity, spiffe_id, datetime.timedelta(hours=1))
+    ports = {
+        pod.name: PodPorts(*(FIRST_PORT + 3 * index + offset for offset in range(3)))
+        for index, pod in enumerate(local_pods(TOPOLOGY))
+    }
+    layout = LocalLayout(state, TOPOLOGY, "127.0.0.1", ports, GATEWAY_PORTS, descriptor)
+    state.make_directories(layout.pods())
+    return render_into(layout, root / "envoy")
 
 
 @pytest.fixture(scope="module")
@@ -66,17 +77,14 @@ def kubernetes(tmp_path_factory: pytest.TempPathFactory) -> Rendered:
     """Every Kubernetes config. The mounts (TLS Secret, descriptor) are stood in for by temp
     directories so validation can open the files; everything else is the standard layout."""
     root = tmp_path_factory.mktemp("kubernetes")
-    standard = KubernetesAddressing.standard(TOPOLOGY)
-    addressing = dataclasses.replace(standard, tls_dir=root / "tls", descriptor=root / "shop.pb")
-    addressing.descriptor.write_bytes(contracts_descriptor_set(TOPOLOGY))
+    layout = KubernetesLayout(TOPOLOGY, tls_dir=root / "tls", descriptor=root / "shop.pb")
+    layout.descriptor.write_bytes(contracts_descriptor_set(TOPOLOGY))
     ca = CertificateAuthority.create("test CA", datetime.timedelta(days=1))
     credential = ca.issue(TOPOLOGY.spiffe_id("orders"), datetime.timedelta(hours=1))
-    addressing.tls_dir.mkdir()
-    for name, content in mounted_identity(ca, credential, addressing.tls_dir).items():
-        (addressing.tls_dir / name).write_bytes(content)
-    configs = render_all(TOPOLOGY, addressing)
-    write_all(configs, root / "envoy")
-    return Rendered(root / "envoy", configs, addressing)
+    layout.tls_dir.mkdir()
+    for name, content in mounted_identity(ca, credential, layout.tls_dir).items():
+        (layout.tls_dir / name).write_bytes(content)
+    return render_into(layout, root / "envoy")
 
 
 def assert_valid(config: Path) -> None:
@@ -97,11 +105,9 @@ def test_kubernetes_config_passes_envoy_validation(kubernetes: Rendered, name: s
 def test_topology_matches_contracts_and_gateway_validates_with_them(
     tmp_path: Path, local: Rendered
 ) -> None:
-    # gen/ is written by `make generate`, which every test target runs first.
-    descriptor = ROOT / "gen" / "shop.pb"
-    load_topology(MESH_FILE, descriptor)
-    addressing = dataclasses.replace(local.addressing, descriptor=descriptor)
-    write_all({"gateway.yaml": render_all(TOPOLOGY, addressing)["gateway.yaml"]}, tmp_path)
+    load_topology(MESH_FILE, DESCRIPTOR_SET)
+    layout = dataclasses.replace(local.layout, descriptor=DESCRIPTOR_SET)
+    render_into(layout, tmp_path)
     assert_valid(tmp_path / "gateway.yaml")
 
 
@@ -144,6 +150,7 @@ def test_sidecar_names_follow_one_style(local: Rendered) -> None:
         "inbound",
         "egress",
         "health",
+        "metrics",
     ]
     assert [cluster["name"] for cluster in orders["clusters"]] == [
         "local_app",
@@ -151,6 +158,7 @@ def test_sidecar_names_follow_one_style(local: Rendered) -> None:
         "svc_inventory",
         "svc_payments",
         "svc_notifications",
+        "admin",
     ]
     for listener in orders["listeners"]:
         assert http_manager(listener)["stat_prefix"] == listener["name"]
@@ -160,7 +168,7 @@ def test_local_sidecar_uses_unix_sockets_for_the_app_and_loopback_for_tcp(
     local: Rendered,
 ) -> None:
     config = local.configs["orders-0.yaml"]
-    run_dir = local.addressing.var_dir / "run" / "orders-0"
+    run_dir = local.layout.state.pod_dir("orders-0")
     resources = config["static_resources"]
     egress = by_name(resources["listeners"], "egress")
     assert egress["address"] == {"pipe": {"path": str(run_dir / "egress.sock")}}
@@ -199,16 +207,36 @@ def test_kubernetes_sidecar_uses_headless_service_dns_and_standard_ports(
     assert address_of(endpoint["address"]) == ("inventory.shop.svc.cluster.local", 15443)
     assert address_of(by_name(resources["listeners"], "inbound")["address"]) == ("0.0.0.0", 15443)
     assert address_of(by_name(resources["listeners"], "health")["address"]) == ("0.0.0.0", 15021)
-    assert address_of(config["admin"]["address"]) == ("127.0.0.1", 15000)
+    assert address_of(by_name(resources["listeners"], "metrics")["address"]) == ("0.0.0.0", 15090)
+    assert config["admin"]["address"] == {
+        "pipe": {"path": "/var/run/envoy-admin/admin.sock", "mode": 0o600}
+    }
     assert by_name(resources["listeners"], "egress")["address"] == {
         "pipe": {"path": "/var/run/shopmesh/egress.sock"}
     }
 
 
-def test_admin_listens_on_loopback_only(local: Rendered, kubernetes: Rendered) -> None:
-    for rendered in (local, kubernetes):
-        for config in rendered.configs.values():
-            assert address_of(config["admin"]["address"])[0] == "127.0.0.1"
+def test_admin_listens_only_on_a_private_unix_socket(local: Rendered) -> None:
+    admin_dir = local.layout.state.admin
+    for name, config in local.configs.items():
+        envoy = name.removesuffix(".yaml")
+        assert config["admin"]["address"] == {
+            "pipe": {"path": str(admin_dir / f"{envoy}.sock"), "mode": 0o600}
+        }
+    assert stat.S_IMODE(admin_dir.stat().st_mode) == 0o700
+
+
+def test_metrics_listener_routes_only_prometheus_stats_to_admin(local: Rendered) -> None:
+    for config in local.configs.values():
+        resources = config["static_resources"]
+        metrics = http_manager(by_name(resources["listeners"], "metrics"))
+        (host,) = metrics["route_config"]["virtual_hosts"]
+        assert [route["match"] for route in host["routes"]] == [{"path": "/stats/prometheus"}]
+        assert host["routes"][0]["route"]["cluster"] == "admin"
+        admin = by_name(resources["clusters"], "admin")["load_assignment"]["endpoints"][0]
+        assert admin["lb_endpoints"][0]["endpoint"]["address"] == {
+            "pipe": {"path": config["admin"]["address"]["pipe"]["path"]}
+        }
 
 
 def rbac_policies(config: Json) -> Json:
@@ -314,9 +342,9 @@ def test_streaming_method_override_disables_the_route_timeout(local: Rendered) -
 
 
 def test_rendering_a_pod_without_ports_is_an_error(local: Rendered) -> None:
-    addressing = dataclasses.replace(local.addressing, ports={})
-    with pytest.raises(RenderError, match=re.escape("no ports for pod 'users-0'")):
-        render_sidecar(TOPOLOGY, addressing, Pod("users", "users-0"))
+    layout = dataclasses.replace(local.layout, ports={})
+    with pytest.raises(LayoutError, match=re.escape("no ports for pod 'users-0'")):
+        render_sidecar(TOPOLOGY, layout, Pod("users", "users-0"))
 
 
 def test_render_all_covers_every_pod_and_the_gateway(local: Rendered, kubernetes: Rendered) -> None:

@@ -1,4 +1,4 @@
-"""Retries (issue 3, sidecar point 4) in the real mesh: the caller's sidecar retries an
+"""Retries in the real mesh: the caller's sidecar retries an
 UNAVAILABLE upstream, whether Envoy's fault filter or the grpcio app itself produced it, and
 because every mutating RPC is idempotent the retried checkouts charge each order once.
 
@@ -19,19 +19,19 @@ from __future__ import annotations
 from typing import Any
 
 import grpc
+import pytest
 
 from services.common.clock import utc_now
-from shopmesh.supervisor import RunningMesh
-from tests.mesh.conftest import MeshClients, eventually
-from tests.mesh.resilience_tools import (
-    Outcome,
-    access_log,
-    bounded,
-    charges_per_order,
-    checkout,
-    stats_of,
-    summary,
-)
+from shopmesh.envoy.faults import Fault
+from shopmesh.local import faults
+from shopmesh.local.mesh import RunningMesh
+from tests.support.calls import Outcome, bounded, checkout, summary
+from tests.support.clients import MeshClients
+from tests.support.databases import charges_per_order
+from tests.support.observe import access_log, stats_of
+from tests.support.polling import eventually
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 CHECKOUTS = 300
 IN_FLIGHT = 12
@@ -46,7 +46,9 @@ async def test_checkouts_survive_30_percent_unavailable_at_payments(
     orders_sidecar = await stats_of(mesh, "orders-0")
     payments_sidecar = await stats_of(mesh, "payments-0")
 
-    await mesh.fault("payments", abort_percent=ABORT_PERCENT, grpc_status="UNAVAILABLE")
+    await faults.inject(
+        mesh, "payments", Fault.of(abort_percent=ABORT_PERCENT, grpc_status="UNAVAILABLE")
+    )
     try:
 
         async def one(index: int) -> Outcome:
@@ -54,7 +56,7 @@ async def test_checkouts_survive_30_percent_unavailable_at_payments(
 
         outcomes = await bounded(CHECKOUTS, IN_FLIGHT, one)
     finally:
-        await mesh.clear_faults("payments")
+        await faults.clear(mesh, "payments")
 
     confirmed = [outcome for outcome in outcomes if outcome.ok]
     assert len(confirmed) >= CHECKOUTS * 0.99, summary(outcomes)
@@ -92,11 +94,11 @@ async def test_unavailable_from_a_grpcio_app_is_retried_by_envoy(
     key = "grpcio-unavailable-retried"
     started = utc_now()
 
-    await mesh.fault("payments", abort_percent=100, grpc_status="UNAVAILABLE")
+    await faults.inject(mesh, "payments", Fault.of(abort_percent=100, grpc_status="UNAVAILABLE"))
     try:
         pending = await checkout(mesh_clients, user, key=key)
     finally:
-        await mesh.clear_faults("payments")
+        await faults.clear(mesh, "payments")
 
     assert (pending.code, pending.detail) == (grpc.StatusCode.UNAVAILABLE, "ORDER_PENDING")
     retried = await gateway.delta(

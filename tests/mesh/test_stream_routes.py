@@ -19,18 +19,14 @@ import yaml
 from grpc import aio
 
 from shop.notifications.v1 import notifications_pb2, notifications_pb2_grpc
-from shopmesh.render import HTTP2_KEEPALIVE, STREAM_IDLE_TIMEOUT, Json, render_all
-from shopmesh.supervisor import RunningMesh
-from shopmesh.topology import load_topology
-from tests.mesh.conftest import (
-    MESH_FILE,
-    MeshClients,
-    local_addressing,
-    start_envoy,
-    stop_envoy,
-)
+from shopmesh.envoy.builders import HTTP2_KEEPALIVE, Json
+from shopmesh.envoy.render import render_all
+from shopmesh.envoy.upstream import STREAM_IDLE_TIMEOUT
+from shopmesh.local.mesh import RunningMesh
+from tests.support.clients import MeshClients
+from tests.support.envoy import local_layout, start_envoy, stop_envoy
+from tests.support.paths import TOPOLOGY
 
-TOPOLOGY = load_topology(MESH_FILE)
 WATCH = "/shop.notifications.v1.NotificationsService/WatchNotifications"
 PLACE_ORDER = "/shop.orders.v1.OrdersService/PlaceOrder"
 IDLE_TIMEOUT = 0.3
@@ -55,7 +51,9 @@ def manager_of(config: Json, listener: str) -> Json:
 
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Json]:
-    return render_all(TOPOLOGY, local_addressing(TOPOLOGY, tmp_path_factory.mktemp("streams")))
+    """File name (`gateway.yaml`) -> config."""
+    layout = local_layout(TOPOLOGY, tmp_path_factory.mktemp("streams"))
+    return {f"{name}.yaml": config for name, config in render_all(TOPOLOGY, layout).items()}
 
 
 def test_watch_routes_have_no_idle_timeout(rendered: dict[str, Json]) -> None:
@@ -101,6 +99,10 @@ def test_hops_between_envoys_and_from_clients_send_keepalives(rendered: dict[str
     }
     for name, config in rendered.items():
         for cluster in config["static_resources"]["clusters"]:
+            if cluster["name"] == "admin":
+                # Its own admin endpoint over a Unix socket: plain HTTP/1.1, no keepalive.
+                assert "typed_extension_protocol_options" not in cluster
+                continue
             options = cluster["typed_extension_protocol_options"]
             (protocol,) = options.values()
             http2 = protocol["explicit_http_config"]["http2_protocol_options"]
@@ -115,7 +117,14 @@ def compressed_gateway(mesh: RunningMesh, directory: Path, override_idle: bool) 
     `override_idle` is False, the watch routes' override removed)."""
     config: dict[str, Any] = yaml.safe_load(mesh.gateway.config.read_text())
     config = copy.deepcopy(config)
-    config["admin"]["address"]["socket_address"]["port_value"] = 0
+    name = "gateway-idle" if override_idle else "gateway-no-override"
+    admin = {"path": str(directory / f"{name}.admin.sock")}
+    config["admin"]["address"]["pipe"] = {**admin, "mode": 0o600}
+    for cluster in config["static_resources"]["clusters"]:
+        if cluster["name"] == "admin":
+            cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"] = {
+                "address": {"pipe": admin}
+            }
     for listener in config["static_resources"]["listeners"]:
         listener["address"]["socket_address"]["port_value"] = 0
         for chain in listener["filter_chains"]:
@@ -125,7 +134,7 @@ def compressed_gateway(mesh: RunningMesh, directory: Path, override_idle: bool) 
     if not override_idle:
         for route in routes_of(config, "ingress"):
             route.get("route", {}).pop("idle_timeout", None)
-    path = directory / ("gateway-idle.yaml" if override_idle else "gateway-no-override.yaml")
+    path = directory / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
 
@@ -162,12 +171,14 @@ async def quiet_watch_then_order(
         await stop_envoy(envoy)
 
 
+@pytest.mark.asyncio(loop_scope="module")
 async def test_a_quiet_watch_outlives_the_stream_idle_timeout(
     mesh: RunningMesh, mesh_clients: MeshClients, socket_dir: Path
 ) -> None:
     assert await quiet_watch_then_order(mesh, mesh_clients, socket_dir, True) == "delivered"
 
 
+@pytest.mark.asyncio(loop_scope="module")
 async def test_without_the_override_a_quiet_watch_is_cut(
     mesh: RunningMesh, mesh_clients: MeshClients, socket_dir: Path
 ) -> None:

@@ -1,4 +1,4 @@
-"""Timeouts and deadlines (issue 3, sidecar point 5) in the real mesh, through the gateway.
+"""Timeouts and deadlines in the real mesh, through the gateway.
 
 Each upstream has a route timeout (the whole call, retries included) and a per-try timeout
 (one attempt) from envoy/mesh.yaml. A client's grpc-timeout is honoured when shorter and capped
@@ -22,18 +22,17 @@ from __future__ import annotations
 import asyncio
 
 import grpc
+import pytest
 
-from shopmesh.supervisor import RunningMesh
-from tests.mesh.conftest import MeshClients
-from tests.mesh.resilience_tools import (
-    channel,
-    checkout,
-    get_payment,
-    get_user,
-    post_json,
-    stats_of,
-    timed,
-)
+from shopmesh.envoy.faults import Fault
+from shopmesh.local import faults
+from shopmesh.local.mesh import RunningMesh
+from tests.support.calls import checkout, get_payment, get_user, timed
+from tests.support.clients import MeshClients, channel
+from tests.support.http import post_json
+from tests.support.observe import stats_of
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 MARGIN = 1.0
 """Seconds a call may end after its budget (scheduling on a loaded 2-core machine)."""
@@ -50,12 +49,12 @@ async def test_upstream_slower_than_its_per_try_timeout_ends_deadline_exceeded_i
     attempts = policy.retry.num_retries + 1
     per_try = policy.per_try_timeout.total_seconds()
     gateway = await stats_of(mesh, "gateway")
-    await mesh.fault("users", delay_ms=1500)
+    await faults.inject(mesh, "users", Fault.of(delay_ms=1500))
     try:
         async with channel(mesh.gateway_address) as target:
             outcome = await timed(get_user(target, "u_missing", timeout=NO_DEADLINE))
     finally:
-        await mesh.clear_faults("users")
+        await faults.clear(mesh, "users")
 
     assert (outcome.code, outcome.detail) == (
         grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -74,7 +73,7 @@ async def test_route_timeout_bounds_calls_without_or_with_a_longer_deadline(
     8 s route timeout ends the call for a client without a deadline and caps a client's 30 s
     grpc-timeout alike."""
     budget = mesh.topology.policies["payments"].route.route_timeout.total_seconds()
-    await mesh.fault("payments", delay_ms=2500)
+    await faults.inject(mesh, "payments", Fault.of(delay_ms=2500))
     try:
         async with channel(mesh.gateway_address) as target:
             unbounded, longer = await asyncio.gather(
@@ -82,7 +81,7 @@ async def test_route_timeout_bounds_calls_without_or_with_a_longer_deadline(
                 timed(get_payment(target, "pay_missing", timeout=30)),
             )
     finally:
-        await mesh.clear_faults("payments")
+        await faults.clear(mesh, "payments")
 
     for outcome in (unbounded, longer):
         assert outcome.code is grpc.StatusCode.DEADLINE_EXCEEDED, outcome
@@ -94,7 +93,7 @@ async def test_route_timeout_bounds_calls_without_or_with_a_longer_deadline(
 async def test_shorter_client_grpc_timeout_is_honoured_by_envoy(mesh: RunningMesh) -> None:
     """A JSON client sends `grpc-timeout: 300m` and keeps no deadline of its own: Envoy itself
     ends the call at 300 ms with DEADLINE_EXCEEDED instead of waiting out the slow users."""
-    await mesh.fault("users", delay_ms=1500)
+    await faults.inject(mesh, "users", Fault.of(delay_ms=1500))
     try:
         reply = await post_json(
             mesh.gateway_address,
@@ -103,9 +102,9 @@ async def test_shorter_client_grpc_timeout_is_honoured_by_envoy(mesh: RunningMes
             {"grpc-timeout": "300m"},
         )
     finally:
-        await mesh.clear_faults("users")
+        await faults.clear(mesh, "users")
 
-    assert (reply.status, reply.body) == (
+    assert (reply.status, reply.json()) == (
         504,
         {
             "code": grpc.StatusCode.DEADLINE_EXCEEDED.value[0],
@@ -123,11 +122,11 @@ async def test_slow_payment_within_its_budget_still_confirms_the_checkout(
     it. The gateway's budget for PlaceOrder has to contain the saga's own calls; cutting
     each PlaceOrder attempt at the default 1 s made every such checkout fail."""
     user = (await mesh_clients.create_user()).user_id
-    await mesh.fault("payments", delay_ms=1200)
+    await faults.inject(mesh, "payments", Fault.of(delay_ms=1200))
     try:
         outcome = await checkout(mesh_clients, user)
     finally:
-        await mesh.clear_faults("payments")
+        await faults.clear(mesh, "payments")
 
     assert outcome.ok, outcome
     assert outcome.elapsed >= 1.2

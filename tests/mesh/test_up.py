@@ -14,23 +14,30 @@ from shop.inventory.v1 import inventory_pb2
 from shop.notifications.v1 import notifications_pb2
 from shop.orders.v1 import orders_pb2
 from shop.payments.v1 import payments_pb2
-from shopmesh.render import FAULT_RUNTIME
-from shopmesh.supervisor import MeshError, RunningMesh
-from shopmesh.topology import GATEWAY, load_topology
-from tests.mesh.conftest import MESH_FILE, MeshClients, eventually, running_mesh
+from shopmesh.envoy.faults import ABORT_GRPC_STATUS, ABORT_PERCENT, Fault, FaultError
+from shopmesh.local import certs, faults
+from shopmesh.local.errors import MeshError
+from shopmesh.local.mesh import LOGS, RunningMesh
+from shopmesh.local.status import mesh_status
+from shopmesh.topology import GATEWAY
+from tests.support.clients import MeshClients
+from tests.support.mesh import running_mesh
+from tests.support.observe import upstream_health
+from tests.support.paths import TOPOLOGY
+from tests.support.polling import eventually
 
-TOPOLOGY = load_topology(MESH_FILE)
+pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 
 async def test_every_process_is_up_and_healthy(mesh: RunningMesh) -> None:
-    rows = await mesh.status()
+    rows = await mesh_status(mesh)
 
     expected = {f"{pod}.{kind}" for pod in mesh.pods for kind in ("app", "sidecar")}
-    assert {row.name for row in rows} == expected | {GATEWAY}
+    assert {row.name for row in rows} == expected | {GATEWAY, LOGS}
     unhealthy = [row for row in rows if not (row.alive and row.healthy)]
     assert unhealthy == []
     assert {row.health for row in rows if row.kind == "app"} == {"SERVING"}
-    assert {row.health for row in rows if row.kind != "app"} == {"LIVE"}
+    assert {row.health for row in rows if row.kind in ("sidecar", GATEWAY)} == {"LIVE"}
 
 
 async def test_one_pod_per_replica_of_the_topology(mesh: RunningMesh) -> None:
@@ -45,7 +52,7 @@ async def test_one_pod_per_replica_of_the_topology(mesh: RunningMesh) -> None:
 
 async def test_gateway_sees_every_replica_healthy(mesh: RunningMesh) -> None:
     for service in TOPOLOGY.gateway.exposes:
-        hosts = await mesh.upstream_health(GATEWAY, service)
+        hosts = await upstream_health(mesh, GATEWAY, service)
         assert sorted(hosts) == sorted(pod.inbound for pod in mesh.replicas(service))
         assert set(hosts.values()) == {"healthy"}
 
@@ -66,33 +73,35 @@ async def test_a_call_crosses_the_gateway_and_both_sidecars(
 ) -> None:
     orders = mesh.replicas("orders")[0]
     payments = mesh.replicas("payments")[0]
-    before = await mesh.envoy_stats(payments.name)
+    before = await mesh.admin(payments.name).stats()
 
     await mesh_clients.checkout()
 
-    after = await mesh.envoy_stats(payments.name)
+    after = await mesh.admin(payments.name).stats()
     assert after["http.inbound.rbac.allowed"] > before["http.inbound.rbac.allowed"]
-    caller = await mesh.envoy_stats(orders.name)
+    caller = await mesh.admin(orders.name).stats()
     assert caller["cluster.svc_payments.upstream_rq_completed"] >= 1
-    gateway = await mesh.envoy_stats(GATEWAY)
+    gateway = await mesh.admin(GATEWAY).stats()
     assert gateway["cluster.svc_orders.upstream_rq_completed"] >= 1
 
 
 async def test_fault_is_set_on_every_replica_and_cleared(mesh: RunningMesh) -> None:
     try:
-        await mesh.fault("inventory", abort_percent=30, grpc_status="UNAVAILABLE")
-        active = await mesh.active_faults("inventory")
+        await faults.inject(
+            mesh, "inventory", Fault.of(abort_percent=30, grpc_status="UNAVAILABLE")
+        )
+        active = await faults.active(mesh, "inventory")
 
         assert set(active) == {pod.name for pod in mesh.replicas("inventory")}
         for keys in active.values():
             assert keys == {
-                FAULT_RUNTIME.abort_percent: "30",
-                FAULT_RUNTIME.abort_grpc_status: str(grpc.StatusCode.UNAVAILABLE.value[0]),
+                ABORT_PERCENT: "30",
+                ABORT_GRPC_STATUS: str(grpc.StatusCode.UNAVAILABLE.value[0]),
             }
     finally:
-        await mesh.clear_faults("inventory")
+        await faults.clear(mesh, "inventory")
 
-    assert all(keys == {} for keys in (await mesh.active_faults("inventory")).values())
+    assert all(keys == {} for keys in (await faults.active(mesh, "inventory")).values())
 
 
 async def test_injected_abort_fails_calls_until_cleared(
@@ -102,12 +111,14 @@ async def test_injected_abort_fails_calls_until_cleared(
     # cleared the very next call succeeds.
     request = payments_pb2.GetPaymentRequest(payment_id="pay_missing")
     try:
-        await mesh.fault("payments", abort_percent=100, grpc_status="RESOURCE_EXHAUSTED")
+        await faults.inject(
+            mesh, "payments", Fault.of(abort_percent=100, grpc_status="RESOURCE_EXHAUSTED")
+        )
         with pytest.raises(aio.AioRpcError) as failure:
             await mesh_clients.payments.GetPayment(request, timeout=10)
         assert failure.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     finally:
-        await mesh.clear_faults("payments")
+        await faults.clear(mesh, "payments")
 
     with pytest.raises(aio.AioRpcError) as answered:
         await mesh_clients.payments.GetPayment(request, timeout=10)
@@ -115,10 +126,10 @@ async def test_injected_abort_fails_calls_until_cleared(
 
 
 async def test_fault_refuses_an_incomplete_setting(mesh: RunningMesh) -> None:
-    with pytest.raises(MeshError, match="abort_percent"):
-        await mesh.fault("payments")
+    with pytest.raises(FaultError, match="abort_percent"):
+        Fault.of()
     with pytest.raises(MeshError, match="no service 'shipping'"):
-        await mesh.fault("shipping", abort_percent=1)
+        await faults.inject(mesh, "shipping", Fault.of(abort_percent=1))
 
 
 async def test_an_app_stops_gracefully_and_starts_again(
@@ -139,7 +150,7 @@ async def test_an_app_stops_gracefully_and_starts_again(
     assert await mesh.app_health(pod.name) == "SERVING"
 
     async def back_in_rotation() -> bool:
-        hosts = await mesh.upstream_health(GATEWAY, "inventory")
+        hosts = await upstream_health(mesh, GATEWAY, "inventory")
         return hosts[pod.inbound] == "healthy"
 
     await eventually(back_in_rotation, within=15, what=f"the gateway to see {pod.name} healthy")
@@ -157,7 +168,7 @@ async def test_signal_reaches_only_the_app(mesh: RunningMesh) -> None:
         await mesh.start_app(pod.name)
 
     async def back_in_rotation() -> bool:
-        hosts = await mesh.upstream_health(GATEWAY, "users")
+        hosts = await upstream_health(mesh, GATEWAY, "users")
         return set(hosts.values()) == {"healthy"}
 
     await eventually(back_in_rotation, within=15, what="the gateway to see users healthy")
@@ -169,12 +180,12 @@ async def test_rotated_certificates_are_served_without_restart(
 ) -> None:
     pids = [process.pid for process in mesh.processes()]
 
-    serials = await mesh.rotate_certificates()
+    serials = await certs.rotate(mesh)
 
     assert set(serials) == set(TOPOLOGY.identities)
     for pod in mesh.pods.values():
-        assert serials[pod.service] in await mesh.served_serials(pod.name)
-    assert serials[GATEWAY] in await mesh.served_serials(GATEWAY)
+        assert serials[pod.service] in await mesh.admin(pod.name).served_serials()
+    assert serials[GATEWAY] in await mesh.admin(GATEWAY).served_serials()
     assert [process.pid for process in mesh.processes()] == pids
     _, order = await mesh_clients.checkout()
     assert order.status == orders_pb2.ORDER_STATUS_CONFIRMED

@@ -1,31 +1,20 @@
-"""Inventory domain rules and the SQLite store (temporary files, no network)."""
+"""Inventory domain rules, validation and the seed catalog: pure functions, no database."""
 
 from __future__ import annotations
 
-import sqlite3
-import threading
-from collections import Counter
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
-
 import pytest
 
-from services.common.config import ServiceConfig
 from services.common.errors import (
     AlreadyExists,
-    DomainError,
     FailedPrecondition,
     FieldViolation,
     InvalidArgument,
     NotFound,
     PreconditionViolation,
 )
-from services.common.money import Money
-from services.common.paging import encode_token
+from services.common.paging import Cursors
 from services.inventory import domain
-from services.inventory.app import open_store, seed_catalog
+from services.inventory.catalog import parse_catalog, seed_catalog
 from services.inventory.domain import (
     Product,
     Reservation,
@@ -33,57 +22,11 @@ from services.inventory.domain import (
     ReservationStatus,
     StockChange,
 )
-from services.inventory.store import InventoryStore
-
-T0 = datetime(2030, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
-
-
-class FakeClock:
-    """A clock that moves one second forward each time it is read."""
-
-    def __init__(self) -> None:
-        self.now = T0 - timedelta(seconds=1)
-
-    def __call__(self) -> datetime:
-        self.now += timedelta(seconds=1)
-        return self.now
-
-
-def usd(minor_units: int) -> Money:
-    return Money("USD", minor_units)
-
-
-CATALOG = [
-    Product("MUG-01", "Mug", "A mug", usd(1299), on_hand=10),
-    Product("POSTER-LTD", "Poster", "", usd(4999), on_hand=1),
-    Product("STICKER-01", "Sticker", "Vinyl", usd(299), on_hand=1000),
-    Product("TSHIRT-01", "T-shirt", "Cotton", usd(2499), on_hand=5),
-]
-
-
-def item(sku: str, quantity: int) -> ReservationItem:
-    return ReservationItem(sku, quantity)
+from tests.support.samples import CATALOG, T0, item, usd
 
 
 def reservation(status: ReservationStatus, *items: ReservationItem) -> Reservation:
     return Reservation("ord_1", tuple(items), status, T0, T0)
-
-
-@pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "inventory.db"
-
-
-@pytest.fixture
-def store(db_path: Path) -> Iterator[InventoryStore]:
-    opened = InventoryStore.open(db_path, FakeClock())
-    opened.seed(CATALOG)
-    yield opened
-    opened.close()
-
-
-def available(store: InventoryStore, sku: str) -> int:
-    return store.get_product(sku).available
 
 
 # --- validation ----------------------------------------------------------------------------------
@@ -140,8 +83,18 @@ def test_page_request_lists_bad_size_and_bad_token() -> None:
     assert [v.field for v in raised.value.violations] == ["page_size", "page_token"]
 
 
-def test_page_request_decodes_offset_and_defaults_size() -> None:
-    assert domain.page_request(0, encode_token(7)) == (7, 50)
+def test_page_request_decodes_the_sku_cursor_and_defaults_size() -> None:
+    assert domain.page_request(0, domain.CURSORS.token(("MUG-01",))) == ("MUG-01", 50)
+
+
+def test_first_page_request_starts_before_every_sku() -> None:
+    assert domain.page_request(7, "") == (None, 7)
+
+
+def test_page_request_refuses_a_token_of_another_list_rpc() -> None:
+    with pytest.raises(InvalidArgument) as raised:
+        domain.page_request(0, Cursors("ListOrders", (str,)).token(("MUG-01",)))
+    assert [v.field for v in raised.value.violations] == ["page_token"]
 
 
 # --- rules ---------------------------------------------------------------------------------------
@@ -253,9 +206,7 @@ def entry(**overrides: object) -> dict[str, object]:
 
 
 def test_catalog_entry_without_description_gets_an_empty_one() -> None:
-    assert domain.parse_catalog({"products": [entry()]}) == [
-        Product("A", "a", "", usd(100), on_hand=1)
-    ]
+    assert parse_catalog({"products": [entry()]}) == [Product("A", "a", "", usd(100), on_hand=1)]
 
 
 @pytest.mark.parametrize(
@@ -270,197 +221,4 @@ def test_catalog_entry_without_description_gets_an_empty_one() -> None:
 )
 def test_malformed_catalog_is_refused(document: object, message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        domain.parse_catalog(document)
-
-
-def config_for(db_path: Path) -> ServiceConfig:
-    return ServiceConfig(service="inventory", listen="unix:/unused.sock", db_path=db_path)
-
-
-def test_seed_catalog_is_loaded_on_first_start_only(db_path: Path) -> None:
-    first = open_store(config_for(db_path))
-    first.reserve("ord_1", [item("MUG-01", 4)])
-    first.close()
-
-    restarted = open_store(config_for(db_path))
-    products, more = restarted.list_products(0, 100)
-    restarted.close()
-    assert sorted(p.sku for p in products) == sorted(p.sku for p in seed_catalog())
-    assert not more
-    # The restart did not reload the catalog over the stock that is now held.
-    assert next(p for p in products if p.sku == "MUG-01").available == 96
-
-
-def test_seed_into_a_non_empty_store_does_nothing(store: InventoryStore) -> None:
-    assert not store.seed([Product("NEW-01", "New", "", usd(1), on_hand=1)])
-    with pytest.raises(NotFound):
-        store.get_product("NEW-01")
-
-
-# --- store ---------------------------------------------------------------------------------------
-
-
-def test_products_are_listed_by_sku_one_page_at_a_time(store: InventoryStore) -> None:
-    first, more_after_first = store.list_products(0, 3)
-    last, more_after_last = store.list_products(3, 3)
-    assert [p.sku for p in first] == ["MUG-01", "POSTER-LTD", "STICKER-01"]
-    assert more_after_first
-    assert [p.sku for p in last] == ["TSHIRT-01"]
-    assert not more_after_last
-
-
-def test_unknown_product_is_not_found(store: InventoryStore) -> None:
-    with pytest.raises(NotFound) as raised:
-        store.get_product("NOPE")
-    assert (raised.value.reason, raised.value.metadata) == ("PRODUCT_NOT_FOUND", {"skus": "NOPE"})
-
-
-def test_reserve_holds_stock_without_selling_it(store: InventoryStore) -> None:
-    held = store.reserve("ord_1", [item("TSHIRT-01", 2), item("MUG-01", 3)])
-    assert held == Reservation(
-        "ord_1", (item("TSHIRT-01", 2), item("MUG-01", 3)), ReservationStatus.HELD, T0, T0
-    )
-    mug = store.get_product("MUG-01")
-    assert (mug.on_hand, mug.held, mug.available) == (10, 3, 7)
-
-
-def test_repeated_reserve_holds_once_and_returns_the_same_reservation(
-    store: InventoryStore,
-) -> None:
-    first = store.reserve("ord_1", [item("MUG-01", 3)])
-    again = store.reserve("ord_1", [item("MUG-01", 3)])
-    assert again == first
-    assert available(store, "MUG-01") == 7
-
-
-def test_reserve_with_reused_order_id_and_other_items_changes_nothing(
-    store: InventoryStore,
-) -> None:
-    store.reserve("ord_1", [item("MUG-01", 3)])
-    with pytest.raises(AlreadyExists):
-        store.reserve("ord_1", [item("MUG-01", 4)])
-    assert available(store, "MUG-01") == 7
-
-
-def test_reserve_is_all_or_nothing(store: InventoryStore) -> None:
-    with pytest.raises(FailedPrecondition):
-        store.reserve("ord_1", [item("MUG-01", 3), item("POSTER-LTD", 2)])
-    assert available(store, "MUG-01") == 10
-    with pytest.raises(NotFound):
-        store.get_reservation("ord_1")
-
-
-def test_reserve_of_unknown_product_holds_nothing(store: InventoryStore) -> None:
-    with pytest.raises(NotFound) as raised:
-        store.reserve("ord_1", [item("MUG-01", 3), item("NOPE", 1)])
-    assert raised.value.reason == "PRODUCT_NOT_FOUND"
-    assert available(store, "MUG-01") == 10
-
-
-def test_failed_reserve_can_be_retried_once_stock_allows(store: InventoryStore) -> None:
-    store.reserve("ord_1", [item("POSTER-LTD", 1)])
-    with pytest.raises(FailedPrecondition):
-        store.reserve("ord_2", [item("POSTER-LTD", 1)])
-    store.release("ord_1")
-    assert store.reserve("ord_2", [item("POSTER-LTD", 1)]).status is ReservationStatus.HELD
-
-
-def test_commit_sells_the_held_units(store: InventoryStore) -> None:
-    store.reserve("ord_1", [item("MUG-01", 3)])
-    committed = store.commit("ord_1")
-    assert committed.status is ReservationStatus.COMMITTED
-    assert committed.update_time == T0 + timedelta(seconds=1)
-    mug = store.get_product("MUG-01")
-    assert (mug.on_hand, mug.held, mug.available) == (7, 0, 7)
-
-
-def test_repeated_commit_returns_the_same_reservation(store: InventoryStore) -> None:
-    store.reserve("ord_1", [item("MUG-01", 3)])
-    first = store.commit("ord_1")
-    assert store.commit("ord_1") == first
-    assert store.get_product("MUG-01").on_hand == 7
-
-
-def test_release_of_held_returns_the_stock_once(store: InventoryStore) -> None:
-    store.reserve("ord_1", [item("MUG-01", 3)])
-    released = store.release("ord_1")
-    assert store.release("ord_1") == released
-    assert released.status is ReservationStatus.RELEASED
-    assert available(store, "MUG-01") == 10
-
-
-def test_release_of_committed_puts_the_stock_back(store: InventoryStore) -> None:
-    store.reserve("ord_1", [item("MUG-01", 3)])
-    store.commit("ord_1")
-    store.release("ord_1")
-    mug = store.get_product("MUG-01")
-    assert (mug.on_hand, mug.held) == (10, 0)
-
-
-def test_commit_after_release_is_refused_and_changes_nothing(store: InventoryStore) -> None:
-    store.reserve("ord_1", [item("MUG-01", 3)])
-    store.release("ord_1")
-    with pytest.raises(FailedPrecondition) as raised:
-        store.commit("ord_1")
-    assert raised.value.reason == "RESERVATION_RELEASED"
-    assert available(store, "MUG-01") == 10
-
-
-def test_replayed_reserve_after_release_does_not_hold_again(store: InventoryStore) -> None:
-    store.reserve("ord_1", [item("MUG-01", 3)])
-    store.release("ord_1")
-    again = store.reserve("ord_1", [item("MUG-01", 3)])
-    assert again.status is ReservationStatus.RELEASED
-    assert available(store, "MUG-01") == 10
-
-
-@pytest.mark.parametrize("action", ["commit", "release", "get_reservation"])
-def test_unknown_reservation_is_not_found(store: InventoryStore, action: str) -> None:
-    with pytest.raises(NotFound) as raised:
-        getattr(store, action)("ord_missing")
-    assert raised.value.reason == "RESERVATION_NOT_FOUND"
-
-
-def test_reservation_survives_a_restart(db_path: Path, store: InventoryStore) -> None:
-    held = store.reserve("ord_1", [item("MUG-01", 3)])
-    store.close()
-    reopened = InventoryStore.open(db_path)
-    try:
-        assert reopened.get_reservation("ord_1") == held
-        assert available(reopened, "MUG-01") == 7
-    finally:
-        reopened.close()
-
-
-def test_database_refuses_negative_stock(store: InventoryStore, db_path: Path) -> None:
-    raw = sqlite3.connect(db_path)
-    try:
-        with pytest.raises(sqlite3.IntegrityError, match="CHECK"):
-            raw.execute("UPDATE products SET held = on_hand + 1 WHERE sku = 'MUG-01'")
-    finally:
-        raw.close()
-
-
-def test_concurrent_reservations_never_oversell(store: InventoryStore, db_path: Path) -> None:
-    # Separate connections on one file, as separate processes would have, plus threads sharing
-    # one store: SQLite's write lock and the store's lock must both serialize the check+hold.
-    stores = [store, InventoryStore.open(db_path), InventoryStore.open(db_path)]
-    start = threading.Barrier(12)
-
-    def attempt(n: int) -> str:
-        start.wait()
-        try:
-            stores[n % len(stores)].reserve(f"ord_{n}", [item("TSHIRT-01", 1)])
-        except DomainError as error:
-            return error.reason
-        return "HELD"
-
-    try:
-        with ThreadPoolExecutor(max_workers=12) as pool:
-            outcomes = list(pool.map(attempt, range(12)))
-    finally:
-        for extra in stores[1:]:
-            extra.close()
-    assert Counter(outcomes) == {"HELD": 5, "INSUFFICIENT_STOCK": 7}
-    tshirt = store.get_product("TSHIRT-01")
-    assert (tshirt.held, tshirt.available) == (5, 0)
+        parse_catalog(document)

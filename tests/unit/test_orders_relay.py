@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -22,23 +22,23 @@ from services.orders.domain import (
     SagaStep,
 )
 from services.orders.relay import Backoff, OutboxRelay
-from services.orders.store import OrderStore
-from tests.unit.orders_fakes import Crash, FakeNotifications, unavailable
+from services.orders.store import SqliteOrderStore
+from tests.support.orders_fakes import Crash, FakeNotifications, unavailable
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[OrderStore]:
-    s = OrderStore(tmp_path / "orders.db")
+async def store(tmp_path: Path) -> AsyncIterator[SqliteOrderStore]:
+    s = await SqliteOrderStore.open(tmp_path / "orders.db")
     yield s
-    s.close()
+    await s.close()
 
 
-def write_event(store: OrderStore, order_id: str) -> OrderEvent:
+async def write_event(store: SqliteOrderStore, order_id: str) -> OrderEvent:
     """Confirm a new order `order_id`, which writes its CONFIRMED event to the outbox."""
     order = Order(order_id, "usr_1", (), "USD", OrderStatus.PENDING, T0, T0)
-    store.create(order_id, "fp", order, SagaState(SagaStep.VALIDATE_USER))
+    await store.create(order_id, "fp", order, SagaState(SagaStep.VALIDATE_USER))
     event = OrderEvent(
         f"{order_id}:confirmed",
         order_id,
@@ -48,7 +48,7 @@ def write_event(store: OrderStore, order_id: str) -> OrderEvent:
         Money("USD", 100),
         T0,
     )
-    store.save(order, SagaState(SagaStep.DONE), event)
+    await store.save(order, SagaState(SagaStep.DONE), event)
     return event
 
 
@@ -81,35 +81,35 @@ async def running() -> AsyncIterator[list[asyncio.Task[None]]]:
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def test_delivers_pending_events_in_write_order(store: OrderStore) -> None:
-    events = [write_event(store, f"ord_{n}") for n in range(3)]
+async def test_delivers_pending_events_in_write_order(store: SqliteOrderStore) -> None:
+    events = [await write_event(store, f"ord_{n}") for n in range(3)]
     consumer = FakeNotifications()
 
     delivered = await OutboxRelay(store, consumer).deliver_pending()
 
     assert delivered == 3
     assert consumer.received == events
-    assert store.pending_events(10) == []
+    assert await store.pending_events(10) == []
 
 
 async def test_unreachable_consumer_leaves_the_event_and_those_after_it_pending(
-    store: OrderStore,
+    store: SqliteOrderStore,
 ) -> None:
-    events = [write_event(store, f"ord_{n}") for n in range(2)]
+    events = [await write_event(store, f"ord_{n}") for n in range(2)]
     consumer = FakeNotifications()
     consumer.fail("publish", unavailable("notifications"))
 
     with pytest.raises(type(unavailable())):
         await OutboxRelay(store, consumer).deliver_pending()
 
-    assert store.pending_events(10) == events
+    assert await store.pending_events(10) == events
     assert consumer.received == []
 
 
 async def test_event_acknowledged_but_not_marked_is_redelivered_and_deduped(
-    store: OrderStore,
+    store: SqliteOrderStore,
 ) -> None:
-    event = write_event(store, "ord_1")
+    event = await write_event(store, "ord_1")
     consumer = FakeNotifications()
     consumer.fail("publish", Crash(), after=True)
     with pytest.raises(Crash):
@@ -121,22 +121,22 @@ async def test_event_acknowledged_but_not_marked_is_redelivered_and_deduped(
     assert consumer.received == [event]
 
 
-async def test_refused_event_is_parked_and_does_not_block_the_rest(store: OrderStore) -> None:
-    write_event(store, "ord_1")
-    second = write_event(store, "ord_2")
+async def test_refused_event_is_parked_and_does_not_block_the_rest(store: SqliteOrderStore) -> None:
+    await write_event(store, "ord_1")
+    second = await write_event(store, "ord_2")
     consumer = FakeNotifications()
     consumer.fail("publish", AlreadyExists("reused", reason="IDEMPOTENCY_KEY_REUSED"))
 
     assert await OutboxRelay(store, consumer).deliver_pending() == 1
 
     assert consumer.received == [second]
-    assert store.pending_events(10) == []
+    assert await store.pending_events(10) == []
 
 
 async def test_run_retries_with_growing_capped_backoff_until_delivered(
-    store: OrderStore, running: list[asyncio.Task[None]]
+    store: SqliteOrderStore, running: list[asyncio.Task[None]]
 ) -> None:
-    event = write_event(store, "ord_1")
+    event = await write_event(store, "ord_1")
     consumer = FakeNotifications()
     consumer.fail("publish", unavailable("notifications"), times=6)
     sleep = RecordingSleep()
@@ -155,7 +155,7 @@ async def test_run_retries_with_growing_capped_backoff_until_delivered(
     assert len(sleep.delays) == 6
     for delay, ceiling in zip(sleep.delays, ceilings, strict=True):
         assert ceiling / 2 <= delay <= ceiling
-    assert store.pending_events(10) == []
+    assert await store.pending_events(10) == []
 
 
 def test_backoff_never_overflows_after_many_failures() -> None:
@@ -165,23 +165,23 @@ def test_backoff_never_overflows_after_many_failures() -> None:
 class CountingOutbox:
     """The store, counting how often the relay looked for pending events."""
 
-    def __init__(self, store: OrderStore) -> None:
+    def __init__(self, store: SqliteOrderStore) -> None:
         self.store = store
         self.polls = 0
 
-    def pending_events(self, limit: int) -> list[OrderEvent]:
+    async def pending_events(self, limit: int) -> list[OrderEvent]:
         self.polls += 1
-        return self.store.pending_events(limit)
+        return await self.store.pending_events(limit)
 
-    def mark_delivered(self, event_id: str) -> None:
-        self.store.mark_delivered(event_id)
+    async def mark_delivered(self, event_id: str) -> None:
+        await self.store.mark_delivered(event_id)
 
-    def record_failure(self, event_id: str, error: str, *, give_up: bool) -> None:
-        self.store.record_failure(event_id, error, give_up=give_up)
+    async def record_failure(self, event_id: str, error: str, *, give_up: bool) -> None:
+        await self.store.record_failure(event_id, error, give_up=give_up)
 
 
 async def test_wake_delivers_without_waiting_for_the_poll(
-    store: OrderStore, running: list[asyncio.Task[None]]
+    store: SqliteOrderStore, running: list[asyncio.Task[None]]
 ) -> None:
     outbox = CountingOutbox(store)
     consumer = FakeNotifications()
@@ -189,7 +189,7 @@ async def test_wake_delivers_without_waiting_for_the_poll(
     running.append(asyncio.create_task(relay.run()))
     await wait_until(lambda: outbox.polls == 1)  # first pass done: now parked for an hour
 
-    event = write_event(store, "ord_1")
+    event = await write_event(store, "ord_1")
     relay.wake()
 
     await wait_until(lambda: consumer.received == [event], within=2.0)

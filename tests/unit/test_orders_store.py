@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,6 +14,7 @@ from services.common.errors import AlreadyExists
 from services.common.money import Money
 from services.orders.domain import (
     Order,
+    OrderCursor,
     OrderEvent,
     OrderEventType,
     OrderItem,
@@ -21,7 +22,7 @@ from services.orders.domain import (
     SagaState,
     SagaStep,
 )
-from services.orders.store import OrderStore
+from services.orders.store import SqliteOrderStore
 
 T0 = datetime(2025, 1, 1, 12, 0, 0, 123456, tzinfo=UTC)
 
@@ -32,10 +33,10 @@ def path(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def store(path: Path) -> Iterator[OrderStore]:
-    s = OrderStore(path)
+async def store(path: Path) -> AsyncIterator[SqliteOrderStore]:
+    s = await SqliteOrderStore.open(path)
     yield s
-    s.close()
+    await s.close()
 
 
 def new_order(order_id: str = "ord_1", user_id: str = "usr_1", at: datetime = T0) -> Order:
@@ -78,65 +79,67 @@ def outbox_rows(path: Path) -> list[tuple[str, str]]:
         return db.execute("SELECT event_id, state FROM outbox ORDER BY sequence").fetchall()
 
 
-def test_created_order_loads_back_with_its_saga_state(store: OrderStore) -> None:
-    store.create("key-1", "fp", new_order(), START)
+async def test_created_order_loads_back_with_its_saga_state(store: SqliteOrderStore) -> None:
+    await store.create("key-1", "fp", new_order(), START)
 
-    assert store.load("ord_1") == (new_order(), START)
-
-
-def test_loading_an_unknown_order_gives_none(store: OrderStore) -> None:
-    assert store.load("ord_nope") is None
+    assert await store.load("ord_1") == (new_order(), START)
 
 
-def test_same_key_and_fingerprint_returns_the_first_order(store: OrderStore) -> None:
-    store.create("key-1", "fp", new_order(), START)
+async def test_loading_an_unknown_order_gives_none(store: SqliteOrderStore) -> None:
+    assert await store.load("ord_nope") is None
 
-    again = store.create("key-1", "fp", new_order("ord_2"), START)
+
+async def test_same_key_and_fingerprint_returns_the_first_order(store: SqliteOrderStore) -> None:
+    await store.create("key-1", "fp", new_order(), START)
+
+    again = await store.create("key-1", "fp", new_order("ord_2"), START)
 
     assert again.order_id == "ord_1"
-    assert store.load("ord_2") is None
+    assert await store.load("ord_2") is None
 
 
-def test_same_key_with_another_fingerprint_is_already_exists(store: OrderStore) -> None:
-    store.create("key-1", "fp", new_order(), START)
+async def test_same_key_with_another_fingerprint_is_already_exists(store: SqliteOrderStore) -> None:
+    await store.create("key-1", "fp", new_order(), START)
 
     with pytest.raises(AlreadyExists) as raised:
-        store.create("key-1", "other", new_order("ord_2"), START)
+        await store.create("key-1", "other", new_order("ord_2"), START)
 
     assert raised.value.reason == "IDEMPOTENCY_KEY_REUSED"
-    assert store.load("ord_2") is None
+    assert await store.load("ord_2") is None
 
 
-def test_saved_state_survives_reopening_the_file(store: OrderStore, path: Path) -> None:
-    store.create("key-1", "fp", new_order(), START)
+async def test_saved_state_survives_reopening_the_file(store: SqliteOrderStore, path: Path) -> None:
+    await store.create("key-1", "fp", new_order(), START)
     order, saga, event = confirmed(new_order())
-    store.save(order, saga, event)
-    store.close()
+    await store.save(order, saga, event)
+    await store.close()
 
-    reopened = OrderStore(path)
+    reopened = await SqliteOrderStore.open(path)
     try:
-        assert reopened.load("ord_1") == (order, saga)
-        assert reopened.pending_events(10) == [event]
+        assert await reopened.load("ord_1") == (order, saga)
+        assert await reopened.pending_events(10) == [event]
     finally:
-        reopened.close()
+        await reopened.close()
 
 
-def test_save_with_an_event_writes_the_order_and_the_outbox_row(
-    store: OrderStore, path: Path
+async def test_save_with_an_event_writes_the_order_and_the_outbox_row(
+    store: SqliteOrderStore, path: Path
 ) -> None:
-    store.create("key-1", "fp", new_order(), START)
+    await store.create("key-1", "fp", new_order(), START)
     order, saga, event = confirmed(new_order())
 
-    store.save(order, saga, event)
+    await store.save(order, saga, event)
 
     assert outbox_rows(path) == [("ord_1:confirmed", "PENDING")]
-    loaded = store.load("ord_1")
+    loaded = await store.load("ord_1")
     assert loaded is not None
     assert loaded[0].status is OrderStatus.CONFIRMED
 
 
-def test_failed_outbox_insert_rolls_back_the_state_change(store: OrderStore, path: Path) -> None:
-    store.create("key-1", "fp", new_order(), START)
+async def test_failed_outbox_insert_rolls_back_the_state_change(
+    store: SqliteOrderStore, path: Path
+) -> None:
+    await store.create("key-1", "fp", new_order(), START)
     with sqlite3.connect(path) as db:
         db.execute(
             "CREATE TRIGGER outbox_down BEFORE INSERT ON outbox"
@@ -145,14 +148,14 @@ def test_failed_outbox_insert_rolls_back_the_state_change(store: OrderStore, pat
     order, saga, event = confirmed(new_order())
 
     with pytest.raises(sqlite3.IntegrityError, match="outbox down"):
-        store.save(order, saga, event)
+        await store.save(order, saga, event)
 
-    assert store.load("ord_1") == (new_order(), START)
+    assert await store.load("ord_1") == (new_order(), START)
     assert outbox_rows(path) == []
 
 
-def test_failed_order_update_writes_no_event(store: OrderStore, path: Path) -> None:
-    store.create("key-1", "fp", new_order(), START)
+async def test_failed_order_update_writes_no_event(store: SqliteOrderStore, path: Path) -> None:
+    await store.create("key-1", "fp", new_order(), START)
     with sqlite3.connect(path) as db:
         db.execute(
             "CREATE TRIGGER saga_down BEFORE UPDATE ON saga_state"
@@ -161,65 +164,79 @@ def test_failed_order_update_writes_no_event(store: OrderStore, path: Path) -> N
     order, saga, event = confirmed(new_order())
 
     with pytest.raises(sqlite3.IntegrityError, match="saga down"):
-        store.save(order, saga, event)
+        await store.save(order, saga, event)
 
     assert outbox_rows(path) == []
-    loaded = store.load("ord_1")
+    loaded = await store.load("ord_1")
     assert loaded is not None
     assert loaded[0].status is OrderStatus.PENDING
 
 
-def test_an_event_id_is_written_at_most_once(store: OrderStore, path: Path) -> None:
-    store.create("key-1", "fp", new_order(), START)
+async def test_an_event_id_is_written_at_most_once(store: SqliteOrderStore, path: Path) -> None:
+    await store.create("key-1", "fp", new_order(), START)
     order, saga, event = confirmed(new_order())
-    store.save(order, saga, event)
+    await store.save(order, saga, event)
 
     with pytest.raises(sqlite3.IntegrityError):
-        store.save(replace(order, payment_id="pay_2"), saga, event)
+        await store.save(replace(order, payment_id="pay_2"), saga, event)
 
     assert outbox_rows(path) == [("ord_1:confirmed", "PENDING")]
-    loaded = store.load("ord_1")
+    loaded = await store.load("ord_1")
     assert loaded is not None
     assert loaded[0].payment_id == "pay_1"
 
 
-def test_in_flight_lists_unfinished_sagas_oldest_first(store: OrderStore) -> None:
-    store.create("k2", "fp", new_order("ord_b", at=T0.replace(second=5)), START)
-    store.create("k1", "fp", new_order("ord_a", at=T0), START)
-    store.create("k3", "fp", new_order("ord_c"), START)
-    store.save(*confirmed(new_order("ord_c")))
+async def test_in_flight_lists_unfinished_sagas_oldest_first(store: SqliteOrderStore) -> None:
+    await store.create("k2", "fp", new_order("ord_b", at=T0.replace(second=5)), START)
+    await store.create("k1", "fp", new_order("ord_a", at=T0), START)
+    await store.create("k3", "fp", new_order("ord_c"), START)
+    await store.save(*confirmed(new_order("ord_c")))
 
-    assert store.in_flight() == ["ord_a", "ord_b"]
+    assert await store.in_flight() == ["ord_a", "ord_b"]
 
 
-def test_list_for_user_is_newest_first_with_items(store: OrderStore) -> None:
+async def test_list_for_user_is_newest_first_with_items(store: SqliteOrderStore) -> None:
     for n in range(3):
-        store.create(f"k{n}", "fp", new_order(f"ord_{n}", at=T0.replace(second=n)), START)
-    store.create("other", "fp", new_order("ord_x", user_id="usr_2"), START)
+        await store.create(f"k{n}", "fp", new_order(f"ord_{n}", at=T0.replace(second=n)), START)
+    await store.create("other", "fp", new_order("ord_x", user_id="usr_2"), START)
 
-    orders = store.list_for_user("usr_1", offset=1, limit=5)
+    orders = await store.list_for_user("usr_1", after=None, limit=5)
+
+    assert [o.order_id for o in orders] == ["ord_2", "ord_1", "ord_0"]
+    assert orders[1].items == new_order().items
+
+
+async def test_list_for_user_continues_after_the_cursor(store: SqliteOrderStore) -> None:
+    for n in range(3):
+        await store.create(f"k{n}", "fp", new_order(f"ord_{n}", at=T0.replace(second=n)), START)
+    await store.create("tie", "fp", new_order("ord_1b", at=T0.replace(second=1)), START)
+
+    orders = await store.list_for_user(
+        "usr_1", after=OrderCursor(T0.replace(second=1), "ord_1b"), limit=5
+    )
 
     assert [o.order_id for o in orders] == ["ord_1", "ord_0"]
-    assert orders[0].items == new_order().items
 
 
-def test_pending_events_come_in_write_order_until_delivered(store: OrderStore) -> None:
+async def test_pending_events_come_in_write_order_until_delivered(store: SqliteOrderStore) -> None:
     for order_id in ("ord_b", "ord_a"):
-        store.create(order_id, "fp", new_order(order_id), START)
-        store.save(*confirmed(new_order(order_id)))
+        await store.create(order_id, "fp", new_order(order_id), START)
+        await store.save(*confirmed(new_order(order_id)))
 
-    assert [e.order_id for e in store.pending_events(10)] == ["ord_b", "ord_a"]
-    store.mark_delivered("ord_b:confirmed")
-    assert [e.order_id for e in store.pending_events(10)] == ["ord_a"]
+    assert [e.order_id for e in await store.pending_events(10)] == ["ord_b", "ord_a"]
+    await store.mark_delivered("ord_b:confirmed")
+    assert [e.order_id for e in await store.pending_events(10)] == ["ord_a"]
 
 
-def test_recorded_failures_keep_or_park_the_event(store: OrderStore, path: Path) -> None:
+async def test_recorded_failures_keep_or_park_the_event(
+    store: SqliteOrderStore, path: Path
+) -> None:
     for order_id in ("ord_a", "ord_b"):
-        store.create(order_id, "fp", new_order(order_id), START)
-        store.save(*confirmed(new_order(order_id)))
+        await store.create(order_id, "fp", new_order(order_id), START)
+        await store.save(*confirmed(new_order(order_id)))
 
-    store.record_failure("ord_a:confirmed", "unreachable", give_up=False)
-    store.record_failure("ord_b:confirmed", "refused", give_up=True)
+    await store.record_failure("ord_a:confirmed", "unreachable", give_up=False)
+    await store.record_failure("ord_b:confirmed", "refused", give_up=True)
 
     assert outbox_rows(path) == [("ord_a:confirmed", "PENDING"), ("ord_b:confirmed", "FAILED")]
     with sqlite3.connect(path) as db:

@@ -17,8 +17,9 @@ from services.common.errors import (
     Unavailable,
 )
 from services.common.status import to_grpc_status
-from services.orders.app import OrdersSettings
+from services.orders.app import UPSTREAM_NAMES, OrdersSettings
 from services.orders.clients import to_domain_error
+from tests.support.paths import TOPOLOGY
 
 
 def rpc_error(error: DomainError) -> aio.AioRpcError:
@@ -109,3 +110,9 @@ def test_settings_are_read_from_the_environment() -> None:
 def test_malformed_setting_is_a_config_error_naming_the_variable() -> None:
     with pytest.raises(ConfigError, match="SHOPMESH_ORDERS_RECOVERY_INTERVAL"):
         OrdersSettings.from_env({"SHOPMESH_ORDERS_RECOVERY_INTERVAL": "soon"})
+
+
+def test_the_services_orders_wires_up_are_the_ones_the_topology_lets_it_call() -> None:
+    # The topology is the list of services; orders' wiring only names the ones it calls, and
+    # the sidecar lets it reach exactly those.
+    assert set(UPSTREAM_NAMES) == set(TOPOLOGY.services["orders"].calls)

@@ -4,7 +4,7 @@ refunds, atomic writes, durability."""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,8 @@ from services.payments.domain import (
     validate_charge,
 )
 from services.payments.store import SqlitePaymentStore
-from tests.helpers import ManualClock, count_rows
+from tests.support.clock import ManualClock
+from tests.support.databases import count_rows
 
 T0 = datetime(2025, 3, 1, 12, 0, 0, 250001, tzinfo=UTC)
 USD_12_99 = Money("USD", 1299)
@@ -43,10 +44,10 @@ def db_path(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def store(db_path: Path) -> Iterator[SqlitePaymentStore]:
-    store = SqlitePaymentStore.open(db_path)
+async def store(db_path: Path) -> AsyncIterator[SqlitePaymentStore]:
+    store = await SqlitePaymentStore.open(db_path)
     yield store
-    store.close()
+    await store.close()
 
 
 @pytest.fixture
@@ -59,7 +60,7 @@ def payments(store: SqlitePaymentStore, clock: ManualClock) -> Payments:
     return Payments(store, clock=clock)
 
 
-def charge(
+async def charge(
     payments: Payments,
     key: str = "key-1",
     *,
@@ -67,7 +68,7 @@ def charge(
     amount: Money = USD_12_99,
     payment_token: str = "tok_visa",
 ) -> Payment:
-    return payments.charge(key, order_id, amount, payment_token)
+    return await payments.charge(key, order_id, amount, payment_token)
 
 
 def test_valid_charge_request_becomes_an_attempt() -> None:
@@ -139,8 +140,8 @@ def test_simulated_processor_follows_the_test_tokens(token: str, decline_code: s
     assert (None if decline is None else decline.code) == decline_code
 
 
-def test_charge_captures_a_payment(payments: Payments) -> None:
-    payment = charge(payments)
+async def test_charge_captures_a_payment(payments: Payments) -> None:
+    payment = await charge(payments)
     assert payment.payment_id.startswith(PAYMENT_ID_PREFIX)
     assert (payment.order_id, payment.amount, payment.status) == (
         "ord_1",
@@ -150,23 +151,23 @@ def test_charge_captures_a_payment(payments: Payments) -> None:
     assert payment.create_time == payment.update_time == T0
 
 
-def test_get_returns_the_charged_payment(payments: Payments) -> None:
-    payment = charge(payments)
-    assert payments.get(payment.payment_id) == payment
+async def test_get_returns_the_charged_payment(payments: Payments) -> None:
+    payment = await charge(payments)
+    assert await payments.get(payment.payment_id) == payment
 
 
-def test_repeated_charge_with_same_key_returns_the_same_payment(
+async def test_repeated_charge_with_same_key_returns_the_same_payment(
     payments: Payments, clock: ManualClock, db_path: Path
 ) -> None:
-    first = charge(payments)
+    first = await charge(payments)
     clock.now = T0 + timedelta(seconds=5)
-    assert charge(payments) == first
+    assert await charge(payments) == first
     assert count_rows(db_path, "SELECT COUNT(*) FROM payments") == 1
 
 
-def test_different_keys_make_different_payments(payments: Payments, db_path: Path) -> None:
-    first = charge(payments, "key-1")
-    second = charge(payments, "key-2")
+async def test_different_keys_make_different_payments(payments: Payments, db_path: Path) -> None:
+    first = await charge(payments, "key-1")
+    second = await charge(payments, "key-2")
     assert first.payment_id != second.payment_id
     assert count_rows(db_path, "SELECT COUNT(*) FROM payments") == 2
 
@@ -180,12 +181,12 @@ def test_different_keys_make_different_payments(payments: Payments, db_path: Pat
         {"payment_token": "tok_mastercard"},
     ],
 )
-def test_same_key_with_different_parameters_is_key_reuse(
+async def test_same_key_with_different_parameters_is_key_reuse(
     payments: Payments, db_path: Path, changes: dict[str, Any]
 ) -> None:
-    charge(payments)
+    await charge(payments)
     with pytest.raises(AlreadyExists) as raised:
-        charge(payments, **changes)
+        await charge(payments, **changes)
     assert raised.value.reason == "IDEMPOTENCY_KEY_REUSED"
     assert raised.value.metadata == {"idempotency_key": "key-1"}
     assert count_rows(db_path, "SELECT COUNT(*) FROM payments") == 1
@@ -195,11 +196,11 @@ def test_same_key_with_different_parameters_is_key_reuse(
     ("token", "decline_code"),
     [("tok_chargeDeclined", "generic_decline"), ("tok_insufficientFunds", "insufficient_funds")],
 )
-def test_declined_card_is_card_declined_with_its_code(
+async def test_declined_card_is_card_declined_with_its_code(
     payments: Payments, db_path: Path, token: str, decline_code: str
 ) -> None:
     with pytest.raises(FailedPrecondition) as raised:
-        charge(payments, payment_token=token)
+        await charge(payments, payment_token=token)
     assert raised.value.reason == "CARD_DECLINED"
     assert raised.value.metadata == {"decline_code": decline_code}
     [violation] = raised.value.violations
@@ -207,11 +208,11 @@ def test_declined_card_is_card_declined_with_its_code(
     assert count_rows(db_path, "SELECT COUNT(*) FROM payments") == 0
 
 
-def test_declined_attempt_is_recorded_and_replayed(payments: Payments, db_path: Path) -> None:
+async def test_declined_attempt_is_recorded_and_replayed(payments: Payments, db_path: Path) -> None:
     with pytest.raises(FailedPrecondition) as first:
-        charge(payments, payment_token="tok_insufficientFunds")
+        await charge(payments, payment_token="tok_insufficientFunds")
     with pytest.raises(FailedPrecondition) as again:
-        charge(payments, payment_token="tok_insufficientFunds")
+        await charge(payments, payment_token="tok_insufficientFunds")
     assert (again.value.reason, again.value.metadata, again.value.violations) == (
         first.value.reason,
         first.value.metadata,
@@ -220,60 +221,62 @@ def test_declined_attempt_is_recorded_and_replayed(payments: Payments, db_path: 
     assert count_rows(db_path, "SELECT COUNT(*) FROM charge_attempts") == 1
 
 
-def test_retrying_a_declined_key_with_another_card_is_key_reuse(payments: Payments) -> None:
+async def test_retrying_a_declined_key_with_another_card_is_key_reuse(payments: Payments) -> None:
     with pytest.raises(FailedPrecondition):
-        charge(payments, payment_token="tok_chargeDeclined")
+        await charge(payments, payment_token="tok_chargeDeclined")
     with pytest.raises(AlreadyExists) as raised:
-        charge(payments, payment_token="tok_visa")
+        await charge(payments, payment_token="tok_visa")
     assert raised.value.reason == "IDEMPOTENCY_KEY_REUSED"
 
 
-def test_refund_marks_the_payment_refunded(payments: Payments, clock: ManualClock) -> None:
-    payment = charge(payments)
+async def test_refund_marks_the_payment_refunded(payments: Payments, clock: ManualClock) -> None:
+    payment = await charge(payments)
     clock.now = T0 + timedelta(minutes=3)
-    refunded = payments.refund(payment.payment_id)
+    refunded = await payments.refund(payment.payment_id)
     assert refunded.status is PaymentStatus.REFUNDED
     assert (refunded.create_time, refunded.update_time) == (T0, T0 + timedelta(minutes=3))
-    assert payments.get(payment.payment_id) == refunded
+    assert await payments.get(payment.payment_id) == refunded
 
 
-def test_refunding_twice_returns_the_first_refund(payments: Payments, clock: ManualClock) -> None:
-    payment = charge(payments)
+async def test_refunding_twice_returns_the_first_refund(
+    payments: Payments, clock: ManualClock
+) -> None:
+    payment = await charge(payments)
     clock.now = T0 + timedelta(minutes=3)
-    first = payments.refund(payment.payment_id)
+    first = await payments.refund(payment.payment_id)
     clock.now = T0 + timedelta(minutes=9)
-    assert payments.refund(payment.payment_id) == first
+    assert await payments.refund(payment.payment_id) == first
 
 
-def test_replaying_a_charge_after_refund_reports_the_refund(payments: Payments) -> None:
-    payment = charge(payments)
-    refunded = payments.refund(payment.payment_id)
-    assert charge(payments) == refunded
+async def test_replaying_a_charge_after_refund_reports_the_refund(payments: Payments) -> None:
+    payment = await charge(payments)
+    refunded = await payments.refund(payment.payment_id)
+    assert await charge(payments) == refunded
 
 
-def test_refund_of_unknown_payment_is_payment_not_found(payments: Payments) -> None:
+async def test_refund_of_unknown_payment_is_payment_not_found(payments: Payments) -> None:
     with pytest.raises(NotFound) as raised:
-        payments.refund("pay_missing")
+        await payments.refund("pay_missing")
     assert (raised.value.reason, raised.value.metadata) == (
         "PAYMENT_NOT_FOUND",
         {"payment_id": "pay_missing"},
     )
 
 
-def test_get_unknown_payment_is_payment_not_found(payments: Payments) -> None:
+async def test_get_unknown_payment_is_payment_not_found(payments: Payments) -> None:
     with pytest.raises(NotFound) as raised:
-        payments.get("pay_missing")
+        await payments.get("pay_missing")
     assert raised.value.reason == "PAYMENT_NOT_FOUND"
 
 
 @pytest.mark.parametrize("operation", ["get", "refund"])
-def test_empty_payment_id_is_invalid(payments: Payments, operation: str) -> None:
+async def test_empty_payment_id_is_invalid(payments: Payments, operation: str) -> None:
     with pytest.raises(InvalidArgument) as raised:
-        getattr(payments, operation)("")
+        await getattr(payments, operation)("")
     assert raised.value.violations == [FieldViolation("payment_id", "must not be empty")]
 
 
-def test_payment_is_not_kept_without_its_idempotency_record(
+async def test_payment_is_not_kept_without_its_idempotency_record(
     store: SqlitePaymentStore, db_path: Path
 ) -> None:
     attempt = ChargeAttempt("key-1", "ord_1", USD_12_99, "tok_visa")
@@ -281,31 +284,31 @@ def test_payment_is_not_kept_without_its_idempotency_record(
     # A record with both a payment and a decline violates the attempts table's CHECK, so the
     # second INSERT fails after the first succeeded: the transaction must undo both.
     with pytest.raises(sqlite3.IntegrityError):
-        store.record_charge(attempt, payment, Decline("generic_decline", "declined"), T0)
-    assert store.get("pay_1") is None
+        await store.record_charge(attempt, payment, Decline("generic_decline", "declined"), T0)
+    assert await store.get("pay_1") is None
     assert count_rows(db_path, "SELECT COUNT(*) FROM charge_attempts") == 0
 
 
-def test_payments_and_keys_survive_a_restart(payments: Payments, db_path: Path) -> None:
-    payment = charge(payments)
+async def test_payments_and_keys_survive_a_restart(payments: Payments, db_path: Path) -> None:
+    payment = await charge(payments)
     with pytest.raises(FailedPrecondition):
-        charge(payments, "key-2", payment_token="tok_chargeDeclined")
-    reopened = SqlitePaymentStore.open(db_path)
+        await charge(payments, "key-2", payment_token="tok_chargeDeclined")
+    reopened = await SqlitePaymentStore.open(db_path)
     try:
         restarted = Payments(reopened, clock=ManualClock(T0 + timedelta(hours=1)))
-        assert restarted.get(payment.payment_id) == payment
-        assert charge(restarted) == payment
+        assert await restarted.get(payment.payment_id) == payment
+        assert await charge(restarted) == payment
         with pytest.raises(FailedPrecondition) as raised:
-            charge(restarted, "key-2", payment_token="tok_chargeDeclined")
+            await charge(restarted, "key-2", payment_token="tok_chargeDeclined")
         assert raised.value.metadata == {"decline_code": "generic_decline"}
-        assert reopened.count_payments() == 1
+        assert count_rows(db_path, "SELECT COUNT(*) FROM payments") == 1
     finally:
-        reopened.close()
+        await reopened.close()
 
 
-def test_card_declined_carries_a_precondition_violation(payments: Payments) -> None:
+async def test_card_declined_carries_a_precondition_violation(payments: Payments) -> None:
     with pytest.raises(FailedPrecondition) as raised:
-        charge(payments, payment_token="tok_chargeDeclined")
+        await charge(payments, payment_token="tok_chargeDeclined")
     assert raised.value.violations == [
         PreconditionViolation("PAYMENT_METHOD", "payment_token", "the card was declined")
     ]

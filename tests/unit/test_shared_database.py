@@ -3,12 +3,13 @@ opening a new file from several connections at once must migrate it exactly once
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import threading
 from contextlib import closing
 from pathlib import Path
 
-from services.common.sqlite import open_database
+from services.common.database import Database
 from services.inventory.store import MIGRATIONS
 
 ROUNDS = 10
@@ -19,10 +20,14 @@ def open_together(path: Path, openers: int) -> list[str]:
     start = threading.Barrier(openers)
     errors: list[str] = []
 
+    async def open_and_close() -> None:
+        await (await Database.open(path, MIGRATIONS)).close()
+
     def open_one() -> None:
         start.wait()
         try:
-            open_database(path, MIGRATIONS).close()
+            # Each thread runs its own event loop, as each replica process would.
+            asyncio.run(open_and_close())
         except sqlite3.Error as error:
             errors.append(repr(error))
 

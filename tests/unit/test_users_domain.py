@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from contextlib import closing
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,6 +20,7 @@ from services.users.domain import (
     validate_new_user,
 )
 from services.users.store import MIGRATIONS, SqliteUserStore
+from tests.support.databases import count_rows
 
 NOW = datetime(2025, 3, 1, 12, 30, 45, 123456, tzinfo=UTC)
 
@@ -30,10 +31,10 @@ def db_path(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def store(db_path: Path) -> Iterator[SqliteUserStore]:
-    store = SqliteUserStore.open(db_path)
+async def store(db_path: Path) -> AsyncIterator[SqliteUserStore]:
+    store = await SqliteUserStore.open(db_path)
     yield store
-    store.close()
+    await store.close()
 
 
 @pytest.fixture
@@ -153,92 +154,92 @@ def test_every_bad_field_is_reported_together() -> None:
     assert violation_fields(raised.value) == ["email", "display_name", "request_id"]
 
 
-def test_create_returns_user_with_normalised_email_and_clock_time(users: Users) -> None:
-    user = users.create("", " Ada@Example.com", "Ada")
+async def test_create_returns_user_with_normalised_email_and_clock_time(users: Users) -> None:
+    user = await users.create("", " Ada@Example.com", "Ada")
     assert user.user_id.startswith(USER_ID_PREFIX)
     assert len(user.user_id) == len(USER_ID_PREFIX) + 32
     assert (user.email, user.display_name, user.create_time) == ("ada@example.com", "Ada", NOW)
 
 
-def test_get_returns_created_user(users: Users) -> None:
-    user = users.create("", "ada@example.com", "Ada")
-    assert users.get(user.user_id) == user
+async def test_get_returns_created_user(users: Users) -> None:
+    user = await users.create("", "ada@example.com", "Ada")
+    assert await users.get(user.user_id) == user
 
 
-def test_same_request_id_and_email_returns_the_same_user(users: Users) -> None:
-    first = users.create("req-1", "ada@example.com", "Ada")
-    again = users.create("req-1", "ADA@example.com ", "Ada")
+async def test_same_request_id_and_email_returns_the_same_user(users: Users) -> None:
+    first = await users.create("req-1", "ada@example.com", "Ada")
+    again = await users.create("req-1", "ADA@example.com ", "Ada")
     assert again == first
 
 
-def test_same_request_id_with_different_email_is_key_reuse(users: Users) -> None:
-    users.create("req-1", "ada@example.com", "Ada")
+async def test_same_request_id_with_different_email_is_key_reuse(users: Users) -> None:
+    await users.create("req-1", "ada@example.com", "Ada")
     with pytest.raises(AlreadyExists) as raised:
-        users.create("req-1", "grace@example.com", "Ada")
+        await users.create("req-1", "grace@example.com", "Ada")
     assert raised.value.reason == "IDEMPOTENCY_KEY_REUSED"
     assert raised.value.metadata == {"request_id": "req-1"}
 
 
-def test_same_request_id_with_different_display_name_is_key_reuse(users: Users) -> None:
-    users.create("req-1", "ada@example.com", "Ada")
+async def test_same_request_id_with_different_display_name_is_key_reuse(users: Users) -> None:
+    await users.create("req-1", "ada@example.com", "Ada")
     with pytest.raises(AlreadyExists) as raised:
-        users.create("req-1", "ada@example.com", "Countess")
+        await users.create("req-1", "ada@example.com", "Countess")
     assert raised.value.reason == "IDEMPOTENCY_KEY_REUSED"
 
 
-def test_taken_email_with_new_request_id_is_email_taken(users: Users) -> None:
-    users.create("req-1", "ada@example.com", "Ada")
+async def test_taken_email_with_new_request_id_is_email_taken(users: Users) -> None:
+    await users.create("req-1", "ada@example.com", "Ada")
     with pytest.raises(AlreadyExists) as raised:
-        users.create("req-2", "Ada@Example.com", "Ada")
+        await users.create("req-2", "Ada@Example.com", "Ada")
     assert raised.value.reason == "EMAIL_TAKEN"
     assert raised.value.metadata == {"email": "ada@example.com"}
 
 
-def test_taken_email_without_request_id_is_email_taken(users: Users) -> None:
-    users.create("", "ada@example.com", "Ada")
+async def test_taken_email_without_request_id_is_email_taken(users: Users) -> None:
+    await users.create("", "ada@example.com", "Ada")
     with pytest.raises(AlreadyExists) as raised:
-        users.create("", "ada@example.com", "Ada")
+        await users.create("", "ada@example.com", "Ada")
     assert raised.value.reason == "EMAIL_TAKEN"
 
 
-def test_email_taken_attempt_does_not_create_a_user(users: Users, store: SqliteUserStore) -> None:
-    users.create("", "ada@example.com", "Ada")
+async def test_email_taken_attempt_does_not_create_a_user(users: Users, db_path: Path) -> None:
+    await users.create("", "ada@example.com", "Ada")
     with pytest.raises(AlreadyExists):
-        users.create("req-2", "ada@example.com", "Ada")
-    assert store.count() == 1
+        await users.create("req-2", "ada@example.com", "Ada")
+    assert count_rows(db_path, "SELECT COUNT(*) FROM users") == 1
 
 
-def test_get_unknown_user_is_user_not_found(users: Users) -> None:
+async def test_get_unknown_user_is_user_not_found(users: Users) -> None:
     with pytest.raises(NotFound) as raised:
-        users.get("usr_missing")
+        await users.get("usr_missing")
     assert raised.value.reason == "USER_NOT_FOUND"
     assert raised.value.metadata == {"user_id": "usr_missing"}
 
 
-def test_get_with_empty_id_is_invalid(users: Users) -> None:
+async def test_get_with_empty_id_is_invalid(users: Users) -> None:
     with pytest.raises(InvalidArgument) as raised:
-        users.get("")
+        await users.get("")
     assert raised.value.violations == [FieldViolation("user_id", "must not be empty")]
 
 
-def test_user_survives_a_restart_with_exact_create_time(users: Users, db_path: Path) -> None:
-    user = users.create("", "ada@example.com", "Ada")
-    reopened = SqliteUserStore.open(db_path)
+async def test_user_survives_a_restart_with_exact_create_time(users: Users, db_path: Path) -> None:
+    user = await users.create("", "ada@example.com", "Ada")
+    reopened = await SqliteUserStore.open(db_path)
     try:
-        assert Users(reopened).get(user.user_id) == user
+        assert await Users(reopened).get(user.user_id) == user
     finally:
-        reopened.close()
+        await reopened.close()
 
 
-def test_request_id_is_remembered_across_a_restart(users: Users, db_path: Path) -> None:
-    user = users.create("req-1", "ada@example.com", "Ada")
-    reopened = SqliteUserStore.open(db_path)
+async def test_request_id_is_remembered_across_a_restart(users: Users, db_path: Path) -> None:
+    user = await users.create("req-1", "ada@example.com", "Ada")
+    reopened = await SqliteUserStore.open(db_path)
     try:
-        assert Users(reopened).create("req-1", "ada@example.com", "Ada") == user
+        assert await Users(reopened).create("req-1", "ada@example.com", "Ada") == user
     finally:
-        reopened.close()
+        await reopened.close()
 
 
-def test_store_records_its_schema_version(store: SqliteUserStore, db_path: Path) -> None:
+async def test_store_records_its_schema_version(store: SqliteUserStore, db_path: Path) -> None:
     with closing(sqlite3.connect(db_path)) as db:
         assert db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)

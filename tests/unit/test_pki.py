@@ -12,12 +12,8 @@ import yaml
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from shopmesh.pki import (
-    CertificateAuthority,
-    LocalPki,
-    PkiError,
-    mounted_identity,
-)
+from shopmesh.k8s.certs import mounted_identity
+from shopmesh.pki import CertificateAuthority, LocalPki, PkiError
 
 SPIFFE_ID = "spiffe://shop.local/ns/shop/sa/orders"
 DAY = datetime.timedelta(days=1)
@@ -137,13 +133,13 @@ def test_sds_files_name_the_current_pair_and_the_bundle(pki: LocalPki) -> None:
 def test_rotation_switches_to_a_new_pair_and_keeps_only_the_previous_one(pki: LocalPki) -> None:
     ca = pki.ensure_ca(DAY)
     first = pki.issue(ca, "orders", SPIFFE_ID, HOUR)
-    second = pki.rotate(ca, "orders", SPIFFE_ID, HOUR)
+    second = pki.issue(ca, "orders", SPIFFE_ID, HOUR)
     assert second.certificate != first.certificate
     assert second.files.current() == (second.certificate.resolve(), second.key.resolve())
     # The previous pair stays for an Envoy that may be reading it right now...
     assert first.certificate.exists()
     assert first.key.exists()
-    third = pki.rotate(ca, "orders", SPIFFE_ID, HOUR)
+    third = pki.issue(ca, "orders", SPIFFE_ID, HOUR)
     # ...but no longer than one rotation.
     assert not first.certificate.exists()
     assert not first.key.exists()

@@ -13,7 +13,8 @@ import pytest
 import yaml
 
 from shopmesh.topology import TopologyError, load_topology, parse_topology
-from tests.mesh.conftest import MESH_FILE, contracts_descriptor_set
+from tests.support.envoy import contracts_descriptor_set
+from tests.support.paths import MESH_FILE
 
 RAW: dict[str, Any] = yaml.safe_load(MESH_FILE.read_text())
 

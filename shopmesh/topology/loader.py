@@ -1,4 +1,5 @@
-"""The mesh topology (envoy/mesh.yaml) loaded and validated into frozen dataclasses.
+"""envoy/mesh.yaml loaded and validated into the frozen dataclasses of
+`shopmesh.topology.model`.
 
 The topology is the single source of truth for every rendered Envoy config, so the loader is
 strict: every key is required, unknown keys are refused, and each error names the offending key
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from types import MappingProxyType
@@ -20,11 +20,21 @@ from typing import NoReturn, TypeVar
 import yaml
 from google.protobuf import descriptor_pb2
 
-GATEWAY = "gateway"
-"""The identity of the edge gateway; it may appear wherever a caller identity is expected."""
-
-HEALTH_SERVICE = "grpc.health.v1.Health"
-REFLECTION_SERVICE = "grpc.reflection.v1alpha.ServerReflection"
+from shopmesh.topology.model import (
+    GATEWAY,
+    CircuitBreaker,
+    Gateway,
+    HealthCheck,
+    LocalRateLimit,
+    OutlierDetection,
+    RetryBudget,
+    RetryPolicy,
+    RoutePolicy,
+    Service,
+    Topology,
+    TopologyError,
+    UpstreamPolicy,
+)
 
 _NAME = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 _DNS_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$")
@@ -49,169 +59,6 @@ _RETRY_ON = frozenset(
 )
 
 T = TypeVar("T")
-
-
-class TopologyError(ValueError):
-    """The topology file is malformed; the message names the file and the bad key."""
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Route-level retries: which failures are retried, how often and with what backoff."""
-
-    retry_on: tuple[str, ...]
-    num_retries: int
-    backoff_base: timedelta
-    backoff_max: timedelta
-    host_selection_max_attempts: int
-    """How many times Envoy may re-pick a host to avoid one that already failed this request
-    (the previous-hosts retry predicate)."""
-
-
-@dataclass(frozen=True)
-class RoutePolicy:
-    """Timeouts and retries of the routes to one upstream (or one of its methods).
-
-    A zero route_timeout disables it (long-lived streams); a zero per_try_timeout leaves each
-    attempt bounded only by the route timeout.
-    """
-
-    route_timeout: timedelta
-    per_try_timeout: timedelta
-    retry: RetryPolicy
-
-
-@dataclass(frozen=True)
-class RetryBudget:
-    """Retries allowed at once, as a share of the requests in flight to the upstream."""
-
-    budget_percent: float
-    min_retry_concurrency: int
-
-
-@dataclass(frozen=True)
-class CircuitBreaker:
-    """Bulkhead limits per upstream cluster; beyond them calls fail fast."""
-
-    max_connections: int
-    max_pending_requests: int
-    max_requests: int
-
-
-@dataclass(frozen=True)
-class OutlierDetection:
-    """Passive ejection of replicas that keep failing."""
-
-    consecutive_5xx: int
-    consecutive_gateway_failure: int
-    interval: timedelta
-    base_ejection_time: timedelta
-    max_ejection_percent: int
-
-
-@dataclass(frozen=True)
-class HealthCheck:
-    """Active gRPC health checks (grpc.health.v1) of every replica, through mTLS."""
-
-    interval: timedelta
-    no_traffic_interval: timedelta
-    timeout: timedelta
-    unhealthy_threshold: int
-    healthy_threshold: int
-
-
-@dataclass(frozen=True)
-class UpstreamPolicy:
-    """Everything a caller's Envoy applies to calls to one upstream service."""
-
-    connect_timeout: timedelta
-    route: RoutePolicy
-    methods: Mapping[str, RoutePolicy]
-    """Per-method route overrides (e.g. no timeout for a server-streaming watch)."""
-    retry_budget: RetryBudget
-    circuit_breaker: CircuitBreaker
-    outlier_detection: OutlierDetection
-    health_check: HealthCheck
-    panic_threshold_percent: int
-
-
-@dataclass(frozen=True)
-class Service:
-    """One service of the mesh: its gRPC service, replica count and what it may call."""
-
-    name: str
-    grpc_service: str
-    replicas: int
-    calls: Mapping[str, tuple[str, ...]]
-    """Upstream service name -> the methods of it this service may call."""
-
-
-@dataclass(frozen=True)
-class LocalRateLimit:
-    """Token bucket shared by every connection to the gateway."""
-
-    max_tokens: int
-    tokens_per_fill: int
-    fill_interval: timedelta
-
-
-@dataclass(frozen=True)
-class Gateway:
-    """The edge gateway: the public methods, and what else it offers to outside clients."""
-
-    exposes: Mapping[str, tuple[str, ...]]
-    reflection: bool
-    """Route server reflection to each service, chosen by :authority (one virtual host each)."""
-    health: bool
-    """Route grpc.health.v1.Health/Check to each service, chosen by :authority."""
-    local_rate_limit: LocalRateLimit
-
-
-@dataclass(frozen=True)
-class Topology:
-    """The whole mesh. Build it with `load_topology`."""
-
-    trust_domain: str
-    namespace: str
-    services: Mapping[str, Service]
-    gateway: Gateway
-    policies: Mapping[str, UpstreamPolicy]
-    """Service name -> the policy every caller applies to it (defaults merged with overrides)."""
-
-    def spiffe_id(self, identity: str) -> str:
-        """The SPIFFE ID in the certificate of `identity` (a service name or "gateway")."""
-        if identity != GATEWAY and identity not in self.services:
-            raise KeyError(f"unknown identity {identity!r}")
-        return f"spiffe://{self.trust_domain}/ns/{self.namespace}/sa/{identity}"
-
-    @property
-    def spiffe_prefix(self) -> str:
-        """What every mesh identity's SPIFFE ID starts with."""
-        return f"spiffe://{self.trust_domain}/ns/{self.namespace}/sa/"
-
-    @property
-    def identities(self) -> tuple[str, ...]:
-        """Every identity that gets a certificate: each service, then the gateway."""
-        return (*self.services, GATEWAY)
-
-    def drain_seconds(self, service: str) -> float:
-        """How long a replica of `service` keeps serving after SIGTERM while reporting
-        NOT_SERVING (SHOPMESH_DRAIN_SECONDS): long enough for every caller's active health
-        check to see it `unhealthy_threshold` times, one interval apart, each answered within
-        the check's timeout."""
-        check = self.policies[service].health_check
-        return (check.unhealthy_threshold * check.interval + check.timeout).total_seconds()
-
-    def callers(self, service: str) -> dict[str, tuple[str, ...]]:
-        """Caller identity -> the methods of `service` it may call (the gateway included)."""
-        allowed = {
-            caller.name: caller.calls[service]
-            for caller in self.services.values()
-            if service in caller.calls
-        }
-        if service in self.gateway.exposes:
-            allowed[GATEWAY] = self.gateway.exposes[service]
-        return allowed
 
 
 def load_topology(path: Path, descriptor_set: Path | None = None) -> Topology:
@@ -259,12 +106,17 @@ def parse_topology(
     methods = _MethodChecker(grpc_services, contracts)
 
     services: dict[str, Service] = {}
+    ports: dict[int, str] = {}
     for name in names:
         section = services_section.section(name)
         replicas = section.integer("replicas", minimum=1)
+        port = section.integer("standalone_port", minimum=1, maximum=65535)
+        if port in ports:
+            section.fail("standalone_port", f"{port} is also the port of {ports[port]}")
+        ports[port] = name
         calls = methods.method_map(section.section("calls"), caller=name)
         section.done()
-        services[name] = Service(name, grpc_services[name], replicas, MappingProxyType(calls))
+        services[name] = Service(name, grpc_services[name], replicas, port, MappingProxyType(calls))
     services_section.done()
 
     gateway_section = root.section("gateway")

@@ -1,0 +1,258 @@
+"""The one store API of every service: an SQLite file behind `await db.read(fn)` and
+`await db.write(fn)`, never blocking the event loop.
+
+Each service owns one SQLite file (WAL, synchronous=FULL) and no other service opens it.
+
+- Writes run on ONE writer connection on one dedicated thread, each `fn` inside its own
+  `BEGIN IMMEDIATE ... COMMIT` (ROLLBACK if it raises). One writer per database means writes
+  never contend with each other inside a process, and a later group commit (or a Postgres
+  backend) plugs in here without touching domain code.
+- Reads run on a small pool of reader connections on their own threads, each `fn` inside a
+  deferred `BEGIN ... COMMIT`: a multi-statement read sees one consistent snapshot, and WAL lets
+  it proceed while the writer holds the write lock or waits on an fsync.
+- `fn` runs on a database thread: it gets a `sqlite3.Connection` (rows are `sqlite3.Row`), must
+  be a plain function, and must not touch the event loop.
+
+Schema versions: `migrations[i]` is a SQL script taking the schema from version i to i + 1;
+PRAGMA user_version records how many have run. Never edit a released migration; append one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import queue
+import sqlite3
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
+
+# Reads are short: a few reader connections let reads proceed side by side (and past a write
+# waiting on the disk) without a thread per request on a small machine.
+DEFAULT_READERS = 4
+# How long a writer waits for another process's write lock before failing "database is locked".
+BUSY_TIMEOUT_MS = 5000
+_WAL_SWITCH_SECONDS = 5.0
+
+
+class Database:
+    """One SQLite file: a writer thread and a pool of reader connections (see module docstring).
+
+    Open it with `await Database.open(path, migrations)`, close it with `await db.close()`.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        writer: sqlite3.Connection,
+        readers: Sequence[sqlite3.Connection],
+        write_thread: ThreadPoolExecutor,
+        read_threads: ThreadPoolExecutor,
+    ) -> None:
+        """Use `Database.open`: it creates the connections on the right threads."""
+        self.path = path
+        self._writer = writer
+        self._readers: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
+        self._reader_connections = tuple(readers)
+        for reader in readers:
+            self._readers.put(reader)
+        self._write_thread = write_thread
+        self._read_threads = read_threads
+        self._closed = False
+
+    @classmethod
+    async def open(
+        cls, path: Path | str, migrations: Sequence[str], *, readers: int = DEFAULT_READERS
+    ) -> Database:
+        """Open (creating if needed) the database at `path` and apply pending `migrations`.
+
+        Several processes may open one new file at once (inventory replicas share one): the
+        file is migrated exactly once.
+        """
+        if str(path) == ":memory:":
+            # Every connection to ":memory:" is a database of its own: readers would see none
+            # of the writer's tables.
+            raise ValueError("Database needs a file: several connections cannot share :memory:")
+        if readers < 1:
+            raise ValueError("a Database needs at least one reader connection")
+        path = Path(path)
+        write_thread = ThreadPoolExecutor(1, thread_name_prefix=f"db-write-{path.name}")
+        read_threads = ThreadPoolExecutor(readers, thread_name_prefix=f"db-read-{path.name}")
+        loop = asyncio.get_running_loop()
+        opened: list[sqlite3.Connection] = []
+        try:
+            writer = await loop.run_in_executor(
+                write_thread, _open_writer, path, migrations, opened
+            )
+            reader_connections = [
+                await loop.run_in_executor(read_threads, _open_reader, path, opened)
+                for _ in range(readers)
+            ]
+        except BaseException:
+            await asyncio.to_thread(_release, opened, write_thread, read_threads)
+            raise
+        return cls(path, writer, reader_connections, write_thread, read_threads)
+
+    async def read(self, query: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `query(connection)` in one read transaction on a reader thread and return its
+        result. Raises what `query` raises."""
+        self._check_open()
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._read_threads, self._run_read, query)
+
+    async def write(self, change: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `change(connection)` in one `BEGIN IMMEDIATE` transaction on the writer thread:
+        committed if it returns (its result is returned), rolled back if it raises.
+
+        Once called, the write runs to its end even if the caller is cancelled, and the
+        cancellation waits for that end: whoever cancelled the caller (and any lock the caller
+        holds) never races with a write still in flight.
+        """
+        self._check_open()
+        written = asyncio.wrap_future(self._write_thread.submit(self._run_write, change))
+        try:
+            # Shielded: cancelling the caller must not cancel a write that has not started.
+            return await asyncio.shield(written)
+        except asyncio.CancelledError:
+            await _wait_for_end(written)
+            raise
+
+    async def close(self) -> None:
+        """Finish the writes already submitted, then close every connection (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        await asyncio.to_thread(
+            _release,
+            [self._writer, *self._reader_connections],
+            self._write_thread,
+            self._read_threads,
+        )
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError(f"database {self.path} is closed")
+
+    def _run_read(self, query: Callable[[sqlite3.Connection], T]) -> T:
+        # As many reader threads as connections, so a connection is always free here.
+        connection = self._readers.get_nowait()
+        try:
+            with _transaction(connection, "BEGIN"):
+                return query(connection)
+        finally:
+            self._readers.put(connection)
+
+    def _run_write(self, change: Callable[[sqlite3.Connection], T]) -> T:
+        with _transaction(self._writer, "BEGIN IMMEDIATE"):
+            return change(self._writer)
+
+
+async def _wait_for_end(written: asyncio.Future[T]) -> None:
+    """Wait until `written` is finished, whatever cancellations the waiting task receives.
+    asyncio.wait neither raises the write's error nor cancels it."""
+    while not written.done():
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait({written})
+
+
+@contextlib.contextmanager
+def _transaction(connection: sqlite3.Connection, begin: str) -> Iterator[None]:
+    """`begin` ... COMMIT, or ROLLBACK when the body (or the COMMIT itself) raises.
+
+    BEGIN IMMEDIATE takes the write lock up front, so two writers (e.g. two processes on one
+    file) never deadlock upgrading from a read lock; busy_timeout makes the second one wait.
+    """
+    connection.execute(begin)
+    try:
+        yield
+        connection.execute("COMMIT")
+    except BaseException:
+        if connection.in_transaction:
+            connection.execute("ROLLBACK")
+        raise
+
+
+def _connect(path: Path, opened: list[sqlite3.Connection]) -> sqlite3.Connection:
+    # isolation_level=None: transactions are explicit (see `_transaction`), never implicit.
+    # check_same_thread=False: a connection is used by one thread at a time, but closed by
+    # another.
+    connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    opened.append(connection)
+    connection.row_factory = sqlite3.Row
+    connection.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    return connection
+
+
+def _open_writer(
+    path: Path, migrations: Sequence[str], opened: list[sqlite3.Connection]
+) -> sqlite3.Connection:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    connection = _connect(path, opened)
+    _enable_wal(connection)
+    # FULL: a committed transaction survives power loss, which the saga and outbox rely on.
+    connection.execute("PRAGMA synchronous=FULL")
+    connection.execute("PRAGMA foreign_keys=ON")
+    _migrate(connection, path, migrations)
+    return connection
+
+
+def _open_reader(path: Path, opened: list[sqlite3.Connection]) -> sqlite3.Connection:
+    connection = _connect(path, opened)
+    # A read that tries to write is a bug: fail it rather than let it bypass the writer.
+    connection.execute("PRAGMA query_only=ON")
+    return connection
+
+
+def _release(connections: Sequence[sqlite3.Connection], *threads: ThreadPoolExecutor) -> None:
+    for executor in threads:
+        executor.shutdown(wait=True)
+    for connection in connections:
+        connection.close()
+
+
+def _migrate(connection: sqlite3.Connection, path: Path, migrations: Sequence[str]) -> None:
+    """Apply the pending migrations, one transaction each with the version read inside it: of
+    two processes migrating one file at once, the second sees the first's work and skips it."""
+    while True:
+        with _transaction(connection, "BEGIN IMMEDIATE"):
+            version: int = connection.execute("PRAGMA user_version").fetchone()[0]
+            if version > len(migrations):
+                raise RuntimeError(
+                    f"{path} has schema version {version}, newer than this code knows "
+                    f"({len(migrations)})"
+                )
+            if version == len(migrations):
+                return
+            for statement in _statements(migrations[version]):
+                connection.execute(statement)
+            connection.execute(f"PRAGMA user_version={version + 1}")
+
+
+def _enable_wal(connection: sqlite3.Connection) -> None:
+    """Switch to WAL. Processes opening one new file together (inventory replicas) race for
+    the lock this takes, and SQLite does not wait for it with busy_timeout: retry briefly."""
+    deadline = time.monotonic() + _WAL_SWITCH_SECONDS
+    while True:
+        try:
+            connection.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.005)
+
+
+def _statements(script: str) -> Iterator[str]:
+    # executescript() would COMMIT behind our back; run the statements one by one instead.
+    buffer = ""
+    for line in script.splitlines(keepends=True):
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            yield buffer.strip()
+            buffer = ""
+    if buffer.strip():
+        raise ValueError(f"incomplete SQL statement in migration: {buffer.strip()[:80]}")

@@ -1,0 +1,382 @@
+"""The checkout saga: places orders, drives each through its steps, compensates failures,
+cancels confirmed orders, and recovers orders left in flight.
+
+Checkout: VALIDATE_USER -> PRICE_ITEMS -> RESERVE_STOCK -> CHARGE_PAYMENT -> COMMIT_RESERVATION
+-> CONFIRMED. A business failure ends the order REJECTED, after the compensations the steps so
+far need (REFUND_PAYMENT, then RELEASE_STOCK). Cancelling a CONFIRMED order runs the same two
+compensations and ends it CANCELLED.
+
+The step about to run is stored before it runs, and each downstream call is idempotent per
+order, so after a crash (or an Unavailable dependency) re-running the stored step is always
+safe: that is all recovery does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import replace
+from datetime import datetime, timedelta
+
+from services.common.clock import utc_now
+from services.common.errors import (
+    DomainError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+)
+from services.common.money import Money
+from services.orders.domain import (
+    CHECKOUT_EXPIRED,
+    CURRENCY_MISMATCH,
+    DEFAULT_PENDING_TIMEOUT,
+    PAYMENT_TOKEN_INVALID,
+    PRODUCT_NOT_FOUND,
+    USER_NOT_FOUND,
+    InventoryPort,
+    Order,
+    OrderEvent,
+    OrderEventType,
+    OrderItem,
+    OrderRepository,
+    OrderStatus,
+    PaymentsPort,
+    PlaceOrderInput,
+    SagaState,
+    SagaStep,
+    UsersPort,
+    charge_key,
+    event_id,
+    load_order,
+    new_order_id,
+    not_cancellable,
+)
+
+log = logging.getLogger(__name__)
+
+# Steps before any charge can exist: an expired saga there is compensated, not resumed. From
+# CHARGE_PAYMENT on, only replaying the (idempotent) charge tells whether money was taken, so
+# those sagas are always driven forward.
+_BEFORE_CHARGE = (SagaStep.VALIDATE_USER, SagaStep.PRICE_ITEMS, SagaStep.RESERVE_STOCK)
+
+
+class _KeyedLocks:
+    """One asyncio.Lock per order id, dropped once nobody holds or waits for it: a request and
+    the recovery loop never drive the same order at the same time."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    def busy(self, key: str) -> bool:
+        """True while some task holds or waits for `key`."""
+        return key in self._locks
+
+    @asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        """Hold the lock of `key` for the body of the `async with`."""
+        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+
+class CheckoutSaga:
+    """Drives orders through checkout and cancellation, one step at a time, and recovers the
+    ones a crash or an unreachable dependency left in flight.
+
+    `on_event` is called after every transaction that wrote an outbox event (the relay's wake
+    up, so events go out at once instead of at the next poll).
+    """
+
+    def __init__(
+        self,
+        repository: OrderRepository,
+        users: UsersPort,
+        inventory: InventoryPort,
+        payments: PaymentsPort,
+        *,
+        clock: Callable[[], datetime] = utc_now,
+        new_id: Callable[[], str] = new_order_id,
+        on_event: Callable[[], None] = lambda: None,
+        pending_timeout: timedelta = DEFAULT_PENDING_TIMEOUT,
+    ) -> None:
+        self._repository = repository
+        self._users = users
+        self._inventory = inventory
+        self._payments = payments
+        self._clock = clock
+        self._new_id = new_id
+        self._on_event = on_event
+        self._pending_timeout = pending_timeout
+        self._locks = _KeyedLocks()
+
+    # --- requests ----------------------------------------------------------------------
+
+    async def place_order(self, request: PlaceOrderInput) -> Order:
+        """Create the order (or find the one its idempotency key names) and drive its saga to
+        the end. Raises Unavailable (reason ORDER_PENDING) if a dependency is unreachable."""
+        now = self._clock()
+        draft = Order(
+            order_id=self._new_id(),
+            user_id=request.user_id,
+            items=request.items,
+            currency_code=request.currency_code,
+            status=OrderStatus.PENDING,
+            create_time=now,
+            update_time=now,
+        )
+        saga = SagaState(SagaStep.VALIDATE_USER, payment_token=request.payment_token)
+        order = await self._repository.create(
+            request.idempotency_key, request.fingerprint(), draft, saga
+        )
+        return await self.resume(order.order_id)
+
+    async def cancel_order(self, order_id: str, reason: str) -> Order:
+        """Cancel a CONFIRMED order: refund, release, CANCELLED. Idempotent.
+
+        The cancellation is stored before the refund, so once accepted it always completes.
+        NotFound(ORDER_NOT_FOUND); FailedPrecondition(ORDER_NOT_CANCELLABLE) unless CONFIRMED.
+        """
+        async with self._locks.hold(order_id):
+            order, saga = await load_order(self._repository, order_id)
+            if order.status is OrderStatus.CANCELLED:
+                return order
+            if saga.outcome is not OrderStatus.CANCELLED:
+                if order.status is not OrderStatus.CONFIRMED:
+                    raise not_cancellable(order)
+                order = replace(order, cancel_reason=reason, update_time=self._clock())
+                saga = SagaState(
+                    SagaStep.REFUND_PAYMENT,
+                    outcome=OrderStatus.CANCELLED,
+                    outcome_reason=reason,
+                )
+                await self._repository.save(order, saga)
+            return await self._run(order, saga)
+
+    # --- recovery ----------------------------------------------------------------------
+
+    async def resume(self, order_id: str) -> Order:
+        """Drive one order's saga from its stored step to the end (a no-op if it is DONE)."""
+        async with self._locks.hold(order_id):
+            order, saga = await load_order(self._repository, order_id)
+            return await self._run(order, saga)
+
+    async def recover(self, concurrency: int = 8) -> int:
+        """Resume or compensate every in-flight order; returns how many reached their end.
+
+        Up to `concurrency` orders run at once, so one order stuck on a hanging dependency does
+        not hold up the rest. Orders a request is driving right now are skipped; the next pass
+        sees them if they are still in flight. One order failing never stops the others.
+        """
+        limit = asyncio.Semaphore(concurrency)
+
+        async def recover_one(order_id: str) -> bool:
+            async with limit:
+                if self._locks.busy(order_id):
+                    return False
+                try:
+                    await self.resume(order_id)
+                except Unavailable as error:
+                    log.debug(
+                        "order still waiting for a dependency",
+                        extra={"order_id": order_id, "error": error.message},
+                    )
+                    return False
+                except Exception:
+                    log.exception("recovering order failed", extra={"order_id": order_id})
+                    return False
+                return True
+
+        in_flight = await self._repository.in_flight()
+        finished = await asyncio.gather(*map(recover_one, in_flight))
+        return sum(finished)
+
+    # --- the state machine -------------------------------------------------------------
+
+    async def _run(self, order: Order, saga: SagaState) -> Order:
+        """Run steps until DONE. A dependency failure stops here with the order at its step."""
+        while saga.step is not SagaStep.DONE:
+            try:
+                order, saga = await self._step(order, saga)
+            except DomainError as error:
+                # Unavailable, or a downstream answer no step expects: either way the step did
+                # not complete, so it stays stored and is retried by recovery or by the caller.
+                if not isinstance(error, Unavailable):
+                    log.error(
+                        "unexpected answer from a dependency",
+                        extra={
+                            "order_id": order.order_id,
+                            "step": saga.step.value,
+                            "reason": error.reason,
+                            "error": error.message,
+                        },
+                    )
+                await self._repository.save(order, replace(saga, last_error=error.message))
+                cancelling = saga.outcome is OrderStatus.CANCELLED
+                raise Unavailable(
+                    f"order {order.order_id} is waiting at step {saga.step.value}: "
+                    f"{error.message}; it will be resumed",
+                    reason="CANCELLATION_PENDING" if cancelling else "ORDER_PENDING",
+                    metadata={"order_id": order.order_id, "step": saga.step.value},
+                ) from error
+        return order
+
+    async def _step(self, order: Order, saga: SagaState) -> tuple[Order, SagaState]:
+        if saga.outcome is None and saga.step in _BEFORE_CHARGE and self._expired(order):
+            if saga.step is SagaStep.RESERVE_STOCK:
+                # The reserve call may have gone through before the saga stalled.
+                return await self._compensate(order, saga, CHECKOUT_EXPIRED, SagaStep.RELEASE_STOCK)
+            return await self._finish(order, saga, OrderStatus.REJECTED, CHECKOUT_EXPIRED)
+        match saga.step:
+            case SagaStep.VALIDATE_USER:
+                return await self._validate_user(order, saga)
+            case SagaStep.PRICE_ITEMS:
+                return await self._price_items(order, saga)
+            case SagaStep.RESERVE_STOCK:
+                return await self._reserve_stock(order, saga)
+            case SagaStep.CHARGE_PAYMENT:
+                return await self._charge_payment(order, saga)
+            case SagaStep.COMMIT_RESERVATION:
+                return await self._commit_reservation(order, saga)
+            case SagaStep.REFUND_PAYMENT:
+                return await self._refund_payment(order, saga)
+            case SagaStep.RELEASE_STOCK:
+                return await self._release_stock(order, saga)
+            case SagaStep.DONE:
+                return order, saga
+
+    def _expired(self, order: Order) -> bool:
+        return self._clock() - order.create_time > self._pending_timeout
+
+    async def _validate_user(self, order: Order, saga: SagaState) -> tuple[Order, SagaState]:
+        try:
+            await self._users.get_user(order.user_id)
+        except NotFound:
+            return await self._finish(order, saga, OrderStatus.REJECTED, USER_NOT_FOUND)
+        return await self._advance(order, saga, SagaStep.PRICE_ITEMS)
+
+    async def _price_items(self, order: Order, saga: SagaState) -> tuple[Order, SagaState]:
+        priced: list[OrderItem] = []
+        total = Money.zero(order.currency_code)
+        for item in order.items:
+            try:
+                price = await self._inventory.get_product(item.sku)
+            except NotFound:
+                return await self._finish(order, saga, OrderStatus.REJECTED, PRODUCT_NOT_FOUND)
+            if price.currency_code != order.currency_code:
+                return await self._finish(order, saga, OrderStatus.REJECTED, CURRENCY_MISMATCH)
+            priced.append(replace(item, unit_price=price))
+            total += price.times(item.quantity)
+        priced_order = replace(order, items=tuple(priced), total=total)
+        return await self._advance(priced_order, saga, SagaStep.RESERVE_STOCK)
+
+    async def _reserve_stock(self, order: Order, saga: SagaState) -> tuple[Order, SagaState]:
+        try:
+            await self._inventory.reserve(order.order_id, order.items)
+        except FailedPrecondition as error:
+            # All-or-nothing: a refused reservation holds nothing, so nothing to compensate.
+            return await self._finish(order, saga, OrderStatus.REJECTED, error.reason)
+        except NotFound:
+            return await self._finish(order, saga, OrderStatus.REJECTED, PRODUCT_NOT_FOUND)
+        return await self._advance(order, saga, SagaStep.CHARGE_PAYMENT)
+
+    async def _charge_payment(self, order: Order, saga: SagaState) -> tuple[Order, SagaState]:
+        total = order.total or Money.zero(order.currency_code)
+        if total.minor_units == 0:
+            # Nothing to charge (every item free): payments refuses zero amounts.
+            return await self._advance(order, saga, SagaStep.COMMIT_RESERVATION)
+        try:
+            payment_id = await self._payments.charge(
+                charge_key(order.order_id), order.order_id, total, saga.payment_token
+            )
+        except FailedPrecondition as error:
+            return await self._compensate(order, saga, error.reason, SagaStep.RELEASE_STOCK)
+        except InvalidArgument:
+            return await self._compensate(
+                order, saga, PAYMENT_TOKEN_INVALID, SagaStep.RELEASE_STOCK
+            )
+        return await self._advance(
+            replace(order, payment_id=payment_id), saga, SagaStep.COMMIT_RESERVATION
+        )
+
+    async def _commit_reservation(self, order: Order, saga: SagaState) -> tuple[Order, SagaState]:
+        try:
+            await self._inventory.commit(order.order_id)
+        except (FailedPrecondition, NotFound) as error:
+            # The stock is gone (released behind our back): give the money back.
+            return await self._compensate(order, saga, error.reason, SagaStep.REFUND_PAYMENT)
+        return await self._finish(order, saga, OrderStatus.CONFIRMED)
+
+    async def _refund_payment(self, order: Order, saga: SagaState) -> tuple[Order, SagaState]:
+        if order.payment_id:
+            try:
+                await self._payments.refund(order.payment_id)
+            except NotFound:
+                log.warning(
+                    "payment to refund does not exist",
+                    extra={"order_id": order.order_id, "payment_id": order.payment_id},
+                )
+        return await self._advance(order, saga, SagaStep.RELEASE_STOCK)
+
+    async def _release_stock(self, order: Order, saga: SagaState) -> tuple[Order, SagaState]:
+        try:
+            await self._inventory.release(order.order_id)
+        except NotFound:
+            log.info("no reservation to release", extra={"order_id": order.order_id})
+        outcome = saga.outcome or OrderStatus.REJECTED
+        return await self._finish(order, saga, outcome, saga.outcome_reason)
+
+    # --- transitions (each one is one repository transaction) --------------------------
+
+    async def _advance(
+        self, order: Order, saga: SagaState, step: SagaStep
+    ) -> tuple[Order, SagaState]:
+        """Store the result of the step just run together with the next step."""
+        order = replace(order, update_time=self._clock())
+        saga = replace(saga, step=step, last_error="")
+        await self._repository.save(order, saga)
+        return order, saga
+
+    async def _compensate(
+        self, order: Order, saga: SagaState, reason: str, first: SagaStep
+    ) -> tuple[Order, SagaState]:
+        """Decide the order ends REJECTED with `reason`, once compensations from `first` on
+        have run."""
+        saga = replace(saga, outcome=OrderStatus.REJECTED, outcome_reason=reason)
+        return await self._advance(order, saga, first)
+
+    async def _finish(
+        self, order: Order, saga: SagaState, status: OrderStatus, reason: str = ""
+    ) -> tuple[Order, SagaState]:
+        """Move the order to its final `status` and write its event in the same transaction."""
+        now = self._clock()
+        order = replace(
+            order,
+            status=status,
+            update_time=now,
+            rejection_reason=reason if status is OrderStatus.REJECTED else "",
+        )
+        event_type = OrderEventType(status.value)
+        event = OrderEvent(
+            event_id=event_id(order.order_id, event_type),
+            order_id=order.order_id,
+            user_id=order.user_id,
+            type=event_type,
+            reason=reason,
+            total=order.total or Money.zero(order.currency_code),
+            occur_time=now,
+        )
+        saga = SagaState(SagaStep.DONE, outcome=status, outcome_reason=reason)
+        await self._repository.save(order, saga, event)
+        self._on_event()
+        return order, saga

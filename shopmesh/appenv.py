@@ -1,0 +1,85 @@
+"""The one writer of an app's environment (the SHOPMESH_* variables), for every way shopmesh
+runs an app: a pod of the local mesh, a Kubernetes container, or a plain process next to the
+others (`shopmesh run`). `services/common/config.py` is the reader; both use its variable
+names, and tests/unit/test_appenv.py checks, for every service of the topology, that what is
+written here is what the app reads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from services.common.config import (
+    DB_PATH,
+    DRAIN_SECONDS,
+    GRACE_SECONDS,
+    LISTEN,
+    LOG_LEVEL,
+    upstream_variable,
+)
+from shopmesh.layout import Layout, Pod
+from shopmesh.topology import Topology
+
+MESH_OWNED = (LISTEN, DB_PATH, GRACE_SECONDS, DRAIN_SECONDS, LOG_LEVEL)
+"""Variables shopmesh sets for every app (plus SHOPMESH_UPSTREAM_<NAME> for each upstream);
+any other variable of the caller's environment reaches the apps unchanged."""
+
+
+@dataclass(frozen=True)
+class AppSettings:
+    """What is the same for every app of one mesh."""
+
+    log_level: str = "INFO"
+    grace_seconds: float = 5.0
+
+
+def unix_target(path: object) -> str:
+    """A Unix socket path as a gRPC target."""
+    return f"unix:{path}"
+
+
+def seconds(value: float) -> str:
+    """Seconds as the apps read them, without float noise (3.0 -> "3", 0.25 -> "0.25")."""
+    return f"{value:g}"
+
+
+def is_mesh_owned(variable: str) -> bool:
+    """Whether shopmesh sets `variable` itself (a value from the caller's environment for it
+    would be replaced)."""
+    return variable in MESH_OWNED or variable.startswith(upstream_variable(""))
+
+
+def pod_environment(
+    topology: Topology, layout: Layout, pod: Pod, settings: AppSettings
+) -> dict[str, str]:
+    """The environment of `pod`'s app in the mesh: it listens on its Unix socket and reaches
+    every upstream through its sidecar's egress socket, by gRPC service name."""
+    egress = unix_target(layout.egress_socket(pod))
+    return {
+        LISTEN: unix_target(layout.app_socket(pod)),
+        DB_PATH: str(layout.database(pod.service)),
+        **{
+            upstream_variable(upstream): egress for upstream in topology.services[pod.service].calls
+        },
+        GRACE_SECONDS: seconds(settings.grace_seconds),
+        DRAIN_SECONDS: seconds(topology.drain_seconds(pod.service)),
+        LOG_LEVEL: settings.log_level,
+    }
+
+
+def standalone_environment(
+    topology: Topology, service: str, host: str, database: str, settings: AppSettings
+) -> dict[str, str]:
+    """The environment of `service` run on its own, without the mesh: it listens on its
+    `standalone_port` and calls its upstreams straight at theirs (no retries, no mTLS)."""
+    upstreams = topology.services[service].calls
+    return {
+        LISTEN: f"{host}:{topology.services[service].standalone_port}",
+        DB_PATH: database,
+        **{
+            upstream_variable(name): f"{host}:{topology.services[name].standalone_port}"
+            for name in upstreams
+        },
+        GRACE_SECONDS: seconds(settings.grace_seconds),
+        DRAIN_SECONDS: seconds(0),
+        LOG_LEVEL: settings.log_level,
+    }

@@ -1,0 +1,242 @@
+"""The sidecar of one pod: `inbound` (mTLS from mesh identities -> RBAC per caller and method
+-> faults -> the app's Unix socket), `egress` (the app's only way out, a Unix socket routing by
+gRPC service name to the upstreams it may call), `health` (only grpc.health.v1.Health/Check,
+for probes and `shopmesh status`) and `metrics` (only /stats/prometheus)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from shopmesh.envoy.builders import (
+    HEALTH,
+    HEALTH_CHECK_PATH,
+    HTTP2_KEEPALIVE,
+    Json,
+    bootstrap,
+    common_tls,
+    duration,
+    http2_options,
+    http_connection_manager,
+    listener,
+    path_exact,
+    single_route_listener,
+    tcp,
+    typed,
+    unix,
+)
+from shopmesh.envoy.faults import ABORT_GRPC_STATUS, ABORT_PERCENT, DELAY_MS, DELAY_PERCENT
+from shopmesh.envoy.upstream import (
+    STREAM_IDLE_TIMEOUT,
+    deadline_replies,
+    upstream_cluster,
+    upstream_routes,
+)
+from shopmesh.layout import Layout, Pod
+from shopmesh.pki import IdentityFiles
+from shopmesh.topology import GATEWAY, HEALTH_SERVICE, REFLECTION_SERVICE, Topology
+
+LOCAL_APP = "local_app"
+INBOUND = "inbound"
+EGRESS = "egress"
+REFLECTION_PREFIX = f"/{REFLECTION_SERVICE}/"
+
+
+class RenderError(ValueError):
+    """A config cannot be rendered for what was asked (e.g. a pod of an unknown service)."""
+
+
+def service_paths(topology: Topology, service: str, methods: tuple[str, ...]) -> list[str]:
+    """gRPC paths (`/pkg.Service/Method`) of `methods` of `service`."""
+    grpc_service = topology.services[service].grpc_service
+    return [f"/{grpc_service}/{method}" for method in methods]
+
+
+def rbac_filter(topology: Topology, service: str) -> Json:
+    """Allow each caller exactly the methods the topology grants it; health checks from every
+    mesh identity; server reflection from the gateway when it offers reflection. Everything
+    else is denied (403, which gRPC clients see as PERMISSION_DENIED)."""
+    policies: Json = {}
+    for caller, methods in topology.callers(service).items():
+        paths = service_paths(topology, service, methods)
+        policies[f"caller-{caller}"] = {
+            "permissions": [
+                {"or_rules": {"rules": [{"url_path": {"path": {"exact": p}}} for p in paths]}}
+            ],
+            "principals": [
+                {"authenticated": {"principal_name": {"exact": topology.spiffe_id(caller)}}}
+            ],
+        }
+    policies["mesh-health-checks"] = {
+        "permissions": [{"url_path": {"path": {"exact": HEALTH_CHECK_PATH}}}],
+        "principals": [{"authenticated": {"principal_name": {"prefix": topology.spiffe_prefix}}}],
+    }
+    if topology.gateway.reflection:
+        policies["gateway-reflection"] = {
+            "permissions": [{"url_path": {"path": {"prefix": REFLECTION_PREFIX}}}],
+            "principals": [
+                {"authenticated": {"principal_name": {"exact": topology.spiffe_id(GATEWAY)}}}
+            ],
+        }
+    return {
+        "name": "envoy.filters.http.rbac",
+        "typed_config": typed(
+            "envoy.extensions.filters.http.rbac.v3.RBAC",
+            rules={"action": "ALLOW", "policies": policies},
+        ),
+    }
+
+
+def fault_filter() -> Json:
+    """Injected aborts and delays, off until `shopmesh fault` sets the runtime keys. Health
+    checks are exempt so a fault exercises retries instead of ejecting the host, and so is
+    reflection, so grpcurl keeps working during a fault demo."""
+    return {
+        "name": "envoy.filters.http.fault",
+        "typed_config": typed(
+            "envoy.extensions.filters.http.fault.v3.HTTPFault",
+            abort={"grpc_status": 14, "percentage": {"numerator": 0, "denominator": "HUNDRED"}},
+            delay={
+                "fixed_delay": "0.001s",
+                "percentage": {"numerator": 0, "denominator": "HUNDRED"},
+            },
+            headers=[
+                {"name": ":path", "string_match": {"prefix": prefix}, "invert_match": True}
+                for prefix in (f"/{HEALTH_SERVICE}/", REFLECTION_PREFIX)
+            ],
+            abort_percent_runtime=ABORT_PERCENT,
+            abort_grpc_status_runtime=ABORT_GRPC_STATUS,
+            delay_percent_runtime=DELAY_PERCENT,
+            delay_duration_runtime=DELAY_MS,
+        ),
+    }
+
+
+def local_app_cluster(layout: Layout, pod: Pod, connect_timeout: timedelta) -> Json:
+    return {
+        "name": LOCAL_APP,
+        "type": "STATIC",
+        "connect_timeout": duration(connect_timeout),
+        "typed_extension_protocol_options": http2_options(),
+        "load_assignment": {
+            "cluster_name": LOCAL_APP,
+            "endpoints": [
+                {"lb_endpoints": [{"endpoint": {"address": unix(layout.app_socket(pod))}}]}
+            ],
+        },
+    }
+
+
+def stream_routes(topology: Topology, service: str) -> list[Json]:
+    """Inbound routes of `service`'s methods without a route timeout (streams): like every
+    inbound call, no timeout, and no idle timeout either (STREAM_IDLE_TIMEOUT)."""
+    grpc_service = topology.services[service].grpc_service
+    return [
+        {
+            "name": f"{service}.{method}",
+            "match": path_exact(f"/{grpc_service}/{method}"),
+            "route": {"cluster": LOCAL_APP, "timeout": "0s", "idle_timeout": STREAM_IDLE_TIMEOUT},
+        }
+        for method, policy in topology.policies[service].methods.items()
+        if not policy.route_timeout
+    ]
+
+
+def inbound_listener(topology: Topology, layout: Layout, pod: Pod) -> Json:
+    """No timeout here: the caller's sidecar owns the budget, and the app enforces the
+    grpc-timeout it forwards (an Envoy timer here would reset streams mid-response: INTERNAL,
+    not DEADLINE_EXCEEDED)."""
+    files = IdentityFiles(layout.identity_dir(pod.service))
+    routes = {
+        "name": INBOUND,
+        "virtual_hosts": [
+            {
+                "name": pod.service,
+                "domains": ["*"],
+                "routes": [
+                    *stream_routes(topology, pod.service),
+                    {"match": {"prefix": "/"}, "route": {"cluster": LOCAL_APP, "timeout": "0s"}},
+                ],
+            }
+        ],
+    }
+    tls = typed(
+        "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+        require_client_certificate=True,
+        common_tls_context=common_tls(files, [{"prefix": topology.spiffe_prefix}]),
+    )
+    manager = http_connection_manager(
+        INBOUND,
+        routes,
+        [rbac_filter(topology, pod.service), fault_filter()],
+        layout.access_log(pod.name),
+        "HTTP2",
+        # The app may read the caller's SPIFFE ID from x-forwarded-client-cert.
+        forward_client_cert_details="SANITIZE_SET",
+        set_current_client_cert_details={"uri": True},
+        http2_protocol_options={"connection_keepalive": HTTP2_KEEPALIVE},
+    )
+    return listener(
+        INBOUND,
+        tcp(layout.inbound(pod)),
+        {
+            "filters": [manager],
+            "transport_socket": {"name": "envoy.transport_sockets.tls", "typed_config": tls},
+        },
+    )
+
+
+def egress_listener(topology: Topology, layout: Layout, pod: Pod) -> Json:
+    """The app's only way out: routes by gRPC service name to the upstreams it may call."""
+    upstreams = topology.services[pod.service].calls
+    routes = {
+        "name": EGRESS,
+        "virtual_hosts": [
+            {
+                "name": EGRESS,
+                "domains": ["*"],
+                "routes": [
+                    route
+                    for upstream in upstreams
+                    for route in upstream_routes(topology, upstream, None)
+                ],
+            }
+        ],
+    }
+    manager = http_connection_manager(
+        EGRESS,
+        routes,
+        [],
+        layout.access_log(pod.name),
+        "HTTP2",
+        local_reply_config=deadline_replies(),
+    )
+    return listener(EGRESS, unix(layout.egress_socket(pod)), {"filters": [manager]})
+
+
+def health_listener(topology: Topology, layout: Layout, pod: Pod) -> Json:
+    """Plaintext gRPC health of the app, for probes (kubelet, `shopmesh status`) only."""
+    return single_route_listener(
+        HEALTH,
+        tcp(layout.health(pod)),
+        HEALTH_CHECK_PATH,
+        LOCAL_APP,
+        topology.policies[pod.service].health_check.timeout,
+        layout.access_log(pod.name),
+    )
+
+
+def render_sidecar(topology: Topology, layout: Layout, pod: Pod) -> Json:
+    """The bootstrap of `pod`'s sidecar."""
+    if pod.service not in topology.services:
+        raise RenderError(f"pod {pod.name!r} belongs to unknown service {pod.service!r}")
+    service = topology.services[pod.service]
+    clusters = [
+        local_app_cluster(layout, pod, topology.policies[pod.service].connect_timeout),
+        *(upstream_cluster(topology, layout, upstream, pod.service) for upstream in service.calls),
+    ]
+    listeners = [
+        inbound_listener(topology, layout, pod),
+        egress_listener(topology, layout, pod),
+        health_listener(topology, layout, pod),
+    ]
+    return bootstrap(pod.name, pod.service, layout, listeners, clusters)

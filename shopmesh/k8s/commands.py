@@ -1,0 +1,72 @@
+"""`shopmesh k8s`: what the Kubernetes manifests need from the topology."""
+
+from __future__ import annotations
+
+import datetime
+import sys
+from pathlib import Path
+
+import click
+
+from shopmesh import options
+from shopmesh.k8s.certs import issue_certificates
+from shopmesh.k8s.manifests import render_manifests, stale_files, write_manifests
+from shopmesh.layout import KubernetesLayout
+from shopmesh.pki import LEAF_TTL
+from shopmesh.topology import load_topology
+
+
+@click.group(name="k8s")
+def k8s_group() -> None:
+    """What the Kubernetes manifests need from the topology (k8s/README.md)."""
+
+
+@k8s_group.command(name="render")
+@options.topology
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("k8s/base/generated"),
+    help="Where the manifests go.",
+)
+@click.option("--check", is_flag=True, help="Write nothing; exit 1 if the files are out of date.")
+def k8s_render_command(topology: Path, out: Path, check: bool) -> None:
+    """Write the generated manifests and Envoy configs from the topology."""
+    loaded = load_topology(topology)
+    files = render_manifests(loaded, KubernetesLayout(loaded))
+    if check:
+        stale = stale_files(files, out)
+        for name in stale:
+            click.echo(f"out of date: {out / name}", err=True)
+        if stale:
+            click.echo("run `shopmesh k8s render` and commit the result", err=True)
+            sys.exit(1)
+        click.echo(f"{out} is up to date")
+        return
+    write_manifests(files, out)
+    click.echo(f"wrote {len(files)} files to {out}")
+
+
+@k8s_group.command(name="issue-certs")
+@options.topology
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, file_okay=False),
+    required=True,
+    help="One directory per identity, each the files of its Secret.",
+)
+@click.option(
+    "--pki-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("var/k8s/pki"),
+    help="The CA (created on first use, then reused).",
+)
+@click.option(
+    "--ttl-hours", type=click.FloatRange(min=0.01), default=LEAF_TTL.total_seconds() / 3600
+)
+def k8s_certs_command(topology: Path, out: Path, pki_dir: Path, ttl_hours: float) -> None:
+    """Issue every identity's certificate as the files of a Kubernetes Secret."""
+    layout = KubernetesLayout(load_topology(topology))
+    ttl = datetime.timedelta(hours=ttl_hours)
+    for identity, expiry in issue_certificates(layout, pki_dir, out, ttl).items():
+        click.echo(f"{identity}: {out / identity} (valid until {expiry:%Y-%m-%d %H:%M} UTC)")

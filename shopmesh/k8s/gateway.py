@@ -1,0 +1,144 @@
+"""The Kubernetes objects of the edge gateway: ServiceAccount, Service, Deployment (Envoy, and
+an init container that brings the contracts' descriptor set from the service image), PDB and
+NetworkPolicies."""
+
+from __future__ import annotations
+
+from shopmesh.k8s.objects import (
+    APP_IMAGE,
+    ENVOY_IMAGE,
+    GATEWAY_REPLICAS,
+    NAME_LABEL,
+    Json,
+    container_security,
+    disruption_budget,
+    egress_policy,
+    envoy_container_args,
+    envoy_mounts,
+    envoy_volumes,
+    labels,
+    metadata,
+    mount,
+    pod_security,
+    port,
+    resources,
+    service_account,
+)
+from shopmesh.layout import KubernetesLayout
+from shopmesh.topology import GATEWAY, Topology
+
+
+def descriptors_init(layout: KubernetesLayout) -> Json:
+    """The JSON transcoder's descriptor set comes from the service image, so it always matches
+    the contracts the services were built from."""
+    return {
+        "name": "descriptors",
+        "image": APP_IMAGE,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["cp"],
+        "args": [str(layout.descriptor_in_image), str(layout.descriptor)],
+        "resources": resources("10m", "16Mi", "100m", "32Mi"),
+        "securityContext": container_security(),
+        "volumeMounts": [mount("descriptors", layout.descriptor.parent)],
+    }
+
+
+def gateway_container(layout: KubernetesLayout) -> Json:
+    health = layout.health_port
+    return {
+        "name": "envoy",
+        "image": ENVOY_IMAGE,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["/usr/local/bin/envoy"],
+        "args": envoy_container_args(layout),
+        "ports": [
+            port("http", layout.gateway_port),
+            port("health", health),
+            port("metrics", layout.metrics_port),
+        ],
+        "readinessProbe": {
+            "httpGet": {"path": "/healthz", "port": health},
+            "periodSeconds": 5,
+            "failureThreshold": 2,
+        },
+        "livenessProbe": {
+            "tcpSocket": {"port": health},
+            "periodSeconds": 10,
+            "failureThreshold": 3,
+        },
+        # Endpoints drop the pod while it still serves, before SIGTERM.
+        "lifecycle": {"preStop": {"sleep": {"seconds": 5}}},
+        "resources": resources("100m", "128Mi", "2", "256Mi"),
+        "securityContext": container_security(),
+        "volumeMounts": [
+            *envoy_mounts(layout),
+            mount("descriptors", layout.descriptor.parent, read_only=True),
+        ],
+    }
+
+
+def gateway_deployment(topology: Topology, layout: KubernetesLayout) -> Json:
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": metadata(GATEWAY, topology.namespace, "gateway"),
+        "spec": {
+            "replicas": GATEWAY_REPLICAS,
+            "strategy": {
+                "type": "RollingUpdate",
+                "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+            },
+            "revisionHistoryLimit": 5,
+            "selector": {"matchLabels": {NAME_LABEL: GATEWAY}},
+            "template": {
+                "metadata": {"labels": labels(GATEWAY, "gateway")},
+                "spec": {
+                    "serviceAccountName": GATEWAY,
+                    "automountServiceAccountToken": False,
+                    "enableServiceLinks": False,
+                    "terminationGracePeriodSeconds": 30,
+                    "securityContext": pod_security(),
+                    "initContainers": [descriptors_init(layout)],
+                    "containers": [gateway_container(layout)],
+                    "volumes": [
+                        {"name": "descriptors", "emptyDir": {"sizeLimit": "16Mi"}},
+                        *envoy_volumes(layout, GATEWAY),
+                    ],
+                },
+            },
+        },
+    }
+
+
+def gateway_objects(topology: Topology, layout: KubernetesLayout) -> list[Json]:
+    namespace = topology.namespace
+    listener = layout.gateway_port
+    return [
+        service_account(GATEWAY, namespace),
+        {
+            # ClusterIP here; the kind overlay makes it a NodePort, production a LoadBalancer.
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": metadata(GATEWAY, namespace, "gateway"),
+            "spec": {
+                "selector": {NAME_LABEL: GATEWAY},
+                "ports": [
+                    {"name": "http", "port": listener, "targetPort": listener, "protocol": "TCP"}
+                ],
+            },
+        },
+        gateway_deployment(topology, layout),
+        disruption_budget(GATEWAY, namespace),
+        {
+            # The public entrance: anyone may reach the gateway's listener.
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": metadata(f"{GATEWAY}-ingress", namespace, "gateway"),
+            "spec": {
+                "podSelector": {"matchLabels": {NAME_LABEL: GATEWAY}},
+                "policyTypes": ["Ingress"],
+                "ingress": [{"ports": [{"protocol": "TCP", "port": listener}]}],
+            },
+        },
+        egress_policy(namespace, GATEWAY, list(topology.gateway.exposes), layout.inbound_port),
+    ]

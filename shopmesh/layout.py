@@ -1,0 +1,375 @@
+"""Where everything of a pod lives: its sockets, ports, logs, configs, certificates, data and
+names, on this machine and on Kubernetes. Nothing else in shopmesh builds a path or picks a
+port; the Envoy builders, the app environment and the Kubernetes generator ask a `Layout`.
+
+Locally (`LocalLayout`) there is one pod per replica (`inventory-0`, `inventory-1`, ...), and
+everything lives under one state directory (`StateDir`, default ./var):
+
+    mesh.json                    what runs: ports, pids, commands (shopmesh.local.state)
+    run/<pod>/app.sock           the app's socket (only its sidecar connects to it)
+    run/<pod>/egress.sock        the sidecar's egress listener (the app's only way out)
+    run/<process>.pid            one pidfile per process
+    admin/<envoy>.sock           each Envoy's admin endpoint; the directory is 0700
+    log/<process>.log            app and Envoy output; log/<pod>.access.log, gateway.access.log:
+                                 the JSON access logs
+    certs/                       the local CA and every identity (shopmesh.pki)
+    data/<service>.db            each service's SQLite file; replicas of a service share it
+    envoy/<pod>.yaml             rendered Envoy configs, and mesh.yaml as the mesh was started
+
+On Kubernetes (`KubernetesLayout`) there is one config per service, shared by its replicas;
+the manifests mount volumes at the paths it names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from shopmesh.topology import GATEWAY, Topology
+
+APP = "app"
+SIDECAR = "sidecar"
+ADMIN_SOCKET_MODE = 0o600
+"""Envoy creates its admin socket with this mode (inside a 0700 directory as well)."""
+MAX_SOCKET_PATH = 107
+"""Unix socket paths must fit in sockaddr_un.sun_path (108 bytes on Linux, with the NUL)."""
+
+
+class LayoutError(ValueError):
+    """The layout cannot hold the mesh (e.g. socket paths too long); the message says why."""
+
+
+@dataclass(frozen=True)
+class Pod:
+    """What one sidecar config is rendered for: a replica locally, a Deployment on Kubernetes."""
+
+    service: str
+    name: str
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A TCP address."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """How a cluster finds its endpoints: Envoy's discovery type and the addresses."""
+
+    discovery: str
+    endpoints: tuple[Endpoint, ...]
+
+
+def app_module(service: str) -> str:
+    """The Python module that runs `service` (`python -m services.gift_cards`)."""
+    return f"services.{service.replace('-', '_')}"
+
+
+def app_process(pod: str) -> str:
+    """The name of a pod's app process in logs, pidfiles and `shopmesh status`."""
+    return f"{pod}.{APP}"
+
+
+def sidecar_process(pod: str) -> str:
+    """The name of a pod's Envoy sidecar process."""
+    return f"{pod}.{SIDECAR}"
+
+
+class Layout(Protocol):
+    """What the Envoy builders and the app environment need to know about where things are."""
+
+    def pods(self) -> list[Pod]: ...
+    def app_socket(self, pod: Pod) -> Path: ...
+    def egress_socket(self, pod: Pod) -> Path: ...
+    def admin_socket(self, envoy: str) -> Path: ...
+    def inbound(self, pod: Pod) -> Endpoint: ...
+    def health(self, pod: Pod) -> Endpoint: ...
+    def metrics(self, envoy: str) -> Endpoint: ...
+    def upstream(self, service: str) -> Upstream: ...
+    def identity_dir(self, identity: str) -> Path: ...
+    def access_log(self, envoy: str) -> str: ...
+    def gateway_listener(self) -> Endpoint: ...
+    def gateway_health(self) -> Endpoint: ...
+    def descriptor_set(self) -> Path: ...
+    def database(self, service: str) -> Path: ...
+
+
+# --- on this machine ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StateDir:
+    """The files of one local mesh (see the module docstring); needs no topology, so `down`,
+    `logs` and `status` can find their way around any state directory."""
+
+    root: Path
+
+    @property
+    def run(self) -> Path:
+        return self.root / "run"
+
+    @property
+    def admin(self) -> Path:
+        return self.root / "admin"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "log"
+
+    @property
+    def certs(self) -> Path:
+        return self.root / "certs"
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def envoy(self) -> Path:
+        return self.root / "envoy"
+
+    @property
+    def state_file(self) -> Path:
+        return self.root / "mesh.json"
+
+    @property
+    def topology_snapshot(self) -> Path:
+        """The topology as the running mesh was started from it (the file may change since)."""
+        return self.envoy / "mesh.yaml"
+
+    def pod_dir(self, pod: str) -> Path:
+        return self.run / pod
+
+    def app_socket(self, pod: str) -> Path:
+        return self.pod_dir(pod) / "app.sock"
+
+    def egress_socket(self, pod: str) -> Path:
+        return self.pod_dir(pod) / "egress.sock"
+
+    def admin_socket(self, envoy: str) -> Path:
+        return self.admin / f"{envoy}.sock"
+
+    def pidfile(self, process: str) -> Path:
+        return self.run / f"{process}.pid"
+
+    def log(self, process: str) -> Path:
+        return self.logs / f"{process}.log"
+
+    def access_log(self, envoy: str) -> Path:
+        return self.logs / f"{envoy}.access.log"
+
+    def envoy_config(self, envoy: str) -> Path:
+        return self.envoy / f"{envoy}.yaml"
+
+    def database(self, service: str) -> Path:
+        return self.data / f"{service}.db"
+
+    def make_directories(self, pods: list[Pod]) -> None:
+        """Create every directory the processes and rendered configs refer to (Envoy refuses a
+        config whose access log directory is missing). Admin sockets get a private one."""
+        for directory in (self.run, self.logs, self.data, self.envoy):
+            directory.mkdir(parents=True, exist_ok=True)
+        self.admin.mkdir(mode=0o700, exist_ok=True)
+        self.admin.chmod(0o700)
+        for pod in pods:
+            self.pod_dir(pod.name).mkdir(exist_ok=True)
+
+
+@dataclass(frozen=True)
+class PodPorts:
+    """The TCP ports of one local sidecar."""
+
+    inbound: int
+    health: int
+    metrics: int
+
+
+@dataclass(frozen=True)
+class GatewayPorts:
+    """The TCP ports of the local gateway."""
+
+    listener: int
+    health: int
+    metrics: int
+
+
+def local_pods(topology: Topology) -> list[Pod]:
+    """One pod per replica, named `<service>-<index>`, in topology order."""
+    return [
+        Pod(service.name, f"{service.name}-{index}")
+        for service in topology.services.values()
+        for index in range(service.replicas)
+    ]
+
+
+@dataclass(frozen=True)
+class LocalLayout:
+    """Everything on one machine under `state`; TCP only on `host` (loopback)."""
+
+    state: StateDir
+    topology: Topology
+    host: str
+    ports: dict[str, PodPorts]
+    """Pod name -> its ports; every pod of the topology has an entry."""
+    gateway_ports: GatewayPorts
+    descriptor: Path
+
+    def pods(self) -> list[Pod]:
+        return local_pods(self.topology)
+
+    def check_socket_paths(self) -> None:
+        """Refuse a state directory so deep that a socket path would not fit."""
+        longest = max(
+            [self.state.egress_socket(pod.name) for pod in self.pods()]
+            + [self.state.admin_socket(envoy) for envoy in [*self.ports, GATEWAY]],
+            key=lambda path: len(str(path).encode()),
+        )
+        if len(str(longest).encode()) > MAX_SOCKET_PATH:
+            raise LayoutError(
+                f"the state directory {self.state.root} is too deep for Unix sockets "
+                f"({longest} is longer than {MAX_SOCKET_PATH} bytes); use a shorter --state-dir"
+            )
+
+    def pod_ports(self, pod: str) -> PodPorts:
+        try:
+            return self.ports[pod]
+        except KeyError:
+            raise LayoutError(f"no ports for pod {pod!r} in the local layout") from None
+
+    def app_socket(self, pod: Pod) -> Path:
+        return self.state.app_socket(pod.name)
+
+    def egress_socket(self, pod: Pod) -> Path:
+        return self.state.egress_socket(pod.name)
+
+    def admin_socket(self, envoy: str) -> Path:
+        return self.state.admin_socket(envoy)
+
+    def inbound(self, pod: Pod) -> Endpoint:
+        return Endpoint(self.host, self.pod_ports(pod.name).inbound)
+
+    def health(self, pod: Pod) -> Endpoint:
+        return Endpoint(self.host, self.pod_ports(pod.name).health)
+
+    def metrics(self, envoy: str) -> Endpoint:
+        if envoy == GATEWAY:
+            return Endpoint(self.host, self.gateway_ports.metrics)
+        return Endpoint(self.host, self.pod_ports(envoy).metrics)
+
+    def upstream(self, service: str) -> Upstream:
+        replicas = [pod for pod in self.pods() if pod.service == service]
+        return Upstream("STATIC", tuple(self.inbound(pod) for pod in replicas))
+
+    def identity_dir(self, identity: str) -> Path:
+        return self.state.certs / identity
+
+    def access_log(self, envoy: str) -> str:
+        return str(self.state.access_log(envoy))
+
+    def gateway_listener(self) -> Endpoint:
+        return Endpoint(self.host, self.gateway_ports.listener)
+
+    def gateway_health(self) -> Endpoint:
+        return Endpoint(self.host, self.gateway_ports.health)
+
+    def descriptor_set(self) -> Path:
+        return self.descriptor
+
+    def database(self, service: str) -> Path:
+        return self.state.database(service)
+
+
+# --- on Kubernetes -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KubernetesLayout:
+    """The in-cluster layout: the manifests mount volumes at these paths and publish these
+    ports. Ports follow Istio's numbering where there is one (15443 mTLS, 15021 health,
+    15090 Prometheus)."""
+
+    topology: Topology
+    cluster_domain: str = "cluster.local"
+    socket_dir: Path = Path("/var/run/shopmesh")
+    """The emptyDir shared by the app and sidecar containers."""
+    admin_dir: Path = Path("/var/run/envoy-admin")
+    """An emptyDir mounted in the Envoy container only: nothing else in the pod reaches admin."""
+    tls_dir: Path = Path("/etc/shopmesh/tls")
+    """The mounted Secret with the identity's certificate, key, trust bundle and SDS files."""
+    config_dir: Path = Path("/etc/shopmesh/envoy")
+    config_file: str = "envoy.yaml"
+    data_dir: Path = Path("/var/lib/shopmesh")
+    descriptor: Path = Path("/etc/shopmesh/descriptors/shop.pb")
+    descriptor_in_image: Path = Path("/app/descriptors/shop.pb")
+    """Where the Dockerfile puts the contracts' descriptor set, for the gateway's transcoder."""
+    inbound_port: int = 15443
+    health_port: int = 15021
+    metrics_port: int = 15090
+    gateway_port: int = 8080
+
+    def pods(self) -> list[Pod]:
+        return [Pod(name, name) for name in self.topology.services]
+
+    def config_path(self) -> Path:
+        return self.config_dir / self.config_file
+
+    def config_map(self, identity: str) -> str:
+        """The ConfigMap (before kustomize adds its hash suffix) with `identity`'s Envoy
+        config."""
+        return f"envoy-{identity}"
+
+    def tls_secret(self, identity: str) -> str:
+        """The Secret holding `identity`'s certificate files."""
+        return f"tls-{identity}"
+
+    def data_claim(self, service: str) -> str:
+        return f"{service}-data"
+
+    def service_host(self, service: str) -> str:
+        return f"{service}.{self.topology.namespace}.svc.{self.cluster_domain}"
+
+    def app_socket(self, pod: Pod) -> Path:
+        return self.socket_dir / "app.sock"
+
+    def egress_socket(self, pod: Pod) -> Path:
+        return self.socket_dir / "egress.sock"
+
+    def admin_socket(self, envoy: str) -> Path:
+        return self.admin_dir / "admin.sock"
+
+    def inbound(self, pod: Pod) -> Endpoint:
+        return Endpoint("0.0.0.0", self.inbound_port)
+
+    def health(self, pod: Pod) -> Endpoint:
+        return Endpoint("0.0.0.0", self.health_port)
+
+    def metrics(self, envoy: str) -> Endpoint:
+        return Endpoint("0.0.0.0", self.metrics_port)
+
+    def upstream(self, service: str) -> Upstream:
+        return Upstream("STRICT_DNS", (Endpoint(self.service_host(service), self.inbound_port),))
+
+    def identity_dir(self, identity: str) -> Path:
+        return self.tls_dir
+
+    def access_log(self, envoy: str) -> str:
+        return "/dev/stdout"
+
+    def gateway_listener(self) -> Endpoint:
+        return Endpoint("0.0.0.0", self.gateway_port)
+
+    def gateway_health(self) -> Endpoint:
+        return Endpoint("0.0.0.0", self.health_port)
+
+    def descriptor_set(self) -> Path:
+        return self.descriptor
+
+    def database(self, service: str) -> Path:
+        return self.data_dir / f"{service}.db"

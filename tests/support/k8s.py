@@ -1,0 +1,90 @@
+"""The offline Kubernetes checks' machinery: kustomize (the real kubectl's) and helpers to look
+into what it renders."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from shopmesh.k8s.objects import ENVOY_IMAGE
+from tests.support.paths import ROOT
+
+K8S = ROOT / "k8s"
+OVERLAYS = ("kind", "production")
+
+Json = dict[str, Any]
+
+KUBECTL_MISSING = (
+    "kubectl not found on PATH: the Kubernetes manifests are checked with its built-in "
+    "kustomize. Install kubectl 1.32 or newer (https://kubernetes.io/docs/tasks/tools/; "
+    "Debian/Ubuntu: the pkgs.k8s.io apt repository, or a release binary in /usr/local/bin)."
+)
+
+
+def kubectl() -> str:
+    """The kubectl binary; a test that needs it fails, with how to install it, if missing."""
+    found = shutil.which("kubectl")
+    if found is None:
+        pytest.fail(KUBECTL_MISSING, pytrace=False)
+    return found
+
+
+def kustomize(directory: Path) -> list[Json]:
+    """`kubectl kustomize directory`, parsed."""
+    result = subprocess.run(
+        [kubectl(), "kustomize", str(directory)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, f"kubectl kustomize {directory} failed:\n{result.stderr}"
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc is not None]
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """One overlay's objects, as `kubectl apply -k` would send them."""
+
+    overlay: str
+    objects: list[Json]
+
+    def of_kind(self, kind: str) -> list[Json]:
+        return [o for o in self.objects if o["kind"] == kind]
+
+    def named(self, kind: str, name: str) -> Json:
+        matches = [o for o in self.of_kind(kind) if o["metadata"]["name"] == name]
+        assert len(matches) == 1, f"{self.overlay}: expected one {kind} {name}, got {len(matches)}"
+        return matches[0]
+
+    def workloads(self) -> list[Json]:
+        return [o for o in self.objects if o["kind"] in ("Deployment", "StatefulSet")]
+
+
+def pod_spec(workload: Json) -> Json:
+    spec: Json = workload["spec"]["template"]["spec"]
+    return spec
+
+
+def all_containers(workload: Json) -> Iterator[Json]:
+    """Init containers (the native sidecar among them) and containers."""
+    spec = pod_spec(workload)
+    yield from spec.get("initContainers", [])
+    yield from spec["containers"]
+
+
+def is_envoy(container: Json) -> bool:
+    image: str = container["image"]
+    return image == ENVOY_IMAGE
+
+
+def is_sidecar(container: Json) -> bool:
+    """A native sidecar: an init container that keeps running beside the app."""
+    return is_envoy(container) and container.get("restartPolicy") == "Always"

@@ -1,0 +1,19 @@
+"""Where the tests find the project's files and tools."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from shopmesh.topology import Topology, load_topology
+
+ROOT = Path(__file__).resolve().parents[2]
+MESH_FILE = ROOT / "envoy" / "mesh.yaml"
+DESCRIPTOR_SET = ROOT / "gen" / "shop.pb"
+"""Written by `make generate`, which every test target runs first."""
+BIN = Path(sys.executable).parent
+ENVOY = BIN / "envoy"
+SHOPMESH = BIN / "shopmesh"
+GRPCURL = BIN / "grpcurl"
+TOPOLOGY: Topology = load_topology(MESH_FILE)
+"""The shop's topology: the only list of its services the tests use."""

@@ -1,0 +1,70 @@
+"""mesh.json: what `up` records is read back whole, and a file of an earlier shopmesh is
+recognised (so `down` can stop that mesh) rather than misread."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from shopmesh.layout import GatewayPorts, PodPorts, StateDir
+from shopmesh.local.errors import MeshError
+from shopmesh.local.state import STATE_VERSION, LegacyState, MeshState, ProcessRecord, read_state
+
+
+def a_state() -> MeshState:
+    return MeshState(
+        host="127.0.0.1",
+        pod_ports={"users-0": PodPorts(1, 2, 3)},
+        gateway_ports=GatewayPorts(4, 5, 6),
+        descriptor="/x/shop.pb",
+        processes={
+            "users-0.app": ProcessRecord(
+                "users-0.app", "app", ["python", "-m", "services.users"], {"A": "1"}, 42, 7
+            )
+        },
+        up_seconds=1.5,
+    )
+
+
+def test_the_state_is_read_back_as_it_was_written(tmp_path: Path) -> None:
+    paths = StateDir(tmp_path)
+    state = a_state()
+
+    state.save(paths)
+
+    assert read_state(paths) == state
+    assert json.loads(paths.state_file.read_text())["version"] == STATE_VERSION
+
+
+def test_no_state_file_means_no_mesh(tmp_path: Path) -> None:
+    assert read_state(StateDir(tmp_path)) is None
+
+
+def test_a_version_1_file_is_recognised_with_its_processes(tmp_path: Path) -> None:
+    paths = StateDir(tmp_path)
+    legacy = {
+        "version": 1,
+        "pods": {"users-0": {"app": {"pid": 10, "start_ticks": 1}, "sidecar": None}},
+        "gateway": {"process": {"pid": 12, "start_ticks": 3}},
+    }
+    paths.state_file.write_text(json.dumps(legacy))
+
+    with pytest.raises(LegacyState) as raised:
+        read_state(paths)
+
+    assert [(r.name, r.pid) for r in raised.value.processes] == [
+        ("users-0.app", 10),
+        ("gateway", 12),
+    ]
+    assert f"shopmesh down --state-dir {tmp_path}" in str(raised.value)
+
+
+@pytest.mark.parametrize("content", ['{"version": 99}', "not json", '{"version": 2}'])
+def test_an_unknown_or_broken_file_is_a_clear_error(tmp_path: Path, content: str) -> None:
+    paths = StateDir(tmp_path)
+    paths.state_file.write_text(content)
+
+    with pytest.raises(MeshError, match=str(paths.state_file)):
+        read_state(paths)

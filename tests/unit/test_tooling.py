@@ -1,0 +1,123 @@
+"""The mesh tooling's small pieces without a mesh: the layout refuses socket paths that cannot
+work, certificates are renewed only when they must be, the log keeper caps a log that a process
+keeps appending to, and `make run` takes its ports from the topology."""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from cryptography import x509
+
+from shopmesh.layout import GatewayPorts, LayoutError, LocalLayout, PodPorts, StateDir, local_pods
+from shopmesh.local.logcap import cap, cap_all
+from shopmesh.pki import LocalPki, ensure_certificates
+from shopmesh.topology import TopologyError, parse_topology
+from tests.support.paths import MESH_FILE, TOPOLOGY
+from tests.support.polling import eventually_sync
+
+HOUR = datetime.timedelta(hours=1)
+
+
+def layout_under(root: Path) -> LocalLayout:
+    ports = {pod.name: PodPorts(0, 0, 0) for pod in local_pods(TOPOLOGY)}
+    return LocalLayout(StateDir(root), TOPOLOGY, "127.0.0.1", ports, GatewayPorts(0, 0, 0), root)
+
+
+def test_a_state_directory_too_deep_for_unix_sockets_is_refused(tmp_path: Path) -> None:
+    layout_under(tmp_path / "short").check_socket_paths()
+
+    deep = tmp_path / ("d" * 90)
+    with pytest.raises(LayoutError, match="too deep for Unix sockets"):
+        layout_under(deep).check_socket_paths()
+
+
+def test_the_admin_directory_is_private(tmp_path: Path) -> None:
+    state = StateDir(tmp_path / "var")
+    state.make_directories(local_pods(TOPOLOGY))
+
+    assert (state.admin.stat().st_mode & 0o777) == 0o700
+
+
+def serial(pki: LocalPki, identity: str) -> int:
+    certificate, _ = pki.files(identity).current()
+    return int(x509.load_pem_x509_certificate(certificate.read_bytes()).serial_number)
+
+
+def test_certificates_are_issued_once_and_renewed_when_they_must_be(tmp_path: Path) -> None:
+    identities = TOPOLOGY.spiffe_ids
+
+    assert ensure_certificates(tmp_path, identities, HOUR) == list(identities)
+    pki = LocalPki(tmp_path)
+    before = {identity: serial(pki, identity) for identity in identities}
+    # Valid, with two thirds of their life left: nothing to do.
+    assert ensure_certificates(tmp_path, identities, HOUR) == []
+    # Another SPIFFE ID for one identity (say, a renamed trust domain): only that one.
+    moved = {**identities, "users": "spiffe://other.example/ns/shop/sa/users"}
+    assert ensure_certificates(tmp_path, moved, HOUR) == ["users"]
+    assert serial(pki, "users") != before["users"]
+    # Less than a third of their life left (issued for 2 s): all of them.
+    short_lived = tmp_path / "short"
+    ensure_certificates(short_lived, identities, datetime.timedelta(seconds=2))
+    assert ensure_certificates(short_lived, identities, HOUR) == list(identities)
+
+
+def test_the_log_keeper_caps_a_log_a_process_keeps_appending_to(tmp_path: Path) -> None:
+    state = StateDir(tmp_path)
+    state.logs.mkdir()
+    log = state.log("writer")
+    writer = [
+        sys.executable,
+        "-c",
+        "import sys, time\nfor i in range(5000):\n print('x' * 99, flush=True); time.sleep(0.0005)",
+    ]
+    with log.open("ab") as output:
+        process = subprocess.Popen(writer, stdout=output)
+    try:
+        capped: list[Path] = []
+
+        def capped_once() -> bool:
+            capped.extend(cap_all(state, 50_000))
+            return bool(capped)
+
+        eventually_sync(capped_once, 30, "the log to grow past the cap", interval=0.01)
+        process.wait(30)
+    finally:
+        process.kill()
+        process.wait()
+
+    assert capped == [log]
+    previous = log.with_name("writer.log.1")
+    assert previous.stat().st_size > 50_000
+    # The writer went on at the start of the emptied file: no hole of NUL bytes.
+    text = log.read_bytes()
+    assert b"\0" not in text
+    assert text.splitlines() == [b"x" * 99] * len(text.splitlines())
+    assert not cap(log, 10 * 1024 * 1024)
+
+
+def topology_with(**changes: Any) -> dict[str, Any]:
+    document: dict[str, Any] = copy.deepcopy(yaml.safe_load(MESH_FILE.read_text()))
+    for service, port in changes.items():
+        document["services"][service]["standalone_port"] = port
+    return document
+
+
+def test_standalone_ports_come_from_the_topology_and_must_differ() -> None:
+    assert {s.name: s.standalone_port for s in TOPOLOGY.services.values()} == {
+        "users": 50051,
+        "inventory": 50052,
+        "payments": 50053,
+        "orders": 50054,
+        "notifications": 50055,
+    }
+    with pytest.raises(TopologyError, match=r"services\.orders\.standalone_port: 50051 is also"):
+        parse_topology(topology_with(orders=50051), "mesh.yaml")
+    with pytest.raises(TopologyError, match="between 1 and 65535"):
+        parse_topology(topology_with(users=0), "mesh.yaml")
