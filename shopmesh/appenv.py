@@ -1,7 +1,7 @@
 """The one writer of an app's environment (the SHOPMESH_* variables), for every way shopmesh
 runs an app: a pod of the local mesh, a Kubernetes container, or a plain process next to the
 others (`shopmesh run`). `services/common/config.py` is the reader; both use its variable
-names, and tests/unit/test_appenv.py checks, for every service of the topology, that what is
+names, and tests/unit/test_config.py checks, for every service of the topology, that what is
 written here is what the app reads."""
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ from rich.table import Table
 from services.common.config import LOG_LEVEL
 from shopmesh import options
 from shopmesh.appenv import is_mesh_owned
+from shopmesh.envoy.admin import AdminError
 from shopmesh.envoy.faults import Fault, FaultError
 from shopmesh.k8s.commands import k8s_group
 from shopmesh.layout import LayoutError, StateDir
@@ -38,7 +39,7 @@ T = TypeVar("T")
 console = Console(highlight=False)
 errors = Console(stderr=True, highlight=False)
 # Errors a user can act on: each becomes one line on stderr and exit status 1.
-USER_ERRORS = (MeshError, FaultError, TopologyError, PkiError, LayoutError)
+USER_ERRORS = (MeshError, AdminError, FaultError, TopologyError, PkiError, LayoutError)
 
 
 class Shopmesh(click.Group):

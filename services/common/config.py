@@ -5,7 +5,7 @@ sidecar Unix sockets without touching their code. Bad values stop the service at
 message that names the variable and says what is expected.
 
 This module is the reader of the app environment; `shopmesh.appenv` is its one writer (for
-the local mesh, `shopmesh run` and Kubernetes alike), and tests/unit/test_appenv.py checks that
+the local mesh, `shopmesh run` and Kubernetes alike), and tests/unit/test_config.py checks that
 what one writes is what the other reads. The variables:
 
 - SHOPMESH_LISTEN: `unix:/path.sock` or `host:port` (required)

@@ -36,8 +36,17 @@ def cap(log: Path, max_bytes: int) -> bool:
 
 
 def cap_all(state: StateDir, max_bytes: int) -> list[Path]:
-    """Cap every log of the mesh in `state`; returns the logs that were capped."""
-    return [log for log in sorted(state.logs.glob("*.log")) if cap(log, max_bytes)]
+    """One round of the keeper: cap every log of the mesh in `state`; returns the logs capped.
+    A log it cannot handle now (a full disk) is reported and tried again next round: that is
+    never the end of the keeper."""
+    capped = []
+    for log in sorted(state.logs.glob("*.log")):
+        try:
+            if cap(log, max_bytes):
+                capped.append(log)
+        except OSError as error:
+            click.echo(f"could not cap {log.name}: {error}", err=True)
+    return capped
 
 
 @click.command()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import os
 import signal
 import time
 from collections.abc import Sequence
@@ -148,7 +147,9 @@ class RunningMesh:
     def spawn(self, name: str) -> ManagedProcess:
         """Start the recorded process `name` and record its pid."""
         record = self.state.processes[name]
-        process = spawn(record, self.paths.log(name), self.paths.pidfile(name), os.environ)
+        process = spawn(
+            record, self.paths.log(name), self.paths.pidfile(name), self.state.environment
+        )
         self._attach_process(process)
         self.save()
         return process
@@ -179,7 +180,8 @@ class RunningMesh:
             # A stale socket (a killed Envoy leaves its egress.sock) would make the bind fail.
             pod.egress_socket.unlink(missing_ok=True)
             self.spawn(pod.sidecar_name)
-        watched = [p for p in (pod.app, pod.sidecar) if p is not None]
+        # Only what runs now: a dead app being replaced must not fail the wait at once.
+        watched = [p for p in (pod.app, pod.sidecar) if p is not None and p.alive()]
         await until(pod.admin.ready, f"{pod.sidecar_name} to be ready", deadline, watched)
         if not _running(pod.app):
             watched.append(self.spawn(pod.app_name))
@@ -194,17 +196,21 @@ class RunningMesh:
     async def start_gateway(self, deadline: float) -> None:
         if not _running(self.gateway.process):
             self.spawn(GATEWAY)
-        watched = [p for p in (self.gateway.process,) if p is not None]
+        watched = [p for p in (self.gateway.process,) if p is not None and p.alive()]
         await until(self.gateway.admin.ready, "gateway to be ready", deadline, watched)
         await until(lambda: http_ok(self.gateway.health_url), "gateway /healthz", deadline, watched)
 
     async def restart(self, name: str, within: float = 30.0) -> list[str]:
-        """Start again whatever of pod `name` (or the gateway) is not running, and wait until
-        it serves; returns the processes started (none if everything ran)."""
+        """Start again whatever of pod `name` (or the gateway, or the log keeper `logs`) is not
+        running, and wait until it serves; returns the processes started (none if everything
+        ran)."""
         deadline = time.monotonic() + within
         before = {process.name: process.pid for process in self.processes() if process.alive()}
         if name == GATEWAY:
             await self.start_gateway(deadline)
+        elif name == LOGS:
+            if not _running(self.logs):
+                self.spawn(LOGS)
         else:
             await self.start_pod(self.pod(name), deadline)
         return [p.name for p in self.processes() if p.alive() and before.get(p.name) != p.pid]

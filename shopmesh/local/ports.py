@@ -30,6 +30,9 @@ def free_ports(host: str, count: int) -> list[int]:
 def require_free(host: str, port: int, what: str, way_out: str) -> None:
     """Refuse to go on when `port` on `host` is taken, naming `what` needs it and `way_out`."""
     with socket.socket(_family(host), socket.SOCK_STREAM) as sock:
+        # As the servers that will bind it do: connections of a previous run lingering in
+        # TIME_WAIT do not make the port taken.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError as error:

@@ -14,6 +14,7 @@ import contextlib
 import datetime
 import functools
 import importlib.util
+import os
 import shutil
 import signal
 import sys
@@ -43,7 +44,7 @@ from shopmesh.local.logcap import DEFAULT_MAX_BYTES
 from shopmesh.local.mesh import LOGS, RunningMesh, remove_runtime_files, upstreams_healthy
 from shopmesh.local.ports import free_ports, require_free
 from shopmesh.local.process import ManagedProcess
-from shopmesh.local.state import LegacyState, MeshState, ProcessRecord
+from shopmesh.local.state import LegacyState, MeshState, ProcessRecord, read_state
 from shopmesh.local.wait import until
 from shopmesh.options import DEFAULT_STATE_DIR, DEFAULT_TOPOLOGY
 from shopmesh.pki import LEAF_TTL, PkiError, ensure_certificates
@@ -194,6 +195,7 @@ def prepare(options: MeshOptions) -> tuple[LocalLayout, MeshState, Path]:
         gateway_ports=gateway_ports,
         descriptor=str(descriptor),
         processes=process_records(layout, options, envoy),
+        environment=dict(os.environ),
     )
     return layout, state, envoy
 
@@ -272,12 +274,19 @@ def _leaves(group: BaseException) -> list[BaseException]:
 
 
 async def down(paths: StateDir) -> list[str] | None:
-    """Stop the mesh recorded in `paths` (one an earlier shopmesh started, too); the names of
-    the processes it had (None: no mesh was recorded)."""
+    """Stop the mesh recorded in `paths` (one an earlier shopmesh started, too, and one whose
+    copy of the topology is gone); the names of the processes it had (None: no mesh was
+    recorded)."""
     try:
         mesh = RunningMesh.attach(paths.root)
     except LegacyState as legacy:
-        return await stop_legacy(paths, legacy)
+        return await stop_processes(paths, legacy.processes)
+    except MeshError:
+        # The topology copy cannot be read, but mesh.json still names every process.
+        state = read_state(paths)
+        if state is None:
+            return None
+        return await stop_processes(paths, list(state.processes.values()))
     if mesh is None:
         return None
     names = [process.name for process in mesh.processes()]
@@ -285,10 +294,10 @@ async def down(paths: StateDir) -> list[str] | None:
     return names
 
 
-async def stop_legacy(paths: StateDir, legacy: LegacyState) -> list[str]:
-    """Stop the processes of a mesh an earlier shopmesh started: apps first (SIGINT), then
-    the Envoys (SIGTERM)."""
-    processes = [ManagedProcess(record, paths.log(record.name)) for record in legacy.processes]
+async def stop_processes(paths: StateDir, records: list[ProcessRecord]) -> list[str]:
+    """Stop recorded processes without the rest of a mesh's handle: apps first (SIGINT), then
+    the others (SIGTERM); SIGKILL for stragglers."""
+    processes = [ManagedProcess(record, paths.log(record.name)) for record in records if record.pid]
     apps = [p for p in processes if p.kind == APP]
     await asyncio.gather(*(p.terminate(8.0, signal.SIGINT) for p in apps))
     await asyncio.gather(*(p.terminate(5.0) for p in processes if p.kind != APP))

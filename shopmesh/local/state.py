@@ -41,13 +41,16 @@ class MeshState:
     gateway_ports: GatewayPorts
     descriptor: str
     processes: dict[str, ProcessRecord] = field(default_factory=dict)
+    environment: dict[str, str] = field(default_factory=dict)
+    """The environment `up` ran in: every process, restarted ones too, starts from it."""
     up_seconds: float | None = None
     version: int = STATE_VERSION
 
     def save(self, state_dir: StateDir) -> None:
-        """Write mesh.json atomically: `status` may read it at any time."""
+        """Write mesh.json atomically (`status` may read it at any time), readable by its owner
+        only: it holds the environment `up` ran in."""
         state_dir.root.mkdir(parents=True, exist_ok=True)
-        write_atomically(state_dir.state_file, json.dumps(asdict(self), indent=2).encode(), 0o644)
+        write_atomically(state_dir.state_file, json.dumps(asdict(self), indent=2).encode(), 0o600)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> MeshState:
@@ -100,19 +103,25 @@ class LegacyState(MeshError):
 def legacy_processes(data: dict[str, Any]) -> list[ProcessRecord]:
     """The processes a version-1 mesh.json names: apps, then sidecars, then the gateway."""
     records: list[ProcessRecord] = []
-    pods = data.get("pods", {})
-    for kind in ("app", "sidecar"):
-        for pod, entry in pods.items():
-            process = entry.get(kind)
-            if process:
-                records.append(
-                    ProcessRecord(
-                        f"{pod}.{kind}", kind, [], {}, process["pid"], process["start_ticks"]
+    try:
+        pods = data.get("pods", {})
+        for kind in ("app", "sidecar"):
+            for pod, entry in pods.items():
+                process = entry.get(kind)
+                if process:
+                    records.append(
+                        ProcessRecord(
+                            f"{pod}.{kind}", kind, [], {}, process["pid"], process["start_ticks"]
+                        )
                     )
-                )
-    gateway = data.get("gateway", {}).get("process")
-    if gateway:
-        records.append(
-            ProcessRecord("gateway", "gateway", [], {}, gateway["pid"], gateway["start_ticks"])
-        )
+        gateway = data.get("gateway", {}).get("process")
+        if gateway:
+            records.append(
+                ProcessRecord("gateway", "gateway", [], {}, gateway["pid"], gateway["start_ticks"])
+            )
+    except (AttributeError, KeyError, TypeError) as error:
+        raise MeshError(
+            f"mesh.json of an earlier shopmesh is malformed ({error!r}): stop its processes "
+            "by hand (their pidfiles are in the run/ directory) and remove the file"
+        ) from None
     return records

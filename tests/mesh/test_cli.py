@@ -76,10 +76,14 @@ class CliMesh:
     printed: str
 
 
+PASSED_ON = "SHOPMESH_ORDERS_RELAY_POLL_INTERVAL"
+"""A setting of the environment `up` runs in that the mesh passes on to the apps unchanged."""
+
+
 @pytest.fixture(scope="module")
 def cli_mesh() -> Iterator[CliMesh]:
     path = short_temp_dir("smc-")
-    environment = {**os.environ, "SHOPMESH_LOG_LEVEL": "debug"}
+    environment = {**os.environ, "SHOPMESH_LOG_LEVEL": "debug", PASSED_ON: "1.5"}
     try:
         started = shopmesh("up", "--state-dir", str(path), "--gateway-port", "0", env=environment)
         assert started.returncode == 0, started.stderr
@@ -108,6 +112,8 @@ def test_up_status_down(state_dir: Path) -> None:
     assert again.returncode == 1
     assert "already running" in again.stderr
 
+    # Without its copy of the topology, mesh.json alone still names every process to stop.
+    (state_dir / "envoy" / "mesh.yaml").unlink()
     stopped = shopmesh("down", "--state-dir", str(state_dir))
     assert stopped.returncode == 0, stopped.stderr
     assert [pid for pid in pids if running(pid)] == []
@@ -183,6 +189,39 @@ def test_a_killed_replica_comes_back_with_restart(cli_mesh: CliMesh) -> None:
     eventually_sync(healthy, 30, "every process healthy again", interval=0.5)
     again = shopmesh("restart", "inventory-1", "--state-dir", str(cli_mesh.state_dir))
     assert "was running: nothing to do" in again.stdout
+
+
+def environ(pid: int) -> dict[str, str]:
+    entries = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(entry.decode().partition("=")[::2] for entry in entries if entry)
+
+
+@pytest.mark.parametrize("name", ["orders-0", "logs"])
+def test_a_crashed_caller_or_log_keeper_comes_back_as_it_was_started(
+    cli_mesh: CliMesh, name: str
+) -> None:
+    """orders calls other services, so its app starts once its sidecar is ready; a restart
+    gives it the environment `up` ran in (not the shell's that runs `restart`)."""
+    paths = StateDir(cli_mesh.state_dir)
+    process = f"{name}.app" if name != "logs" else name
+    pid = int(recorded(cli_mesh.state_dir)[process]["pid"])
+    os.kill(pid, signal.SIGKILL)
+    eventually_sync(lambda: not running(pid), STOP_SECONDS, f"{process} to die")
+
+    without = {k: v for k, v in os.environ.items() if k != PASSED_ON}
+    restarted = shopmesh("restart", name, "--state-dir", str(cli_mesh.state_dir), env=without)
+    assert restarted.returncode == 0, restarted.stdout + restarted.stderr
+    assert f"started {process}" in restarted.stdout
+    new_pid = int(recorded(cli_mesh.state_dir)[process]["pid"])
+    assert new_pid != pid
+    assert environ(new_pid)[PASSED_ON] == "1.5"
+    if name != "logs":
+        assert int(paths.pidfile(process).read_text()) == new_pid
+
+    def healthy() -> bool:
+        return shopmesh("status", "--state-dir", str(cli_mesh.state_dir)).returncode == 0
+
+    eventually_sync(healthy, 30, "every process healthy again", interval=0.5)
 
 
 @pytest.mark.parametrize(

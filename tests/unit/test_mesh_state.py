@@ -68,3 +68,13 @@ def test_an_unknown_or_broken_file_is_a_clear_error(tmp_path: Path, content: str
 
     with pytest.raises(MeshError, match=str(paths.state_file)):
         read_state(paths)
+
+
+def test_a_malformed_version_1_file_is_a_clear_error(tmp_path: Path) -> None:
+    paths = StateDir(tmp_path)
+    paths.state_file.write_text(
+        json.dumps({"version": 1, "pods": {"users-0": {"app": {"pid": 10}}}})
+    )
+
+    with pytest.raises(MeshError, match="stop its processes by hand"):
+        read_state(paths)

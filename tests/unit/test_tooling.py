@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import datetime
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +17,9 @@ import yaml
 from cryptography import x509
 
 from shopmesh.layout import GatewayPorts, LayoutError, LocalLayout, PodPorts, StateDir, local_pods
+from shopmesh.local.errors import MeshError
 from shopmesh.local.logcap import cap, cap_all
+from shopmesh.local.ports import require_free
 from shopmesh.pki import LocalPki, ensure_certificates
 from shopmesh.topology import TopologyError, parse_topology
 from tests.support.paths import MESH_FILE, TOPOLOGY
@@ -121,3 +124,37 @@ def test_standalone_ports_come_from_the_topology_and_must_differ() -> None:
         parse_topology(topology_with(orders=50051), "mesh.yaml")
     with pytest.raises(TopologyError, match="between 1 and 65535"):
         parse_topology(topology_with(users=0), "mesh.yaml")
+
+
+TIME_WAIT = "06"
+
+
+def tcp_states(port: int) -> set[str]:
+    """The states (/proc/net/tcp codes) of every IPv4 socket on local port `port`."""
+    rows = [line.split() for line in Path("/proc/net/tcp").read_text().splitlines()[1:]]
+    return {row[3] for row in rows if int(row[1].split(":")[1], 16) == port}
+
+
+def test_a_port_whose_last_connection_lingers_in_time_wait_counts_as_free() -> None:
+    with socket.socket() as server:
+        # As grpc and Envoy listen: their connections' TIME_WAIT then allows a new bind.
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            accepted, _ = server.accept()
+            # The server side closes first: its end of the connection waits in TIME_WAIT.
+            accepted.close()
+            client.recv(1)
+    eventually_sync(lambda: tcp_states(port) == {TIME_WAIT}, 10, f"port {port} in TIME_WAIT")
+    require_free("127.0.0.1", port, "a port", "no way out needed")
+
+
+def test_a_port_someone_listens_on_is_refused_naming_the_way_out() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(MeshError, match=f"gateway port 127.0.0.1:{port} is not free.*pass"):
+            require_free("127.0.0.1", port, "gateway port", "pass another one")
