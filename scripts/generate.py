@@ -39,6 +39,19 @@ def _plugin(name: str) -> str:
     return str(path)
 
 
+def _protoc(well_known: Path, *arguments: str) -> None:
+    """Run grpcio-tools' protoc on proto/ (and the well-known types) with `arguments`."""
+    command = [
+        sys.executable,
+        "-m",
+        "grpc_tools.protoc",
+        f"--proto_path={PROTO_DIR}",
+        f"--proto_path={well_known}",
+        *arguments,
+    ]
+    subprocess.run(command, check=True, cwd=ROOT)
+
+
 def generate(out: Path) -> list[Path]:
     """Regenerate `out` from every .proto under proto/; returns the generated .py files."""
     protos = sorted(str(p.relative_to(PROTO_DIR)) for p in PROTO_DIR.rglob("*.proto"))
@@ -48,12 +61,8 @@ def generate(out: Path) -> list[Path]:
         shutil.rmtree(out)
     out.mkdir(parents=True)
     well_known = Path(grpc_tools.__file__).parent / "_proto"
-    command = [
-        sys.executable,
-        "-m",
-        "grpc_tools.protoc",
-        f"--proto_path={PROTO_DIR}",
-        f"--proto_path={well_known}",
+    _protoc(
+        well_known,
         f"--python_out={out}",
         f"--grpc_python_out={out}",
         f"--plugin=protoc-gen-mypy={_plugin('protoc-gen-mypy')}",
@@ -61,8 +70,7 @@ def generate(out: Path) -> list[Path]:
         f"--mypy_out={out}",
         f"--mypy_grpc_out={out}",
         *protos,
-    ]
-    subprocess.run(command, check=True, cwd=ROOT)
+    )
     write_descriptor_set(out / "shop.pb", protos, well_known)
     # protoc writes plain directories; make each one a regular package so imports, mypy and
     # setuptools treat `shop` like any other package.
@@ -83,20 +91,15 @@ def write_descriptor_set(path: Path, protos: list[str], well_known: Path) -> Non
         rpc.mkdir(parents=True)
         for name in RPC_PROTOS:
             shutil.copyfile(installed / name, rpc / name)
-        command = [
-            sys.executable,
-            "-m",
-            "grpc_tools.protoc",
-            f"--proto_path={PROTO_DIR}",
-            f"--proto_path={well_known}",
+        _protoc(
+            well_known,
             f"--proto_path={include}",
             f"--descriptor_set_out={path}",
             "--include_imports",
             "--include_source_info",
             *protos,
             *(f"google/rpc/{name}" for name in RPC_PROTOS),
-        ]
-        subprocess.run(command, check=True, cwd=ROOT)
+        )
 
 
 def main() -> None:
