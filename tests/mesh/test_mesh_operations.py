@@ -181,6 +181,9 @@ def handshake_serial(mesh: RunningMesh, pod: PodHandle, client: str) -> int:
     return int(x509.load_der_x509_certificate(der).serial_number)
 
 
+TRAFFIC_SKUS = (*["STICKER-01"] * 5, "NOTEBOOK-01")
+
+
 @dataclass
 class CheckoutTraffic:
     """Checkouts through the gateway, back to back, until stopped (bounded in count)."""
@@ -193,9 +196,14 @@ class CheckoutTraffic:
 
     async def worker(self) -> None:
         user = await self.clients.create_user()
+        placed = 0
         while not self.stop.is_set() and self.confirmed + len(self.failures) < self.limit:
+            # The two products with the most stock (1000 and 200), in that proportion: even
+            # `limit` checkouts stay within it.
+            sku = TRAFFIC_SKUS[placed % len(TRAFFIC_SKUS)]
+            placed += 1
             try:
-                order = await self.clients.place_order(user.user_id)
+                order = await self.clients.place_order(user.user_id, items=[(sku, 1)])
             except aio.AioRpcError as error:
                 self.failures.append(f"{error.code().name}: {error.details()}")
                 continue
@@ -222,7 +230,7 @@ async def test_certificates_rotate_twice_under_checkout_traffic_without_a_failed
     old = {identity: current_serial(mesh, identity) for identity in identities}
     payments = mesh.replicas("payments")[0]
     assert handshake_serial(mesh, payments, "orders") == old["payments"]
-    traffic = CheckoutTraffic(mesh_clients, limit=400)
+    traffic = CheckoutTraffic(mesh_clients, limit=1100)
     between: dict[str, int] = {}
 
     workers = [asyncio.create_task(traffic.worker()) for _ in range(4)]
