@@ -137,7 +137,7 @@ bench: $(GEN_STAMP) ## Benchmark the mesh (h2load; installs Debian nghttp2-clien
 		{ echo "could not install nghttp2-client; install h2load yourself (Debian/Ubuntu:"\
 		  "apt-get install nghttp2-client, Fedora: dnf install nghttp2, macOS:"\
 		  "brew install nghttp2) and rerun make bench"; exit 1; }; }
-	$(BIN)/python scripts/bench.py $(BENCH_ARGS)
+	$(BIN)/python -m scripts.bench $(BENCH_ARGS)
 
 kind-up: $(GEN_STAMP) ## Create a kind cluster running the mesh (needs docker, kind, kubectl; k8s/README.md)
 	bash scripts/kind-up.sh

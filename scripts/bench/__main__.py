@@ -1,0 +1,164 @@
+"""`python -m scripts.bench`: start the mesh, run every benchmark, stop it, print the report."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+
+import scripts.bench
+from scripts.bench.checkout import bench_checkout, create_user
+from scripts.bench.h2load import ROUNDS, BenchError
+from scripts.bench.report import Figures, envoy_memory, machine, problems, render, tools
+from scripts.bench.settings import CALLER, DESCRIPTOR, MESH_FILE
+from scripts.bench.unary import bench_unary, mesh_logs
+from shopmesh.local.errors import MeshError
+from shopmesh.local.mesh import RunningMesh
+from shopmesh.local.startup import MeshOptions, find_envoy, up
+
+# --- main -----------------------------------------------------------------------------------
+
+
+async def stop_surely(mesh: RunningMesh) -> None:
+    """Stop the mesh even when this task is cancelled meanwhile (Ctrl-C or SIGTERM arriving
+    while a run ends), then pass the cancellation on."""
+    stopping = asyncio.ensure_future(mesh.stop())
+    cancelled = False
+    while not stopping.done():
+        try:
+            await asyncio.shield(stopping)
+        except asyncio.CancelledError:
+            cancelled = True
+    stopping.result()
+    if cancelled:
+        raise asyncio.CancelledError
+
+
+@dataclass(frozen=True)
+class CpuSample:
+    """Busy CPU seconds of the whole machine and of this process with its children (the mesh
+    and h2load are children: once reaped, their CPU time counts in os.times())."""
+
+    machine: float
+    ours: float
+
+    @classmethod
+    def now(cls) -> CpuSample:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+        # user nice system idle iowait irq softirq steal: everything but idle and iowait.
+        busy = sum(fields[:8]) - fields[3] - fields[4]
+        times = os.times()
+        ours = times.user + times.system + times.children_user + times.children_system
+        return cls(busy / os.sysconf("SC_CLK_TCK"), ours)
+
+
+def foreign_share(before: CpuSample, after: CpuSample, wall: float) -> float:
+    """The share of all CPUs' time that other processes used between two samples."""
+    other = (after.machine - before.machine) - (after.ours - before.ours)
+    return max(0.0, other) / (wall * len(os.sched_getaffinity(0)))
+
+
+async def bench(args: argparse.Namespace, root: Path) -> Figures:
+    if shutil.which("h2load") is None:
+        raise BenchError("h2load not found: `make bench` installs it (Debian nghttp2-client)")
+    about = machine()
+    cpu_before, started = CpuSample.now(), time.monotonic()
+    print("starting the mesh (shopmesh.local) ...", flush=True)
+    mesh = await up(MeshOptions(state_dir=root / "mesh", topology=MESH_FILE, descriptor=DESCRIPTOR))
+    try:
+        if "GetUser" not in mesh.topology.services["orders"].calls.get("users", ()):
+            raise BenchError(f"{MESH_FILE} no longer lets orders call users.GetUser")
+        about += await tools(find_envoy())
+        gateway = mesh.gateway_address
+        user_id = await create_user(gateway)
+        h2load_seconds = (2 * ROUNDS + 2) * args.seconds
+        print(f"h2load: GetUser direct and through two sidecars (~{h2load_seconds:.0f} s) ...")
+        unary = await bench_unary(mesh, user_id, root, args.seconds)
+        print(f"{args.orders} checkouts through the gateway ...", flush=True)
+        checkout = await bench_checkout(gateway, user_id, args.orders, args.workers)
+        memory = envoy_memory(mesh)
+        stats = await mesh.admin(CALLER).stats()
+        logs = await mesh_logs(mesh, *unary.mesh_calls)
+    finally:
+        await stop_surely(mesh)
+    foreign = foreign_share(cpu_before, CpuSample.now(), time.monotonic() - started)
+    return Figures(
+        about=about,
+        startup=mesh.state.up_seconds or 0.0,
+        pods=len(mesh.pods),
+        unary=unary,
+        logs=logs,
+        retries=stats.get("cluster.svc_users.upstream_rq_retry", 0),
+        # Envoy 1.40 counts requests refused by max_requests as active (not pending) overflows.
+        overflows=stats.get("cluster.svc_users.upstream_rq_active_overflow", 0)
+        + stats.get("cluster.svc_users.upstream_rq_pending_overflow", 0),
+        checkout=checkout,
+        memory=memory,
+        seconds=args.seconds,
+        foreign_cpu=foreign,
+    )
+
+
+async def _main(args: argparse.Namespace, root: Path) -> Figures:
+    # SIGTERM cancels like Ctrl-C does, so the mesh is stopped on the way out.
+    task = asyncio.current_task()
+    assert task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    return await bench(args, root)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m scripts.bench", description=(scripts.bench.__doc__ or "").split("\n\n")[0]
+    )
+    parser.add_argument("--seconds", type=float, default=6.0, help="length of each h2load run")
+    parser.add_argument(
+        "--orders",
+        type=int,
+        default=200,
+        help="checkouts to place (the gateway's rate limit in mesh.yaml, a burst of 200 then "
+        "100/s, answers RESOURCE_EXHAUSTED beyond)",
+    )
+    parser.add_argument("--workers", type=int, default=8, help="concurrent checkout callers")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    args = parser.parse_args()
+    # Short: Unix socket paths must stay under ~100 bytes.
+    root = Path(tempfile.mkdtemp(prefix="smbench-", dir="/tmp"))
+    started = time.monotonic()
+    status = 1
+    try:
+        figures = asyncio.run(_main(args, root))
+        # Wide enough for the tables when the output is a file or a pipe, not a terminal.
+        console = Console(width=None if sys.stdout.isatty() else 120, highlight=False)
+        render(figures, console)
+        console.print(f"bench took {time.monotonic() - started:.0f} s")
+        for problem in problems(figures):
+            console.print(f"WARNING: {problem}")
+        status = 0
+    except (BenchError, MeshError) as error:
+        print(f"bench failed: {error}", file=sys.stderr)
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        print(
+            "interrupted; the mesh was stopped (if a second Ctrl-C cut that short: "
+            f"shopmesh down --state-dir {root / 'mesh'})",
+            file=sys.stderr,
+        )
+    finally:
+        if status or args.keep:
+            print(f"logs, configs and h2load logs kept in {root}", file=sys.stderr)
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+    sys.exit(status)
+
+
+if __name__ == "__main__":
+    main()
