@@ -26,10 +26,11 @@ BREAKING_AGAINST ?= .git\#branch=main
 # The local mesh (`shopmesh up`): state (sockets, pids, logs, certificates, data) in STATE_DIR.
 STATE_DIR ?= var
 GATEWAY_PORT ?= 8080
+DASHBOARD_PORT ?= 8090
 LOG_LEVEL ?= $(or $(SHOPMESH_LOG_LEVEL),INFO)
 
 .PHONY: help venv venv-dev system-deps generate test unit integration contract run lint fmt \
-	breaking clean up down status logs fault restart bench kind-up kind-smoke kind-down
+	breaking clean up down status logs fault restart bench screenshot kind-up kind-smoke kind-down
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -63,10 +64,13 @@ $(GEN_STAMP): $(RUN_STAMP) $(PROTOS) scripts/generate.py pyproject.toml
 generate: $(GEN_STAMP) ## Generate the `shop` Python package from proto/ into gen/
 
 # Debian packages the tests use beyond .venv: shellcheck (the kind scripts), curl (JSON through
-# the gateway). kubectl (with kustomize) is expected on the machine; tests/k8s says how to get it.
-SYSTEM_TOOLS := shellcheck curl
+# the gateway), prometheus (scrapes the mesh in tests/mesh/test_prometheus.py; its promtool
+# checks the Kubernetes scrape config), chromium (the dashboard's page in a real headless
+# browser, driven by Playwright: its own browser download cannot work here). kubectl (with
+# kustomize) is expected on the machine; tests/k8s says how to get it.
+SYSTEM_TOOLS := shellcheck curl prometheus chromium
 
-system-deps: ## Install the Debian packages the tests use (shellcheck, curl) when missing
+system-deps: ## Install the Debian packages the tests use (shellcheck, curl, prometheus, chromium) when missing
 	@missing=""; for tool in $(SYSTEM_TOOLS); do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:$$missing"; \
@@ -90,8 +94,8 @@ contract: $(GEN_STAMP) $(DEV_STAMP) ## Run the contract tests only (buf lint, fo
 run: $(GEN_STAMP) ## Run every service without the mesh, on its standalone_port (Ctrl-C stops)
 	$(SHOPMESH) run --log-level $(LOG_LEVEL)
 
-up: $(GEN_STAMP) ## Start the mesh (apps, sidecars, gateway); prints where to connect
-	$(SHOPMESH) up --state-dir $(STATE_DIR) --gateway-port $(GATEWAY_PORT) --log-level $(LOG_LEVEL)
+up: $(GEN_STAMP) ## Start the mesh (apps, sidecars, gateway, dashboard); prints where to connect
+	$(SHOPMESH) up --state-dir $(STATE_DIR) --dashboard-port $(DASHBOARD_PORT) --gateway-port $(GATEWAY_PORT) --log-level $(LOG_LEVEL)
 
 down: ## Stop the mesh: no process left, sockets removed, data kept
 	@if [ -x $(SHOPMESH) ]; then $(SHOPMESH) down --state-dir $(STATE_DIR); \
@@ -139,7 +143,10 @@ bench: $(GEN_STAMP) ## Benchmark the mesh (h2load; installs Debian nghttp2-clien
 		  "brew install nghttp2) and rerun make bench"; exit 1; }; }
 	$(BIN)/python -m scripts.bench $(BENCH_ARGS)
 
-kind-up: $(GEN_STAMP) ## Create a kind cluster running the mesh (needs docker, kind, kubectl; k8s/README.md)
+screenshot: $(GEN_STAMP) $(DEV_STAMP) system-deps ## docs/dashboard.png: the dashboard under load and a fault, in headless chromium
+	$(BIN)/python -m scripts.screenshot
+
+kind-up: $(GEN_STAMP) ## Create a kind cluster running the mesh (needs docker, kind, kubectl; OBSERVABILITY=1 adds tracing; k8s/README.md)
 	bash scripts/kind-up.sh
 
 kind-smoke: $(GEN_STAMP) ## A checkout through the kind cluster's gateway with grpcurl

@@ -14,6 +14,13 @@ NAMESPACE="shop"
 IMAGE="shopmesh:dev"
 # The gateway on the host: k8s/kind/cluster.yaml maps it to the NodePort of the kind overlay.
 GATEWAY="127.0.0.1:30080"
+# What kind-up.sh applies: the kind overlay, or (OBSERVABILITY=1, `make kind-up OBSERVABILITY=1`)
+# the kind overlay with the observability component (k8s/README.md, "Observability").
+KIND_OVERLAY="k8s/overlays/kind"
+OBSERVABILITY_OVERLAY="k8s/overlays/kind-observability"
+OBSERVABILITY="${OBSERVABILITY:-0}"
+# The trace collector's UI, reached with kubectl port-forward (no NetworkPolicy admits it).
+TRACES_UI="127.0.0.1:16686"
 PYTHON="${PYTHON:-.venv/bin/python}"
 SHOPMESH="${SHOPMESH:-.venv/bin/shopmesh}"
 GRPCURL="${GRPCURL:-.venv/bin/grpcurl}"

@@ -3,7 +3,8 @@
 # it into the cluster, issue the mesh certificates with the local CA as Secrets, apply the kind
 # overlay, wait for every rollout, and print how to reach the gateway. Run again to redeploy
 # after a change, or to re-issue the certificates (they last 24 hours).
-# Usage: scripts/kind-up.sh   (make kind-up)   Env: SHOPMESH_KIND_CLUSTER (default shopmesh)
+# Usage: scripts/kind-up.sh   (make kind-up)   Env: SHOPMESH_KIND_CLUSTER (default shopmesh),
+# OBSERVABILITY=1 to add the trace collector and trace every call (make kind-up OBSERVABILITY=1)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/kind-lib.sh
@@ -37,8 +38,12 @@ for dir in "$STATE_DIR"/tls/*/; do
         kubectl --context "$CONTEXT" apply --filename -
 done
 
-echo "==> applying k8s/overlays/kind"
-kubectl --context "$CONTEXT" apply --kustomize k8s/overlays/kind
+overlay="$KIND_OVERLAY"
+if [ "$OBSERVABILITY" = 1 ]; then
+    overlay="$OBSERVABILITY_OVERLAY"
+fi
+echo "==> applying $overlay"
+kubectl --context "$CONTEXT" apply --kustomize "$overlay"
 if [ "$existed" = true ]; then
     # Same image tag, new image: restart so every pod runs what was just loaded.
     kubectl --context "$CONTEXT" rollout restart deployment --namespace "$NAMESPACE"
@@ -65,3 +70,14 @@ grpcurl uses server reflection through the gateway; -authority picks the service
   kubectl --context $CONTEXT --namespace $NAMESPACE get pods
   make kind-down     # delete the cluster
 EOT
+if [ "$OBSERVABILITY" = 1 ]; then
+    cat <<EOT
+
+The gateway traces a share of the calls from outside (the rate rendered into
+k8s/components/observability: shopmesh k8s render --sampling); every Envoy and app of a traced
+call sends its spans to the collector (Jaeger v2). Its UI:
+
+  kubectl --context $CONTEXT --namespace $NAMESPACE port-forward service/otel-collector ${TRACES_UI##*:}
+  # then open http://$TRACES_UI and pick the service "gateway"
+EOT
+fi

@@ -25,11 +25,22 @@ any other variable of the caller's environment reaches the apps unchanged."""
 
 
 @dataclass(frozen=True)
+class AppTracing:
+    """Where an app sends its spans (an OTLP/gRPC endpoint: `unix:///path` or
+    `http://host:port`) and the share of its own root spans it samples."""
+
+    endpoint: str
+    sampling: float
+    flush_interval_ms: int = 500
+
+
+@dataclass(frozen=True)
 class AppSettings:
     """What is the same for every app of one mesh."""
 
     log_level: str = "INFO"
     grace_seconds: float = 5.0
+    tracing: AppTracing | None = None
 
 
 def unix_target(path: object) -> str:
@@ -48,6 +59,24 @@ def is_mesh_owned(variable: str) -> bool:
     return variable in MESH_OWNED or variable.startswith(upstream_variable(""))
 
 
+def tracing_environment(tracing: AppTracing | None, service: str, pod: str) -> dict[str, str]:
+    """The standard OTEL_* variables the OpenTelemetry SDK of an app reads
+    (services/common/telemetry.py): where spans go, the service's name, and a parent-based
+    ratio sampler, so a call follows its caller's decision and background work is sampled at
+    the mesh's rate."""
+    if tracing is None:
+        return {}
+    return {
+        "OTEL_SERVICE_NAME": service,
+        "OTEL_RESOURCE_ATTRIBUTES": f"service.instance.id={pod}",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": tracing.endpoint,
+        "OTEL_EXPORTER_OTLP_INSECURE": "true",
+        "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+        "OTEL_TRACES_SAMPLER_ARG": f"{tracing.sampling:g}",
+        "OTEL_BSP_SCHEDULE_DELAY": str(tracing.flush_interval_ms),
+    }
+
+
 def pod_environment(
     topology: Topology, layout: Layout, pod: Pod, settings: AppSettings
 ) -> dict[str, str]:
@@ -63,6 +92,7 @@ def pod_environment(
         GRACE_SECONDS: seconds(settings.grace_seconds),
         DRAIN_SECONDS: seconds(topology.drain_seconds(pod.service)),
         LOG_LEVEL: settings.log_level,
+        **tracing_environment(settings.tracing, pod.service, pod.name),
     }
 
 

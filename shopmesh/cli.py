@@ -1,21 +1,19 @@
 """`shopmesh`: run the mesh on this machine (`up`, `down`, `status`, `logs`, `fault`,
-`restart`, `certs rotate`), run the services without it (`run`), and generate what Kubernetes
-needs (`k8s render`, `k8s issue-certs`). The Makefile's targets call these commands."""
+`restart`, `certs rotate`, `dashboard`), send it shopper traffic (`load`), run the services
+without it (`run`), and generate what Kubernetes needs (`k8s render`, `k8s issue-certs`). The
+Makefile's targets call these commands."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import shlex
 import sys
 import time
-from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
-from rich.console import Console
 from rich.table import Table
 
 from services.common.config import LOG_LEVEL
@@ -26,18 +24,19 @@ from shopmesh.envoy.faults import Fault, FaultError
 from shopmesh.k8s.commands import k8s_group
 from shopmesh.layout import LayoutError, StateDir
 from shopmesh.local import certs, faults
+from shopmesh.local.dashboard import DEFAULT_DASHBOARD_PORT, dashboard_link
 from shopmesh.local.errors import MeshError
 from shopmesh.local.mesh import RunningMesh
+from shopmesh.local.observability import DEFAULT_MAX_TRACES, DEFAULT_SAMPLING
 from shopmesh.local.standalone import run_standalone
 from shopmesh.local.startup import DEFAULT_DESCRIPTOR, MeshOptions, down, up
 from shopmesh.local.status import mesh_status
+from shopmesh.observe.commands import load_command, tap_command, trace_command, traces_command
+from shopmesh.observe.statcommand import stat_command
 from shopmesh.pki import PkiError, rotate_certificates
+from shopmesh.terminal import attached, console, errors, run, tool
 from shopmesh.topology import TopologyError, load_topology
 
-T = TypeVar("T")
-
-console = Console(highlight=False)
-errors = Console(stderr=True, highlight=False)
 # Errors a user can act on: each becomes one line on stderr and exit status 1.
 USER_ERRORS = (MeshError, AdminError, FaultError, TopologyError, PkiError, LayoutError)
 
@@ -52,27 +51,6 @@ class Shopmesh(click.Group):
             # OSError: the machine refused something (an unusable --state-dir, a full disk).
             errors.print(f"[red]error:[/red] {error}", markup=True, soft_wrap=True)
             sys.exit(1)
-
-
-def run(coroutine: Coroutine[Any, Any, T]) -> T:
-    return asyncio.run(coroutine)
-
-
-def tool(name: str) -> str:
-    """How to type the command `name` installed beside this Python so that it runs from the
-    current directory (`.venv/bin/shopmesh`), whatever PATH holds."""
-    path = Path(sys.executable).parent / name
-    if not path.exists():
-        return name
-    relative = os.path.relpath(path)
-    return shlex.quote(relative if not relative.startswith("..") else str(path))
-
-
-def attached(state_dir: Path) -> RunningMesh:
-    mesh = RunningMesh.attach(state_dir)
-    if mesh is None:
-        raise MeshError(f"no mesh is running in {state_dir} (start one with `shopmesh up`)")
-    return mesh
 
 
 @click.group(
@@ -105,6 +83,30 @@ def main() -> None:
     default="info",
     help="Log level of every Envoy.",
 )
+@click.option(
+    "--sampling",
+    type=click.FloatRange(0, 1),
+    default=DEFAULT_SAMPLING,
+    help="Share of the calls from outside that are traced (0: none).",
+)
+@click.option(
+    "--otlp-endpoint",
+    metavar="HOST:PORT",
+    help="Send every span to this OTLP/gRPC collector (Jaeger, Tempo...) instead of the mesh's.",
+)
+@click.option(
+    "--max-traces",
+    type=click.IntRange(1),
+    default=DEFAULT_MAX_TRACES,
+    help="Traces the mesh's own collector keeps.",
+)
+@click.option(
+    "--dashboard-port",
+    type=click.IntRange(0, 65535),
+    default=DEFAULT_DASHBOARD_PORT,
+    help="Port of the dashboard on 127.0.0.1 (0: any free port).",
+)
+@click.option("--dashboard/--no-dashboard", default=True, help="Start the dashboard (a web page).")
 @click.option("--timeout", type=float, default=30.0, help="Seconds to wait for health.")
 def up_command(
     state_dir: Path,
@@ -113,9 +115,14 @@ def up_command(
     gateway_port: int,
     log_level: str,
     envoy_log_level: str,
+    sampling: float,
+    otlp_endpoint: str | None,
+    max_traces: int,
+    dashboard_port: int,
+    dashboard: bool,
     timeout: float,
 ) -> None:
-    """Start every app, sidecar and the gateway; wait until all are healthy.
+    """Start every app, sidecar, the gateway and the dashboard; wait until all are healthy.
 
     Apps get the environment `up` runs in, except what the mesh sets for each of them
     (SHOPMESH_LISTEN, SHOPMESH_DB_PATH, SHOPMESH_UPSTREAM_*, SHOPMESH_GRACE_SECONDS,
@@ -132,6 +139,11 @@ def up_command(
         startup_timeout=timeout,
         log_level=log_level.upper(),
         envoy_log_level=envoy_log_level,
+        sampling=sampling,
+        otlp_endpoint=otlp_endpoint,
+        max_traces=max_traces,
+        dashboard=dashboard,
+        dashboard_port=dashboard_port,
     )
     try:
         mesh = run(up(options))
@@ -143,6 +155,12 @@ def up_command(
         f"with their sidecars, and the gateway at [bold]{mesh.gateway_address}[/bold] "
         f"(state in {mesh.state_dir})"
     )
+    where = otlp_endpoint or f"the mesh's collector (last {max_traces} kept)"
+    console.print(f"tracing {sampling:.0%} of the calls from outside, spans to {where}")
+    link = dashboard_link(mesh.state)
+    if link is not None:
+        # soft_wrap: the link must stay on one line to be clicked or pasted whole.
+        console.print(f"dashboard: [bold]{link.url}[/bold]", soft_wrap=True)
     console.print(connection_help(mesh.gateway_address, state_dir), soft_wrap=True, markup=False)
 
 
@@ -189,6 +207,13 @@ def connection_help(gateway: str, state_dir: Path) -> str:
             f"  {s} fault payments --abort-percent 30 --status UNAVAILABLE{state}",
             f"  {s} fault payments --clear{state}",
             f"  {s} down{state}",
+            "",
+            "Watch it:",
+            f"  {s} load{state}",
+            f"  {s} tap payments{state}",
+            f"  {s} traces{state}",
+            f"  {s} trace --last{state}",
+            f"  {s} dashboard{state}   (prints the dashboard's link again)",
         ]
     )
 
@@ -235,6 +260,19 @@ def status_command(state_dir: Path) -> None:
         console.print(f"bring a stopped process back with: shopmesh restart {stopped[0]}")
     if not all(row.healthy for row in rows):
         sys.exit(1)
+
+
+@main.command(name="dashboard")
+@options.state_dir
+def dashboard_command(state_dir: Path) -> None:
+    """Print the link to the dashboard of the running mesh, with its token."""
+    mesh = attached(state_dir)
+    link = dashboard_link(mesh.state)
+    if link is None:
+        raise MeshError(
+            f"the mesh in {state_dir} was started without a dashboard (`up --no-dashboard`)"
+        )
+    console.print(link.url, soft_wrap=True, markup=False)
 
 
 @main.command(name="restart")
@@ -377,7 +415,9 @@ def run_command(topology: Path, host: str, data_dir: Path, log_level: str) -> No
     sys.exit(status)
 
 
-main.add_command(k8s_group)
+for command in (load_command, traces_command, trace_command, tap_command, k8s_group):
+    main.add_command(command)
+main.add_command(stat_command)
 
 if __name__ == "__main__":
     main()

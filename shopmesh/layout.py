@@ -9,12 +9,15 @@ everything lives under one state directory (`StateDir`, default ./var):
     run/<pod>/app.sock           the app's socket (only its sidecar connects to it)
     run/<pod>/egress.sock        the sidecar's egress listener (the app's only way out)
     run/<process>.pid            one pidfile per process
+    run/collector.sock           the trace collector's OTLP/gRPC socket
     admin/<envoy>.sock           each Envoy's admin endpoint; the directory is 0700
     log/<process>.log            app and Envoy output; log/<pod>.access.log, gateway.access.log:
                                  the JSON access logs
     certs/                       the local CA and every identity (shopmesh.pki)
     data/<service>.db            each service's SQLite file; replicas of a service share it
+    data/traces.db               the spans of the last traces (shopmesh.collector)
     envoy/<pod>.yaml             rendered Envoy configs, and mesh.yaml as the mesh was started
+    prometheus.yml               a Prometheus scrape configuration for every Envoy's metrics
 
 On Kubernetes (`KubernetesLayout`) there is one config per service, shared by its replicas;
 the manifests mount volumes at the paths it names.
@@ -140,6 +143,11 @@ class StateDir:
         return self.root / "mesh.json"
 
     @property
+    def prometheus_config(self) -> Path:
+        """A Prometheus scrape configuration of the running mesh (shopmesh.local.prometheus)."""
+        return self.root / "prometheus.yml"
+
+    @property
     def topology_snapshot(self) -> Path:
         """The topology as the running mesh was started from it (the file may change since)."""
         return self.envoy / "mesh.yaml"
@@ -155,6 +163,16 @@ class StateDir:
 
     def admin_socket(self, envoy: str) -> Path:
         return self.admin / f"{envoy}.sock"
+
+    @property
+    def collector_socket(self) -> Path:
+        """Where the mesh's trace collector receives OTLP/gRPC."""
+        return self.run / "collector.sock"
+
+    @property
+    def traces(self) -> Path:
+        """The collector's SQLite file: the spans of the last traces."""
+        return self.data / "traces.db"
 
     def pidfile(self, process: str) -> Path:
         return self.run / f"{process}.pid"
@@ -228,7 +246,8 @@ class LocalLayout:
         """Refuse a state directory so deep that a socket path would not fit."""
         longest = max(
             [self.state.egress_socket(pod.name) for pod in self.pods()]
-            + [self.state.admin_socket(envoy) for envoy in [*self.ports, GATEWAY]],
+            + [self.state.admin_socket(envoy) for envoy in [*self.ports, GATEWAY]]
+            + [self.state.collector_socket],
             key=lambda path: len(str(path).encode()),
         )
         if len(str(longest).encode()) > MAX_SOCKET_PATH:

@@ -20,6 +20,7 @@ from scripts.bench.checkout import bench_checkout, create_user
 from scripts.bench.h2load import ROUNDS, BenchError
 from scripts.bench.report import Figures, envoy_memory, machine, problems, render, tools
 from scripts.bench.settings import CALLER, DESCRIPTOR, MESH_FILE
+from scripts.bench.tracing import TracedRun, bench_tracing, render_tracing
 from scripts.bench.unary import bench_unary, mesh_logs
 from shopmesh.local.errors import MeshError
 from shopmesh.local.mesh import RunningMesh
@@ -73,7 +74,10 @@ async def bench(args: argparse.Namespace, root: Path) -> Figures:
     about = machine()
     cpu_before, started = CpuSample.now(), time.monotonic()
     print("starting the mesh (shopmesh.local) ...", flush=True)
-    mesh = await up(MeshOptions(state_dir=root / "mesh", topology=MESH_FILE, descriptor=DESCRIPTOR))
+    options = MeshOptions(
+        state_dir=root / "mesh", topology=MESH_FILE, descriptor=DESCRIPTOR, dashboard=False
+    )
+    mesh = await up(options)
     try:
         if "GetUser" not in mesh.topology.services["orders"].calls.get("users", ()):
             raise BenchError(f"{MESH_FILE} no longer lets orders call users.GetUser")
@@ -108,11 +112,14 @@ async def bench(args: argparse.Namespace, root: Path) -> Figures:
     )
 
 
-async def _main(args: argparse.Namespace, root: Path) -> Figures:
+async def _main(args: argparse.Namespace, root: Path) -> Figures | list[TracedRun]:
     # SIGTERM cancels like Ctrl-C does, so the mesh is stopped on the way out.
     task = asyncio.current_task()
     assert task is not None
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    if args.tracing:
+        print("tracing off, at the default rate and at 100 %: a mesh each ...", flush=True)
+        return await bench_tracing(root, args.orders, args.workers, stop_surely)
     return await bench(args, root)
 
 
@@ -130,6 +137,12 @@ def main() -> None:
     )
     parser.add_argument("--workers", type=int, default=8, help="concurrent checkout callers")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument(
+        "--tracing",
+        action="store_true",
+        help="instead: what tracing costs, checkouts with tracing off, at the default rate "
+        "and at 100 %%",
+    )
     args = parser.parse_args()
     # Short: Unix socket paths must stay under ~100 bytes.
     root = Path(tempfile.mkdtemp(prefix="smbench-", dir="/tmp"))
@@ -139,10 +152,13 @@ def main() -> None:
         figures = asyncio.run(_main(args, root))
         # Wide enough for the tables when the output is a file or a pipe, not a terminal.
         console = Console(width=None if sys.stdout.isatty() else 120, highlight=False)
-        render(figures, console)
+        if isinstance(figures, Figures):
+            render(figures, console)
+            for problem in problems(figures):
+                console.print(f"WARNING: {problem}")
+        else:
+            render_tracing(figures, console)
         console.print(f"bench took {time.monotonic() - started:.0f} s")
-        for problem in problems(figures):
-            console.print(f"WARNING: {problem}")
         status = 0
     except (BenchError, MeshError) as error:
         print(f"bench failed: {error}", file=sys.stderr)

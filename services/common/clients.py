@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from grpc import aio
 
-from services.common.interceptors import DeadlineClientInterceptor
+from services.common.interceptors import CallContextClientInterceptor
 from services.common.telemetry import client_interceptors
 
 
@@ -12,9 +12,10 @@ def open_channel(address: str) -> aio.Channel:
     """An insecure channel to `address` (`unix:/path` or `host:port`).
 
     Insecure on purpose: in the mesh the address is the local sidecar's egress socket, and the
-    sidecar does mTLS. Every call inherits the incoming request's remaining deadline.
+    sidecar does mTLS. Every call inherits the incoming request's remaining deadline and its
+    request id.
     """
     return aio.insecure_channel(
         address,
-        interceptors=[DeadlineClientInterceptor(), *client_interceptors()],
+        interceptors=[CallContextClientInterceptor(), *client_interceptors()],
     )

@@ -1,8 +1,9 @@
-"""Server and client interceptors: deadline propagation and domain-error mapping.
+"""Server and client interceptors: the call's context carried on, and domain-error mapping.
 
-Handlers stay "request -> domain call -> response": the deadline a caller set is recorded here and
-applied to every downstream call made while serving it, and a DomainError raised anywhere below
-a handler becomes a gRPC status with google.rpc rich details.
+Handlers stay "request -> domain call -> response": the deadline a caller set and its
+`x-request-id` are recorded here and applied to every downstream call made while serving it,
+and a DomainError raised anywhere below a handler becomes a gRPC status with google.rpc rich
+details.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from grpc import aio
 
 from services.common.errors import DomainError
 from services.common.status import internal_status, to_grpc_status
+from services.common.telemetry import REQUEST_ID, request_id, set_request_id
 
 log = logging.getLogger(__name__)
 
@@ -79,10 +81,15 @@ def _as_async_iterator(behaviour: Any) -> Streaming:
 
 
 class _WrappingInterceptor(aio.ServerInterceptor):
-    def wrap_unary(self, behaviour: Unary) -> Unary:
+    """Wraps the behaviour of every method it `applies` to; the wrappers know the method."""
+
+    def applies(self, method: str) -> bool:
+        return True
+
+    def wrap_unary(self, behaviour: Unary, method: str) -> Unary:
         raise NotImplementedError
 
-    def wrap_streaming(self, behaviour: Streaming) -> Streaming:
+    def wrap_streaming(self, behaviour: Streaming, method: str) -> Streaming:
         raise NotImplementedError
 
     async def intercept_service(
@@ -91,29 +98,37 @@ class _WrappingInterceptor(aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> Handler | None:
         handler = await continuation(handler_call_details)
-        if handler is None:
+        method = handler_call_details.method
+        if handler is None or not self.applies(method):
             return handler
-        return _wrap(handler, self.wrap_unary, self.wrap_streaming)
+        return _wrap(
+            handler,
+            lambda behaviour: self.wrap_unary(behaviour, method),
+            lambda behaviour: self.wrap_streaming(behaviour, method),
+        )
 
 
-def _record_deadline(context: aio.ServicerContext[Any, Any]) -> None:
+def _record_call_context(context: aio.ServicerContext[Any, Any]) -> None:
     left = context.time_remaining()
     _deadline.set(None if left is None else time.monotonic() + left)
+    received = dict(context.invocation_metadata() or ()).get(REQUEST_ID)
+    set_request_id(received if isinstance(received, str) else None)
 
 
-class DeadlineInterceptor(_WrappingInterceptor):
-    """Records the caller's deadline so downstream calls inherit what is left of it."""
+class CallContextInterceptor(_WrappingInterceptor):
+    """Records the caller's deadline and request id, so downstream calls inherit what is left
+    of the one and carry the other."""
 
-    def wrap_unary(self, behaviour: Unary) -> Unary:
+    def wrap_unary(self, behaviour: Unary, method: str) -> Unary:
         async def unary(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
-            _record_deadline(context)
+            _record_call_context(context)
             return await behaviour(request, context)
 
         return unary
 
-    def wrap_streaming(self, behaviour: Streaming) -> Streaming:
+    def wrap_streaming(self, behaviour: Streaming, method: str) -> Streaming:
         async def streaming(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
-            _record_deadline(context)
+            _record_call_context(context)
             async for response in behaviour(request, context):
                 yield response
 
@@ -124,7 +139,7 @@ class ErrorMappingInterceptor(_WrappingInterceptor):
     """Turns DomainError into the matching status code with ErrorInfo/BadRequest details, and
     any other exception into INTERNAL (logged with its traceback) instead of a bare UNKNOWN."""
 
-    def wrap_unary(self, behaviour: Unary) -> Unary:
+    def wrap_unary(self, behaviour: Unary, method: str) -> Unary:
         async def unary(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
             try:
                 return await behaviour(request, context)
@@ -138,7 +153,7 @@ class ErrorMappingInterceptor(_WrappingInterceptor):
 
         return unary
 
-    def wrap_streaming(self, behaviour: Streaming) -> Streaming:
+    def wrap_streaming(self, behaviour: Streaming, method: str) -> Streaming:
         async def streaming(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
             try:
                 async for response in behaviour(request, context):
@@ -154,13 +169,76 @@ class ErrorMappingInterceptor(_WrappingInterceptor):
         return streaming
 
 
+CHATTER_PREFIXES = ("/grpc.health.", "/grpc.reflection.")
+"""Methods of the mesh's own chatter (health checks every second, reflection): not logged."""
+SERVER_SIDE_CODES = frozenset(
+    {
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.UNIMPLEMENTED,
+        grpc.StatusCode.DATA_LOSS,
+    }
+)
+
+
+class CallLogInterceptor(_WrappingInterceptor):
+    """One log line per call served: method, gRPC status and duration, with the trace and
+    request ids every line carries. At DEBUG (SHOPMESH_LOG_LEVEL=DEBUG) for every call, so a
+    trace id leads to the app's own account of the call; at WARNING for a failure with a
+    server-side code whatever the level. Sits outside ErrorMappingInterceptor to see the
+    status it sets."""
+
+    def applies(self, method: str) -> bool:
+        return not method.startswith(CHATTER_PREFIXES)
+
+    def wrap_unary(self, behaviour: Unary, method: str) -> Unary:
+        async def logged(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+            started = time.monotonic()
+            try:
+                return await behaviour(request, context)
+            finally:
+                _log_call(method, context, started)
+
+        return logged
+
+    def wrap_streaming(self, behaviour: Streaming, method: str) -> Streaming:
+        async def logged(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+            started = time.monotonic()
+            try:
+                async for response in behaviour(request, context):
+                    yield response
+            finally:
+                _log_call(method, context, started)
+
+        return logged
+
+
+def _log_call(method: str, context: aio.ServicerContext[Any, Any], started: float) -> None:
+    code = context.code()
+    status = code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.OK
+    level = logging.WARNING if status in SERVER_SIDE_CODES else logging.DEBUG
+    if log.isEnabledFor(level):
+        log.log(
+            level,
+            "call served",
+            extra={
+                "method": method,
+                "grpc_status": status.name,
+                "duration_ms": round((time.monotonic() - started) * 1000, 2),
+            },
+        )
+
+
 async def _abort(context: aio.ServicerContext[Any, Any], status: grpc.Status) -> None:
     await context.abort(status.code, status.details, status.trailing_metadata)
 
 
-class DeadlineClientInterceptor(aio.UnaryUnaryClientInterceptor):
+class CallContextClientInterceptor(aio.UnaryUnaryClientInterceptor):
     """Gives every outgoing call the shorter of its own timeout and what is left of the
-    incoming request's deadline; calls made outside a request get DEFAULT_CALL_TIMEOUT."""
+    incoming request's deadline (calls made outside a request get DEFAULT_CALL_TIMEOUT), and
+    the request id of the work it is part of."""
 
     async def intercept_unary_unary(
         self,
@@ -172,10 +250,14 @@ class DeadlineClientInterceptor(aio.UnaryUnaryClientInterceptor):
         timeout = client_call_details.timeout
         candidates = [t for t in (timeout, left) if t is not None]
         effective = min(candidates) if candidates else DEFAULT_CALL_TIMEOUT
+        metadata = aio.Metadata(*(client_call_details.metadata or ()))
+        current = request_id()
+        if current and not metadata.get_all(REQUEST_ID):
+            metadata.add(REQUEST_ID, current)
         details = aio.ClientCallDetails(
             client_call_details.method,
             effective,
-            client_call_details.metadata,
+            metadata,
             client_call_details.credentials,
             client_call_details.wait_for_ready,
         )

@@ -1,5 +1,6 @@
 """Structured logging: one JSON object per line on stderr, so log files are greppable and
-machine-readable next to Envoy's JSON access logs."""
+machine-readable next to Envoy's JSON access logs; each line carries the trace id, span id and
+request id of the work it is about, so a log line leads to its trace."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import json
 import logging
 import sys
 from datetime import UTC, datetime
+
+from services.common.telemetry import log_ids
 
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 
@@ -26,6 +29,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        entry.update(log_ids())
         entry.update({k: v for k, v in record.__dict__.items() if k not in _STANDARD})
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)

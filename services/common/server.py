@@ -25,9 +25,13 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from services.common.config import ConfigError, ServiceConfig, load_config
-from services.common.interceptors import DeadlineInterceptor, ErrorMappingInterceptor
+from services.common.interceptors import (
+    CallContextInterceptor,
+    CallLogInterceptor,
+    ErrorMappingInterceptor,
+)
 from services.common.logs import configure_logging
-from services.common.telemetry import server_interceptors
+from services.common.telemetry import configure_tracing, server_interceptors
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +162,12 @@ async def start(config: ServiceConfig, app: App) -> RunningService:
     it); the app's clean-ups have run by then, so its stores are closed.
     """
     server = aio.server(
-        interceptors=[*server_interceptors(), DeadlineInterceptor(), ErrorMappingInterceptor()],
+        interceptors=[
+            *server_interceptors(),
+            CallContextInterceptor(),
+            CallLogInterceptor(),
+            ErrorMappingInterceptor(),
+        ],
         options=SERVER_OPTIONS,
     )
     names = [registration.service_name for registration in app.registrations]
@@ -228,8 +237,13 @@ def run(
         print(f"{service}: configuration error: {error}", file=sys.stderr)
         sys.exit(2)
     configure_logging(service, config.log_level)
+    tracing = configure_tracing(service)
     try:
         asyncio.run(_serve_until_signalled(config, build))
     except ConfigError as error:
         print(f"{service}: configuration error: {error}", file=sys.stderr)
         sys.exit(2)
+    finally:
+        if tracing is not None:
+            # Flushes the spans still buffered: the last requests' traces are complete.
+            tracing.shutdown()

@@ -13,8 +13,8 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Protocol
@@ -122,6 +122,9 @@ class SagaState:
     outcome: OrderStatus | None = None
     outcome_reason: str = ""
     last_error: str = ""
+    origin: Mapping[str, str] = field(default_factory=dict)
+    """Where the work on the order comes from (the placing or cancelling request's trace
+    context and request id, as headers): a saga resumed later joins that request's trace."""
 
 
 @dataclass(frozen=True)
@@ -135,6 +138,9 @@ class OrderEvent:
     reason: str
     total: Money
     occur_time: datetime
+    origin: Mapping[str, str] = field(default_factory=dict)
+    """The trace context and request id of the step that wrote the event: its delivery by the
+    outbox relay, later, shows in the same trace."""
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,9 @@ between the ack and the mark sends it again, and notifications dedupes by `event
 that is an exactly-once effect. While the consumer is unreachable the relay retries the oldest
 event with capped exponential backoff and jitter, so events are never reordered and a fleet of
 relays does not hammer a recovering consumer in lockstep.
+
+Each delivery is a span (`outbox deliver`) in the trace of the saga step that wrote the event,
+a child of it however much later it runs, so an order's trace ends with its notification.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from services.common.errors import DomainError, Unavailable
+from services.common.telemetry import continued
 from services.orders.domain import OrderEvent
 
 log = logging.getLogger(__name__)
@@ -98,8 +102,11 @@ class OutboxRelay:
         delivered = 0
         while batch := await self._outbox.pending_events(self._batch_size):
             for event in batch:
+                attributes = {"order.id": event.order_id, "event.id": event.event_id}
                 try:
-                    duplicate = await self._publisher.publish(event)
+                    # In the trace of the saga step that wrote the event, however much later.
+                    with continued(event.origin, "outbox deliver", attributes):
+                        duplicate = await self._publisher.publish(event)
                 except Unavailable as error:
                     await self._outbox.record_failure(event.event_id, error.message, give_up=False)
                     raise

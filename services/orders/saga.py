@@ -29,6 +29,7 @@ from services.common.errors import (
     Unavailable,
 )
 from services.common.money import Money
+from services.common.telemetry import carrier, continued, tracer
 from services.orders.domain import (
     CHECKOUT_EXPIRED,
     CURRENCY_MISMATCH,
@@ -135,7 +136,9 @@ class CheckoutSaga:
             create_time=now,
             update_time=now,
         )
-        saga = SagaState(SagaStep.VALIDATE_USER, payment_token=request.payment_token)
+        saga = SagaState(
+            SagaStep.VALIDATE_USER, payment_token=request.payment_token, origin=carrier()
+        )
         order = await self._repository.create(
             request.idempotency_key, request.fingerprint(), draft, saga
         )
@@ -159,17 +162,24 @@ class CheckoutSaga:
                     SagaStep.REFUND_PAYMENT,
                     outcome=OrderStatus.CANCELLED,
                     outcome_reason=reason,
+                    origin=carrier(),
                 )
                 await self._repository.save(order, saga)
             return await self._run(order, saga)
 
     # --- recovery ----------------------------------------------------------------------
 
-    async def resume(self, order_id: str) -> Order:
-        """Drive one order's saga from its stored step to the end (a no-op if it is DONE)."""
+    async def resume(self, order_id: str, *, recovered: bool = False) -> Order:
+        """Drive one order's saga from its stored step to the end (a no-op if it is DONE).
+        A `recovered` saga (no request is waiting for it) continues the trace of the request
+        that placed or cancelled the order."""
         async with self._locks.hold(order_id):
             order, saga = await load_order(self._repository, order_id)
-            return await self._run(order, saga)
+            if not recovered or saga.step is SagaStep.DONE:
+                return await self._run(order, saga)
+            attributes = {"order.id": order_id, "saga.step": saga.step.value}
+            with continued(saga.origin, "saga recover", attributes):
+                return await self._run(order, saga)
 
     async def recover(self, concurrency: int = 8) -> int:
         """Resume or compensate every in-flight order; returns how many reached their end.
@@ -185,7 +195,7 @@ class CheckoutSaga:
                 if self._locks.busy(order_id):
                     return False
                 try:
-                    await self.resume(order_id)
+                    await self.resume(order_id, recovered=True)
                 except Unavailable as error:
                     log.debug(
                         "order still waiting for a dependency",
@@ -206,8 +216,11 @@ class CheckoutSaga:
     async def _run(self, order: Order, saga: SagaState) -> Order:
         """Run steps until DONE. A dependency failure stops here with the order at its step."""
         while saga.step is not SagaStep.DONE:
+            attributes = {"order.id": order.order_id, "saga.step": saga.step.value}
             try:
-                order, saga = await self._step(order, saga)
+                # A span per step: the order's trace reads like its saga.
+                with tracer.start_as_current_span(f"saga {saga.step.value}", attributes=attributes):
+                    order, saga = await self._step(order, saga)
             except DomainError as error:
                 # Unavailable, or a downstream answer no step expects: either way the step did
                 # not complete, so it stays stored and is retried by recovery or by the caller.
@@ -375,8 +388,9 @@ class CheckoutSaga:
             reason=reason,
             total=order.total or Money.zero(order.currency_code),
             occur_time=now,
+            origin=carrier(),
         )
-        saga = SagaState(SagaStep.DONE, outcome=status, outcome_reason=reason)
+        saga = SagaState(SagaStep.DONE, outcome=status, outcome_reason=reason, origin=saga.origin)
         await self._repository.save(order, saga, event)
         self._on_event()
         return order, saga

@@ -8,6 +8,7 @@ never loses its event.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
@@ -83,6 +84,12 @@ MIGRATIONS = [
     );
     CREATE INDEX outbox_pending ON outbox (sequence) WHERE state = 'PENDING';
     """,
+    # Where each saga's work and each event come from (trace context and request id, as a
+    # JSON object of headers), so later work joins the trace of the request behind it.
+    """
+    ALTER TABLE saga_state ADD COLUMN origin TEXT NOT NULL DEFAULT '{}';
+    ALTER TABLE outbox ADD COLUMN origin TEXT NOT NULL DEFAULT '{}';
+    """,
 ]
 
 
@@ -155,7 +162,7 @@ class SqliteOrderStore:
             )
             db.execute(
                 "INSERT INTO saga_state (order_id, step, payment_token, outcome, outcome_reason,"
-                " last_error, update_time_us) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                " last_error, origin, update_time_us) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (order.order_id, *_saga_values(saga), to_micros(order.update_time)),
             )
             db.execute(
@@ -175,7 +182,7 @@ class SqliteOrderStore:
             if order is None:
                 return None
             row = db.execute(
-                "SELECT step, payment_token, outcome, outcome_reason, last_error"
+                "SELECT step, payment_token, outcome, outcome_reason, last_error, origin"
                 " FROM saga_state WHERE order_id = ?",
                 (order_id,),
             ).fetchone()
@@ -185,6 +192,7 @@ class SqliteOrderStore:
                 outcome=None if row["outcome"] is None else OrderStatus(row["outcome"]),
                 outcome_reason=row["outcome_reason"],
                 last_error=row["last_error"],
+                origin=json.loads(row["origin"]),
             )
             return order, saga
 
@@ -218,13 +226,15 @@ class SqliteOrderStore:
             )
             db.execute(
                 "UPDATE saga_state SET step = ?, payment_token = ?, outcome = ?,"
-                " outcome_reason = ?, last_error = ?, update_time_us = ? WHERE order_id = ?",
+                " outcome_reason = ?, last_error = ?, origin = ?, update_time_us = ?"
+                " WHERE order_id = ?",
                 (*_saga_values(saga), to_micros(order.update_time), order.order_id),
             )
             if event is not None:
                 db.execute(
                     "INSERT INTO outbox (event_id, order_id, user_id, event_type, reason,"
-                    " currency_code, total_minor, occur_time_us) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    " currency_code, total_minor, occur_time_us, origin)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         event.event_id,
                         event.order_id,
@@ -234,6 +244,7 @@ class SqliteOrderStore:
                         event.total.currency_code,
                         event.total.minor_units,
                         to_micros(event.occur_time),
+                        json.dumps(dict(event.origin)),
                     ),
                 )
 
@@ -295,6 +306,7 @@ class SqliteOrderStore:
                     reason=row["reason"],
                     total=Money(row["currency_code"], row["total_minor"]),
                     occur_time=from_micros(row["occur_time_us"]),
+                    origin=json.loads(row["origin"]),
                 )
                 for row in rows
             ]
@@ -353,13 +365,14 @@ def _unit_minor(item: OrderItem) -> int | None:
     return None if item.unit_price is None else item.unit_price.minor_units
 
 
-def _saga_values(saga: SagaState) -> tuple[str, str, str | None, str, str]:
+def _saga_values(saga: SagaState) -> tuple[str, str, str | None, str, str, str]:
     return (
         saga.step.value,
         saga.payment_token,
         None if saga.outcome is None else saga.outcome.value,
         saga.outcome_reason,
         saga.last_error,
+        json.dumps(dict(saga.origin)),
     )
 
 

@@ -58,7 +58,9 @@ class AdminClient:
         within: float = DEFAULT_TIMEOUT,
     ) -> tuple[int, str]:
         """(status, body) of one request. Raises AdminUnreachable when nothing answers."""
-        transport = httpx.AsyncHTTPTransport(uds=str(self.socket))
+        # Plain HTTP over a Unix socket: verify=False spares loading the CA bundle for a TLS
+        # context never used (30 ms a request, which made sampling every Envoy take 0.4 s).
+        transport = httpx.AsyncHTTPTransport(uds=str(self.socket), verify=False)
         try:
             async with httpx.AsyncClient(
                 transport=transport, base_url="http://envoy-admin", timeout=within
@@ -101,6 +103,22 @@ class AdminClient:
     async def stats(self) -> dict[str, int]:
         """Every counter and gauge, by stat name."""
         return parse_stats(await self.get("/stats"))
+
+    async def stats_json(
+        self, pattern: str | None = None, used_only: bool = False
+    ) -> dict[str, Any]:
+        """/stats as Envoy's JSON document: counters and gauges (`{"name", "value"}`) and
+        histograms with their cumulative buckets (`{"histograms": [{"name", "buckets":
+        [{"upper_bound", "interval", "cumulative"}]}]}`); only the stats whose names match
+        the regex `pattern` (RE2) when one is given, and with `used_only` only those ever
+        written (a counter left out is 0)."""
+        params = {"format": "json", "histogram_buckets": "cumulative"}
+        if pattern is not None:
+            params["filter"] = pattern
+        if used_only:
+            params["usedonly"] = ""
+        document: dict[str, Any] = json.loads(await self.get("/stats", params))
+        return document
 
     async def host_health(self) -> dict[str, dict[str, str]]:
         """Cluster -> host:port -> health flags of every upstream host."""

@@ -14,6 +14,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from shopmesh.envoy.metrics import STATS_FLUSH_INTERVAL, stats_config
 from shopmesh.layout import ADMIN_SOCKET_MODE, Endpoint, Layout
 from shopmesh.pki import CERTIFICATE_SECRET, VALIDATION_SECRET, IdentityFiles
 from shopmesh.topology import HEALTH_SERVICE
@@ -107,6 +108,7 @@ def access_log(path: str, listener: str) -> list[Json]:
         "path": "%REQ(:PATH)%",
         "authority": "%REQ(:AUTHORITY)%",
         "peer": "%DOWNSTREAM_PEER_URI_SAN%",
+        "upstream_peer": "%UPSTREAM_PEER_URI_SAN%",
         "http_status": "%RESPONSE_CODE%",
         "grpc_status": "%GRPC_STATUS_NUMBER%",
         "flags": "%RESPONSE_FLAGS%",
@@ -117,6 +119,7 @@ def access_log(path: str, listener: str) -> list[Json]:
         "upstream_failure": "%UPSTREAM_TRANSPORT_FAILURE_REASON%",
         "bytes_in": "%BYTES_RECEIVED%",
         "bytes_out": "%BYTES_SENT%",
+        "trace_id": "%TRACE_ID%",
     }
     return [
         {
@@ -242,14 +245,18 @@ def bootstrap(
     layout: Layout,
     listeners: Sequence[Json],
     clusters: Sequence[Json],
+    runtime_layers: Sequence[Json] = (),
 ) -> Json:
     """A complete static bootstrap for the Envoy `node_id`: admin on its Unix socket, a
-    metrics listener, and the admin runtime layer through which /runtime_modify changes
-    runtime keys (faults) of a running Envoy."""
+    metrics listener, the latency histograms' buckets, `runtime_layers` of static runtime
+    values, and the admin runtime layer through which /runtime_modify changes runtime keys
+    (faults) of a running Envoy."""
     return {
         "node": {"id": node_id, "cluster": cluster},
         "admin": {"address": unix(layout.admin_socket(node_id), ADMIN_SOCKET_MODE)},
-        "layered_runtime": {"layers": [{"name": "admin", "admin_layer": {}}]},
+        "layered_runtime": {"layers": [*runtime_layers, {"name": "admin", "admin_layer": {}}]},
+        "stats_config": stats_config(),
+        "stats_flush_interval": STATS_FLUSH_INTERVAL,
         "static_resources": {
             "listeners": [*listeners, metrics_listener(layout, node_id)],
             "clusters": [*clusters, admin_cluster(layout, node_id)],

@@ -92,6 +92,22 @@ class Fault:
         }
         return {key: "" if value is None else str(value) for key, value in values.items()}
 
+    @classmethod
+    def from_runtime(cls, values: Mapping[str, str]) -> Fault:
+        """The fault that runtime `values` (as `active_keys` reads them) inject: the reverse of
+        `runtime()`. Values that are not whole numbers count as unset."""
+
+        def number(key: str) -> int | None:
+            value = values.get(key, "")
+            return int(value) if value.isdigit() else None
+
+        return cls(
+            abort_percent=number(ABORT_PERCENT),
+            grpc_status=number(ABORT_GRPC_STATUS),
+            delay_ms=number(DELAY_MS),
+            delay_percent=number(DELAY_PERCENT),
+        )
+
     def describe(self) -> str:
         """The fault in words, as `shopmesh fault` and `shopmesh status` show it."""
         parts = []

@@ -17,7 +17,16 @@ from shopmesh.envoy.builders import (
     tcp,
     typed,
 )
+from shopmesh.envoy.metrics import gateway_methods, grpc_stats_filter
 from shopmesh.envoy.sidecar import REFLECTION_PREFIX
+from shopmesh.envoy.tracing import (
+    EDGE,
+    TRACE_ID_HEADER,
+    Tracing,
+    manager_options,
+    traced_bootstrap_parts,
+    untraced,
+)
 from shopmesh.envoy.upstream import (
     cluster_name,
     deadline_replies,
@@ -51,6 +60,7 @@ def gateway_routes(topology: Topology) -> Json:
                     "match": {"prefix": REFLECTION_PREFIX},
                     # A reflection session is a bidirectional stream: no timeout, no retries.
                     "route": {"cluster": cluster_name(service), "timeout": "0s"},
+                    "tracing": untraced(),
                 }
             )
         if topology.gateway.health:
@@ -59,6 +69,7 @@ def gateway_routes(topology: Topology) -> Json:
                     "name": f"{service}.health",
                     "match": path_exact(HEALTH_CHECK_PATH),
                     "route": route_action(cluster_name(service), topology.policies[service].route),
+                    "tracing": untraced(),
                 }
             )
         virtual_hosts.append({"name": service, "domains": [service], "routes": routes})
@@ -73,7 +84,17 @@ def gateway_routes(topology: Topology) -> Json:
             ],
         }
     )
-    return {"name": INGRESS, "virtual_hosts": virtual_hosts}
+    return {
+        "name": INGRESS,
+        "virtual_hosts": virtual_hosts,
+        # Every answer names its trace, to look it up: `shopmesh trace <id>`.
+        "response_headers_to_add": [
+            {
+                "header": {"key": TRACE_ID_HEADER, "value": "%TRACE_ID%"},
+                "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+            }
+        ],
+    }
 
 
 def local_rate_limit_filter(topology: Topology) -> Json:
@@ -175,23 +196,35 @@ def gateway_health_listener(layout: Layout) -> Json:
     return listener(HEALTH, tcp(layout.gateway_health()), {"filters": [manager]})
 
 
-def render_gateway(topology: Topology, layout: Layout) -> Json:
-    """The bootstrap of the edge gateway."""
+def render_gateway(topology: Topology, layout: Layout, tracing: Tracing | None = None) -> Json:
+    """The bootstrap of the edge gateway (tracing `tracing.sampling` of the calls from outside
+    when `tracing` is given)."""
+    sampling = 0.0 if tracing is None else tracing.sampling
     manager = http_connection_manager(
         INGRESS,
         gateway_routes(topology),
         # The transcoder first, so a JSON request refused by the rate limit is known as one
-        # (gateway_replies) and answered in JSON.
-        [transcoder_filter(topology, layout), local_rate_limit_filter(topology)],
+        # (gateway_replies) and answered in JSON, and grpc_stats counts JSON calls by their
+        # gRPC status too. grpc_stats after the rate limit: what it refuses is counted as
+        # http_local_rate_limit.rate_limited, and an unrouted method as http.ingress.no_route.
+        [
+            transcoder_filter(topology, layout),
+            local_rate_limit_filter(topology),
+            grpc_stats_filter(gateway_methods(topology)),
+        ],
         layout.access_log(GATEWAY),
         "AUTO",
         # Virtual hosts match the authority without its port.
         strip_any_host_port=True,
         local_reply_config=gateway_replies(),
         http2_protocol_options={"connection_keepalive": HTTP2_KEEPALIVE},
+        **manager_options(tracing, GATEWAY, sampling, EDGE),
     )
     ingress = listener(INGRESS, tcp(layout.gateway_listener()), {"filters": [manager]})
+    traced_clusters, runtime_layers = traced_bootstrap_parts(tracing)
     clusters = [
-        upstream_cluster(topology, layout, service, GATEWAY) for service in topology.gateway.exposes
+        *(upstream_cluster(topology, layout, s, GATEWAY) for s in topology.gateway.exposes),
+        *traced_clusters,
     ]
-    return bootstrap(GATEWAY, GATEWAY, layout, [ingress, gateway_health_listener(layout)], clusters)
+    listeners = [ingress, gateway_health_listener(layout)]
+    return bootstrap(GATEWAY, GATEWAY, layout, listeners, clusters, runtime_layers)

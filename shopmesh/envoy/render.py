@@ -10,14 +10,17 @@ import yaml
 from shopmesh.envoy.builders import Json
 from shopmesh.envoy.gateway import render_gateway
 from shopmesh.envoy.sidecar import render_sidecar
+from shopmesh.envoy.tracing import Tracing
 from shopmesh.layout import Layout
 from shopmesh.topology import GATEWAY, Topology
 
 
-def render_all(topology: Topology, layout: Layout) -> dict[str, Json]:
+def render_all(
+    topology: Topology, layout: Layout, tracing: Tracing | None = None
+) -> dict[str, Json]:
     """Envoy name (pod name, or "gateway") -> its bootstrap."""
-    configs = {pod.name: render_sidecar(topology, layout, pod) for pod in layout.pods()}
-    configs[GATEWAY] = render_gateway(topology, layout)
+    configs = {pod.name: render_sidecar(topology, layout, pod, tracing) for pod in layout.pods()}
+    configs[GATEWAY] = render_gateway(topology, layout, tracing)
     return configs
 
 

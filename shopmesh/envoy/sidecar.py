@@ -25,6 +25,8 @@ from shopmesh.envoy.builders import (
     unix,
 )
 from shopmesh.envoy.faults import ABORT_GRPC_STATUS, ABORT_PERCENT, DELAY_MS, DELAY_PERCENT
+from shopmesh.envoy.metrics import egress_methods, grpc_stats_filter, inbound_methods
+from shopmesh.envoy.tracing import Tracing, manager_options, traced_bootstrap_parts
 from shopmesh.envoy.upstream import (
     STREAM_IDLE_TIMEOUT,
     deadline_replies,
@@ -141,7 +143,14 @@ def stream_routes(topology: Topology, service: str) -> list[Json]:
     ]
 
 
-def inbound_listener(topology: Topology, layout: Layout, pod: Pod) -> Json:
+def sidecar_name(service: str) -> str:
+    """The service name a sidecar's spans carry."""
+    return f"{service}-sidecar"
+
+
+def inbound_listener(
+    topology: Topology, layout: Layout, pod: Pod, tracing: Tracing | None = None
+) -> Json:
     """No timeout here: the caller's sidecar owns the budget, and the app enforces the
     grpc-timeout it forwards (an Envoy timer here would reset streams mid-response: INTERNAL,
     not DEADLINE_EXCEEDED)."""
@@ -167,13 +176,20 @@ def inbound_listener(topology: Topology, layout: Layout, pod: Pod) -> Json:
     manager = http_connection_manager(
         INBOUND,
         routes,
-        [rbac_filter(topology, pod.service), fault_filter()],
+        # Calls RBAC refuses are not counted by grpc_stats but as http.inbound.rbac.denied;
+        # injected faults are, as the service's own failures.
+        [
+            rbac_filter(topology, pod.service),
+            grpc_stats_filter(inbound_methods(topology, pod.service)),
+            fault_filter(),
+        ],
         layout.access_log(pod.name),
         "HTTP2",
         # The app may read the caller's SPIFFE ID from x-forwarded-client-cert.
         forward_client_cert_details="SANITIZE_SET",
         set_current_client_cert_details={"uri": True},
         http2_protocol_options={"connection_keepalive": HTTP2_KEEPALIVE},
+        **manager_options(tracing, sidecar_name(pod.service), 0, INBOUND),
     )
     return listener(
         INBOUND,
@@ -185,7 +201,9 @@ def inbound_listener(topology: Topology, layout: Layout, pod: Pod) -> Json:
     )
 
 
-def egress_listener(topology: Topology, layout: Layout, pod: Pod) -> Json:
+def egress_listener(
+    topology: Topology, layout: Layout, pod: Pod, tracing: Tracing | None = None
+) -> Json:
     """The app's only way out: routes by gRPC service name to the upstreams it may call."""
     upstreams = topology.services[pod.service].calls
     routes = {
@@ -205,10 +223,12 @@ def egress_listener(topology: Topology, layout: Layout, pod: Pod) -> Json:
     manager = http_connection_manager(
         EGRESS,
         routes,
-        [],
+        # A service the app may not call has no route: http.egress.no_route, not grpc_stats.
+        [grpc_stats_filter(egress_methods(topology, pod.service))],
         layout.access_log(pod.name),
         "HTTP2",
         local_reply_config=deadline_replies(),
+        **manager_options(tracing, sidecar_name(pod.service), 0, EGRESS),
     )
     return listener(EGRESS, unix(layout.egress_socket(pod)), {"filters": [manager]})
 
@@ -225,18 +245,22 @@ def health_listener(topology: Topology, layout: Layout, pod: Pod) -> Json:
     )
 
 
-def render_sidecar(topology: Topology, layout: Layout, pod: Pod) -> Json:
-    """The bootstrap of `pod`'s sidecar."""
+def render_sidecar(
+    topology: Topology, layout: Layout, pod: Pod, tracing: Tracing | None = None
+) -> Json:
+    """The bootstrap of `pod`'s sidecar (tracing its calls when `tracing` is given)."""
     if pod.service not in topology.services:
         raise RenderError(f"pod {pod.name!r} belongs to unknown service {pod.service!r}")
     service = topology.services[pod.service]
+    traced_clusters, runtime_layers = traced_bootstrap_parts(tracing)
     clusters = [
         local_app_cluster(layout, pod, topology.policies[pod.service].connect_timeout),
         *(upstream_cluster(topology, layout, upstream, pod.service) for upstream in service.calls),
+        *traced_clusters,
     ]
     listeners = [
-        inbound_listener(topology, layout, pod),
-        egress_listener(topology, layout, pod),
+        inbound_listener(topology, layout, pod, tracing),
+        egress_listener(topology, layout, pod, tracing),
         health_listener(topology, layout, pod),
     ]
-    return bootstrap(pod.name, pod.service, layout, listeners, clusters)
+    return bootstrap(pod.name, pod.service, layout, listeners, clusters, runtime_layers)

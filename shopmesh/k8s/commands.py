@@ -10,7 +10,8 @@ import click
 
 from shopmesh import options
 from shopmesh.k8s.certs import issue_certificates
-from shopmesh.k8s.manifests import render_manifests, stale_files, write_manifests
+from shopmesh.k8s.manifests import GENERATED_DIR, render_manifests, stale_files, write_manifests
+from shopmesh.k8s.observability import COMPONENT_DIR, KUBERNETES_SAMPLING, render_component
 from shopmesh.layout import KubernetesLayout
 from shopmesh.pki import LEAF_TTL
 from shopmesh.topology import load_topology
@@ -26,25 +27,41 @@ def k8s_group() -> None:
 @click.option(
     "--out",
     type=click.Path(path_type=Path, file_okay=False),
-    default=Path("k8s/base/generated"),
-    help="Where the manifests go.",
+    default=Path("k8s"),
+    help=f"The k8s/ directory: writes {GENERATED_DIR}/ and {COMPONENT_DIR}/ in it.",
+)
+@click.option(
+    "--sampling",
+    type=click.FloatRange(0, 1),
+    default=KUBERNETES_SAMPLING,
+    show_default=True,
+    help="Share of the calls from outside the gateway traces (observability component).",
 )
 @click.option("--check", is_flag=True, help="Write nothing; exit 1 if the files are out of date.")
-def k8s_render_command(topology: Path, out: Path, check: bool) -> None:
-    """Write the generated manifests and Envoy configs from the topology."""
+def k8s_render_command(topology: Path, out: Path, sampling: float, check: bool) -> None:
+    """Write the generated manifests, Envoy configs and observability component."""
     loaded = load_topology(topology)
-    files = render_manifests(loaded, KubernetesLayout(loaded))
+    layout = KubernetesLayout(loaded)
+    outputs = {
+        out / GENERATED_DIR: render_manifests(loaded, layout),
+        out / COMPONENT_DIR: render_component(loaded, layout, sampling),
+    }
     if check:
-        stale = stale_files(files, out)
-        for name in stale:
-            click.echo(f"out of date: {out / name}", err=True)
+        stale = [
+            directory / name
+            for directory, files in outputs.items()
+            for name in stale_files(files, directory)
+        ]
+        for path in stale:
+            click.echo(f"out of date: {path}", err=True)
         if stale:
             click.echo("run `shopmesh k8s render` and commit the result", err=True)
             sys.exit(1)
-        click.echo(f"{out} is up to date")
+        click.echo(f"{', '.join(str(d) for d in outputs)}: up to date")
         return
-    write_manifests(files, out)
-    click.echo(f"wrote {len(files)} files to {out}")
+    for directory, files in outputs.items():
+        write_manifests(files, directory)
+        click.echo(f"wrote {len(files)} files to {directory}")
 
 
 @k8s_group.command(name="issue-certs")

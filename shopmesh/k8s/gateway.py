@@ -8,6 +8,7 @@ from shopmesh.k8s.objects import (
     APP_IMAGE,
     ENVOY_IMAGE,
     GATEWAY_REPLICAS,
+    METRICS_PORT,
     NAME_LABEL,
     Json,
     container_security,
@@ -54,7 +55,7 @@ def gateway_container(layout: KubernetesLayout) -> Json:
         "ports": [
             port("http", layout.gateway_port),
             port("health", health),
-            port("metrics", layout.metrics_port),
+            port(METRICS_PORT, layout.metrics_port),
         ],
         "readinessProbe": {
             "httpGet": {"path": "/healthz", "port": health},

@@ -31,6 +31,10 @@ ENVOY_CONCURRENCY = 2
 """Envoy worker threads; without it Envoy starts one per node core, whatever the CPU limit."""
 PART_OF = "shopmesh"
 NAME_LABEL = "app.kubernetes.io/name"
+APP_CONTAINER = "app"
+"""The service's own container in its pod (the other is the Envoy sidecar)."""
+METRICS_PORT = "metrics"
+"""The name of every Envoy's container port for Prometheus (`/stats/prometheus`)."""
 
 
 def labels(name: str, component: str) -> dict[str, str]:
@@ -134,7 +138,7 @@ def sidecar(layout: KubernetesLayout, pod: Pod) -> Json:
         "ports": [
             port("mesh", layout.inbound_port),
             port("health", layout.health_port),
-            port("metrics", layout.metrics_port),
+            port(METRICS_PORT, layout.metrics_port),
         ],
         # The app starts once the listeners are bound.
         "startupProbe": {
@@ -165,7 +169,7 @@ def app_container(topology: Topology, layout: KubernetesLayout, pod: Pod) -> Jso
     environment = pod_environment(topology, layout, pod, AppSettings())
     health = layout.health_port
     return {
-        "name": "app",
+        "name": APP_CONTAINER,
         "image": APP_IMAGE,
         "imagePullPolicy": "IfNotPresent",
         "args": [app_module(pod.service)],

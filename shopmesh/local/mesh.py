@@ -18,6 +18,7 @@ from pathlib import Path
 from services.common.config import GRACE_SECONDS
 from shopmesh.envoy.admin import AdminClient, AdminError
 from shopmesh.layout import APP, LocalLayout, StateDir
+from shopmesh.local.dashboard import DASHBOARD, dashboard_link, dashboard_serves
 from shopmesh.local.errors import MeshError
 from shopmesh.local.handles import GatewayHandle, PodHandle
 from shopmesh.local.health import check_health, health_channel, http_ok, serving
@@ -30,6 +31,8 @@ ENVOY_STOP_SECONDS = 5.0
 APP_STOP_MARGIN = 3.0
 LOGS = "logs"
 """The log keeper's process name and kind (shopmesh.local.logcap)."""
+COLLECTOR = "collector"
+"""The trace collector's process name and kind (shopmesh.collector)."""
 
 
 async def unhealthy_upstreams(admin: AdminClient) -> tuple[int, list[str]]:
@@ -64,6 +67,8 @@ class RunningMesh:
         self.pods = {pod.name: PodHandle.of(layout, pod) for pod in layout.pods()}
         self.gateway = GatewayHandle.of(layout)
         self.logs: ManagedProcess | None = None
+        self.collector: ManagedProcess | None = None
+        self.dashboard: ManagedProcess | None = None
         for record in state.processes.values():
             if record.pid is not None:
                 self._attach_process(ManagedProcess(record, self.paths.log(record.name)))
@@ -132,11 +137,13 @@ class RunningMesh:
         return self.gateway.admin if envoy == GATEWAY else self.pod(envoy).admin
 
     def processes(self) -> list[ManagedProcess]:
-        """Every started process: apps, sidecars, the gateway, then the log keeper."""
+        """Every started process: apps, sidecars, the gateway, the log keeper, the collector
+        and the dashboard."""
         found: list[ManagedProcess] = []
         for pod in self.pods.values():
             found.extend(p for p in (pod.app, pod.sidecar) if p is not None)
-        found.extend(p for p in (self.gateway.process, self.logs) if p is not None)
+        others = (self.gateway.process, self.logs, self.collector, self.dashboard)
+        found.extend(p for p in others if p is not None)
         return found
 
     def save(self) -> None:
@@ -159,6 +166,10 @@ class RunningMesh:
             self.gateway.process = process
         elif process.kind == LOGS:
             self.logs = process
+        elif process.kind == COLLECTOR:
+            self.collector = process
+        elif process.kind == DASHBOARD:
+            self.dashboard = process
         else:
             pod = self.pods[process.name.rpartition(".")[0]]
             if process.kind == APP:
@@ -193,6 +204,33 @@ class RunningMesh:
                 watched,
             )
 
+    async def start_collector(self, deadline: float) -> None:
+        """Start the trace collector unless it runs; return once it listens."""
+        if COLLECTOR not in self.state.processes:
+            raise MeshError(
+                "this mesh runs no collector: its spans go to the --otlp-endpoint it was "
+                "started with"
+            )
+        if not _running(self.collector):
+            self.paths.collector_socket.unlink(missing_ok=True)
+            self.spawn(COLLECTOR)
+        watched = [p for p in (self.collector,) if p is not None and p.alive()]
+
+        async def listening() -> bool:
+            return self.paths.collector_socket.exists()
+
+        await until(listening, "the trace collector to listen", deadline, watched)
+
+    async def start_dashboard(self, deadline: float) -> None:
+        """Start the dashboard unless it runs; return once it answers with its token."""
+        link = dashboard_link(self.state)
+        if link is None:
+            raise MeshError("this mesh was started without a dashboard (`up --no-dashboard`)")
+        if not _running(self.dashboard):
+            self.spawn(DASHBOARD)
+        watched = [p for p in (self.dashboard,) if p is not None and p.alive()]
+        await until(lambda: dashboard_serves(link), "the dashboard to serve", deadline, watched)
+
     async def start_gateway(self, deadline: float) -> None:
         if not _running(self.gateway.process):
             self.spawn(GATEWAY)
@@ -201,9 +239,9 @@ class RunningMesh:
         await until(lambda: http_ok(self.gateway.health_url), "gateway /healthz", deadline, watched)
 
     async def restart(self, name: str, within: float = 30.0) -> list[str]:
-        """Start again whatever of pod `name` (or the gateway, or the log keeper `logs`) is not
-        running, and wait until it serves; returns the processes started (none if everything
-        ran)."""
+        """Start again whatever of pod `name` (or the gateway, the log keeper `logs`, the
+        `collector` or the `dashboard`) is not running, and wait until it serves; returns the
+        processes started (none if everything ran)."""
         deadline = time.monotonic() + within
         before = {process.name: process.pid for process in self.processes() if process.alive()}
         if name == GATEWAY:
@@ -211,6 +249,10 @@ class RunningMesh:
         elif name == LOGS:
             if not _running(self.logs):
                 self.spawn(LOGS)
+        elif name == COLLECTOR:
+            await self.start_collector(deadline)
+        elif name == DASHBOARD:
+            await self.start_dashboard(deadline)
         else:
             await self.start_pod(self.pod(name), deadline)
         return [p.name for p in self.processes() if p.alive() and before.get(p.name) != p.pid]
@@ -287,11 +329,14 @@ class RunningMesh:
             )
 
     async def stop(self) -> None:
-        """Stop everything: apps first (SIGINT: they finish in-flight calls, still reachable
-        through their sidecars, and skip the drain period — with the whole mesh going down
-        there is no other replica to move traffic to), callers before the services they call;
-        then every Envoy, then the log keeper. Stragglers get SIGKILL. Sockets, pidfiles and
-        mesh.json go; data, certs and logs stay. Safe to call twice, and after a failed start."""
+        """Stop everything: the dashboard first (it may be sending load), then the apps
+        (SIGINT: they finish in-flight calls, still reachable through their sidecars, and skip
+        the drain period — with the whole mesh going down there is no other replica to move
+        traffic to), callers before the services they call; then every Envoy, then the
+        collector and the log keeper. Stragglers get SIGKILL. Sockets, pidfiles and mesh.json
+        go; data, certs and logs stay. Safe to call twice, and after a failed start."""
+        if self.dashboard is not None:
+            await self.dashboard.terminate(ENVOY_STOP_SECONDS)
         for wave in reversed(self.topology.start_waves()):
             apps = [p.app for p in self.pods.values() if p.service in wave and p.app is not None]
             await asyncio.gather(
@@ -300,8 +345,10 @@ class RunningMesh:
         envoys = [p.sidecar for p in self.pods.values() if p.sidecar is not None]
         envoys += [p for p in (self.gateway.process,) if p is not None]
         await asyncio.gather(*(envoy.terminate(ENVOY_STOP_SECONDS) for envoy in envoys))
-        if self.logs is not None:
-            await self.logs.terminate(ENVOY_STOP_SECONDS)
+        # Last: it receives what the apps and Envoys flush as they stop.
+        for keeper in (self.collector, self.logs):
+            if keeper is not None:
+                await keeper.terminate(ENVOY_STOP_SECONDS)
         survivors = [process.name for process in self.processes() if process.alive()]
         remove_runtime_files(self.paths)
         if survivors:

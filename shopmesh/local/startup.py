@@ -29,6 +29,7 @@ from shopmesh.envoy.render import render_all, write_configs
 from shopmesh.layout import (
     APP,
     SIDECAR,
+    Endpoint,
     GatewayPorts,
     LayoutError,
     LocalLayout,
@@ -39,11 +40,27 @@ from shopmesh.layout import (
     local_pods,
     sidecar_process,
 )
+from shopmesh.local.dashboard import DASHBOARD, dashboard_record
 from shopmesh.local.errors import MeshError
 from shopmesh.local.logcap import DEFAULT_MAX_BYTES
-from shopmesh.local.mesh import LOGS, RunningMesh, remove_runtime_files, upstreams_healthy
+from shopmesh.local.mesh import (
+    COLLECTOR,
+    LOGS,
+    RunningMesh,
+    remove_runtime_files,
+    upstreams_healthy,
+)
+from shopmesh.local.observability import (
+    DEFAULT_MAX_TRACES,
+    DEFAULT_SAMPLING,
+    app_tracing,
+    collector_record,
+    envoy_tracing,
+    otlp_endpoint,
+)
 from shopmesh.local.ports import free_ports, require_free
 from shopmesh.local.process import ManagedProcess
+from shopmesh.local.prometheus import write_scrape_config
 from shopmesh.local.state import LegacyState, MeshState, ProcessRecord, read_state
 from shopmesh.local.wait import until
 from shopmesh.options import DEFAULT_STATE_DIR, DEFAULT_TOPOLOGY
@@ -77,6 +94,17 @@ class MeshOptions:
     certificate_ttl: datetime.timedelta = LEAF_TTL
     log_max_bytes: int = DEFAULT_MAX_BYTES
     """Each log is kept below this size (shopmesh.local.logcap)."""
+    sampling: float = DEFAULT_SAMPLING
+    """The share of calls from outside the gateway traces (0 to 1); background work is
+    sampled at the same rate."""
+    otlp_endpoint: str | None = None
+    """HOST:PORT of the user's own OTLP/gRPC collector; the mesh's own one when None."""
+    max_traces: int = DEFAULT_MAX_TRACES
+    """How many traces the mesh's own collector keeps."""
+    dashboard: bool = True
+    """Whether to start the dashboard (shopmesh.dashboard)."""
+    dashboard_port: int = 0
+    """The dashboard's port on `host`; 0 lets the OS pick a free one (what tests use)."""
 
 
 def find_envoy(explicit: Path | None = None) -> Path:
@@ -132,29 +160,51 @@ def prepare_state_dir(paths: StateDir) -> None:
 
 def choose_ports(
     topology: Topology, options: MeshOptions
-) -> tuple[dict[str, PodPorts], GatewayPorts]:
+) -> tuple[dict[str, PodPorts], GatewayPorts, int | None]:
+    """Every pod's ports, the gateway's and the dashboard's (None without a dashboard)."""
     pods = local_pods(topology)
-    ports = free_ports(options.host, 3 * len(pods) + 3)
+    ports = free_ports(options.host, 3 * len(pods) + 4)
     pod_ports = {
         pod.name: PodPorts(*ports[3 * index : 3 * index + 3]) for index, pod in enumerate(pods)
     }
-    listener, health, metrics = ports[-3:]
+    listener, health, metrics, dashboard = ports[-4:]
     if options.gateway_port:
         way_out = "stop what uses it or pass --gateway-port 0 (any free port) or another port"
         require_free(options.host, options.gateway_port, "gateway port", way_out)
         listener = options.gateway_port
-    return pod_ports, GatewayPorts(listener, health, metrics)
+    if options.dashboard and options.dashboard_port:
+        way_out = (
+            "stop what uses it or pass --dashboard-port 0 (any free port), another port, "
+            "or --no-dashboard"
+        )
+        require_free(options.host, options.dashboard_port, "dashboard port", way_out)
+        dashboard = options.dashboard_port
+    gateway = GatewayPorts(listener, health, metrics)
+    return pod_ports, gateway, dashboard if options.dashboard else None
 
 
 def process_records(
-    layout: LocalLayout, options: MeshOptions, envoy: Path
+    layout: LocalLayout,
+    options: MeshOptions,
+    envoy: Path,
+    dashboard_port: int | None = None,
+    external: Endpoint | None = None,
 ) -> dict[str, ProcessRecord]:
-    """Every process of the mesh, with its command and environment: the log keeper, an app
-    and a sidecar per pod, and the gateway."""
+    """Every process of the mesh, with its command and environment: the log keeper, the trace
+    collector (unless spans go to the user's at `external`), the dashboard (on
+    `dashboard_port`, unless None), an app and a sidecar per pod, and the gateway."""
     topology, paths = layout.topology, layout.state
-    settings = AppSettings(log_level=options.log_level, grace_seconds=options.grace_seconds)
+    settings = AppSettings(
+        log_level=options.log_level,
+        grace_seconds=options.grace_seconds,
+        tracing=app_tracing(paths, options.sampling, external),
+    )
     keeper = [str(options.python), "-m", "shopmesh.local.logcap", str(paths.root)]
     records = [ProcessRecord(LOGS, LOGS, [*keeper, "--max-bytes", str(options.log_max_bytes)], {})]
+    if external is None:
+        records.append(collector_record(options.python, paths, options.max_traces))
+    if dashboard_port is not None:
+        records.append(dashboard_record(options.python, paths, options.host, dashboard_port))
     for pod in layout.pods():
         environment = {
             "PYTHONUNBUFFERED": "1",
@@ -174,9 +224,10 @@ def process_records(
 def prepare(options: MeshOptions) -> tuple[LocalLayout, MeshState, Path]:
     """Everything before the first process starts: checks, ports, certificates, configs."""
     topology, envoy = preflight(options)
+    external = None if options.otlp_endpoint is None else otlp_endpoint(options.otlp_endpoint)
     paths = StateDir(options.state_dir.resolve())
     prepare_state_dir(paths)
-    pod_ports, gateway_ports = choose_ports(topology, options)
+    pod_ports, gateway_ports, dashboard_port = choose_ports(topology, options)
     descriptor = options.descriptor.resolve()
     layout = LocalLayout(paths, topology, options.host, pod_ports, gateway_ports, descriptor)
     try:
@@ -188,22 +239,28 @@ def prepare(options: MeshOptions) -> tuple[LocalLayout, MeshState, Path]:
         raise MeshError(str(error)) from None
     except OSError as error:
         raise MeshError(f"cannot use the state directory {paths.root}: {error}") from None
-    write_configs(render_all(topology, layout), paths.envoy_config)
+    tracing = envoy_tracing(paths, options.sampling, external)
+    write_configs(render_all(topology, layout, tracing), paths.envoy_config)
+    write_scrape_config(layout)
     state = MeshState(
         host=options.host,
         pod_ports=pod_ports,
         gateway_ports=gateway_ports,
         descriptor=str(descriptor),
-        processes=process_records(layout, options, envoy),
+        processes=process_records(layout, options, envoy, dashboard_port, external),
         environment=dict(os.environ),
+        dashboard_port=dashboard_port,
     )
     return layout, state, envoy
 
 
 async def start_all(mesh: RunningMesh, deadline: float) -> None:
-    """Start the log keeper, every pod in call-graph order, then the gateway; return once all
-    are healthy."""
+    """Start the log keeper and the collector, every pod in call-graph order, then the
+    gateway and the dashboard; return once all are healthy."""
     mesh.spawn(LOGS)
+    # Nothing is traced before the gateway serves, so the collector starts alongside the pods
+    # (its imports take a good part of a second) and only has to listen by the end.
+    collector = COLLECTOR in mesh.state.processes
     waves = mesh.topology.start_waves()
     wave_of = {service: index for index, wave in enumerate(waves) for service in wave}
     healthy = {service: asyncio.Event() for service in wave_of}
@@ -221,15 +278,29 @@ async def start_all(mesh: RunningMesh, deadline: float) -> None:
             await event.wait()
         await mesh.start_gateway(deadline)
 
+    async def spawn_dashboard() -> None:
+        # It needs nothing but mesh.json. Its imports take most of a second of CPU: started
+        # once the first wave serves, they use the core the next waves' few apps leave idle,
+        # instead of slowing the first wave's many.
+        for service in waves[0]:
+            await healthy[service].wait()
+        mesh.spawn(DASHBOARD)
+
     async with asyncio.TaskGroup() as group:
+        if collector:
+            group.create_task(mesh.start_collector(deadline))
         for service in wave_of:
             group.create_task(pods_of(service))
         group.create_task(gateway())
+        if DASHBOARD in mesh.state.processes:
+            group.create_task(spawn_dashboard())
 
     # Callers' active health checks: every upstream host healthy in every Envoy that calls.
     callers = [(pod.name, pod.sidecar) for pod in mesh.pods.values() if pod.calls]
     callers.append((GATEWAY, mesh.gateway.process))
+    serving = [mesh.start_dashboard(deadline)] if DASHBOARD in mesh.state.processes else []
     await asyncio.gather(
+        *serving,
         *(
             until(
                 functools.partial(upstreams_healthy, mesh.admin(name)),
@@ -238,7 +309,7 @@ async def start_all(mesh: RunningMesh, deadline: float) -> None:
                 [process] if process is not None else [],
             )
             for name, process in callers
-        )
+        ),
     )
 
 

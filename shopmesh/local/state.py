@@ -44,6 +44,8 @@ class MeshState:
     environment: dict[str, str] = field(default_factory=dict)
     """The environment `up` ran in: every process, restarted ones too, starts from it."""
     up_seconds: float | None = None
+    dashboard_port: int | None = None
+    """Where the dashboard serves on `host` (None: started without one)."""
     version: int = STATE_VERSION
 
     def save(self, state_dir: StateDir) -> None:

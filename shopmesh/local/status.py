@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from dataclasses import dataclass
 
 from shopmesh.envoy.admin import AdminError
 from shopmesh.envoy.faults import active_keys
 from shopmesh.layout import APP, SIDECAR
+from shopmesh.local.dashboard import DASHBOARD, DashboardLink, dashboard_link, dashboard_serves
 from shopmesh.local.handles import PodHandle
 from shopmesh.local.health import SERVING, check_health, health_channel
-from shopmesh.local.mesh import LOGS, RunningMesh, unhealthy_upstreams
+from shopmesh.local.mesh import COLLECTOR, LOGS, RunningMesh, unhealthy_upstreams
 from shopmesh.topology import GATEWAY
 
 
@@ -81,10 +83,39 @@ def _log_keeper(mesh: RunningMesh) -> ProcessStatus:
     return ProcessStatus(LOGS, LOGS, pid, alive, word, alive, f"caps {mesh.paths.logs}")
 
 
-async def mesh_status(mesh: RunningMesh) -> list[ProcessStatus]:
-    """Every app, sidecar, the gateway and the log keeper: pid, alive, health."""
+def _collector(mesh: RunningMesh) -> ProcessStatus:
+    alive = mesh.collector is not None and mesh.collector.alive()
+    listening = alive and mesh.paths.collector_socket.exists()
+    pid = mesh.collector.pid if mesh.collector is not None else None
+    word = "listening" if listening else "stopped" if not alive else "starting"
+    detail = f"keeps traces in {mesh.paths.traces.relative_to(mesh.state_dir)}"
+    return ProcessStatus(COLLECTOR, COLLECTOR, pid, alive, word, listening, detail)
+
+
+async def _dashboard(mesh: RunningMesh, link: DashboardLink, itself: bool) -> ProcessStatus:
+    pid = mesh.dashboard.pid if mesh.dashboard is not None else None
+    if itself:
+        # Asked from inside the dashboard: it is this process, answering the request that asks.
+        alive, serves, pid = True, True, os.getpid()
+    else:
+        alive = mesh.dashboard is not None and mesh.dashboard.alive()
+        serves = alive and await dashboard_serves(link)
+    word = "serving" if serves else "stopped" if not alive else "not answering"
+    # The token stays out of this table: `shopmesh dashboard` prints the whole link.
+    detail = f"{link.base}/ (the link with its token: shopmesh dashboard)"
+    return ProcessStatus(DASHBOARD, DASHBOARD, pid, alive, word, serves, detail)
+
+
+async def mesh_status(mesh: RunningMesh, *, from_dashboard: bool = False) -> list[ProcessStatus]:
+    """Every app, sidecar, the gateway, the dashboard (unless started without), the trace
+    collector (unless spans go to the user's) and the log keeper: pid, alive, health.
+    `from_dashboard`: the dashboard asks, and does not ask itself whether it serves."""
     rows = []
     for pod in mesh.pods.values():
         rows += [_app(mesh, pod), _sidecar(pod)]
     rows.append(_gateway(mesh))
-    return [*await asyncio.gather(*rows), _log_keeper(mesh)]
+    link = dashboard_link(mesh.state)
+    if link is not None:
+        rows.append(_dashboard(mesh, link, from_dashboard))
+    keepers = [_collector(mesh)] if COLLECTOR in mesh.state.processes else []
+    return [*await asyncio.gather(*rows), *keepers, _log_keeper(mesh)]

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from shopmesh.k8s.collector import COLLECTOR, UI_PORT
 from shopmesh.k8s.objects import APP_IMAGE
 from shopmesh.layout import KubernetesLayout
 from shopmesh.topology import GATEWAY
@@ -372,3 +373,19 @@ def test_the_makefile_runs_the_kind_scripts() -> None:
     makefile = (ROOT / "Makefile").read_text()
     for target in ("kind-up", "kind-smoke", "kind-down"):
         assert re.search(rf"^{target}:.*\n\tbash scripts/{target}\.sh$", makefile, re.MULTILINE)
+
+
+def test_kind_up_adds_the_observability_component_only_on_request() -> None:
+    values = settings()
+    assert values["OBSERVABILITY"] == "0"
+    assert values["KIND_OVERLAY"] == "k8s/overlays/kind"
+    assert values["OBSERVABILITY_OVERLAY"] == "k8s/overlays/kind-observability"
+    for overlay in (values["KIND_OVERLAY"], values["OBSERVABILITY_OVERLAY"]):
+        assert (ROOT / overlay / "kustomization.yaml").is_file(), overlay
+    up = (SCRIPTS / "kind-up.sh").read_text()
+    assert 'overlay="$OBSERVABILITY_OVERLAY"' in up
+    assert 'apply --kustomize "$overlay"' in up
+    # The way to the traces it prints: the collector Service's UI port, forwarded.
+    assert f"port-forward service/{COLLECTOR}" in up
+    assert values["TRACES_UI"] == f"127.0.0.1:{UI_PORT}"
+    assert "OBSERVABILITY=1" in (ROOT / "Makefile").read_text()

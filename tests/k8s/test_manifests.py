@@ -16,8 +16,10 @@ import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 
 from services.common.config import ENV_PREFIX
-from shopmesh.k8s.manifests import render_manifests, stale_files
+from shopmesh.k8s.collector import COLLECTOR
+from shopmesh.k8s.manifests import GENERATED_DIR, render_manifests, stale_files
 from shopmesh.k8s.objects import ENVOY_IMAGE, GATEWAY_REPLICAS, RUN_AS, STATEFUL_REPLICAS
+from shopmesh.k8s.observability import COMPONENT_DIR
 from shopmesh.layout import KubernetesLayout
 from shopmesh.topology import GATEWAY
 from tests.support.cli import shopmesh
@@ -27,9 +29,12 @@ from tests.support.k8s import (
     Rendered,
     all_containers,
     is_envoy,
+    is_observability,
     is_sidecar,
     kustomize,
+    pod_labels,
     pod_spec,
+    selects,
 )
 from tests.support.paths import ROOT, TOPOLOGY
 
@@ -57,23 +62,6 @@ def envoy_of(workload: Json) -> Json:
     envoys = [c for c in all_containers(workload) if is_envoy(c)]
     assert len(envoys) == 1, f"{name_of(workload)}: expected one Envoy container"
     return envoys[0]
-
-
-def selects(selector: Json, labels: dict[str, str]) -> bool:
-    """Whether a LabelSelector (matchLabels / matchExpressions with In) matches `labels`."""
-    for key, value in selector.get("matchLabels", {}).items():
-        if labels.get(key) != value:
-            return False
-    for expression in selector.get("matchExpressions", []):
-        assert expression["operator"] == "In", expression
-        if labels.get(expression["key"]) not in expression["values"]:
-            return False
-    return True
-
-
-def pod_labels(workload: Json) -> dict[str, str]:
-    labels: dict[str, str] = workload["spec"]["template"]["metadata"]["labels"]
-    return labels
 
 
 # --- rendering and schema -------------------------------------------------------------------
@@ -120,14 +108,16 @@ def test_generated_manifests_are_what_the_renderer_writes_now() -> None:
     )
 
 
-def test_render_check_command_reports_a_stale_file(tmp_path: Path) -> None:
+@pytest.mark.parametrize("directory", [GENERATED_DIR, COMPONENT_DIR], ids=str)
+def test_render_check_command_reports_a_stale_file(tmp_path: Path, directory: Path) -> None:
     render = ["k8s", "render", "--out", str(tmp_path)]
     assert shopmesh(*render).returncode == 0
     assert shopmesh(*render, "--check").returncode == 0
-    (tmp_path / "users.yaml").write_text("edited by hand\n")
+    stale = tmp_path / directory / "envoy-users.yaml"
+    stale.write_text("edited by hand\n")
     result = shopmesh(*render, "--check")
     assert result.returncode == 1
-    assert "users.yaml" in result.stderr
+    assert str(stale) in result.stderr
 
 
 def test_every_object_lives_in_the_topology_namespace(overlay: Rendered) -> None:
@@ -189,7 +179,7 @@ def test_the_gateway_is_probed_on_its_health_listener(overlay: Rendered) -> None
 
 
 def test_every_container_has_cpu_and_memory_requests_and_limits(overlay: Rendered) -> None:
-    for workload in overlay.workloads():
+    for workload in overlay.of_kind("Deployment"):
         for container in all_containers(workload):
             for bound in ("requests", "limits"):
                 assert {"cpu", "memory"} <= set(container["resources"][bound]), (
@@ -198,7 +188,7 @@ def test_every_container_has_cpu_and_memory_requests_and_limits(overlay: Rendere
 
 
 def test_every_container_runs_non_root_read_only_without_capabilities(overlay: Rendered) -> None:
-    for workload in overlay.workloads():
+    for workload in overlay.of_kind("Deployment"):
         pod = pod_spec(workload)["securityContext"]
         assert pod["runAsNonRoot"] is True
         assert pod["runAsUser"] == RUN_AS != 0
@@ -259,7 +249,8 @@ def test_app_and_sidecar_share_the_socket_directory(overlay: Rendered) -> None:
 
 
 def env_of(container: Json) -> dict[str, str]:
-    return {e["name"]: e["value"] for e in container["env"]}
+    """The container's variables with a literal value (not those from the downward API)."""
+    return {e["name"]: e["value"] for e in container["env"] if "value" in e}
 
 
 def test_apps_listen_and_call_upstreams_only_through_the_sidecar_sockets(
@@ -329,6 +320,8 @@ def container_ports(workload: Json) -> Iterator[tuple[Json, Json]]:
 
 def test_no_service_port_reaches_an_app_except_through_envoy(overlay: Rendered) -> None:
     for service in overlay.of_kind("Service"):
+        if is_observability(service):
+            continue
         selector = {"matchLabels": service["spec"]["selector"]}
         backends = [w for w in overlay.workloads() if selects(selector, pod_labels(w))]
         assert backends, f"Service {name_of(service)} selects no workload"
@@ -394,7 +387,9 @@ def peers(policies: list[Json], direction: str) -> set[str]:
             for peer in rule.get("from" if direction == "ingress" else "to", []):
                 if "namespaceSelector" in peer:
                     continue
-                for expression in peer["podSelector"]["matchExpressions"]:
+                selector = peer["podSelector"]
+                names.update(selector.get("matchLabels", {}).values())
+                for expression in selector.get("matchExpressions", []):
                     names.update(expression["values"])
     return names
 
@@ -409,10 +404,12 @@ def test_only_the_callers_the_topology_names_reach_a_sidecar(overlay: Rendered) 
 def test_callers_may_reach_exactly_their_upstreams_and_dns(overlay: Rendered) -> None:
     expected = {name: set(service.calls) for name, service in TOPOLOGY.services.items()}
     expected[GATEWAY] = set(TOPOLOGY.gateway.exposes)
+    # With the observability component every pod exports its spans to the collector too.
+    collector = {name_of(d) for d in overlay.of_kind("Deployment") if name_of(d) == COLLECTOR}
     for workload in overlay.workloads():
         name = name_of(workload)
         egress = policies_for(overlay, workload, "Egress")
-        assert peers(egress, "egress") == expected[name], name
+        assert peers(egress, "egress") == expected[name] | collector, name
         dns = [
             rule
             for policy in egress

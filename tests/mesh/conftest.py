@@ -43,8 +43,23 @@ async def mesh() -> AsyncIterator[RunningMesh]:
         yield running
 
 
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def traced_mesh() -> AsyncIterator[RunningMesh]:
+    """The whole mesh tracing every call from outside, its apps logging every call they serve
+    (SHOPMESH_LOG_LEVEL=DEBUG), shared by one module's tests."""
+    async with running_mesh(sampling=1.0, log_level="DEBUG") as running:
+        yield running
+
+
 @pytest_asyncio.fixture(loop_scope="module")
 async def mesh_clients(mesh: RunningMesh) -> AsyncIterator[MeshClients]:
     """Clients of the module's mesh through its gateway, for one test."""
     async with gateway_clients(mesh) as clients:
+        yield clients
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def traced_clients(traced_mesh: RunningMesh) -> AsyncIterator[MeshClients]:
+    """Clients of the module's traced mesh through its gateway, for one test."""
+    async with gateway_clients(traced_mesh) as clients:
         yield clients

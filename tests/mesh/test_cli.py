@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 
@@ -30,6 +31,8 @@ from tests.support.paths import BIN, DESCRIPTOR_SET, MESH_FILE, ROOT, TOPOLOGY
 from tests.support.polling import eventually_sync
 
 STOP_SECONDS = 15.0
+FREE_PORTS = ("--gateway-port", "0", "--dashboard-port", "0")
+"""No fixed port: the gateway and the dashboard on any free one."""
 
 
 def running(pid: int) -> bool:
@@ -85,7 +88,7 @@ def cli_mesh() -> Iterator[CliMesh]:
     path = short_temp_dir("smc-")
     environment = {**os.environ, "SHOPMESH_LOG_LEVEL": "debug", PASSED_ON: "1.5"}
     try:
-        started = shopmesh("up", "--state-dir", str(path), "--gateway-port", "0", env=environment)
+        started = shopmesh("up", "--state-dir", str(path), *FREE_PORTS, env=environment)
         assert started.returncode == 0, started.stderr
         yield CliMesh(path, started.stdout)
     finally:
@@ -94,7 +97,7 @@ def cli_mesh() -> Iterator[CliMesh]:
 
 
 def test_up_status_down(state_dir: Path) -> None:
-    started = shopmesh("up", "--state-dir", str(state_dir), "--gateway-port", "0")
+    started = shopmesh("up", "--state-dir", str(state_dir), *FREE_PORTS)
     assert started.returncode == 0, started.stderr
     assert "mesh up in" in started.stdout
     gateway = gateway_port(state_dir)
@@ -107,8 +110,10 @@ def test_up_status_down(state_dir: Path) -> None:
     assert status.returncode == 0, status.stdout + status.stderr
     assert "orders-0.app" in status.stdout
     assert "SERVING" in status.stdout
+    assert "dashboard" in status.stdout
+    assert "serving" in status.stdout
 
-    again = shopmesh("up", "--state-dir", str(state_dir), "--gateway-port", "0")
+    again = shopmesh("up", "--state-dir", str(state_dir), *FREE_PORTS)
     assert again.returncode == 1
     assert "already running" in again.stderr
 
@@ -121,7 +126,8 @@ def test_up_status_down(state_dir: Path) -> None:
     assert list(state_dir.rglob("*.pid")) == []
     assert not (state_dir / "mesh.json").exists()
     databases = sorted(p.name for p in (state_dir / "data").iterdir() if p.suffix == ".db")
-    assert databases == sorted(f"{service}.db" for service in TOPOLOGY.services)
+    kept = [*(f"{service}.db" for service in TOPOLOGY.services), "traces.db"]
+    assert databases == sorted(kept)
     assert (state_dir / "certs" / "ca" / "ca.pem").exists()
 
     after = shopmesh("status", "--state-dir", str(state_dir))
@@ -196,14 +202,15 @@ def environ(pid: int) -> dict[str, str]:
     return dict(entry.decode().partition("=")[::2] for entry in entries if entry)
 
 
-@pytest.mark.parametrize("name", ["orders-0", "logs"])
-def test_a_crashed_caller_or_log_keeper_comes_back_as_it_was_started(
+@pytest.mark.parametrize("name", ["orders-0", "logs", "collector", "dashboard"])
+def test_a_crashed_caller_log_keeper_or_collector_comes_back_as_it_was_started(
     cli_mesh: CliMesh, name: str
 ) -> None:
     """orders calls other services, so its app starts once its sidecar is ready; a restart
-    gives it the environment `up` ran in (not the shell's that runs `restart`)."""
+    gives it the environment `up` ran in (not the shell's that runs `restart`); the dashboard
+    comes back with its token (`status` asks it with the recorded one)."""
     paths = StateDir(cli_mesh.state_dir)
-    process = f"{name}.app" if name != "logs" else name
+    process = f"{name}.app" if name not in ("logs", "collector", "dashboard") else name
     pid = int(recorded(cli_mesh.state_dir)[process]["pid"])
     os.kill(pid, signal.SIGKILL)
     eventually_sync(lambda: not running(pid), STOP_SECONDS, f"{process} to die")
@@ -222,6 +229,26 @@ def test_a_crashed_caller_or_log_keeper_comes_back_as_it_was_started(
         return shopmesh("status", "--state-dir", str(cli_mesh.state_dir)).returncode == 0
 
     eventually_sync(healthy, 30, "every process healthy again", interval=0.5)
+
+
+def test_the_dashboard_link_opens_the_page_and_its_token_stays_off_the_command_line(
+    cli_mesh: CliMesh,
+) -> None:
+    shown = shopmesh("dashboard", "--state-dir", str(cli_mesh.state_dir))
+    link = shown.stdout.strip()
+    assert f"dashboard: {link}" in cli_mesh.printed
+    base, _, token = link.partition("/?token=")
+    assert base.startswith("http://127.0.0.1:")
+    assert len(token) >= 40
+
+    page = httpx.get(link, trust_env=False, timeout=10)
+    assert page.status_code == 200
+    assert "shopmesh dashboard" in page.text
+    assert httpx.get(base + "/", trust_env=False, timeout=10).status_code == 403
+    pid = int(recorded(cli_mesh.state_dir)["dashboard"]["pid"])
+    assert token not in Path(f"/proc/{pid}/cmdline").read_bytes().decode()
+    assert environ(pid)["SHOPMESH_DASHBOARD_TOKEN"] == token
+    assert (cli_mesh.state_dir / "mesh.json").stat().st_mode & 0o077 == 0
 
 
 @pytest.mark.parametrize(
@@ -264,7 +291,7 @@ def test_help_shows_each_option_default() -> None:
 
 
 def test_an_unusable_state_directory_is_one_clear_line() -> None:
-    result = shopmesh("up", "--state-dir", "/proc/shopmesh", "--gateway-port", "0")
+    result = shopmesh("up", "--state-dir", "/proc/shopmesh", *FREE_PORTS)
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     (line,) = result.stderr.strip().splitlines()
@@ -313,7 +340,8 @@ def test_taken_gateway_port_is_refused_with_a_way_out(state_dir: Path) -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        result = shopmesh("up", "--state-dir", str(state_dir), "--gateway-port", str(port))
+        state = ("--state-dir", str(state_dir))
+        result = shopmesh("up", *state, "--gateway-port", str(port), "--dashboard-port", "0")
 
     assert result.returncode == 1
     assert f"gateway port 127.0.0.1:{port} is not free" in result.stderr
@@ -331,8 +359,7 @@ def test_broken_topology_is_refused_naming_the_key(state_dir: Path) -> None:
         "up",
         "--state-dir",
         str(state_dir),
-        "--gateway-port",
-        "0",
+        *FREE_PORTS,
         "--topology",
         str(broken),
         "--descriptor",
@@ -350,8 +377,7 @@ def test_missing_descriptor_set_says_to_generate(state_dir: Path) -> None:
         "up",
         "--state-dir",
         str(state_dir),
-        "--gateway-port",
-        "0",
+        *FREE_PORTS,
         "--descriptor",
         str(state_dir / "missing.pb"),
     )
@@ -371,3 +397,4 @@ def test_make_passes_the_gateway_port_and_log_level_to_up() -> None:
     )
     (up,) = [line for line in result.stdout.splitlines() if "shopmesh up" in line]
     assert shlex.split(up)[-4:] == ["--gateway-port", "18080", "--log-level", "DEBUG"]
+    assert shlex.split(up)[-6:-4] == ["--dashboard-port", "8090"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import itertools
 import re
 import stat
 from collections.abc import Iterator
@@ -351,3 +352,70 @@ def test_render_all_covers_every_pod_and_the_gateway(local: Rendered, kubernetes
     assert sorted(local.configs) == sorted(LOCAL_FILES)
     assert sorted(kubernetes.configs) == sorted(KUBERNETES_FILES)
     assert local.configs[f"{GATEWAY}.yaml"]["node"] == {"id": "gateway", "cluster": "gateway"}
+
+
+def filter_names(config: Json, listener: str) -> list[str]:
+    manager = http_manager(by_name(config["static_resources"]["listeners"], listener))
+    return [entry["name"] for entry in manager["http_filters"]]
+
+
+def allowlist(config: Json, listener: str) -> dict[str, list[str]]:
+    manager = http_manager(by_name(config["static_resources"]["listeners"], listener))
+    grpc_stats = by_name(manager["http_filters"], "envoy.filters.http.grpc_stats")["typed_config"]
+    assert grpc_stats["enable_upstream_stats"] is True
+    services = grpc_stats["individual_method_stats_allowlist"]["services"]
+    return {entry["name"]: entry["method_names"] for entry in services}
+
+
+def test_grpc_stats_counts_what_passed_the_refusals_and_includes_injected_faults(
+    local: Rendered,
+) -> None:
+    """RBAC denials and the rate limit are counted by their own filters, before grpc_stats;
+    injected faults are the service's own failures, after it."""
+    sidecar = local.configs["payments-0.yaml"]
+    assert filter_names(sidecar, "inbound") == [
+        "envoy.filters.http.rbac",
+        "envoy.filters.http.grpc_stats",
+        "envoy.filters.http.fault",
+        "envoy.filters.http.router",
+    ]
+    assert filter_names(sidecar, "egress") == [
+        "envoy.filters.http.grpc_stats",
+        "envoy.filters.http.router",
+    ]
+    assert filter_names(local.configs["gateway.yaml"], "ingress") == [
+        "envoy.filters.http.grpc_json_transcoder",
+        "envoy.filters.http.local_ratelimit",
+        "envoy.filters.http.grpc_stats",
+        "envoy.filters.http.router",
+    ]
+
+
+def test_per_method_stats_only_for_the_methods_the_topology_grants(local: Rendered) -> None:
+    payments = "shop.payments.v1.PaymentsService"
+    assert allowlist(local.configs["payments-0.yaml"], "inbound") == {
+        payments: ["Charge", "Refund", "GetPayment"]
+    }
+    assert allowlist(local.configs["orders-0.yaml"], "egress") == {
+        TOPOLOGY.services[upstream].grpc_service: list(methods)
+        for upstream, methods in TOPOLOGY.services["orders"].calls.items()
+    }
+    assert allowlist(local.configs["users-0.yaml"], "egress") == {}
+    assert allowlist(local.configs["gateway.yaml"], "ingress") == {
+        TOPOLOGY.services[service].grpc_service: list(methods)
+        for service, methods in TOPOLOGY.gateway.exposes.items()
+    }
+
+
+def test_latency_histograms_have_buckets_from_half_a_millisecond_to_ten_seconds(
+    local: Rendered,
+) -> None:
+    for config in local.configs.values():
+        (setting,) = config["stats_config"]["histogram_bucket_settings"]
+        assert setting["match"] == {"suffix": "upstream_rq_time"}
+        buckets = setting["buckets"]
+        assert buckets[0] == 0.5
+        assert buckets == sorted(buckets)
+        within = [b for b in buckets if 10 <= b <= 10_000]
+        assert max(high / low for low, high in itertools.pairwise(within)) <= 4 / 3
+        assert config["stats_flush_interval"] == "1s"

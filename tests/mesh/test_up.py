@@ -16,8 +16,9 @@ from shop.orders.v1 import orders_pb2
 from shop.payments.v1 import payments_pb2
 from shopmesh.envoy.faults import ABORT_GRPC_STATUS, ABORT_PERCENT, Fault, FaultError
 from shopmesh.local import certs, faults
+from shopmesh.local.dashboard import DASHBOARD
 from shopmesh.local.errors import MeshError
-from shopmesh.local.mesh import LOGS, RunningMesh
+from shopmesh.local.mesh import COLLECTOR, LOGS, RunningMesh
 from shopmesh.local.status import mesh_status
 from shopmesh.topology import GATEWAY
 from tests.support.clients import MeshClients
@@ -33,7 +34,7 @@ async def test_every_process_is_up_and_healthy(mesh: RunningMesh) -> None:
     rows = await mesh_status(mesh)
 
     expected = {f"{pod}.{kind}" for pod in mesh.pods for kind in ("app", "sidecar")}
-    assert {row.name for row in rows} == expected | {GATEWAY, LOGS}
+    assert {row.name for row in rows} == expected | {GATEWAY, COLLECTOR, LOGS, DASHBOARD}
     unhealthy = [row for row in rows if not (row.alive and row.healthy)]
     assert unhealthy == []
     assert {row.health for row in rows if row.kind == "app"} == {"SERVING"}

@@ -13,11 +13,14 @@ from typing import Any
 import pytest
 import yaml
 
+from shopmesh.k8s.collector import COMPONENT
 from shopmesh.k8s.objects import ENVOY_IMAGE
 from tests.support.paths import ROOT
 
 K8S = ROOT / "k8s"
-OVERLAYS = ("kind", "production")
+OVERLAYS = ("kind", "production", "kind-observability")
+"""Every overlay; kind-observability is kind with the observability component, so every check
+of the mesh's objects also holds with the component applied."""
 
 Json = dict[str, Any]
 
@@ -65,12 +68,40 @@ class Rendered:
         return matches[0]
 
     def workloads(self) -> list[Json]:
-        return [o for o in self.objects if o["kind"] in ("Deployment", "StatefulSet")]
+        """The mesh's workloads: the services and the gateway (not the collector)."""
+        return [
+            o
+            for o in self.objects
+            if o["kind"] in ("Deployment", "StatefulSet") and not is_observability(o)
+        ]
+
+
+def is_observability(obj: Json) -> bool:
+    """Whether `obj` is one the observability component adds (the collector and its kin)."""
+    component: str | None = obj["metadata"].get("labels", {}).get("app.kubernetes.io/component")
+    return component == COMPONENT
 
 
 def pod_spec(workload: Json) -> Json:
     spec: Json = workload["spec"]["template"]["spec"]
     return spec
+
+
+def pod_labels(workload: Json) -> dict[str, str]:
+    labels: dict[str, str] = workload["spec"]["template"]["metadata"]["labels"]
+    return labels
+
+
+def selects(selector: Json, labels: dict[str, str]) -> bool:
+    """Whether a LabelSelector (matchLabels / matchExpressions with In) matches `labels`."""
+    for key, value in selector.get("matchLabels", {}).items():
+        if labels.get(key) != value:
+            return False
+    for expression in selector.get("matchExpressions", []):
+        assert expression["operator"] == "In", expression
+        if labels.get(expression["key"]) not in expression["values"]:
+            return False
+    return True
 
 
 def all_containers(workload: Json) -> Iterator[Json]:

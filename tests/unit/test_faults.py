@@ -86,3 +86,17 @@ def test_clearing_removes_every_key_and_only_set_keys_count_as_active() -> None:
         "ingress.rate_limit.enabled": {"final_value": "100"},
     }
     assert active_keys(entries) == {ABORT_PERCENT: "30", ABORT_GRPC_STATUS: "14"}
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        Fault.of(abort_percent=30),
+        Fault.of(delay_ms=1500, delay_percent=50),
+        Fault.of(abort_percent=100, grpc_status="INTERNAL", delay_ms=10),
+    ],
+)
+def test_a_fault_read_back_from_the_runtime_is_the_one_injected(fault: Fault) -> None:
+    runtime = {key: {"final_value": value} for key, value in fault.runtime().items()}
+
+    assert Fault.from_runtime(active_keys(runtime)) == fault
