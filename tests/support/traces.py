@@ -32,16 +32,19 @@ async def trace_of(
     services: Collection[str] = (),
     names: Collection[str] = (),
 ) -> list[SpanRecord]:
-    """The spans of `trace_id` once its root and spans from every one of `services` and with
-    every one of `names` have arrived."""
+    """The spans of `trace_id` once it is whole — its root arrived, and the parent of every
+    span that did — with spans from every one of `services` and named every one of `names`.
+    (Each process exports on its own clock: a span can arrive before its parent.)"""
     spans: list[SpanRecord] = []
 
     async def arrived() -> bool:
         spans[:] = reader(mesh).spans(trace_id)
+        ids = {span.span_id for span in spans} | {""}
+        whole = bool(spans) and all(span.parent_span_id in ids for span in spans)
+        has_root = any(span.parent_span_id == "" for span in spans)
         seen = {span.service for span in spans}
         span_names = {span.name for span in spans}
-        has_root = any(span.parent_span_id == "" for span in spans)
-        return has_root and set(services) <= seen and set(names) <= span_names
+        return whole and has_root and set(services) <= seen and set(names) <= span_names
 
     await eventually(
         arrived, TRACE_DEADLINE, f"trace {trace_id} with spans of {sorted(services)}", 0.1
