@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 
 from grpc import aio
 from opentelemetry import context as otel_context
@@ -29,9 +29,10 @@ from opentelemetry.instrumentation.grpc import (
     filters,
 )
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import TracerProvider, sampling
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.util.types import Attributes
 
 REQUEST_ID = "x-request-id"
 ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
@@ -52,11 +53,46 @@ def configure_tracing(service: str, env: Mapping[str, str] | None = None) -> Tra
     # service without tracing needs.
     from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
-    # Resource.create adds OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES over this default.
-    provider = TracerProvider(resource=Resource.create({"service.name": service}))
+    # Resource.create adds OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES over this default;
+    # the sampler OTEL_TRACES_SAMPLER[_ARG] names (the SDK's own reading of them) is wrapped.
+    provider = TracerProvider(
+        resource=Resource.create({"service.name": service}),
+        sampler=CallsFromOutsideUntraced(sampling._get_from_env_or_default()),
+    )
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     trace.set_tracer_provider(provider)
     return provider
+
+
+class CallsFromOutsideUntraced(sampling.Sampler):
+    """Only the gateway decides whether a call from outside the mesh is traced: a call an app
+    serves without trace context came straight to its socket, past every sidecar (`make
+    bench`'s direct baseline, a debugging session), and is not traced. Everything else is
+    decided by `inner` (the mesh's parent-based ratio: a call follows its caller, background
+    work is sampled at the ratio)."""
+
+    def __init__(self, inner: sampling.Sampler) -> None:
+        self._inner = inner
+
+    def should_sample(
+        self,
+        parent_context: otel_context.Context | None,
+        trace_id: int,
+        name: str,
+        kind: trace.SpanKind | None = None,
+        attributes: Attributes = None,
+        links: Sequence[trace.Link] | None = None,
+        trace_state: trace.TraceState | None = None,
+    ) -> sampling.SamplingResult:
+        parent = trace.get_current_span(parent_context).get_span_context()
+        if kind is trace.SpanKind.SERVER and not parent.is_valid:
+            return sampling.SamplingResult(sampling.Decision.DROP)
+        return self._inner.should_sample(
+            parent_context, trace_id, name, kind, attributes, links, trace_state
+        )
+
+    def get_description(self) -> str:
+        return f"CallsFromOutsideUntraced{{{self._inner.get_description()}}}"
 
 
 def server_interceptors() -> list[aio.ServerInterceptor]:
