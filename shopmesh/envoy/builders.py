@@ -26,6 +26,8 @@ METRICS = "metrics"
 HEALTH = "health"
 HEALTH_CHECK_PATH = f"/{HEALTH_SERVICE}/Check"
 PROMETHEUS_PATH = "/stats/prometheus"
+MAX_CONNECTIONS = 1024
+"""Downstream connections an Envoy accepts at once, over all its listeners, unless told."""
 HTTP2_KEEPALIVE: dict[str, str] = {"interval": "30s", "timeout": "10s"}
 """HTTP/2 PINGs on every connection between Envoys and from clients: a peer that vanished
 without closing is found within 40 s, which matters for streams that have no idle timeout."""
@@ -246,12 +248,25 @@ def bootstrap(
     listeners: Sequence[Json],
     clusters: Sequence[Json],
     runtime_layers: Sequence[Json] = (),
+    max_connections: int = MAX_CONNECTIONS,
 ) -> Json:
     """A complete static bootstrap for the Envoy `node_id`: admin on its Unix socket, a
     metrics listener, the latency histograms' buckets, `runtime_layers` of static runtime
-    values, and the admin runtime layer through which /runtime_modify changes runtime keys
-    (faults) of a running Envoy."""
+    values, the admin runtime layer through which /runtime_modify changes runtime keys
+    (faults) of a running Envoy, and at most `max_connections` downstream connections."""
     return {
+        "overload_manager": {
+            "resource_monitors": [
+                {
+                    "name": "envoy.resource_monitors.global_downstream_max_connections",
+                    "typed_config": typed(
+                        "envoy.extensions.resource_monitors.downstream_connections.v3."
+                        "DownstreamConnectionsConfig",
+                        max_active_downstream_connections=max_connections,
+                    ),
+                }
+            ]
+        },
         "node": {"id": node_id, "cluster": cluster},
         "admin": {"address": unix(layout.admin_socket(node_id), ADMIN_SOCKET_MODE)},
         "layered_runtime": {"layers": [*runtime_layers, {"name": "admin", "admin_layer": {}}]},

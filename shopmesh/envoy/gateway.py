@@ -10,15 +10,23 @@ from shopmesh.envoy.builders import (
     HTTP2_KEEPALIVE,
     Json,
     bootstrap,
-    duration,
     http_connection_manager,
     listener,
-    path_exact,
     tcp,
     typed,
 )
+from shopmesh.envoy.edge import (
+    adaptive_concurrency_filter,
+    admission_off,
+    admitted_paths,
+    edge_check_filter,
+    edge_manager_options,
+    grpc_call_match,
+    rate_limit_filter,
+    refusal_replies,
+)
 from shopmesh.envoy.metrics import gateway_methods, grpc_stats_filter
-from shopmesh.envoy.sidecar import REFLECTION_PREFIX
+from shopmesh.envoy.sidecar import service_paths
 from shopmesh.envoy.tracing import (
     EDGE,
     TRACE_ID_HEADER,
@@ -29,35 +37,53 @@ from shopmesh.envoy.tracing import (
 )
 from shopmesh.envoy.upstream import (
     cluster_name,
-    deadline_replies,
     route_action,
     upstream_cluster,
     upstream_routes,
 )
 from shopmesh.layout import Layout
-from shopmesh.topology import GATEWAY, Topology
+from shopmesh.topology import GATEWAY, REFLECTION_SERVICE, Topology
 
 INGRESS = "ingress"
 GATEWAY_HEALTH_PATH = "/healthz"
-# The gRPC code of each HTTP status Envoy answers by itself (a body the transcoder cannot
-# parse, a method the gateway does not route, the rate limit, no healthy upstream, a timeout).
-LOCAL_REPLY_CODES = {400: 3, 404: 12, 429: 8, 503: 14, 504: 4}
+REFLECTION_PATH = f"/{REFLECTION_SERVICE}/ServerReflectionInfo"
+
+
+def public_paths(topology: Topology) -> list[str]:
+    """The gRPC path of every exposed method. Each takes a single request message (a
+    server-streaming watch included): the edge check refuses a call that carries any other
+    number of messages."""
+    return [
+        path
+        for service, methods in topology.gateway.exposes.items()
+        for path in service_paths(topology, service, methods)
+    ]
+
+
+def _admission(routes: list[Json], admitted: set[str]) -> list[Json]:
+    """Turns the adaptive concurrency controller off on every route but the admitted methods'."""
+    for route in routes:
+        if route["match"]["path"] not in admitted:
+            route["typed_per_filter_config"] = admission_off()
+    return routes
 
 
 def gateway_routes(topology: Topology) -> Json:
     """One virtual host per exposed service, chosen by :authority (`grpcurl -authority users`):
     its public methods, plus reflection and health when the topology offers them, so grpcurl
     can `list` and `describe` each service without proto files. The default virtual host
-    routes every public method (gRPC and JSON clients need no authority)."""
+    routes every public method (gRPC and JSON clients need no authority). Every route matches
+    with grpc_call_match: a gRPC POST to exactly its path."""
     exposes = topology.gateway.exposes
+    admitted = admitted_paths(topology)
     virtual_hosts: list[Json] = []
     for service, methods in exposes.items():
-        routes = upstream_routes(topology, service, methods)
+        routes = upstream_routes(topology, service, methods, grpc_call_match)
         if topology.gateway.reflection:
             routes.append(
                 {
                     "name": f"{service}.reflection",
-                    "match": {"prefix": REFLECTION_PREFIX},
+                    "match": grpc_call_match(REFLECTION_PATH),
                     # A reflection session is a bidirectional stream: no timeout, no retries.
                     "route": {"cluster": cluster_name(service), "timeout": "0s"},
                     "tracing": untraced(),
@@ -67,22 +93,21 @@ def gateway_routes(topology: Topology) -> Json:
             routes.append(
                 {
                     "name": f"{service}.health",
-                    "match": path_exact(HEALTH_CHECK_PATH),
+                    "match": grpc_call_match(HEALTH_CHECK_PATH),
                     "route": route_action(cluster_name(service), topology.policies[service].route),
                     "tracing": untraced(),
                 }
             )
-        virtual_hosts.append({"name": service, "domains": [service], "routes": routes})
+        virtual_hosts.append(
+            {"name": service, "domains": [service], "routes": _admission(routes, admitted)}
+        )
+    public = [
+        route
+        for service, methods in exposes.items()
+        for route in upstream_routes(topology, service, methods, grpc_call_match)
+    ]
     virtual_hosts.append(
-        {
-            "name": "public",
-            "domains": ["*"],
-            "routes": [
-                route
-                for service, methods in exposes.items()
-                for route in upstream_routes(topology, service, methods)
-            ],
-        }
+        {"name": "public", "domains": ["*"], "routes": _admission(public, admitted)}
     )
     return {
         "name": INGRESS,
@@ -97,26 +122,6 @@ def gateway_routes(topology: Topology) -> Json:
     }
 
 
-def local_rate_limit_filter(topology: Topology) -> Json:
-    limit = topology.gateway.local_rate_limit
-    always = {"default_value": {"numerator": 100, "denominator": "HUNDRED"}}
-    return {
-        "name": "envoy.filters.http.local_ratelimit",
-        "typed_config": typed(
-            "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
-            stat_prefix=INGRESS,
-            token_bucket={
-                "max_tokens": limit.max_tokens,
-                "tokens_per_fill": limit.tokens_per_fill,
-                "fill_interval": duration(limit.fill_interval),
-            },
-            filter_enabled={**always, "runtime_key": "ingress.rate_limit.enabled"},
-            filter_enforced={**always, "runtime_key": "ingress.rate_limit.enforced"},
-            rate_limited_as_resource_exhausted=True,
-        ),
-    }
-
-
 def transcoder_filter(topology: Topology, layout: Layout) -> Json:
     """JSON over HTTP/1.1 for curl: POST /<pkg.Service>/<Method> with a JSON body."""
     return {
@@ -128,46 +133,9 @@ def transcoder_filter(topology: Topology, layout: Layout) -> Json:
             auto_mapping=True,
             convert_grpc_status=True,
             print_options={"always_print_primitive_fields": True},
+            max_request_body_size=topology.gateway.limits.max_request_bytes,
         ),
     }
-
-
-def gateway_replies() -> Json:
-    """Envoy's own replies to a JSON (transcoded) request come as the JSON google.rpc.Status
-    the transcoder renders the services' errors as (`{"code": 3, "message": "..."}`), not as
-    plain text. The transcoder marks what it transcoded with x-envoy-original-method; gRPC
-    clients keep Envoy's gRPC replies, with `deadline_replies`."""
-    json_replies = [
-        {
-            "filter": {
-                "and_filter": {
-                    "filters": [
-                        {
-                            "header_filter": {
-                                "header": {"name": "x-envoy-original-method", "present_match": True}
-                            }
-                        },
-                        {
-                            "status_code_filter": {
-                                "comparison": {
-                                    "op": "EQ",
-                                    "value": {
-                                        "default_value": status,
-                                        "runtime_key": f"ingress.local_reply.{status}",
-                                    },
-                                }
-                            }
-                        },
-                    ]
-                }
-            },
-            "body_format_override": {
-                "json_format": {"code": code, "message": "%LOCAL_REPLY_BODY%"}
-            },
-        }
-        for status, code in LOCAL_REPLY_CODES.items()
-    ]
-    return {"mappers": [*json_replies, *deadline_replies()["mappers"]]}
 
 
 def gateway_health_listener(layout: Layout) -> Json:
@@ -200,31 +168,44 @@ def render_gateway(topology: Topology, layout: Layout, tracing: Tracing | None =
     """The bootstrap of the edge gateway (tracing `tracing.sampling` of the calls from outside
     when `tracing` is given)."""
     sampling = 0.0 if tracing is None else tracing.sampling
+    limits = topology.gateway.limits
     manager = http_connection_manager(
         INGRESS,
         gateway_routes(topology),
-        # The transcoder first, so a JSON request refused by the rate limit is known as one
-        # (gateway_replies) and answered in JSON, and grpc_stats counts JSON calls by their
-        # gRPC status too. grpc_stats after the rate limit: what it refuses is counted as
-        # http_local_rate_limit.rate_limited, and an unrouted method as http.ingress.no_route.
+        # Cheapest refusals first: the rate limit before anything reads a body, then the
+        # content type and gRPC framing (JSON is checked for its content type only, before the
+        # transcoder turns it into well-framed gRPC), then adaptive concurrency, which so also
+        # governs JSON calls. grpc_stats last: what the filters before it refuse is counted as
+        # http_local_rate_limit.rate_limited and adaptive_concurrency...rq_blocked, and an
+        # unrouted method as http.ingress.no_route.
         [
+            rate_limit_filter(topology, INGRESS),
+            edge_check_filter(topology, [*public_paths(topology), HEALTH_CHECK_PATH]),
             transcoder_filter(topology, layout),
-            local_rate_limit_filter(topology),
+            adaptive_concurrency_filter(topology),
             grpc_stats_filter(gateway_methods(topology)),
         ],
         layout.access_log(GATEWAY),
         "AUTO",
         # Virtual hosts match the authority without its port.
         strip_any_host_port=True,
-        local_reply_config=gateway_replies(),
-        http2_protocol_options={"connection_keepalive": HTTP2_KEEPALIVE},
+        local_reply_config={"mappers": refusal_replies(topology)},
+        http2_protocol_options={
+            "connection_keepalive": HTTP2_KEEPALIVE,
+            "max_concurrent_streams": limits.max_concurrent_streams,
+        },
+        **edge_manager_options(topology),
         **manager_options(tracing, GATEWAY, sampling, EDGE),
     )
     ingress = listener(INGRESS, tcp(layout.gateway_listener()), {"filters": [manager]})
+    # What one request may buffer: a body beyond it is refused (REQUEST_TOO_LARGE).
+    ingress["per_connection_buffer_limit_bytes"] = limits.max_request_bytes
     traced_clusters, runtime_layers = traced_bootstrap_parts(tracing)
     clusters = [
         *(upstream_cluster(topology, layout, s, GATEWAY) for s in topology.gateway.exposes),
         *traced_clusters,
     ]
     listeners = [ingress, gateway_health_listener(layout)]
-    return bootstrap(GATEWAY, GATEWAY, layout, listeners, clusters, runtime_layers)
+    return bootstrap(
+        GATEWAY, GATEWAY, layout, listeners, clusters, runtime_layers, limits.max_connections
+    )

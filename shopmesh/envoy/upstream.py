@@ -4,7 +4,7 @@ detection and active gRPC health checks, all from the topology's resilience poli
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from shopmesh.envoy.builders import (
     Json,
@@ -94,21 +94,30 @@ def route_action(cluster: str, policy: RoutePolicy) -> Json:
     return action
 
 
-def method_route(topology: Topology, service: str, method: str, policy: RoutePolicy) -> Json:
+Match = Callable[[str], Json]
+"""The route match of one gRPC method path."""
+
+
+def method_route(
+    topology: Topology, service: str, method: str, policy: RoutePolicy, match: Match = path_exact
+) -> Json:
     grpc_service = topology.services[service].grpc_service
     return {
         "name": f"{service}.{method}",
-        "match": path_exact(f"/{grpc_service}/{method}"),
+        "match": match(f"/{grpc_service}/{method}"),
         "route": route_action(cluster_name(service), policy),
     }
 
 
-def upstream_routes(topology: Topology, service: str, methods: Sequence[str] | None) -> list[Json]:
+def upstream_routes(
+    topology: Topology, service: str, methods: Sequence[str] | None, match: Match = path_exact
+) -> list[Json]:
     """Routes to `service`: its per-method overrides first, then either every method (a prefix
-    route on the gRPC service, as the egress routes by service name) or only `methods`."""
+    route on the gRPC service, as the egress routes by service name) or only `methods`, each
+    matched by `match`."""
     policy = topology.policies[service]
     overridden = [m for m in policy.methods if methods is None or m in methods]
-    routes = [method_route(topology, service, m, policy.methods[m]) for m in overridden]
+    routes = [method_route(topology, service, m, policy.methods[m], match) for m in overridden]
     if methods is None:
         grpc_service = topology.services[service].grpc_service
         routes.append(
@@ -120,7 +129,7 @@ def upstream_routes(topology: Topology, service: str, methods: Sequence[str] | N
         )
     else:
         routes += [
-            method_route(topology, service, m, policy.route)
+            method_route(topology, service, m, policy.route, match)
             for m in methods
             if m not in policy.methods
         ]

@@ -22,7 +22,9 @@ from google.protobuf import descriptor_pb2
 
 from shopmesh.topology.model import (
     GATEWAY,
+    AdaptiveConcurrency,
     CircuitBreaker,
+    EdgeLimits,
     Gateway,
     HealthCheck,
     LocalRateLimit,
@@ -121,18 +123,38 @@ def parse_topology(
 
     gateway_section = root.section("gateway")
     exposes = methods.method_map(gateway_section.section("exposes"), caller=GATEWAY)
-    limit = gateway_section.section("local_rate_limit")
+    limits = gateway_section.section("limits")
+    edge_limits = EdgeLimits(
+        max_request_bytes=limits.integer("max_request_bytes", minimum=1024),
+        request_headers_timeout=limits.duration("request_headers_timeout", minimum=_ONE_MS),
+        max_connections=limits.integer("max_connections", minimum=1),
+        max_concurrent_streams=limits.integer("max_concurrent_streams", minimum=1),
+    )
+    limits.done()
+    adaptive = gateway_section.section("adaptive_concurrency")
+    admitted = methods.method_map(adaptive.section("methods"), caller=GATEWAY)
+    for service, admitted_methods in admitted.items():
+        unexposed = set(admitted_methods) - set(exposes.get(service, ()))
+        if unexposed:
+            adaptive.fail("methods", f"{service}: {', '.join(sorted(unexposed))} not exposed")
+    adaptive_concurrency = AdaptiveConcurrency(
+        methods=MappingProxyType(admitted),
+        min_rtt_interval=adaptive.duration("min_rtt_interval", minimum=timedelta(seconds=1)),
+        min_concurrency=adaptive.integer("min_concurrency", minimum=1),
+        max_concurrency=adaptive.integer("max_concurrency", minimum=1),
+    )
+    if adaptive_concurrency.max_concurrency < adaptive_concurrency.min_concurrency:
+        adaptive.fail("max_concurrency", "must be at least min_concurrency")
+    adaptive.done()
     gateway = Gateway(
         exposes=MappingProxyType(exposes),
         reflection=gateway_section.boolean("reflection"),
         health=gateway_section.boolean("health"),
-        local_rate_limit=LocalRateLimit(
-            max_tokens=limit.integer("max_tokens", minimum=1),
-            tokens_per_fill=limit.integer("tokens_per_fill", minimum=1),
-            fill_interval=limit.duration("fill_interval", minimum=_ONE_MS),
-        ),
+        local_rate_limit=_parse_bucket(gateway_section.section("local_rate_limit")),
+        per_client_rate_limit=_parse_bucket(gateway_section.section("per_client_rate_limit")),
+        limits=edge_limits,
+        adaptive_concurrency=adaptive_concurrency,
     )
-    limit.done()
     gateway_section.done()
 
     resilience = root.section("resilience")
@@ -237,6 +259,16 @@ class _MethodChecker:
             result[target] = methods
         section.done()
         return result
+
+
+def _parse_bucket(section: _Section) -> LocalRateLimit:
+    bucket = LocalRateLimit(
+        max_tokens=section.integer("max_tokens", minimum=1),
+        tokens_per_fill=section.integer("tokens_per_fill", minimum=1),
+        fill_interval=section.duration("fill_interval", minimum=_ONE_MS),
+    )
+    section.done()
+    return bucket
 
 
 def _parse_route(section: _Section) -> RoutePolicy:

@@ -113,11 +113,31 @@ class Service:
 
 @dataclass(frozen=True)
 class LocalRateLimit:
-    """Token bucket shared by every connection to the gateway."""
+    """A token bucket at the gateway: a call takes one token, or is refused."""
 
     max_tokens: int
     tokens_per_fill: int
     fill_interval: timedelta
+
+
+@dataclass(frozen=True)
+class EdgeLimits:
+    """What one request or connection may take at the gateway."""
+
+    max_request_bytes: int
+    request_headers_timeout: timedelta
+    max_connections: int
+    max_concurrent_streams: int
+
+
+@dataclass(frozen=True)
+class AdaptiveConcurrency:
+    """One adaptive concurrency controller for `methods` (service -> methods) at the edge."""
+
+    methods: Mapping[str, tuple[str, ...]]
+    min_rtt_interval: timedelta
+    min_concurrency: int
+    max_concurrency: int
 
 
 @dataclass(frozen=True)
@@ -130,6 +150,10 @@ class Gateway:
     health: bool
     """Route grpc.health.v1.Health/Check to each service, chosen by :authority."""
     local_rate_limit: LocalRateLimit
+    per_client_rate_limit: LocalRateLimit
+    """A bucket per source address, taken from on top of the shared one."""
+    limits: EdgeLimits
+    adaptive_concurrency: AdaptiveConcurrency
 
 
 @dataclass(frozen=True)
