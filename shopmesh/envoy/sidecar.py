@@ -48,6 +48,9 @@ EGRESS = "egress"
 REFLECTION_PREFIX = f"/{REFLECTION_SERVICE}/"
 REFLECTION_PATHS: tuple[str, ...] = (f"/{REFLECTION_SERVICE}/ServerReflectionInfo",)
 """The server-reflection methods the gateway may call on a service (grpcurl list/describe)."""
+REQUEST_HEADERS_TIMEOUT = "10s"
+"""How long the inbound waits for a request's headers once they begin (a caller's Envoy sends
+them at once): a connection cannot hold a stream open by trickling them."""
 
 
 class RenderError(ValueError):
@@ -225,7 +228,17 @@ def inbound_protections(topology: Topology, service: str) -> Json:
         "merge_slashes": True,
         "path_with_escaped_slashes_action": "REJECT_REQUEST",
         "local_reply_config": refusal_replies(),
-        "http2_protocol_options": {"connection_keepalive": HTTP2_KEEPALIVE},
+        "request_headers_timeout": REQUEST_HEADERS_TIMEOUT,
+        # Dropped, not refused: REJECT_REQUEST on HTTP/2 resets the stream (INTERNAL with no
+        # reason, and a reset the caller's Envoy retries and counts against this replica).
+        # Either way no app behind reads `x_forwarded_client_cert` for the header Envoy sets.
+        "common_http_protocol_options": {"headers_with_underscores_action": "DROP_HEADER"},
+        "http2_protocol_options": {
+            "connection_keepalive": HTTP2_KEEPALIVE,
+            # A caller's Envoy never has more calls in flight to this service than its
+            # circuit breaker allows; a connection asking for more is not one of them.
+            "max_concurrent_streams": topology.policies[service].circuit_breaker.max_requests,
+        },
     }
 
 

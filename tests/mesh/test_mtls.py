@@ -38,6 +38,7 @@ from tests.support.envoy import (
     local_layout,
     write_sidecar,
 )
+from tests.support.h2 import MAX_CONCURRENT_STREAMS, server_settings
 from tests.support.paths import TOPOLOGY
 from tests.support.polling import eventually
 
@@ -298,6 +299,24 @@ async def test_app_sees_the_canonical_path_rbac_checked(sidecar: Sidecar, path: 
     assert sidecar.app.paths == [GET_PAYMENT]
 
 
+async def test_headers_with_underscores_never_reach_the_app(sidecar: Sidecar) -> None:
+    # gRPC metadata may use `_`, but a stack behind that reads `_` as `-` would take this for
+    # the client certificate header the sidecar sets; dropped, the call itself goes on.
+    spoofed = ("x_forwarded_client_cert", f"URI={sidecar.topology.spiffe_id('orders')}")
+    channel = mtls_channel(sidecar, sidecar.credentials["gateway"])
+    error = await failure(channel, GET_PAYMENT, [spoofed, ("x-kept", "1")])
+    assert error is not None
+    assert error.code() == grpc.StatusCode.UNIMPLEMENTED
+    ((path, metadata),) = sidecar.app.calls
+    assert path == GET_PAYMENT
+    assert metadata["x-kept"] == "1"
+    assert spoofed[0] not in metadata
+    assert str(metadata["x-forwarded-client-cert"]).endswith(
+        f";URI={sidecar.topology.spiffe_id('gateway')}"
+    )
+    assert (await sidecar.envoy.stats())["http2.dropped_headers_with_underscores"] == 1
+
+
 async def test_health_port_serves_plaintext_probes(sidecar: Sidecar) -> None:
     channel = aio.insecure_channel(sidecar.health)
     assert await check_health(channel) == health_pb2.HealthCheckResponse.SERVING
@@ -331,6 +350,19 @@ def served_certificate(sidecar: Sidecar) -> x509.Certificate:
         der = tls.getpeercert(binary_form=True)
     assert der is not None
     return x509.load_der_x509_certificate(der)
+
+
+def advertised_settings(sidecar: Sidecar) -> dict[int, int]:
+    with h2_connection(sidecar) as tls:
+        return server_settings(tls)
+
+
+async def test_a_connection_gets_no_more_streams_than_a_callers_breaker_allows(
+    sidecar: Sidecar,
+) -> None:
+    settings = await asyncio.to_thread(advertised_settings, sidecar)
+    breaker = sidecar.topology.policies["payments"].circuit_breaker
+    assert settings[MAX_CONCURRENT_STREAMS] == breaker.max_requests == 32
 
 
 async def test_rotated_certificate_is_served_without_restart_under_traffic(

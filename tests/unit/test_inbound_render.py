@@ -72,8 +72,16 @@ def test_every_inbound_permission_is_a_whole_exact_path(service: str, socket_dir
 
 
 @pytest.mark.parametrize("service", list(TOPOLOGY.services))
-def test_inbound_normalizes_paths(service: str, socket_dir: Path) -> None:
+def test_inbound_normalizes_paths_and_bounds_each_connection(
+    service: str, socket_dir: Path
+) -> None:
     manager = inbound_manager(service, socket_dir)
     assert manager["normalize_path"] is True
     assert manager["merge_slashes"] is True
     assert manager["path_with_escaped_slashes_action"] == "REJECT_REQUEST"
+    assert manager["common_http_protocol_options"] == {
+        "headers_with_underscores_action": "DROP_HEADER"
+    }
+    assert manager["request_headers_timeout"] == "10s"
+    breaker = TOPOLOGY.policies[service].circuit_breaker
+    assert manager["http2_protocol_options"]["max_concurrent_streams"] == breaker.max_requests
