@@ -5,8 +5,13 @@ for probes and `shopmesh status`) and `metrics` (only /stats/prometheus)."""
 
 from __future__ import annotations
 
+import base64
+from collections.abc import Iterable
 from datetime import timedelta
 
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+
+from services.common.errors import ERROR_DOMAIN
 from shopmesh.envoy.builders import (
     HEALTH,
     HEALTH_CHECK_PATH,
@@ -41,6 +46,11 @@ LOCAL_APP = "local_app"
 INBOUND = "inbound"
 EGRESS = "egress"
 REFLECTION_PREFIX = f"/{REFLECTION_SERVICE}/"
+REFLECTION_PATHS: tuple[str, ...] = (f"/{REFLECTION_SERVICE}/ServerReflectionInfo",)
+"""The server-reflection methods the gateway may call on a service (grpcurl list/describe)."""
+REQUEST_HEADERS_TIMEOUT = "10s"
+"""How long the inbound waits for a request's headers once they begin (a caller's Envoy sends
+them at once): a connection cannot hold a stream open by trickling them."""
 
 
 class RenderError(ValueError):
@@ -53,28 +63,37 @@ def service_paths(topology: Topology, service: str, methods: tuple[str, ...]) ->
     return [f"/{grpc_service}/{method}" for method in methods]
 
 
+def exact_paths(paths: Iterable[str]) -> Json:
+    """An RBAC permission for a request whose whole `:path` is one of `paths`. Not `url_path`:
+    it drops the query string and fragment, so `GetPayment?x=/Charge` would match GetPayment.
+    The path is normalized first (inbound_protections), so `..`, `.` and `//` cannot dress up one
+    method as another."""
+    return {
+        "or_rules": {
+            "rules": [{"header": {"name": ":path", "string_match": {"exact": p}}} for p in paths]
+        }
+    }
+
+
 def rbac_filter(topology: Topology, service: str) -> Json:
     """Allow each caller exactly the methods the topology grants it; health checks from every
     mesh identity; server reflection from the gateway when it offers reflection. Everything
-    else is denied (403, which gRPC clients see as PERMISSION_DENIED)."""
+    else is denied (refusal_replies: PERMISSION_DENIED with an ErrorInfo)."""
     policies: Json = {}
     for caller, methods in topology.callers(service).items():
-        paths = service_paths(topology, service, methods)
         policies[f"caller-{caller}"] = {
-            "permissions": [
-                {"or_rules": {"rules": [{"url_path": {"path": {"exact": p}}} for p in paths]}}
-            ],
+            "permissions": [exact_paths(service_paths(topology, service, methods))],
             "principals": [
                 {"authenticated": {"principal_name": {"exact": topology.spiffe_id(caller)}}}
             ],
         }
     policies["mesh-health-checks"] = {
-        "permissions": [{"url_path": {"path": {"exact": HEALTH_CHECK_PATH}}}],
+        "permissions": [exact_paths([HEALTH_CHECK_PATH])],
         "principals": [{"authenticated": {"principal_name": {"prefix": topology.spiffe_prefix}}}],
     }
     if topology.gateway.reflection:
         policies["gateway-reflection"] = {
-            "permissions": [{"url_path": {"path": {"prefix": REFLECTION_PREFIX}}}],
+            "permissions": [exact_paths(REFLECTION_PATHS)],
             "principals": [
                 {"authenticated": {"principal_name": {"exact": topology.spiffe_id(GATEWAY)}}}
             ],
@@ -85,6 +104,57 @@ def rbac_filter(topology: Topology, service: str) -> Json:
             "envoy.extensions.filters.http.rbac.v3.RBAC",
             rules={"action": "ALLOW", "policies": policies},
         ),
+    }
+
+
+def grpc_refusal(http_status: int, code: int, reason: str, message: str) -> Json:
+    """A local-reply mapper: Envoy's own `http_status` reply to a gRPC call ends with `code`,
+    `message` and an ErrorInfo `reason` (grpc-status-details-bin, whose google.rpc.Status must
+    repeat code and message: clients check that it does)."""
+    status = status_pb2.Status(code=code, message=message)
+    status.details.add().Pack(error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN))
+    details = base64.b64encode(status.SerializeToString()).decode()
+    return {
+        "filter": {
+            "status_code_filter": {
+                "comparison": {
+                    "op": "EQ",
+                    "value": {
+                        "default_value": http_status,
+                        "runtime_key": f"inbound.local_reply.{http_status}",
+                    },
+                }
+            }
+        },
+        # A trailers-only reply: these are its trailers. Envoy makes the body its grpc-message.
+        "headers_to_add": [
+            {"header": {"key": key, "value": value}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
+            for key, value in (("grpc-status", str(code)), ("grpc-status-details-bin", details))
+        ],
+        "body": {"inline_string": message},
+    }
+
+
+def refusal_replies() -> Json:
+    """What the inbound refuses says why. RBAC's 403 is PERMISSION_DENIED; a request Envoy
+    rejects before routing (an escaped slash or a fragment in the path: 400) is the caller's
+    mistake, INVALID_ARGUMENT, not Envoy's default INTERNAL, which callers' outlier detection
+    would count against this replica as a 5xx."""
+    return {
+        "mappers": [
+            grpc_refusal(
+                403,
+                code_pb2.PERMISSION_DENIED,
+                "CALLER_NOT_ALLOWED",
+                "the mesh does not allow this caller to call this method",
+            ),
+            grpc_refusal(
+                400,
+                code_pb2.INVALID_ARGUMENT,
+                "MALFORMED_REQUEST",
+                "malformed request: the path must be a plain /package.Service/Method",
+            ),
+        ]
     }
 
 
@@ -148,6 +218,30 @@ def sidecar_name(service: str) -> str:
     return f"{service}-sidecar"
 
 
+def inbound_protections(topology: Topology, service: str) -> Json:
+    """What the inbound's HTTP connection manager refuses or bounds before any filter runs."""
+    return {
+        # RBAC, routing and the app see one canonical path (`..`, `.` and `//` resolved); an
+        # escaped slash or backslash (%2F, %5C) is refused (refusal_replies): no gRPC method
+        # has one.
+        "normalize_path": True,
+        "merge_slashes": True,
+        "path_with_escaped_slashes_action": "REJECT_REQUEST",
+        "local_reply_config": refusal_replies(),
+        "request_headers_timeout": REQUEST_HEADERS_TIMEOUT,
+        # Dropped, not refused: REJECT_REQUEST on HTTP/2 resets the stream (INTERNAL with no
+        # reason, and a reset the caller's Envoy retries and counts against this replica).
+        # Either way no app behind reads `x_forwarded_client_cert` for the header Envoy sets.
+        "common_http_protocol_options": {"headers_with_underscores_action": "DROP_HEADER"},
+        "http2_protocol_options": {
+            "connection_keepalive": HTTP2_KEEPALIVE,
+            # A caller's Envoy never has more calls in flight to this service than its
+            # circuit breaker allows; a connection asking for more is not one of them.
+            "max_concurrent_streams": topology.policies[service].circuit_breaker.max_requests,
+        },
+    }
+
+
 def inbound_listener(
     topology: Topology, layout: Layout, pod: Pod, tracing: Tracing | None = None
 ) -> Json:
@@ -188,7 +282,7 @@ def inbound_listener(
         # The app may read the caller's SPIFFE ID from x-forwarded-client-cert.
         forward_client_cert_details="SANITIZE_SET",
         set_current_client_cert_details={"uri": True},
-        http2_protocol_options={"connection_keepalive": HTTP2_KEEPALIVE},
+        **inbound_protections(topology, pod.service),
         **manager_options(tracing, sidecar_name(pod.service), 0, INBOUND),
     )
     return listener(

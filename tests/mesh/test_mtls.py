@@ -3,17 +3,18 @@ and certificate rotation through file-based SDS.
 
 The sidecar is rendered from envoy/mesh.yaml for payments-0, with certificates from the local
 CA. Each test is a way in: only mesh identities get through, and each only to what the
-topology grants it.
+topology grants it, spelled exactly (the app records every call that reaches it).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import socket
 import ssl
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -23,7 +24,8 @@ from grpc import aio
 from grpc_health.v1 import health_pb2
 
 from services.common.config import ServiceConfig
-from services.common.server import App, start
+from services.common.server import App, Registration, start
+from services.common.status import error_info
 from shopmesh.layout import Pod
 from shopmesh.local.health import health_check
 from shopmesh.pki import CertificateAuthority, Credential, LocalPki
@@ -36,12 +38,41 @@ from tests.support.envoy import (
     local_layout,
     write_sidecar,
 )
+from tests.support.h2 import MAX_CONCURRENT_STREAMS, server_settings
 from tests.support.paths import TOPOLOGY
 from tests.support.polling import eventually
 
-CHARGE = "/shop.payments.v1.PaymentsService/Charge"
-GET_PAYMENT = "/shop.payments.v1.PaymentsService/GetPayment"
+PAYMENTS = "shop.payments.v1.PaymentsService"
+CHARGE = f"/{PAYMENTS}/Charge"
+GET_PAYMENT = f"/{PAYMENTS}/GetPayment"
+REFLECTION = "grpc.reflection.v1alpha.ServerReflection"
+REFLECTION_INFO = f"/{REFLECTION}/ServerReflectionInfo"
+HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 SERVER_NAME = "payments"
+RBAC_DENIED = "http.inbound.rbac.denied"
+
+
+@dataclass
+class Recorder(grpc.GenericRpcHandler):
+    """The app's view: every call that reaches it beyond health and reflection (which it
+    serves), with its metadata; it serves none of them (UNIMPLEMENTED)."""
+
+    calls: list[tuple[str, dict[str, str | bytes]]] = field(default_factory=list)
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> None:
+        self.calls.append(
+            (handler_call_details.method, dict(handler_call_details.invocation_metadata))
+        )
+
+    @property
+    def paths(self) -> list[str]:
+        return [path for path, _ in self.calls]
+
+
+def recording(recorder: Recorder) -> Registration:
+    return Registration(
+        "recorder", recorder, lambda handler, server: server.add_generic_rpc_handlers([handler])
+    )
 
 
 @dataclass
@@ -55,6 +86,7 @@ class Sidecar:
     inbound: str
     health: str
     credentials: dict[str, Credential]
+    app: Recorder
 
 
 @pytest.fixture
@@ -66,11 +98,12 @@ async def sidecar(socket_dir: Path, envoys: StartEnvoy) -> AsyncIterator[Sidecar
     config = write_sidecar(topology, layout, pod, socket_dir)
 
     app_socket = layout.app_socket(pod)
+    recorder = Recorder()
     app = await start(
         ServiceConfig(
             "payments", f"unix:{app_socket}", socket_dir / "payments.db", grace_seconds=0
         ),
-        App([]),
+        App([recording(recorder)]),
     )
     try:
         envoy = await envoys(config)
@@ -87,6 +120,7 @@ async def sidecar(socket_dir: Path, envoys: StartEnvoy) -> AsyncIterator[Sidecar
             inbound=f"127.0.0.1:{await envoy.listener_port('inbound')}",
             health=f"127.0.0.1:{await envoy.listener_port('health')}",
             credentials=credentials,
+            app=recorder,
         )
     finally:
         await app.stop(0)
@@ -114,15 +148,31 @@ def _raw(message: bytes) -> bytes:
     return message
 
 
-async def call(channel: aio.Channel, path: str) -> grpc.StatusCode:
-    """Call `path` with an empty message; the status code it ends with."""
+async def failure(
+    channel: aio.Channel, path: str, metadata: Sequence[tuple[str, str]] = ()
+) -> aio.AioRpcError | None:
+    """Call `path` with an empty message; how it failed (None: it succeeded)."""
     async with channel:
         method = channel.unary_unary(path, request_serializer=_raw, response_deserializer=_raw)
         try:
-            await method(b"", timeout=5)
+            await method(b"", timeout=5, metadata=metadata)
         except aio.AioRpcError as error:
-            return error.code()
-        return grpc.StatusCode.OK
+            return error
+        return None
+
+
+async def call(channel: aio.Channel, path: str) -> grpc.StatusCode:
+    """Call `path` with an empty message; the status code it ends with."""
+    error = await failure(channel, path)
+    return grpc.StatusCode.OK if error is None else error.code()
+
+
+async def refusal(sidecar: Sidecar, identity: str, path: str) -> tuple[grpc.StatusCode, str]:
+    """Call `path` as `identity`, expecting a refusal: its code and ErrorInfo reason."""
+    error = await failure(mtls_channel(sidecar, sidecar.credentials[identity]), path)
+    assert error is not None, f"{path} succeeded"
+    info = error_info(error)
+    return error.code(), info.reason if info else f"no ErrorInfo ({error.details()!r})"
 
 
 async def test_mesh_certificate_reaches_app_health_through_sidecar(sidecar: Sidecar) -> None:
@@ -186,6 +236,87 @@ async def test_gateway_reaches_only_public_methods(sidecar: Sidecar) -> None:
     )
 
 
+async def test_gateway_may_use_server_reflection(sidecar: Sidecar) -> None:
+    gateway = sidecar.credentials["gateway"]
+    assert await call(mtls_channel(sidecar, gateway), REFLECTION_INFO) == grpc.StatusCode.OK
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        pytest.param(f"/{REFLECTION}/../../{PAYMENTS}/Charge", id="dot-dot-out-of-reflection"),
+        pytest.param(f"/{REFLECTION}/%2e%2e/%2e%2e/{PAYMENTS}/Charge", id="encoded-dot-dot"),
+        pytest.param(f"//{PAYMENTS}/Charge", id="double-slash"),
+        pytest.param(f"/{REFLECTION}/{PAYMENTS}/Charge", id="under-reflection-prefix"),
+        pytest.param(f"{GET_PAYMENT}?x=/Charge", id="query-naming-another-method"),
+        pytest.param(f"{GET_PAYMENT}?x", id="query-on-granted-method"),
+        pytest.param(f"{HEALTH_CHECK}?x", id="query-on-health-check"),
+    ],
+)
+async def test_only_an_exactly_granted_path_passes_rbac(sidecar: Sidecar, path: str) -> None:
+    # As the gateway, granted GetPayment, health and reflection: RBAC matches the whole
+    # (normalized) path, so neither a prefix, a query string nor `..` lets another through.
+    assert await refusal(sidecar, "gateway", path) == (
+        grpc.StatusCode.PERMISSION_DENIED,
+        "CALLER_NOT_ALLOWED",
+    )
+    assert sidecar.app.paths == []
+    assert (await sidecar.envoy.stats())[RBAC_DENIED] == 1
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        pytest.param(f"/{PAYMENTS}%2FGetPayment", id="escaped-slash"),
+        pytest.param(f"/{REFLECTION}/..%2f..%2f{PAYMENTS}/Charge", id="escaped-slash-dot-dot"),
+        pytest.param(f"/{REFLECTION}/%5C../{PAYMENTS}/Charge", id="escaped-backslash"),
+        pytest.param(f"{GET_PAYMENT}#x", id="fragment"),
+    ],
+)
+async def test_malformed_path_is_invalid_argument_before_rbac(sidecar: Sidecar, path: str) -> None:
+    # Envoy's own INTERNAL would say nothing, and count against this replica as a 5xx.
+    assert await refusal(sidecar, "gateway", path) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "MALFORMED_REQUEST",
+    )
+    assert sidecar.app.paths == []
+    assert (await sidecar.envoy.stats())[RBAC_DENIED] == 0
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        pytest.param(f"//{PAYMENTS}/GetPayment", id="leading-double-slash"),
+        pytest.param(f"/{PAYMENTS}//GetPayment", id="inner-double-slash"),
+        pytest.param(f"/{PAYMENTS}/./GetPayment", id="dot"),
+        pytest.param(f"/{REFLECTION}/../{PAYMENTS}/GetPayment", id="dot-dot"),
+    ],
+)
+async def test_app_sees_the_canonical_path_rbac_checked(sidecar: Sidecar, path: str) -> None:
+    gateway = sidecar.credentials["gateway"]
+    # UNIMPLEMENTED comes from the app: RBAC let the canonical GetPayment through.
+    assert await call(mtls_channel(sidecar, gateway), path) == grpc.StatusCode.UNIMPLEMENTED
+    assert sidecar.app.paths == [GET_PAYMENT]
+
+
+async def test_headers_with_underscores_never_reach_the_app(sidecar: Sidecar) -> None:
+    # gRPC metadata may use `_`, but a stack behind that reads `_` as `-` would take this for
+    # the client certificate header the sidecar sets; dropped, the call itself goes on.
+    spoofed = ("x_forwarded_client_cert", f"URI={sidecar.topology.spiffe_id('orders')}")
+    channel = mtls_channel(sidecar, sidecar.credentials["gateway"])
+    error = await failure(channel, GET_PAYMENT, [spoofed, ("x-kept", "1")])
+    assert error is not None
+    assert error.code() == grpc.StatusCode.UNIMPLEMENTED
+    ((path, metadata),) = sidecar.app.calls
+    assert path == GET_PAYMENT
+    assert metadata["x-kept"] == "1"
+    assert spoofed[0] not in metadata
+    assert str(metadata["x-forwarded-client-cert"]).endswith(
+        f";URI={sidecar.topology.spiffe_id('gateway')}"
+    )
+    assert (await sidecar.envoy.stats())["http2.dropped_headers_with_underscores"] == 1
+
+
 async def test_health_port_serves_plaintext_probes(sidecar: Sidecar) -> None:
     channel = aio.insecure_channel(sidecar.health)
     assert await check_health(channel) == health_pb2.HealthCheckResponse.SERVING
@@ -197,8 +328,9 @@ async def test_health_port_serves_nothing_but_health(sidecar: Sidecar) -> None:
     )
 
 
-def served_certificate(sidecar: Sidecar) -> x509.Certificate:
-    """The certificate the inbound listener presents to a new connection (as orders)."""
+@contextlib.contextmanager
+def h2_connection(sidecar: Sidecar) -> Iterator[ssl.SSLSocket]:
+    """A raw TLS connection to the inbound listener as orders, HTTP/2 negotiated."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.load_verify_locations(cadata=sidecar.ca.credential.certificate_pem().decode())
     certificate, key = sidecar.pki.files("orders").current()
@@ -209,9 +341,28 @@ def served_certificate(sidecar: Sidecar) -> x509.Certificate:
         socket.create_connection((host, int(port)), timeout=5) as raw,
         context.wrap_socket(raw, server_hostname=SERVER_NAME) as tls,
     ):
+        yield tls
+
+
+def served_certificate(sidecar: Sidecar) -> x509.Certificate:
+    """The certificate the inbound listener presents to a new connection (as orders)."""
+    with h2_connection(sidecar) as tls:
         der = tls.getpeercert(binary_form=True)
     assert der is not None
     return x509.load_der_x509_certificate(der)
+
+
+def advertised_settings(sidecar: Sidecar) -> dict[int, int]:
+    with h2_connection(sidecar) as tls:
+        return server_settings(tls)
+
+
+async def test_a_connection_gets_no_more_streams_than_a_callers_breaker_allows(
+    sidecar: Sidecar,
+) -> None:
+    settings = await asyncio.to_thread(advertised_settings, sidecar)
+    breaker = sidecar.topology.policies["payments"].circuit_breaker
+    assert settings[MAX_CONCURRENT_STREAMS] == breaker.max_requests == 32
 
 
 async def test_rotated_certificate_is_served_without_restart_under_traffic(

@@ -94,9 +94,8 @@ def test_hops_between_envoys_and_from_clients_send_keepalives(rendered: dict[str
     assert manager_of(gateway, "ingress")["http2_protocol_options"] == {
         "connection_keepalive": HTTP2_KEEPALIVE
     }
-    assert manager_of(rendered["payments-0.yaml"], "inbound")["http2_protocol_options"] == {
-        "connection_keepalive": HTTP2_KEEPALIVE
-    }
+    inbound = manager_of(rendered["payments-0.yaml"], "inbound")["http2_protocol_options"]
+    assert inbound["connection_keepalive"] == HTTP2_KEEPALIVE
     for name, config in rendered.items():
         for cluster in config["static_resources"]["clusters"]:
             if cluster["name"] == "admin":
