@@ -18,6 +18,13 @@ from rich.console import Console
 import scripts.bench
 from scripts.bench.checkout import bench_checkout, create_user
 from scripts.bench.h2load import ROUNDS, BenchError
+from scripts.bench.relay import (
+    RelayRun,
+    bench_relay,
+    bench_relay_only,
+    relay_problems,
+    render_relay,
+)
 from scripts.bench.report import Figures, envoy_memory, machine, problems, render, tools
 from scripts.bench.settings import CALLER, DESCRIPTOR, MESH_FILE
 from scripts.bench.tracing import TracedRun, bench_tracing, render_tracing
@@ -97,6 +104,9 @@ async def bench(args: argparse.Namespace, root: Path) -> Figures:
         unary = await bench_unary(mesh, user_id, root, args.seconds)
         print(f"{args.orders} checkouts through the gateway ...", flush=True)
         checkout = await bench_checkout(gateway, user_id, args.orders, args.workers)
+        capacity = checkout.orders / checkout.seconds
+        print(f"outbox relay lag at {capacity:.0f} checkouts/s (~10 s) ...", flush=True)
+        relay = await bench_relay(mesh, user_id, capacity)
         memory = envoy_memory(mesh)
         stats = await mesh.admin(CALLER).stats()
         logs = await mesh_logs(mesh, *unary.mesh_calls)
@@ -117,10 +127,11 @@ async def bench(args: argparse.Namespace, root: Path) -> Figures:
         memory=memory,
         seconds=args.seconds,
         foreign_cpu=foreign,
+        relay=relay,
     )
 
 
-async def _main(args: argparse.Namespace, root: Path) -> Figures | list[TracedRun]:
+async def _main(args: argparse.Namespace, root: Path) -> Figures | list[TracedRun] | RelayRun:
     # SIGTERM cancels like Ctrl-C does, so the mesh is stopped on the way out.
     task = asyncio.current_task()
     assert task is not None
@@ -128,6 +139,9 @@ async def _main(args: argparse.Namespace, root: Path) -> Figures | list[TracedRu
     if args.tracing:
         print("tracing off, at the default rate and at 100 %: a mesh each ...", flush=True)
         return await bench_tracing(root, args.orders, args.workers, stop_surely)
+    if args.relay:
+        print("checkout capacity, then the outbox relay's lag at it ...", flush=True)
+        return await bench_relay_only(root, args.orders, args.workers, stop_surely)
     return await bench(args, root)
 
 
@@ -151,6 +165,11 @@ def main() -> None:
         help="instead: what tracing costs, checkouts with tracing off, at the default rate "
         "and at 100 %%",
     )
+    parser.add_argument(
+        "--relay",
+        action="store_true",
+        help="instead: only the checkout capacity and the outbox relay's lag at it (~30 s)",
+    )
     args = parser.parse_args()
     # Short: Unix socket paths must stay under ~100 bytes.
     root = Path(tempfile.mkdtemp(prefix="smbench-", dir="/tmp"))
@@ -162,7 +181,16 @@ def main() -> None:
         console = Console(width=None if sys.stdout.isatty() else 120, highlight=False)
         if isinstance(figures, Figures):
             render(figures, console)
-            for problem in problems(figures):
+            render_relay(figures.relay, console)
+            for problem in problems(figures) + relay_problems(figures.relay):
+                console.print(f"WARNING: {problem}")
+        elif isinstance(figures, RelayRun):
+            console.print(
+                f"checkout capacity: {figures.checkout.orders / figures.checkout.seconds:.1f} "
+                f"orders/s ({figures.checkout.orders} orders, {figures.checkout.workers} workers)"
+            )
+            render_relay(figures.lag, console)
+            for problem in relay_problems(figures.lag):
                 console.print(f"WARNING: {problem}")
         else:
             render_tracing(figures, console)

@@ -10,6 +10,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 from rich import box
@@ -21,6 +22,9 @@ from scripts.bench.h2load import LATENCY_LOAD, ROUNDS, WARM_UP_REQUESTS, Shape, 
 from scripts.bench.unary import MeshLogs, Unary
 from shopmesh.local.mesh import RunningMesh
 from shopmesh.topology import GATEWAY
+
+if TYPE_CHECKING:
+    from scripts.bench.relay import RelayLag
 
 FOREIGN_CPU_LIMIT = 0.05
 """Above this share of CPU time used by other processes during the run, it warns."""
@@ -91,6 +95,7 @@ class Figures:
     seconds: float
     foreign_cpu: float
     """Share of the machine's CPU time that processes outside the benchmark used during it."""
+    relay: RelayLag
 
 
 def signed_ms(value: float) -> str:

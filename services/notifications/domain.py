@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
@@ -23,6 +23,7 @@ from services.common.paging import Cursors
 
 MAX_ID_LENGTH = 128
 MAX_REASON_LENGTH = 500
+MAX_BATCH_EVENTS = 500
 NOTIFICATION_ID_PREFIX = "ntf_"
 
 # ListNotifications pages by the store's sequence number of the last notification served.
@@ -133,15 +134,25 @@ class RecordOutcome(Enum):
     CONFLICT = "conflict"
 
 
+@dataclass(frozen=True)
+class NewEvent:
+    """A validated event to record, its fingerprint, and the notification it gets if new."""
+
+    event: OrderEvent
+    fingerprint: str
+    notification: Notification
+
+
 class NotificationStore(Protocol):
     """Persistence the notifications domain needs (implemented by services.notifications.store)."""
 
-    async def record(
-        self, event: OrderEvent, fingerprint: str, notification: Notification
-    ) -> tuple[RecordOutcome, Notification]:
-        """Atomically: if `event.event_id` is new, store the event with its `fingerprint` and
-        `notification`; otherwise write nothing. Returns the outcome and the event's stored
-        notification (the new one, or the one recorded the first time)."""
+    async def record_all(
+        self, entries: Sequence[NewEvent]
+    ) -> list[tuple[RecordOutcome, Notification]]:
+        """Atomically, in order: store each entry whose event id is new with its fingerprint
+        and notification, or nothing at all when an entry is a CONFLICT. Returns each entry's
+        outcome and stored notification (the new one, or the one recorded the first time; an id
+        given twice is recorded by its first entry), ending at the first CONFLICT if any."""
         ...
 
     async def list_for_user(self, query: ListQuery) -> NotificationPage:
@@ -156,6 +167,38 @@ def _require_id(check: Validator, value: str, field_path: str) -> None:
         )
 
 
+def _check_event(check: Validator, event: OrderEvent, path: str) -> bool:
+    """Record every bad field of `event` at `path` (e.g. "event"); True if there was none."""
+    found = len(check.violations)
+    _require_id(check, event.event_id, f"{path}.event_id")
+    _require_id(check, event.order_id, f"{path}.order_id")
+    _require_id(check, event.user_id, f"{path}.user_id")
+    check.require(
+        event.type is not OrderEventType.UNSPECIFIED,
+        f"{path}.type",
+        "must be ORDER_EVENT_TYPE_CONFIRMED, _REJECTED or _CANCELLED",
+    )
+    check.require(
+        len(event.reason) <= MAX_REASON_LENGTH,
+        f"{path}.reason",
+        f"must be at most {MAX_REASON_LENGTH} characters",
+    )
+    if event.total is not None:
+        check.require(
+            is_currency_code(event.total.currency_code),
+            f"{path}.total.currency_code",
+            "must be a three-letter upper-case ISO 4217 code such as USD",
+        )
+        check.require(
+            event.total.minor_units >= 0, f"{path}.total.minor_units", "must not be negative"
+        )
+    if event.occur_time is None:
+        check.violations.append(FieldViolation(f"{path}.occur_time", "is required"))
+    elif isinstance(event.occur_time, InvalidTime):
+        check.violations.append(FieldViolation(f"{path}.occur_time", event.occur_time.problem))
+    return len(check.violations) == found
+
+
 def validate_event(event: OrderEvent | None) -> OrderEvent:
     """Check a PublishOrderEvent request's event; raises InvalidArgument naming every bad field
     (paths relative to the request, e.g. "event.user_id")."""
@@ -165,34 +208,30 @@ def validate_event(event: OrderEvent | None) -> OrderEvent:
             violations=[FieldViolation("event", "is required")],
         )
     check = Validator()
-    _require_id(check, event.event_id, "event.event_id")
-    _require_id(check, event.order_id, "event.order_id")
-    _require_id(check, event.user_id, "event.user_id")
-    check.require(
-        event.type is not OrderEventType.UNSPECIFIED,
-        "event.type",
-        "must be ORDER_EVENT_TYPE_CONFIRMED, _REJECTED or _CANCELLED",
-    )
-    check.require(
-        len(event.reason) <= MAX_REASON_LENGTH,
-        "event.reason",
-        f"must be at most {MAX_REASON_LENGTH} characters",
-    )
-    if event.total is not None:
-        check.require(
-            is_currency_code(event.total.currency_code),
-            "event.total.currency_code",
-            "must be a three-letter upper-case ISO 4217 code such as USD",
-        )
-        check.require(
-            event.total.minor_units >= 0, "event.total.minor_units", "must not be negative"
-        )
-    if event.occur_time is None:
-        check.violations.append(FieldViolation("event.occur_time", "is required"))
-    elif isinstance(event.occur_time, InvalidTime):
-        check.violations.append(FieldViolation("event.occur_time", event.occur_time.problem))
+    _check_event(check, event, "event")
     check.raise_if_invalid("invalid PublishOrderEvent request")
     return event
+
+
+def validate_events(events: Sequence[OrderEvent]) -> Sequence[OrderEvent]:
+    """Check a PublishOrderEvents request's events; raises InvalidArgument naming every bad
+    field of every event (e.g. "events[2].user_id"), with metadata "index" the first bad
+    event, or none when the count itself is wrong."""
+    message = "invalid PublishOrderEvents request"
+    if not 1 <= len(events) <= MAX_BATCH_EVENTS:
+        raise InvalidArgument(
+            message,
+            violations=[FieldViolation("events", f"must hold 1 to {MAX_BATCH_EVENTS} events")],
+        )
+    check = Validator()
+    invalid = [
+        n for n, event in enumerate(events) if not _check_event(check, event, f"events[{n}]")
+    ]
+    if invalid:
+        raise InvalidArgument(
+            message, metadata={"index": str(invalid[0])}, violations=check.violations
+        )
+    return events
 
 
 def validate_user_id(user_id: str) -> str:
@@ -314,20 +353,43 @@ class Notifications:
         Raises InvalidArgument for a bad event, AlreadyExists IDEMPOTENCY_KEY_REUSED when its
         event id was recorded before with different content.
         """
-        event = validate_event(event)
-        candidate = notification_for(event, new_notification_id(), self._clock())
-        outcome, notification = await self._store.record(event, event_fingerprint(event), candidate)
-        if outcome is RecordOutcome.CONFLICT:
+        (published,) = await self._record([validate_event(event)], batch=False)
+        return published
+
+    async def publish_all(self, events: Sequence[OrderEvent]) -> list[Published]:
+        """Record every one of `events` with its notification in one transaction, or none of
+        them, delivering the new ones to watchers in order.
+
+        Raises what `publish` raises for the first refused event, with its position in
+        `events` as metadata "index" (see validate_events for a bad count).
+        """
+        return await self._record(validate_events(events), batch=True)
+
+    async def _record(self, events: Sequence[OrderEvent], *, batch: bool) -> list[Published]:
+        entries = [
+            NewEvent(
+                e, event_fingerprint(e), notification_for(e, new_notification_id(), self._clock())
+            )
+            for e in events
+        ]
+        outcomes = await self._store.record_all(entries)
+        if outcomes and outcomes[-1][0] is RecordOutcome.CONFLICT:
+            index = len(outcomes) - 1
             raise AlreadyExists(
                 "event_id was already used for a different event",
                 reason="IDEMPOTENCY_KEY_REUSED",
-                metadata={"event_id": event.event_id},
+                metadata={"event_id": events[index].event_id}
+                | ({"index": str(index)} if batch else {}),
             )
         # Delivered only after the commit, so a watcher never sees a notification that a crash
         # could still undo.
-        if outcome is RecordOutcome.CREATED:
-            self._deliver(notification)
-        return Published(notification, duplicate=outcome is RecordOutcome.DUPLICATE)
+        for outcome, notification in outcomes:
+            if outcome is RecordOutcome.CREATED:
+                self._deliver(notification)
+        return [
+            Published(notification, duplicate=outcome is RecordOutcome.DUPLICATE)
+            for outcome, notification in outcomes
+        ]
 
     async def list(self, user_id: str, page_size: int, page_token: str) -> NotificationPage:
         """One page of a user's notifications, newest first; raises InvalidArgument for bad

@@ -93,6 +93,22 @@ class NotificationsServicer(pb_grpc.NotificationsServiceServicer):
             notification=notification_to_proto(published.notification),
         )
 
+    async def PublishOrderEvents(
+        self, request: pb.PublishOrderEventsRequest, context: aio.ServicerContext[Any, Any]
+    ) -> pb.PublishOrderEventsResponse:
+        """See notifications.proto."""
+        published = await self._notifications.publish_all(
+            [event_from_proto(event) for event in request.events]
+        )
+        return pb.PublishOrderEventsResponse(
+            results=[
+                pb.PublishedOrderEvent(
+                    duplicate=p.duplicate, notification=notification_to_proto(p.notification)
+                )
+                for p in published
+            ]
+        )
+
     async def ListNotifications(
         self, request: pb.ListNotificationsRequest, context: aio.ServicerContext[Any, Any]
     ) -> pb.ListNotificationsResponse:

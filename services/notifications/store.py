@@ -8,6 +8,7 @@ across restarts.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from services.common.clock import from_micros, to_micros
 from services.common.database import Database
 from services.notifications.domain import (
     ListQuery,
+    NewEvent,
     Notification,
     NotificationPage,
     OrderEvent,
@@ -72,6 +74,75 @@ def _notification(row: sqlite3.Row) -> Notification:
     )
 
 
+class _Conflict(Exception):
+    """Raised inside a transaction to roll it back: an entry conflicts (see record_all)."""
+
+    def __init__(self, outcomes: list[tuple[RecordOutcome, Notification]]) -> None:
+        super().__init__("event id reused with different content")
+        self.outcomes = outcomes
+
+
+def _event_row(entry: NewEvent) -> tuple[object, ...]:
+    """The events table's values for a validated entry."""
+    event = entry.event
+    if not isinstance(event.occur_time, datetime):
+        raise ValueError("only a validated event can be recorded")
+    total = event.total
+    return (
+        event.event_id,
+        entry.fingerprint,
+        event.order_id,
+        event.user_id,
+        event.type.value,
+        event.reason,
+        None if total is None else total.currency_code,
+        None if total is None else total.minor_units,
+        to_micros(event.occur_time),
+    )
+
+
+def _record(
+    db: sqlite3.Connection, entry: NewEvent, row: tuple[object, ...]
+) -> tuple[RecordOutcome, Notification]:
+    """One entry of record_all, inside its transaction."""
+    stored = db.execute(
+        "SELECT fingerprint FROM events WHERE event_id = ?", (entry.event.event_id,)
+    ).fetchone()
+    if stored is not None:
+        outcome = (
+            RecordOutcome.DUPLICATE
+            if stored["fingerprint"] == entry.fingerprint
+            else RecordOutcome.CONFLICT
+        )
+        first = db.execute(
+            f"SELECT {_NOTIFICATION_COLUMNS} FROM notifications WHERE event_id = ?",
+            (entry.event.event_id,),
+        ).fetchone()
+        return outcome, _notification(first)
+    db.execute(
+        "INSERT INTO events (event_id, fingerprint, order_id, user_id, type, reason,"
+        " total_currency_code, total_minor_units, occur_time_us)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        row,
+    )
+    notification = entry.notification
+    db.execute(
+        "INSERT INTO notifications (notification_id, event_id, user_id, order_id,"
+        " event_type, title, body, create_time_us) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            notification.notification_id,
+            notification.event_id,
+            notification.user_id,
+            notification.order_id,
+            notification.event_type.value,
+            notification.title,
+            notification.body,
+            to_micros(notification.create_time),
+        ),
+    )
+    return RecordOutcome.CREATED, notification
+
+
 class SqliteNotificationStore:
     """NotificationStore on one SQLite file (see services.common.database for durability)."""
 
@@ -90,68 +161,36 @@ class SqliteNotificationStore:
     async def record(
         self, event: OrderEvent, fingerprint: str, notification: Notification
     ) -> tuple[RecordOutcome, Notification]:
-        """Store a new event with its notification, or report what was stored for its id.
+        """`record_all` of one event: its outcome and stored notification."""
+        outcomes = await self.record_all([NewEvent(event, fingerprint, notification)])
+        return outcomes[0]
 
-        Returns CREATED and `notification`, or DUPLICATE / CONFLICT (as `fingerprint` matches
-        the stored one or not) and the notification recorded the first time.
+    async def record_all(
+        self, entries: Sequence[NewEvent]
+    ) -> list[tuple[RecordOutcome, Notification]]:
+        """Store each new event with its notification, in order, in one transaction (one
+        fsync for the lot), or nothing when an entry is a CONFLICT.
+
+        Returns each entry's outcome: CREATED and its notification, or DUPLICATE / CONFLICT (as
+        its fingerprint matches the stored one or not) and the notification recorded the
+        first time (an id given twice is recorded by its first entry). A CONFLICT ends the
+        list and rolls the transaction back.
         """
-        if not isinstance(event.occur_time, datetime):
-            raise ValueError("only a validated event can be recorded")
-        occur_time_us = to_micros(event.occur_time)
-        currency_code, minor_units = (
-            (None, None)
-            if event.total is None
-            else (event.total.currency_code, event.total.minor_units)
-        )
+        rows = [_event_row(entry) for entry in entries]
 
-        def record(db: sqlite3.Connection) -> tuple[RecordOutcome, Notification]:
-            stored = db.execute(
-                "SELECT fingerprint FROM events WHERE event_id = ?", (event.event_id,)
-            ).fetchone()
-            if stored is not None:
-                outcome = (
-                    RecordOutcome.DUPLICATE
-                    if stored["fingerprint"] == fingerprint
-                    else RecordOutcome.CONFLICT
-                )
-                row = db.execute(
-                    f"SELECT {_NOTIFICATION_COLUMNS} FROM notifications WHERE event_id = ?",
-                    (event.event_id,),
-                ).fetchone()
-                return outcome, _notification(row)
-            db.execute(
-                "INSERT INTO events (event_id, fingerprint, order_id, user_id, type, reason,"
-                " total_currency_code, total_minor_units, occur_time_us)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    event.event_id,
-                    fingerprint,
-                    event.order_id,
-                    event.user_id,
-                    event.type.value,
-                    event.reason,
-                    currency_code,
-                    minor_units,
-                    occur_time_us,
-                ),
-            )
-            db.execute(
-                "INSERT INTO notifications (notification_id, event_id, user_id, order_id,"
-                " event_type, title, body, create_time_us) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    notification.notification_id,
-                    notification.event_id,
-                    notification.user_id,
-                    notification.order_id,
-                    notification.event_type.value,
-                    notification.title,
-                    notification.body,
-                    to_micros(notification.create_time),
-                ),
-            )
-            return RecordOutcome.CREATED, notification
+        def record(db: sqlite3.Connection) -> list[tuple[RecordOutcome, Notification]]:
+            outcomes = []
+            for entry, row in zip(entries, rows, strict=True):
+                outcome = _record(db, entry, row)
+                outcomes.append(outcome)
+                if outcome[0] is RecordOutcome.CONFLICT:
+                    raise _Conflict(outcomes)
+            return outcomes
 
-        return await self._db.write(record)
+        try:
+            return await self._db.write(record)
+        except _Conflict as conflict:
+            return conflict.outcomes
 
     async def list_for_user(self, query: ListQuery) -> NotificationPage:
         """One page of `query.user_id`'s notifications, newest first, before `query.before`."""

@@ -29,6 +29,7 @@ from services.common.errors import (
 from services.common.money import Money
 from services.common.status import error_info, field_violations
 from services.orders.domain import OrderEvent, OrderEventType, OrderItem
+from services.orders.relay import EventRefused
 from shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from shop.notifications.v1 import notifications_pb2, notifications_pb2_grpc
 from shop.payments.v1 import payments_pb2, payments_pb2_grpc
@@ -163,19 +164,33 @@ class GrpcNotifications:
     def __init__(self, channel: aio.Channel) -> None:
         self._stub = notifications_pb2_grpc.NotificationsServiceStub(channel)
 
-    async def publish(self, event: OrderEvent) -> bool:
-        """Deliver `event`; True if notifications had it already (see relay.EventPublisher)."""
-        request = notifications_pb2.PublishOrderEventRequest(
-            event=notifications_pb2.OrderEvent(
-                event_id=event.event_id,
-                order_id=event.order_id,
-                user_id=event.user_id,
-                type=_EVENT_TYPES[event.type],
-                reason=event.reason,
-                total=money_to_proto(event.total),
-                occur_time=to_timestamp(event.occur_time),
-            )
+    async def publish(self, events: Sequence[OrderEvent]) -> int:
+        """Deliver `events` in one PublishOrderEvents call; returns how many notifications had
+        already (see relay.EventPublisher). A refusal whose ErrorInfo names an event by
+        `index` is that event's (EventRefused); any other is the call's."""
+        request = notifications_pb2.PublishOrderEventsRequest(
+            events=[_event_to_proto(event) for event in events]
         )
-        with _translated("notifications"):
-            response = await self._stub.PublishOrderEvent(request)
-        return response.duplicate
+        try:
+            response = await self._stub.PublishOrderEvents(request)
+        except aio.AioRpcError as error:
+            refused = to_domain_error("notifications", error)
+            index = refused.metadata.get("index", "")
+            if isinstance(refused, Unavailable) or not index.isdecimal():
+                raise refused from error
+            if int(index) < len(events):
+                raise EventRefused(events[int(index)].event_id, refused) from error
+            raise refused from error
+        return sum(result.duplicate for result in response.results)
+
+
+def _event_to_proto(event: OrderEvent) -> notifications_pb2.OrderEvent:
+    return notifications_pb2.OrderEvent(
+        event_id=event.event_id,
+        order_id=event.order_id,
+        user_id=event.user_id,
+        type=_EVENT_TYPES[event.type],
+        reason=event.reason,
+        total=money_to_proto(event.total),
+        occur_time=to_timestamp(event.occur_time),
+    )

@@ -1,13 +1,26 @@
-"""The outbox relay: delivers order events from the outbox to notifications, in order.
+"""The outbox relay: delivers order events from the outbox to notifications, in order, in
+batches.
 
-At-least-once: an event is marked delivered only after the consumer acknowledged it, so a crash
-between the ack and the mark sends it again, and notifications dedupes by `event_id`; together
-that is an exactly-once effect. While the consumer is unreachable the relay retries the oldest
-event with capped exponential backoff and jitter, so events are never reordered and a fleet of
-relays does not hammer a recovering consumer in lockstep.
+Each pass sends everything pending, oldest first, in batches of up to `batch_size` events, one
+PublishOrderEvents call each, which notifications records all or nothing: the outbox order, and
+so every order's own order of events, holds. At-least-once: a batch is marked delivered only
+after the consumer acknowledged it, so a crash between the ack and the mark sends it again,
+and notifications dedupes every event by `event_id`; together that is an exactly-once effect.
+While the consumer is unreachable the relay retries the oldest batch with capped exponential
+backoff and jitter, so events are never reordered and a fleet of relays does not hammer a
+recovering consumer in lockstep. An event the consumer refuses for good (it names it, and took
+none of the batch) is parked as FAILED and the rest go again: it blocks nothing.
 
-Each delivery is a span (`outbox deliver`) in the trace of the saga step that wrote the event,
-a child of it however much later it runs, so an order's trace ends with its notification.
+Latency: the saga wakes the relay right after it commits an event. An idle relay sends it at
+once; a busy one in the batch after the one in flight, so an event waits at most about two
+batch round trips (read, RPC, mark), however many events arrive meanwhile up to `batch_size`
+per round trip. `poll_interval` is only the safety net for a missed wake-up; while the consumer
+is unreachable, an event waits for the backoff (at most its `maximum`) instead.
+
+Each event's delivery is a span (`outbox deliver`) in the trace of the saga step that wrote it,
+a child of it however much later it runs, so an order's trace ends with its notification. The
+batch's RPC runs inside the span of its first (oldest) event: that trace shows the call into
+notifications; the others' spans say which event's trace did (`outbox.batch_first_event`).
 """
 
 from __future__ import annotations
@@ -16,11 +29,11 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from services.common.errors import DomainError, Unavailable
+from services.common.errors import DomainError
 from services.common.telemetry import continued
 from services.orders.domain import OrderEvent
 
@@ -33,19 +46,29 @@ class Outbox(Protocol):
     async def pending_events(self, limit: int) -> list[OrderEvent]:
         """Up to `limit` undelivered events, oldest first."""
 
-    async def mark_delivered(self, event_id: str) -> None:
-        """Record the consumer's acknowledgement."""
+    async def mark_delivered(self, event_ids: list[str]) -> None:
+        """Record the consumer's acknowledgement of these events (one transaction)."""
 
-    async def record_failure(self, event_id: str, error: str, *, give_up: bool) -> None:
-        """Record a failed attempt; `give_up` parks the event for good."""
+    async def record_failure(self, event_ids: list[str], error: str, *, give_up: bool) -> None:
+        """Record a failed attempt at these events; `give_up` parks them for good."""
+
+
+class EventRefused(Exception):
+    """The consumer refused one event of a batch for good, and so recorded none of them."""
+
+    def __init__(self, event_id: str, error: DomainError) -> None:
+        super().__init__(f"{event_id}: {error.message}")
+        self.event_id = event_id
+        self.error = error
 
 
 class EventPublisher(Protocol):
-    """The consumer of order events (notifications.PublishOrderEvent)."""
+    """The consumer of order events (notifications.PublishOrderEvents)."""
 
-    async def publish(self, event: OrderEvent) -> bool:
-        """Deliver `event`; True if the consumer had seen it before. Raises Unavailable when
-        the consumer cannot be reached, another DomainError when it refuses the event."""
+    async def publish(self, events: Sequence[OrderEvent]) -> int:
+        """Deliver `events`, all or nothing; returns how many the consumer had seen before.
+        Raises EventRefused naming the event the consumer refused, Unavailable when it cannot
+        be reached, another DomainError when it refuses the call as a whole."""
 
 
 @dataclass(frozen=True)
@@ -93,59 +116,61 @@ class OutboxRelay:
         self._wakeup.set()
 
     async def deliver_pending(self) -> int:
-        """Deliver every pending event, oldest first; returns how many were acknowledged.
+        """Deliver every pending event, oldest first, in batches; returns how many were
+        acknowledged.
 
-        Raises Unavailable at the first event the consumer could not take, leaving it (and
-        everything after it) pending. An event the consumer refuses for good is parked as
-        FAILED and logged, so one bad event does not block the rest.
+        Raises the DomainError (Unavailable when unreachable) of the first batch the consumer
+        did not take as a whole, leaving it and everything after it pending. An event the
+        consumer refuses for good is parked as FAILED and logged, and the rest of its batch
+        goes again, so one bad event does not block the others.
         """
         delivered = 0
         while batch := await self._outbox.pending_events(self._batch_size):
-            for event in batch:
-                attributes = {"order.id": event.order_id, "event.id": event.event_id}
-                try:
-                    # In the trace of the saga step that wrote the event, however much later.
-                    with continued(event.origin, "outbox deliver", attributes):
-                        duplicate = await self._publisher.publish(event)
-                except Unavailable as error:
-                    await self._outbox.record_failure(event.event_id, error.message, give_up=False)
-                    raise
-                except DomainError as error:
-                    log.error(
-                        "notifications refused an order event; parked as FAILED",
-                        extra={"event_id": event.event_id, "reason": error.reason},
-                    )
-                    await self._outbox.record_failure(event.event_id, error.message, give_up=True)
-                    continue
-                await self._outbox.mark_delivered(event.event_id)
-                delivered += 1
-                log.debug(
-                    "order event delivered",
-                    extra={"event_id": event.event_id, "duplicate": duplicate},
+            event_ids = [event.event_id for event in batch]
+            try:
+                with _delivery_spans(batch):
+                    duplicates = await self._publisher.publish(batch)
+            except EventRefused as refused:
+                log.error(
+                    "notifications refused an order event; parked as FAILED",
+                    extra={"event_id": refused.event_id, "reason": refused.error.reason},
                 )
+                await self._outbox.record_failure(
+                    [refused.event_id], refused.error.message, give_up=True
+                )
+                continue
+            except DomainError as error:
+                await self._outbox.record_failure(event_ids, error.message, give_up=False)
+                raise
+            await self._outbox.mark_delivered(event_ids)
+            delivered += len(batch)
+            log.debug(
+                "order events delivered", extra={"events": len(batch), "duplicates": duplicates}
+            )
         return delivered
 
     async def run(self) -> None:
         """Deliver until cancelled: at once when woken, else every `poll_interval` seconds,
-        and with backoff while the consumer is unreachable."""
+        and with backoff while the consumer does not take the oldest batch."""
         failures = 0
         while True:
             # Cleared before reading the outbox, so an event written meanwhile re-wakes us.
             self._wakeup.clear()
             try:
                 await self.deliver_pending()
-            except Unavailable as error:
+            except DomainError as error:
                 failures += 1
                 delay = self._backoff.delay(failures, self._rng)
                 # Warn when an outage starts and now and again after, not on every retry.
                 level = logging.WARNING if failures == 1 or failures % 20 == 0 else logging.DEBUG
                 log.log(
                     level,
-                    "notifications unreachable; retrying",
+                    "notifications did not take the order events; retrying",
                     extra={
                         "failures": failures,
                         "retry_in": round(delay, 3),
                         "error": error.message,
+                        "reason": error.reason,
                     },
                 )
                 await self._sleep(delay)
@@ -159,3 +184,21 @@ class OutboxRelay:
             failures = 0
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), self._poll_interval)
+
+
+@contextlib.contextmanager
+def _delivery_spans(batch: Sequence[OrderEvent]) -> Iterator[None]:
+    """An `outbox deliver` span per event, each in its own trace (see module docstring); the
+    first event's is current in the body, so the batch's RPC joins that trace."""
+    first = batch[0]
+    with contextlib.ExitStack() as spans:
+        # Entered last to first: the first event's span is entered last, so it is current.
+        for event in reversed(batch):
+            attributes = {
+                "order.id": event.order_id,
+                "event.id": event.event_id,
+                "outbox.batch_size": str(len(batch)),
+                "outbox.batch_first_event": first.event_id,
+            }
+            spans.enter_context(continued(event.origin, "outbox deliver", attributes))
+        yield

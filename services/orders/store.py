@@ -313,28 +313,28 @@ class SqliteOrderStore:
 
         return await self._db.read(pending)
 
-    async def mark_delivered(self, event_id: str) -> None:
-        """Record that the consumer acknowledged `event_id`."""
+    async def mark_delivered(self, event_ids: list[str]) -> None:
+        """Record that the consumer acknowledged `event_ids`, in one transaction."""
         delivered_us = now_micros()
 
         def mark(db: sqlite3.Connection) -> None:
-            db.execute(
+            db.executemany(
                 "UPDATE outbox SET state = 'DELIVERED', attempts = attempts + 1,"
                 " delivered_time_us = ? WHERE event_id = ?",
-                (delivered_us, event_id),
+                [(delivered_us, event_id) for event_id in event_ids],
             )
 
         await self._db.write(mark)
 
-    async def record_failure(self, event_id: str, error: str, *, give_up: bool) -> None:
-        """Record a failed delivery of `event_id`; `give_up` parks it as FAILED (a consumer
-        that refuses it for good) so it stops blocking the events behind it."""
+    async def record_failure(self, event_ids: list[str], error: str, *, give_up: bool) -> None:
+        """Record a failed delivery of `event_ids`; `give_up` parks them as FAILED (a consumer
+        that refuses them for good) so they stop blocking the events behind them."""
 
         def record(db: sqlite3.Connection) -> None:
-            db.execute(
+            db.executemany(
                 "UPDATE outbox SET attempts = attempts + 1, last_error = ?,"
                 " state = CASE WHEN ? THEN 'FAILED' ELSE state END WHERE event_id = ?",
-                (error, give_up, event_id),
+                [(error, give_up, event_id) for event_id in event_ids],
             )
 
         await self._db.write(record)

@@ -11,7 +11,10 @@ import pytest
 from grpc import aio
 
 from services.common.database import Database
+from services.notifications.app import build as build_notifications
+from shop.notifications.v1 import notifications_pb2_grpc
 from tests.support.db_locks import WriteWatch
+from tests.support.notifications import Notifications
 from tests.support.services import ServiceRunner
 from tests.support.shop import Shop, start_shop
 
@@ -47,3 +50,13 @@ def database_writes(monkeypatch: pytest.MonkeyPatch) -> WriteWatch:
 
     monkeypatch.setattr(Database, "write", write)
     return watch
+
+
+@pytest.fixture
+async def notifications(
+    services: ServiceRunner, channels: Callable[[str], aio.Channel]
+) -> Notifications:
+    """The notifications service alone, and a stub for it."""
+    running = await services.start("notifications", build_notifications)
+    channel = channels(running.address)
+    return Notifications(running, channel, notifications_pb2_grpc.NotificationsServiceStub(channel))

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, TypeAlias
+from typing import Any
 
 import grpc
 import pytest
@@ -14,67 +13,19 @@ from grpc import aio
 
 from services.common.clock import utc_now
 from services.common.errors import FieldViolation
-from services.common.server import RunningService
 from services.common.status import field_violations
 from services.notifications.app import build
 from services.notifications.domain import OrderEvent, notification_for, validate_event
-from services.notifications.hub import DEFAULT_CAPACITY, NotificationHub
-from services.notifications.servicer import NotificationsServicer, event_from_proto
+from services.notifications.hub import DEFAULT_CAPACITY
+from services.notifications.servicer import event_from_proto
 from shop.common.v1 import money_pb2
 from shop.notifications.v1 import notifications_pb2 as pb
 from shop.notifications.v1 import notifications_pb2_grpc as pb_grpc
 from tests.support.db_locks import WriteWatch, serves_while_a_write_waits
 from tests.support.errors import expect_error_info
+from tests.support.notifications import WAIT, Notifications, Stub, list_all, order_event
 from tests.support.polling import eventually
 from tests.support.services import ServiceRunner
-
-# Bounds every wait for the server, so a broken test fails instead of hanging.
-WAIT = 10.0
-
-Stub: TypeAlias = "pb_grpc.NotificationsServiceAsyncStub"
-
-
-@dataclass
-class Notifications:
-    """A running notifications service and a client stub for it."""
-
-    running: RunningService
-    channel: aio.Channel
-    stub: Stub
-
-    @property
-    def hub(self) -> NotificationHub:
-        """The server's hub, to know when a watch is in place without sleeping."""
-        servicer = self.running.app.registrations[0].servicer
-        assert isinstance(servicer, NotificationsServicer)
-        return servicer.hub
-
-
-@pytest.fixture
-async def notifications(
-    services: ServiceRunner, channels: Callable[[str], aio.Channel]
-) -> Notifications:
-    running = await services.start("notifications", build)
-    channel = channels(running.address)
-    return Notifications(running, channel, pb_grpc.NotificationsServiceStub(channel))
-
-
-def order_event(**changes: Any) -> pb.OrderEvent:
-    """A valid CONFIRMED event for usr_1, with `changes` applied."""
-    event = pb.OrderEvent(
-        event_id="evt_1",
-        order_id="ord_1",
-        user_id="usr_1",
-        type=pb.ORDER_EVENT_TYPE_CONFIRMED,
-        total=money_pb2.Money(currency_code="USD", minor_units=1299),
-        occur_time=Timestamp(seconds=1_700_000_000),
-    )
-    for name, value in changes.items():
-        if isinstance(value, Timestamp | money_pb2.Money):
-            getattr(event, name).CopyFrom(value)
-        else:
-            setattr(event, name, value)
-    return event
 
 
 def domain_event(**changes: Any) -> OrderEvent:
@@ -86,13 +37,6 @@ async def publish(stub: Stub, **changes: Any) -> pb.PublishOrderEventResponse:
     return await stub.PublishOrderEvent(
         pb.PublishOrderEventRequest(event=order_event(**changes)), timeout=WAIT
     )
-
-
-async def list_all(stub: Stub, user_id: str) -> list[pb.Notification]:
-    response = await stub.ListNotifications(
-        pb.ListNotificationsRequest(user_id=user_id), timeout=WAIT
-    )
-    return list(response.notifications)
 
 
 async def test_published_event_is_listed_as_a_notification(notifications: Notifications) -> None:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from services.common.errors import (
+    AlreadyExists,
     FailedPrecondition,
     FieldViolation,
     InvalidArgument,
@@ -18,6 +19,7 @@ from services.common.errors import (
 )
 from services.common.money import Money
 from services.orders.domain import OrderEvent, OrderItem
+from services.orders.relay import EventRefused
 
 T = TypeVar("T")
 
@@ -203,15 +205,22 @@ class FakePayments(FakeDependency):
 
 @dataclass
 class FakeNotifications(FakeDependency):
-    """Notifications: dedupes events by id and remembers what it received, in order."""
+    """Notifications: takes a batch all or nothing, dedupes events by id and remembers what it
+    received, in order; refuses for good the event ids in `refused` (naming the first)."""
 
     received: list[OrderEvent] = field(default_factory=list)
+    refused: set[str] = field(default_factory=set)
 
-    async def publish(self, event: OrderEvent) -> bool:
-        def effect() -> bool:
-            if any(seen.event_id == event.event_id for seen in self.received):
-                return True
-            self.received.append(event)
-            return False
+    async def publish(self, events: Sequence[OrderEvent]) -> int:
+        def effect() -> int:
+            for event in events:
+                if event.event_id in self.refused:
+                    raise EventRefused(
+                        event.event_id, AlreadyExists("reused", reason="IDEMPOTENCY_KEY_REUSED")
+                    )
+            seen = {event.event_id for event in self.received}
+            new = [event for event in events if event.event_id not in seen]
+            self.received.extend(new)
+            return len(events) - len(new)
 
         return self._call("publish", effect)

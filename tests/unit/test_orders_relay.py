@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from services.common.errors import AlreadyExists
+from services.common.errors import InvalidArgument
 from services.common.money import Money
 from services.orders.domain import (
     Order,
@@ -24,6 +24,7 @@ from services.orders.domain import (
 from services.orders.relay import Backoff, OutboxRelay
 from services.orders.store import SqliteOrderStore
 from tests.support.orders_fakes import Crash, FakeNotifications, unavailable
+from tests.support.polling import eventually
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 
@@ -122,15 +123,38 @@ async def test_event_acknowledged_but_not_marked_is_redelivered_and_deduped(
 
 
 async def test_refused_event_is_parked_and_does_not_block_the_rest(store: SqliteOrderStore) -> None:
-    await write_event(store, "ord_1")
-    second = await write_event(store, "ord_2")
-    consumer = FakeNotifications()
-    consumer.fail("publish", AlreadyExists("reused", reason="IDEMPOTENCY_KEY_REUSED"))
+    first, refused, third = [await write_event(store, f"ord_{n}") for n in range(3)]
+    consumer = FakeNotifications(refused={refused.event_id})
 
-    assert await OutboxRelay(store, consumer).deliver_pending() == 1
+    assert await OutboxRelay(store, consumer).deliver_pending() == 2
 
-    assert consumer.received == [second]
+    assert consumer.received == [first, third]
     assert await store.pending_events(10) == []
+    # The batch that named it went again without it.
+    assert consumer.calls["publish"] == 2
+
+
+async def test_pending_events_go_in_batches_of_at_most_batch_size_in_order(
+    store: SqliteOrderStore,
+) -> None:
+    events = [await write_event(store, f"ord_{n}") for n in range(5)]
+    consumer = FakeNotifications()
+
+    assert await OutboxRelay(store, consumer, batch_size=2).deliver_pending() == 5
+
+    assert consumer.received == events
+    assert consumer.calls["publish"] == 3
+
+
+async def test_a_batch_refused_as_a_whole_stays_pending(store: SqliteOrderStore) -> None:
+    events = [await write_event(store, f"ord_{n}") for n in range(2)]
+    consumer = FakeNotifications()
+    consumer.fail("publish", InvalidArgument("too many events"))
+
+    with pytest.raises(InvalidArgument):
+        await OutboxRelay(store, consumer).deliver_pending()
+
+    assert await store.pending_events(10) == events
 
 
 async def test_run_retries_with_growing_capped_backoff_until_delivered(
@@ -155,7 +179,12 @@ async def test_run_retries_with_growing_capped_backoff_until_delivered(
     assert len(sleep.delays) == 6
     for delay, ceiling in zip(sleep.delays, ceilings, strict=True):
         assert ceiling / 2 <= delay <= ceiling
-    assert await store.pending_events(10) == []
+
+    # Received before it is marked: wait for the mark.
+    async def marked() -> bool:
+        return await store.pending_events(10) == []
+
+    await eventually(marked, 5.0, "the event marked delivered")
 
 
 def test_backoff_never_overflows_after_many_failures() -> None:
@@ -173,11 +202,11 @@ class CountingOutbox:
         self.polls += 1
         return await self.store.pending_events(limit)
 
-    async def mark_delivered(self, event_id: str) -> None:
-        await self.store.mark_delivered(event_id)
+    async def mark_delivered(self, event_ids: list[str]) -> None:
+        await self.store.mark_delivered(event_ids)
 
-    async def record_failure(self, event_id: str, error: str, *, give_up: bool) -> None:
-        await self.store.record_failure(event_id, error, give_up=give_up)
+    async def record_failure(self, event_ids: list[str], error: str, *, give_up: bool) -> None:
+        await self.store.record_failure(event_ids, error, give_up=give_up)
 
 
 async def test_wake_delivers_without_waiting_for_the_poll(

@@ -224,7 +224,7 @@ async def test_pending_events_come_in_write_order_until_delivered(store: SqliteO
         await store.save(*confirmed(new_order(order_id)))
 
     assert [e.order_id for e in await store.pending_events(10)] == ["ord_b", "ord_a"]
-    await store.mark_delivered("ord_b:confirmed")
+    await store.mark_delivered(["ord_b:confirmed"])
     assert [e.order_id for e in await store.pending_events(10)] == ["ord_a"]
 
 
@@ -235,8 +235,8 @@ async def test_recorded_failures_keep_or_park_the_event(
         await store.create(order_id, "fp", new_order(order_id), START)
         await store.save(*confirmed(new_order(order_id)))
 
-    await store.record_failure("ord_a:confirmed", "unreachable", give_up=False)
-    await store.record_failure("ord_b:confirmed", "refused", give_up=True)
+    await store.record_failure(["ord_a:confirmed"], "unreachable", give_up=False)
+    await store.record_failure(["ord_b:confirmed"], "refused", give_up=True)
 
     assert outbox_rows(path) == [("ord_a:confirmed", "PENDING"), ("ord_b:confirmed", "FAILED")]
     with sqlite3.connect(path) as db:
