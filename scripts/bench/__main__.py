@@ -17,6 +17,7 @@ from rich.console import Console
 
 import scripts.bench
 from scripts.bench.checkout import bench_checkout, create_user
+from scripts.bench.disk import DiskFigures, bench_disk, render_disk
 from scripts.bench.h2load import ROUNDS, BenchError
 from scripts.bench.report import Figures, envoy_memory, machine, problems, render, tools
 from scripts.bench.settings import CALLER, DESCRIPTOR, MESH_FILE
@@ -120,7 +121,7 @@ async def bench(args: argparse.Namespace, root: Path) -> Figures:
     )
 
 
-async def _main(args: argparse.Namespace, root: Path) -> Figures | list[TracedRun]:
+async def _main(args: argparse.Namespace, root: Path) -> Figures | list[TracedRun] | DiskFigures:
     # SIGTERM cancels like Ctrl-C does, so the mesh is stopped on the way out.
     task = asyncio.current_task()
     assert task is not None
@@ -128,6 +129,9 @@ async def _main(args: argparse.Namespace, root: Path) -> Figures | list[TracedRu
     if args.tracing:
         print("tracing off, at the default rate and at 100 %: a mesh each ...", flush=True)
         return await bench_tracing(root, args.orders, args.workers, stop_surely)
+    if args.disk:
+        print("reads idle, with the disk saturated by fsyncs, with checkouts ...", flush=True)
+        return await bench_disk(root, args.seconds, stop_surely)
     return await bench(args, root)
 
 
@@ -151,6 +155,12 @@ def main() -> None:
         help="instead: what tracing costs, checkouts with tracing off, at the default rate "
         "and at 100 %%",
     )
+    parser.add_argument(
+        "--disk",
+        action="store_true",
+        help="instead: read RPCs' p50/p99 idle, with another process saturating the disk with "
+        "fsyncs, and with checkouts writing (--seconds a phase)",
+    )
     args = parser.parse_args()
     # Short: Unix socket paths must stay under ~100 bytes.
     root = Path(tempfile.mkdtemp(prefix="smbench-", dir="/tmp"))
@@ -164,6 +174,9 @@ def main() -> None:
             render(figures, console)
             for problem in problems(figures):
                 console.print(f"WARNING: {problem}")
+        elif isinstance(figures, DiskFigures):
+            for over in render_disk(figures, console):
+                console.print(f"WARNING: {over}")
         else:
             render_tracing(figures, console)
         console.print(f"bench took {time.monotonic() - started:.0f} s")
