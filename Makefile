@@ -30,7 +30,7 @@ DASHBOARD_PORT ?= 8090
 LOG_LEVEL ?= $(or $(SHOPMESH_LOG_LEVEL),INFO)
 
 .PHONY: help venv venv-dev system-deps generate test unit integration contract run lint fmt \
-	breaking clean up down status logs fault restart bench screenshot kind-up kind-smoke kind-down
+	breaking clean up down status logs fault restart bench fuzz screenshot kind-up kind-smoke kind-down
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -142,6 +142,9 @@ bench: $(GEN_STAMP) ## Benchmark the mesh (h2load; installs Debian nghttp2-clien
 		  "apt-get install nghttp2-client, Fedora: dnf install nghttp2, macOS:"\
 		  "brew install nghttp2) and rerun make bench"; exit 1; }; }
 	$(BIN)/python -m scripts.bench $(BENCH_ARGS)
+
+fuzz: $(GEN_STAMP) $(DEV_STAMP) ## Fuzz the gateway: 10,000 hostile requests under the rate limit, checked (FUZZ_ARGS='--count N --seed S')
+	$(BIN)/python -m scripts.fuzz $(FUZZ_ARGS)
 
 screenshot: $(GEN_STAMP) $(DEV_STAMP) system-deps ## docs/dashboard.png: the dashboard under load and a fault, in headless chromium
 	$(BIN)/python -m scripts.screenshot

@@ -17,6 +17,7 @@ from rich.console import Console
 
 import scripts.bench
 from scripts.bench.checkout import bench_checkout, create_user
+from scripts.bench.disk import DiskFigures, bench_disk, render_disk
 from scripts.bench.h2load import ROUNDS, BenchError
 from scripts.bench.relay import (
     RelayRun,
@@ -131,7 +132,9 @@ async def bench(args: argparse.Namespace, root: Path) -> Figures:
     )
 
 
-async def _main(args: argparse.Namespace, root: Path) -> Figures | list[TracedRun] | RelayRun:
+async def _main(
+    args: argparse.Namespace, root: Path
+) -> Figures | list[TracedRun] | RelayRun | DiskFigures:
     # SIGTERM cancels like Ctrl-C does, so the mesh is stopped on the way out.
     task = asyncio.current_task()
     assert task is not None
@@ -142,6 +145,9 @@ async def _main(args: argparse.Namespace, root: Path) -> Figures | list[TracedRu
     if args.relay:
         print("checkout capacity, then the outbox relay's lag at it ...", flush=True)
         return await bench_relay_only(root, args.orders, args.workers, stop_surely)
+    if args.disk:
+        print("reads idle, with the disk saturated by fsyncs, with checkouts ...", flush=True)
+        return await bench_disk(root, args.seconds, stop_surely)
     return await bench(args, root)
 
 
@@ -170,6 +176,12 @@ def main() -> None:
         action="store_true",
         help="instead: only the checkout capacity and the outbox relay's lag at it (~30 s)",
     )
+    parser.add_argument(
+        "--disk",
+        action="store_true",
+        help="instead: read RPCs' p50/p99 idle, with another process saturating the disk with "
+        "fsyncs, and with checkouts writing (--seconds a phase)",
+    )
     args = parser.parse_args()
     # Short: Unix socket paths must stay under ~100 bytes.
     root = Path(tempfile.mkdtemp(prefix="smbench-", dir="/tmp"))
@@ -192,6 +204,9 @@ def main() -> None:
             render_relay(figures.lag, console)
             for problem in relay_problems(figures.lag):
                 console.print(f"WARNING: {problem}")
+        elif isinstance(figures, DiskFigures):
+            for over in render_disk(figures, console):
+                console.print(f"WARNING: {over}")
         else:
             render_tracing(figures, console)
         console.print(f"bench took {time.monotonic() - started:.0f} s")
