@@ -5,7 +5,6 @@ message, and how long the edge may take to answer it; plus health and reflection
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 
 from google.protobuf import descriptor_pb2, descriptor_pool
@@ -33,7 +32,7 @@ class Method:
 @dataclass(frozen=True)
 class Catalog:
     methods: tuple[Method, ...]
-    edge_timeout: float | None
+    edge_timeout: float
     """The edge's request timeout in mesh.yaml, None while it defines none."""
 
     @property
@@ -55,28 +54,16 @@ class Catalog:
         return any(name in path for name in self.streaming_names)
 
     def answer_within(self, path: str) -> float:
-        """Seconds within which the edge must end a unary call on `path`: the edge request
-        timeout, or (while mesh.yaml defines none) the route timeout of the method the path
-        names, else the longest route timeout."""
-        if self.edge_timeout is not None:
-            return self.edge_timeout
-        named = [m.route_timeout for m in self.methods if m.path == path]
-        return named[0] if named else max(m.route_timeout for m in self.methods)
+        """Seconds within which the edge must end a unary call on `path`."""
+        return self.edge_timeout
 
     def deadline_source(self) -> str:
-        if self.edge_timeout is not None:
-            return f"the edge request timeout in mesh.yaml ({self.edge_timeout:g} s)"
-        longest = max(m.route_timeout for m in self.methods)
-        return (
-            "mesh.yaml defines no edge request timeout yet: each method's route timeout "
-            f"(longest {longest:g} s)"
-        )
+        return f"the edge request timeout in mesh.yaml ({self.edge_timeout:g} s)"
 
 
-def edge_request_timeout(topology: Topology) -> float | None:
-    """The gateway's request timeout, once the topology has one (`gateway.request_timeout`)."""
-    value = getattr(topology.gateway, "request_timeout", None)
-    return value.total_seconds() if isinstance(value, timedelta) and value else None
+def edge_request_timeout(topology: Topology) -> float:
+    """The gateway's request timeout (`gateway.limits.request_timeout`)."""
+    return topology.gateway.limits.request_timeout.total_seconds()
 
 
 def load_pool(descriptor_set: Path) -> descriptor_pool.DescriptorPool:

@@ -10,22 +10,27 @@ would count it against a healthy replica."""
 
 from __future__ import annotations
 
-import base64
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from datetime import timedelta
 from importlib.resources import files
-from urllib.parse import quote
 
-from google.protobuf import any_pb2, duration_pb2
-from google.rpc import error_details_pb2, status_pb2
-
-from services.common.errors import ERROR_DOMAIN
 from shopmesh.envoy.builders import Json, duration, typed
+from shopmesh.envoy.metrics import per_client_stat_prefix
+from shopmesh.envoy.replies import (
+    Refusal,
+    any_of,
+    code_details,
+    grpc_reply,
+    http_status,
+    json_reply,
+    response_flags,
+)
 from shopmesh.topology import LocalRateLimit, Topology
 
+INGRESS = "ingress"
 ADAPTIVE_CONCURRENCY = "envoy.filters.http.adaptive_concurrency"
+BUFFER = "envoy.filters.http.buffer"
 MAX_CLIENT_BUCKETS = 4096
 """Source addresses with a bucket of their own at once (least recently used are dropped)."""
 CONCURRENCY_UPDATE_INTERVAL = "0.25s"
@@ -46,58 +51,6 @@ def grpc_call_match(path: str) -> Json:
             {"name": ":path", "string_match": {"exact": path}},
         ],
     }
-
-
-@dataclass(frozen=True)
-class Refusal:
-    """One reason the gateway answers a call itself, as every client sees it."""
-
-    reason: str
-    """The ErrorInfo reason (domain ERROR_DOMAIN) a client can branch on."""
-    grpc_code: int
-    http_status: int
-    """What a JSON caller gets instead of the gRPC code."""
-    message: str
-    retry_after: timedelta | None = None
-
-    def _details(self) -> list[any_pb2.Any]:
-        info = any_pb2.Any()
-        info.Pack(error_details_pb2.ErrorInfo(reason=self.reason, domain=ERROR_DOMAIN))
-        details = [info]
-        if self.retry_after is not None:
-            retry = any_pb2.Any()
-            delay = duration_pb2.Duration()
-            delay.FromTimedelta(self.retry_after)
-            retry.Pack(error_details_pb2.RetryInfo(retry_delay=delay))
-            details.append(retry)
-        return details
-
-    def details_bin(self) -> str:
-        """The `grpc-status-details-bin` trailer: the whole google.rpc.Status, base64."""
-        status = status_pb2.Status(
-            code=self.grpc_code, message=self.message, details=self._details()
-        )
-        return base64.b64encode(status.SerializeToString()).decode()
-
-    def grpc_message(self) -> str:
-        """The `grpc-message` trailer, percent-encoded as gRPC requires."""
-        return quote(self.message, safe=" !#$&'()*+,/:;=?@[]~")
-
-    def json_body(self) -> Json:
-        """The JSON google.rpc.Status the transcoder renders the apps' own errors as."""
-        details: list[Json] = [
-            {
-                "@type": "type.googleapis.com/google.rpc.ErrorInfo",
-                "reason": self.reason,
-                "domain": ERROR_DOMAIN,
-            }
-        ]
-        if self.retry_after is not None:
-            seconds = self.retry_after.total_seconds()
-            details.append(
-                {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": f"{seconds}s"}
-            )
-        return {"code": self.grpc_code, "message": self.message, "details": details}
 
 
 RESOURCE_EXHAUSTED = 8
@@ -152,110 +105,27 @@ def refusals(topology: Topology) -> dict[str, Refusal]:
     return {refusal.reason: refusal for refusal in table}
 
 
-def _response_flags(*flags: str) -> Json:
-    return {"response_flag_filter": {"flags": list(flags)}}
-
-
-def _http_status(status: int) -> Json:
-    return {
-        "status_code_filter": {
-            "comparison": {
-                "op": "EQ",
-                "value": {"default_value": status, "runtime_key": f"ingress.local_reply.{status}"},
-            }
-        }
-    }
-
-
-def _code_details(details: str) -> Json:
-    """Matches Envoy's response code details, for a reply that sets no response flag."""
-    return {
-        "extension_filter": {
-            "name": "envoy.access_loggers.extension_filters.cel",
-            "typed_config": typed(
-                "envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter",
-                expression=f"response.code_details == '{details}'",
-            ),
-        }
-    }
-
-
-def _any(filters: Sequence[Json]) -> Json:
-    return filters[0] if len(filters) == 1 else {"or_filter": {"filters": list(filters)}}
-
-
 # Which local replies are which refusal, in the order they are tried.
 _RECOGNISED: Sequence[tuple[str, Sequence[Json]]] = (
-    ("RATE_LIMITED", [_code_details("local_rate_limited"), _response_flags("RL")]),
-    ("OVERLOADED", [_code_details("reached_concurrency_limit"), _response_flags("UO")]),
-    ("REQUEST_TOO_LARGE", [_http_status(413)]),
-    ("UNKNOWN_METHOD", [_response_flags("NR")]),
-    ("UPSTREAM_UNAVAILABLE", [_response_flags("UH", "UF", "URX", "UC")]),
-    ("DEADLINE_EXCEEDED", [_response_flags("UT", "DT")]),
-    ("MALFORMED_REQUEST", [_http_status(400)]),
+    ("RATE_LIMITED", [code_details("local_rate_limited"), response_flags("RL")]),
+    ("OVERLOADED", [code_details("reached_concurrency_limit"), response_flags("UO")]),
+    ("REQUEST_TOO_LARGE", [http_status(413, INGRESS)]),
+    ("UNKNOWN_METHOD", [response_flags("NR")]),
+    ("UPSTREAM_UNAVAILABLE", [response_flags("UH", "UF", "URX", "UC")]),
+    ("DEADLINE_EXCEEDED", [response_flags("UT", "DT")]),
+    ("MALFORMED_REQUEST", [http_status(400, INGRESS)]),
 )
-
-# A JSON caller: its content type is not gRPC, or the transcoder already turned it into gRPC
-# (and marked it so).
-_JSON_CALLER = {
-    "or_filter": {
-        "filters": [
-            {
-                "header_filter": {
-                    "header": {"name": "x-envoy-original-method", "present_match": True}
-                }
-            },
-            {
-                "header_filter": {
-                    "header": {
-                        "name": "content-type",
-                        "string_match": {"prefix": "application/grpc"},
-                        "invert_match": True,
-                    }
-                }
-            },
-        ]
-    }
-}
-
-
-def _header(key: str, value: str) -> Json:
-    return {"header": {"key": key, "value": value}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
 
 
 def refusal_replies(topology: Topology) -> list[Json]:
     """Local-reply mappers: each refusal Envoy makes itself answered with its reason, in JSON to
     a JSON caller and with gRPC status and details to a gRPC caller."""
     table = refusals(topology)
-    json_mappers: list[Json] = []
-    grpc_mappers: list[Json] = []
-    for reason, filters in _RECOGNISED:
-        refusal = table[reason]
-        retry = (
-            [_header("retry-after", str(max(1, round(refusal.retry_after.total_seconds()))))]
-            if refusal.retry_after is not None
-            else []
-        )
-        json_mappers.append(
-            {
-                "filter": {"and_filter": {"filters": [_any(filters), _JSON_CALLER]}},
-                "status_code": refusal.http_status,
-                "headers_to_add": retry,
-                "body_format_override": {"json_format": refusal.json_body()},
-            }
-        )
-        grpc_mappers.append(
-            {
-                "filter": _any(filters),
-                "headers_to_add": [
-                    _header("grpc-status", str(refusal.grpc_code)),
-                    _header("grpc-status-details-bin", refusal.details_bin()),
-                ],
-                # Envoy makes a gRPC reply's grpc-message of its body.
-                "body_format_override": {"text_format": refusal.message},
-            }
-        )
-    return [*json_mappers, *grpc_mappers]
+    recognised = [(table[reason], any_of(filters)) for reason, filters in _RECOGNISED]
+    return [
+        *(json_reply(refusal, match) for refusal, match in recognised),
+        *(grpc_reply(refusal, match) for refusal, match in recognised),
+    ]
 
 
 def _lua_string(value: str) -> str:
@@ -294,31 +164,48 @@ def _bucket(limit: LocalRateLimit) -> Json:
     }
 
 
-def rate_limit_filter(topology: Topology, stat_prefix: str) -> Json:
-    """Every call takes a token from the bucket all callers share and one from its source
-    address's own bucket (a client at 500 calls/s cannot starve the others). The runtime keys
-    switch both off, for a benchmark of the mesh's own capacity."""
-    gateway = topology.gateway
+def _rate_limit(name: str, stat_prefix: str, runtime_prefix: str, **buckets: object) -> Json:
     always = {"default_value": {"numerator": 100, "denominator": "HUNDRED"}}
     return {
-        "name": "envoy.filters.http.local_ratelimit",
+        "name": name,
         "typed_config": typed(
             "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
             stat_prefix=stat_prefix,
-            token_bucket=_bucket(gateway.local_rate_limit),
-            rate_limits=[{"actions": [{"remote_address": {}}]}],
-            descriptors=[
-                {
-                    "entries": [{"key": "remote_address"}],
-                    "token_bucket": _bucket(gateway.per_client_rate_limit),
-                }
-            ],
-            max_dynamic_descriptors=MAX_CLIENT_BUCKETS,
-            filter_enabled={**always, "runtime_key": f"{stat_prefix}.rate_limit.enabled"},
-            filter_enforced={**always, "runtime_key": f"{stat_prefix}.rate_limit.enforced"},
+            filter_enabled={**always, "runtime_key": f"{runtime_prefix}.rate_limit.enabled"},
+            filter_enforced={**always, "runtime_key": f"{runtime_prefix}.rate_limit.enforced"},
             rate_limited_as_resource_exhausted=True,
+            **buckets,
         ),
     }
+
+
+def rate_limit_filters(topology: Topology, stat_prefix: str) -> list[Json]:
+    """A call takes a token from its source address's own bucket, then one from the bucket all
+    callers share. In that order, so that a client refused for going too fast (at 500 calls/s)
+    takes nothing from the others. The same runtime keys switch both off, for a benchmark of the
+    mesh's own capacity."""
+    gateway = topology.gateway
+    per_client = _rate_limit(
+        "envoy.filters.http.local_ratelimit.per_client",
+        per_client_stat_prefix(stat_prefix),
+        stat_prefix,
+        rate_limits=[{"actions": [{"remote_address": {}}]}],
+        descriptors=[
+            {
+                "entries": [{"key": "remote_address"}],
+                "token_bucket": _bucket(gateway.per_client_rate_limit),
+            }
+        ],
+        max_dynamic_descriptors=MAX_CLIENT_BUCKETS,
+        always_consume_default_token_bucket=False,
+    )
+    shared = _rate_limit(
+        "envoy.filters.http.local_ratelimit",
+        stat_prefix,
+        stat_prefix,
+        token_bucket=_bucket(gateway.local_rate_limit),
+    )
+    return [per_client, shared]
 
 
 def adaptive_concurrency_filter(topology: Topology) -> Json:
@@ -360,11 +247,34 @@ def admitted_paths(topology: Topology) -> set[str]:
     }
 
 
-def admission_off() -> Json:
-    """typed_per_filter_config of a route outside the adaptive concurrency controller."""
+def size_limit_filter(topology: Topology) -> Json:
+    """Buffers a request's body up to `limits.max_request_bytes`, and refuses it beyond
+    (REQUEST_TOO_LARGE) before it travels to a sidecar and an app. Off on stream routes
+    (per_route_filters): a stream's body never ends."""
     return {
-        ADAPTIVE_CONCURRENCY: typed("envoy.config.route.v3.FilterConfig", disabled=True),
+        "name": BUFFER,
+        "typed_config": typed(
+            "envoy.extensions.filters.http.buffer.v3.Buffer",
+            max_request_bytes=topology.gateway.limits.max_request_bytes,
+        ),
     }
+
+
+def per_route_filters(routes: list[Json], topology: Topology) -> list[Json]:
+    """Turns off, route by route, the filters that do not apply: the adaptive concurrency
+    controller but for the admitted methods, and the size limit's buffer on streams (routes
+    without a timeout)."""
+    admitted = admitted_paths(topology)
+    off = typed("envoy.config.route.v3.FilterConfig", disabled=True)
+    for route in routes:
+        disabled: Json = {}
+        if route["match"]["path"] not in admitted:
+            disabled[ADAPTIVE_CONCURRENCY] = off
+        if route["route"]["timeout"] in ("0s", duration(timedelta(0))):
+            disabled[BUFFER] = off
+        if disabled:
+            route["typed_per_filter_config"] = disabled
+    return routes
 
 
 def edge_manager_options(topology: Topology) -> Mapping[str, object]:
@@ -378,5 +288,6 @@ def edge_manager_options(topology: Topology) -> Mapping[str, object]:
         "merge_slashes": True,
         "path_with_escaped_slashes_action": "REJECT_REQUEST",
         "request_headers_timeout": duration(limits.request_headers_timeout),
-        "common_http_protocol_options": {"headers_with_underscores_action": "REJECT_REQUEST"},
+        # Dropped, not refused: over HTTP/2 a refusal is a bare stream reset.
+        "common_http_protocol_options": {"headers_with_underscores_action": "DROP_HEADER"},
     }

@@ -54,13 +54,15 @@ function envoy_on_request(handle)
   if not ONE_MESSAGE[headers:get(":path")] then
     return
   end
+  -- Read before body(): the header map cannot be used once the script has waited for the body.
+  local encoding = headers:get("grpc-encoding")
   local body = handle:body()
   local size = body and body:length() or 0
   if size < 5 then
     refuse(handle, "MALFORMED_MESSAGE", true)
     return
   end
-  local length = announced_length(body:getBytes(0, 5), headers:get("grpc-encoding"))
+  local length = announced_length(body:getBytes(0, 5), encoding)
   if length == nil or length ~= size - 5 then
     refuse(handle, "MALFORMED_MESSAGE", true)
   end

@@ -17,13 +17,13 @@ from shopmesh.envoy.builders import (
 )
 from shopmesh.envoy.edge import (
     adaptive_concurrency_filter,
-    admission_off,
-    admitted_paths,
     edge_check_filter,
     edge_manager_options,
     grpc_call_match,
-    rate_limit_filter,
+    per_route_filters,
+    rate_limit_filters,
     refusal_replies,
+    size_limit_filter,
 )
 from shopmesh.envoy.metrics import gateway_methods, grpc_stats_filter
 from shopmesh.envoy.sidecar import service_paths
@@ -42,11 +42,10 @@ from shopmesh.envoy.upstream import (
     upstream_routes,
 )
 from shopmesh.layout import Layout
-from shopmesh.topology import GATEWAY, REFLECTION_SERVICE, Topology
+from shopmesh.topology import GATEWAY, REFLECTION_PATHS, Topology
 
 INGRESS = "ingress"
 GATEWAY_HEALTH_PATH = "/healthz"
-REFLECTION_PATH = f"/{REFLECTION_SERVICE}/ServerReflectionInfo"
 
 
 def public_paths(topology: Topology) -> list[str]:
@@ -60,14 +59,6 @@ def public_paths(topology: Topology) -> list[str]:
     ]
 
 
-def _admission(routes: list[Json], admitted: set[str]) -> list[Json]:
-    """Turns the adaptive concurrency controller off on every route but the admitted methods'."""
-    for route in routes:
-        if route["match"]["path"] not in admitted:
-            route["typed_per_filter_config"] = admission_off()
-    return routes
-
-
 def gateway_routes(topology: Topology) -> Json:
     """One virtual host per exposed service, chosen by :authority (`grpcurl -authority users`):
     its public methods, plus reflection and health when the topology offers them, so grpcurl
@@ -75,20 +66,20 @@ def gateway_routes(topology: Topology) -> Json:
     routes every public method (gRPC and JSON clients need no authority). Every route matches
     with grpc_call_match: a gRPC POST to exactly its path."""
     exposes = topology.gateway.exposes
-    admitted = admitted_paths(topology)
     virtual_hosts: list[Json] = []
     for service, methods in exposes.items():
         routes = upstream_routes(topology, service, methods, grpc_call_match)
         if topology.gateway.reflection:
-            routes.append(
+            routes += [
                 {
                     "name": f"{service}.reflection",
-                    "match": grpc_call_match(REFLECTION_PATH),
+                    "match": grpc_call_match(path),
                     # A reflection session is a bidirectional stream: no timeout, no retries.
                     "route": {"cluster": cluster_name(service), "timeout": "0s"},
                     "tracing": untraced(),
                 }
-            )
+                for path in REFLECTION_PATHS
+            ]
         if topology.gateway.health:
             routes.append(
                 {
@@ -99,7 +90,7 @@ def gateway_routes(topology: Topology) -> Json:
                 }
             )
         virtual_hosts.append(
-            {"name": service, "domains": [service], "routes": _admission(routes, admitted)}
+            {"name": service, "domains": [service], "routes": per_route_filters(routes, topology)}
         )
     public = [
         route
@@ -107,7 +98,7 @@ def gateway_routes(topology: Topology) -> Json:
         for route in upstream_routes(topology, service, methods, grpc_call_match)
     ]
     virtual_hosts.append(
-        {"name": "public", "domains": ["*"], "routes": _admission(public, admitted)}
+        {"name": "public", "domains": ["*"], "routes": per_route_filters(public, topology)}
     )
     return {
         "name": INGRESS,
@@ -172,14 +163,15 @@ def render_gateway(topology: Topology, layout: Layout, tracing: Tracing | None =
     manager = http_connection_manager(
         INGRESS,
         gateway_routes(topology),
-        # Cheapest refusals first: the rate limit before anything reads a body, then the
-        # content type and gRPC framing (JSON is checked for its content type only, before the
-        # transcoder turns it into well-framed gRPC), then adaptive concurrency, which so also
-        # governs JSON calls. grpc_stats last: what the filters before it refuse is counted as
-        # http_local_rate_limit.rate_limited and adaptive_concurrency...rq_blocked, and an
-        # unrouted method as http.ingress.no_route.
+        # Cheapest refusals first: the rate limits before anything reads a body, then the
+        # body's size, its content type and gRPC framing (JSON is checked for its content type
+        # only, before the transcoder turns it into well-framed gRPC), then adaptive
+        # concurrency, which so also governs JSON calls. grpc_stats last: what the filters
+        # before it refuse is counted by them (http_local_rate_limit.rate_limited,
+        # adaptive_concurrency...rq_blocked), and an unrouted method as http.ingress.no_route.
         [
-            rate_limit_filter(topology, INGRESS),
+            *rate_limit_filters(topology, INGRESS),
+            size_limit_filter(topology),
             edge_check_filter(topology, [*public_paths(topology), HEALTH_CHECK_PATH]),
             transcoder_filter(topology, layout),
             adaptive_concurrency_filter(topology),
@@ -198,8 +190,6 @@ def render_gateway(topology: Topology, layout: Layout, tracing: Tracing | None =
         **manager_options(tracing, GATEWAY, sampling, EDGE),
     )
     ingress = listener(INGRESS, tcp(layout.gateway_listener()), {"filters": [manager]})
-    # What one request may buffer: a body beyond it is refused (REQUEST_TOO_LARGE).
-    ingress["per_connection_buffer_limit_bytes"] = limits.max_request_bytes
     traced_clusters, runtime_layers = traced_bootstrap_parts(tracing)
     clusters = [
         *(upstream_cluster(topology, layout, s, GATEWAY) for s in topology.gateway.exposes),

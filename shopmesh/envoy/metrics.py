@@ -78,6 +78,11 @@ def rate_limited(stat_prefix: str) -> str:
     return f"{stat_prefix}.http_local_rate_limit.rate_limited"
 
 
+def per_client_stat_prefix(stat_prefix: str) -> str:
+    """The stat_prefix of the per-client rate limit beside the shared one of `stat_prefix`."""
+    return f"{stat_prefix}_per_client"
+
+
 def inbound_methods(topology: Topology, service: str) -> dict[str, list[str]]:
     """What a sidecar counts per method inbound: every method of `service` some caller may
     call (RBAC refuses the rest before grpc_stats sees them)."""

@@ -5,13 +5,11 @@ for probes and `shopmesh status`) and `metrics` (only /stats/prometheus)."""
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Iterable
 from datetime import timedelta
 
-from google.rpc import code_pb2, error_details_pb2, status_pb2
+from google.rpc import code_pb2
 
-from services.common.errors import ERROR_DOMAIN
 from shopmesh.envoy.builders import (
     HEALTH,
     HEALTH_CHECK_PATH,
@@ -31,6 +29,7 @@ from shopmesh.envoy.builders import (
 )
 from shopmesh.envoy.faults import ABORT_GRPC_STATUS, ABORT_PERCENT, DELAY_MS, DELAY_PERCENT
 from shopmesh.envoy.metrics import egress_methods, grpc_stats_filter, inbound_methods
+from shopmesh.envoy.replies import Refusal, grpc_reply, http_status
 from shopmesh.envoy.tracing import Tracing, manager_options, traced_bootstrap_parts
 from shopmesh.envoy.upstream import (
     STREAM_IDLE_TIMEOUT,
@@ -40,13 +39,18 @@ from shopmesh.envoy.upstream import (
 )
 from shopmesh.layout import Layout, Pod
 from shopmesh.pki import IdentityFiles
-from shopmesh.topology import GATEWAY, HEALTH_SERVICE, REFLECTION_SERVICE, Topology
+from shopmesh.topology import (
+    GATEWAY,
+    HEALTH_SERVICE,
+    REFLECTION_PATHS,
+    REFLECTION_SERVICE,
+    Topology,
+)
 
 LOCAL_APP = "local_app"
 INBOUND = "inbound"
 EGRESS = "egress"
 REFLECTION_PREFIX = f"/{REFLECTION_SERVICE}/"
-REFLECTION_PATHS: tuple[str, ...] = (f"/{REFLECTION_SERVICE}/ServerReflectionInfo",)
 """The server-reflection methods the gateway may call on a service (grpcurl list/describe)."""
 REQUEST_HEADERS_TIMEOUT = "10s"
 """How long the inbound waits for a request's headers once they begin (a caller's Envoy sends
@@ -107,53 +111,27 @@ def rbac_filter(topology: Topology, service: str) -> Json:
     }
 
 
-def grpc_refusal(http_status: int, code: int, reason: str, message: str) -> Json:
-    """A local-reply mapper: Envoy's own `http_status` reply to a gRPC call ends with `code`,
-    `message` and an ErrorInfo `reason` (grpc-status-details-bin, whose google.rpc.Status must
-    repeat code and message: clients check that it does)."""
-    status = status_pb2.Status(code=code, message=message)
-    status.details.add().Pack(error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN))
-    details = base64.b64encode(status.SerializeToString()).decode()
-    return {
-        "filter": {
-            "status_code_filter": {
-                "comparison": {
-                    "op": "EQ",
-                    "value": {
-                        "default_value": http_status,
-                        "runtime_key": f"inbound.local_reply.{http_status}",
-                    },
-                }
-            }
-        },
-        # A trailers-only reply: these are its trailers. Envoy makes the body its grpc-message.
-        "headers_to_add": [
-            {"header": {"key": key, "value": value}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
-            for key, value in (("grpc-status", str(code)), ("grpc-status-details-bin", details))
-        ],
-        "body": {"inline_string": message},
-    }
-
-
 def refusal_replies() -> Json:
     """What the inbound refuses says why. RBAC's 403 is PERMISSION_DENIED; a request Envoy
     rejects before routing (an escaped slash or a fragment in the path: 400) is the caller's
     mistake, INVALID_ARGUMENT, not Envoy's default INTERNAL, which callers' outlier detection
     would count against this replica as a 5xx."""
+    denied = Refusal(
+        "CALLER_NOT_ALLOWED",
+        code_pb2.PERMISSION_DENIED,
+        403,
+        "the mesh does not allow this caller to call this method",
+    )
+    malformed = Refusal(
+        "MALFORMED_REQUEST",
+        code_pb2.INVALID_ARGUMENT,
+        400,
+        "malformed request: the path must be a plain /package.Service/Method",
+    )
     return {
         "mappers": [
-            grpc_refusal(
-                403,
-                code_pb2.PERMISSION_DENIED,
-                "CALLER_NOT_ALLOWED",
-                "the mesh does not allow this caller to call this method",
-            ),
-            grpc_refusal(
-                400,
-                code_pb2.INVALID_ARGUMENT,
-                "MALFORMED_REQUEST",
-                "malformed request: the path must be a plain /package.Service/Method",
-            ),
+            grpc_reply(refusal, http_status(refusal.http_status, INBOUND))
+            for refusal in (denied, malformed)
         ]
     }
 

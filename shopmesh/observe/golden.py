@@ -43,6 +43,7 @@ from shopmesh.envoy.metrics import (
     inbound_methods,
     method_stat,
     no_route,
+    per_client_stat_prefix,
     rate_limited,
     rbac_denied,
 )
@@ -387,7 +388,12 @@ def between(before: Sample, after: Sample) -> MeshStats:
             traffic=Traffic.of(
                 tally_all([t for (caller, _), t in edges.items() if caller == GATEWAY]), seconds
             ),
-            rate_limited=0 if gateway is None else gateway.counter(rate_limited(INGRESS)),
+            rate_limited=0
+            if gateway is None
+            else sum(
+                gateway.counter(rate_limited(prefix))
+                for prefix in (INGRESS, per_client_stat_prefix(INGRESS))
+            ),
             unrouted=0 if gateway is None else gateway.counter(no_route(INGRESS)),
         ),
         services=services,

@@ -4,6 +4,7 @@ from shopmesh.topology.loader import load_topology, parse_topology
 from shopmesh.topology.model import (
     GATEWAY,
     HEALTH_SERVICE,
+    REFLECTION_PATHS,
     REFLECTION_SERVICE,
     AdaptiveConcurrency,
     CircuitBreaker,
@@ -24,6 +25,7 @@ from shopmesh.topology.model import (
 __all__ = [
     "GATEWAY",
     "HEALTH_SERVICE",
+    "REFLECTION_PATHS",
     "REFLECTION_SERVICE",
     "AdaptiveConcurrency",
     "CircuitBreaker",

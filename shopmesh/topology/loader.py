@@ -126,6 +126,7 @@ def parse_topology(
     limits = gateway_section.section("limits")
     edge_limits = EdgeLimits(
         max_request_bytes=limits.integer("max_request_bytes", minimum=1024),
+        request_timeout=limits.duration("request_timeout", minimum=_ONE_MS),
         request_headers_timeout=limits.duration("request_headers_timeout", minimum=_ONE_MS),
         max_connections=limits.integer("max_connections", minimum=1),
         max_concurrent_streams=limits.integer("max_concurrent_streams", minimum=1),
@@ -188,6 +189,17 @@ def parse_topology(
     overrides.done()
     resilience.done()
     root.done()
+    for service, exposed in exposes.items():
+        policy = policies[service]
+        for method in exposed:
+            timeout = policy.methods.get(method, policy.route).route_timeout
+            if timeout > edge_limits.request_timeout:
+                _fail(
+                    source,
+                    f"resilience: {service}.{method}",
+                    f"route_timeout {timeout.total_seconds()}s exceeds the gateway's "
+                    f"limits.request_timeout ({edge_limits.request_timeout.total_seconds()}s)",
+                )
 
     return Topology(
         trust_domain=trust_domain,

@@ -12,6 +12,8 @@ GATEWAY = "gateway"
 
 HEALTH_SERVICE = "grpc.health.v1.Health"
 REFLECTION_SERVICE = "grpc.reflection.v1alpha.ServerReflection"
+REFLECTION_PATHS: tuple[str, ...] = (f"/{REFLECTION_SERVICE}/ServerReflectionInfo",)
+"""Every gRPC path of server reflection (its one bidirectional-streaming method)."""
 
 
 class TopologyError(ValueError):
@@ -125,6 +127,8 @@ class EdgeLimits:
     """What one request or connection may take at the gateway."""
 
     max_request_bytes: int
+    request_timeout: timedelta
+    """The longest a unary call from outside may take (the longest route timeout exposed)."""
     request_headers_timeout: timedelta
     max_connections: int
     max_concurrent_streams: int

@@ -513,7 +513,9 @@ async def test_json_unexposed_method_is_404_with_a_json_status(mesh: RunningMesh
 
 
 async def test_rate_limit_answers_resource_exhausted_beyond_the_bucket(mesh: RunningMesh) -> None:
-    limit = mesh.topology.gateway.local_rate_limit
+    # One client: its own bucket, smaller than the shared one, is the first to run dry.
+    limit = mesh.topology.gateway.per_client_rate_limit
+    assert limit.max_tokens <= mesh.topology.gateway.local_rate_limit.max_tokens
     fill_seconds = limit.fill_interval.total_seconds()
     breaker = mesh.topology.policies["users"].circuit_breaker
     # Fewer in flight than the users circuit breaker admits: only the rate limiter refuses.
@@ -561,8 +563,11 @@ async def test_rate_limit_answers_resource_exhausted_beyond_the_bucket(mesh: Run
     # At most a full bucket plus what refilled meanwhile (earlier tests may have used some).
     assert 0 < admitted <= limit.max_tokens + refills * limit.tokens_per_fill
     after = await mesh.admin("gateway").stats()
-    limited = "ingress.http_local_rate_limit.rate_limited"
-    assert after[limited] - before.get(limited, 0) == (
+    limited = [
+        f"{prefix}.http_local_rate_limit.rate_limited"
+        for prefix in ("ingress_per_client", "ingress")
+    ]
+    assert sum(after.get(name, 0) - before.get(name, 0) for name in limited) == (
         grpc_outcomes[grpc.StatusCode.RESOURCE_EXHAUSTED] + len(json_refusals)
     )
 

@@ -392,7 +392,9 @@ def test_grpc_stats_counts_what_passed_the_refusals_and_includes_injected_faults
         "envoy.filters.http.router",
     ]
     assert filter_names(local.configs["gateway.yaml"], "ingress") == [
+        "envoy.filters.http.local_ratelimit.per_client",
         "envoy.filters.http.local_ratelimit",
+        "envoy.filters.http.buffer",
         "envoy.filters.http.lua",
         "envoy.filters.http.grpc_json_transcoder",
         "envoy.filters.http.adaptive_concurrency",
