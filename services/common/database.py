@@ -1,7 +1,9 @@
 """The one store API of every service: an SQLite file behind `await db.read(fn)` and
 `await db.write(fn)`, never blocking the event loop.
 
-Each service owns one SQLite file (WAL, synchronous=FULL) and no other service opens it.
+Each service owns one SQLite file (WAL, synchronous=FULL) and no other service opens it. The
+file is created 0600 (SQLite gives its -wal and -shm files the database's mode): what a
+service stores is nobody else's to read, whoever starts it and with whatever umask.
 
 - Writes run on ONE writer connection on one dedicated thread, each `fn` inside its own
   `BEGIN IMMEDIATE ... COMMIT` (ROLLBACK if it raises). One writer per database means writes
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import queue
 import sqlite3
 import time
@@ -37,6 +40,8 @@ DEFAULT_READERS = 4
 # How long a writer waits for another process's write lock before failing "database is locked".
 BUSY_TIMEOUT_MS = 5000
 _WAL_SWITCH_SECONDS = 5.0
+PRIVATE_FILE = 0o600
+PRIVATE_DIRECTORY = 0o700
 
 
 class Database:
@@ -190,7 +195,8 @@ def _connect(path: Path, opened: list[sqlite3.Connection]) -> sqlite3.Connection
 def _open_writer(
     path: Path, migrations: Sequence[str], opened: list[sqlite3.Connection]
 ) -> sqlite3.Connection:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=PRIVATE_DIRECTORY, parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, PRIVATE_FILE))
     connection = _connect(path, opened)
     _enable_wal(connection)
     # FULL: a committed transaction survives power loss, which the saga and outbox rely on.
