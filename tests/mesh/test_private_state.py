@@ -2,7 +2,10 @@
 in it are 0700, every file (databases with their -wal/-shm, logs, access logs, rendered configs,
 certificates, the state file) 0600, so no other local user reads accounts, orders or logs.
 Sockets are left out: their servers set their modes (the Envoy admin sockets 0600, the others
-owner-only through the umask) and they are reached only through those private directories."""
+owner-only through the umask) and they are reached only through those private directories.
+
+And what payments keeps of the cards of real checkouts is no payment token, in no byte of its
+database or WAL."""
 
 from __future__ import annotations
 
@@ -15,8 +18,10 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
+from services.payments.domain import TEST_TOKENS
 from shopmesh.local.mesh import RunningMesh
 from tests.support.clients import MeshClients
+from tests.support.databases import files_containing
 from tests.support.mesh import running_mesh, short_temp_dir
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -57,3 +62,15 @@ async def test_the_state_directory_is_private_to_its_user(
     data = {path.name for path in mesh.paths.data.iterdir()}
     assert {"orders.db-wal", "payments.db-shm"} <= data
     assert open_to_others(mesh.paths.root) == []
+
+
+async def test_checkouts_leave_no_payment_token_in_the_payments_database(
+    mesh: RunningMesh, mesh_clients: MeshClients
+) -> None:
+    user = await mesh_clients.create_user()
+    for token in ("tok_visa", "tok_mastercard", "tok_chargeDeclined"):
+        await mesh_clients.place_order(user.user_id, payment_token=token)
+    payments = mesh.paths.database("payments")
+    assert {token: files_containing(payments, token.encode()) for token in TEST_TOKENS} == {
+        token: [] for token in TEST_TOKENS
+    }
