@@ -1,6 +1,7 @@
 """Bodies that are not their request message, through the real gateway to the real apps:
-every exposed method answers INVALID_ARGUMENT MALFORMED_REQUEST, and a flood of them is at most
-one log line a second in the app's log, the next line counting the ones it left out."""
+every exposed method answers INVALID_ARGUMENT MALFORMED_REQUEST, which ejects no replica (the
+caller's error is no 5xx), and a flood of them is at most one log line a second in the app's
+log, the next line counting the ones it left out."""
 
 from __future__ import annotations
 
@@ -15,11 +16,13 @@ import pytest
 from google.protobuf import descriptor_pool
 from grpc import aio
 
+from shopmesh.envoy.upstream import cluster_name
 from shopmesh.local.mesh import RunningMesh
-from shopmesh.topology import load_topology
+from shopmesh.topology import GATEWAY, load_topology
 from tests.support.calls import MALFORMED, bounded, call_raw, call_raw_any, method_path
 from tests.support.clients import MeshClients
 from tests.support.errors import expect_error_info
+from tests.support.observe import stats_of, upstream_health
 from tests.support.paths import MESH_FILE
 from tests.support.polling import eventually
 
@@ -33,6 +36,7 @@ EXPOSED = [
     for service, names in TOPOLOGY.gateway.exposes.items()
     for name in names
 ]
+GET_PRODUCT = "/shop.inventory.v1.InventoryService/GetProduct"
 CREATE_USER = "/shop.users.v1.UsersService/CreateUser"
 """Served by users' one replica: every call of the flood reaches the same app log."""
 FLOOD = 40
@@ -48,6 +52,25 @@ async def test_an_undecodable_body_is_malformed_request(
     info = expect_error_info(raised.value, grpc.StatusCode.INVALID_ARGUMENT)
     assert info.reason == "MALFORMED_REQUEST"
     assert method_path(method) in (raised.value.details() or "")
+
+
+async def test_undecodable_bodies_eject_no_replica(
+    mesh: RunningMesh, mesh_clients: MeshClients
+) -> None:
+    outlier = mesh.topology.policies["inventory"].outlier_detection
+    replicas = len(mesh.replicas("inventory"))
+    ejections = f"cluster.{cluster_name('inventory')}.outlier_detection.ejections_enforced_total"
+    gateway = await stats_of(mesh, GATEWAY)
+    # Twice the run of failures that ejects a replica, for each replica.
+    count = 2 * outlier.consecutive_5xx * replicas
+    outcomes = await bounded(
+        count, 1, lambda _: call_raw(mesh_clients.channel, GET_PRODUCT, MALFORMED)
+    )
+    assert {(o.code, o.detail) for o in outcomes} == {
+        (grpc.StatusCode.INVALID_ARGUMENT, "MALFORMED_REQUEST")
+    }
+    assert await gateway.delta(ejections) == {ejections: 0}
+    assert set((await upstream_health(mesh, GATEWAY, "inventory")).values()) == {"healthy"}
 
 
 def lines_about(log: Path, offset: int, method: str) -> list[dict[str, Any]]:
