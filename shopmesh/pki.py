@@ -2,12 +2,12 @@
 
 The CA (EC P-256) issues each identity (every service, and the gateway) a short-lived leaf
 certificate whose only SAN is its SPIFFE ID, `spiffe://<trust domain>/ns/<ns>/sa/<identity>`.
-Everything is written with owner-only permissions for keys and atomic renames, because the
-Envoy sidecars read these files live through file-based SDS:
+Everything is written owner-only (0600: nothing but this user's Envoys reads these files) and
+with atomic renames, because the Envoy sidecars read these files live through file-based SDS:
 
-    <root>/ca/ca.pem, ca-key.pem             the CA (key 0600)
+    <root>/ca/ca.pem, ca-key.pem             the CA
     <root>/<identity>/cert-<serial>.pem      leaf certificate (chain: the leaf; the CA is the root)
-    <root>/<identity>/key-<serial>.pem       its key (0600)
+    <root>/<identity>/key-<serial>.pem       its key
     <root>/<identity>/ca.pem                 the trust bundle
     <root>/<identity>/tls_certificate.yaml   SDS resource "identity" naming the current pair
     <root>/<identity>/validation_context.yaml  SDS resource "mesh_ca" naming the bundle
@@ -51,7 +51,9 @@ _SECRET_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Se
 # Tolerates small clock differences between the machines that issue and check a certificate.
 _CLOCK_SKEW = datetime.timedelta(minutes=5)
 _KEY_MODE = 0o600
-_FILE_MODE = 0o644
+# Certificates are no secret, but only the Envoys of this user read them (as part of a private
+# state directory, shopmesh.local.private).
+_FILE_MODE = 0o600
 
 
 class PkiError(RuntimeError):

@@ -1,7 +1,9 @@
 """The one store API of every service: an SQLite file behind `await db.read(fn)` and
 `await db.write(fn)`, never blocking the event loop.
 
-Each service owns one SQLite file (WAL, synchronous=FULL) and no other service opens it.
+Each service owns one SQLite file (WAL, synchronous=FULL) and no other service opens it. The
+file is created 0600 (SQLite gives its -wal and -shm files the database's mode): what a
+service stores is nobody else's to read, whoever starts it and with whatever umask.
 
 - Writes run on ONE writer connection on one dedicated thread, each `fn` inside its own
   `BEGIN IMMEDIATE ... COMMIT` (ROLLBACK if it raises). One writer per database means writes
@@ -13,14 +15,18 @@ Each service owns one SQLite file (WAL, synchronous=FULL) and no other service o
 - `fn` runs on a database thread: it gets a `sqlite3.Connection` (rows are `sqlite3.Row`), must
   be a plain function, and must not touch the event loop.
 
-Schema versions: `migrations[i]` is a SQL script taking the schema from version i to i + 1;
-PRAGMA user_version records how many have run. Never edit a released migration; append one.
+Schema versions: `migrations[i]` is a SQL script taking the schema from version i to i + 1
+(or, for what SQL cannot compute, a function of the writer connection); PRAGMA user_version
+records how many have run. Never edit a released migration; append one. Once migrations have
+run, the WAL is checkpointed into the file and emptied: a migration that scrubs data (payments'
+tokens) leaves no old page behind in it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import queue
 import sqlite3
 import time
@@ -30,6 +36,9 @@ from pathlib import Path
 from typing import TypeVar
 
 T = TypeVar("T")
+Migration = str | Callable[[sqlite3.Connection], None]
+"""A SQL script, or a function that migrates through the connection it is given (inside the
+migration's transaction)."""
 
 # Reads are short: a few reader connections let reads proceed side by side (and past a write
 # waiting on the disk) without a thread per request on a small machine.
@@ -37,6 +46,8 @@ DEFAULT_READERS = 4
 # How long a writer waits for another process's write lock before failing "database is locked".
 BUSY_TIMEOUT_MS = 5000
 _WAL_SWITCH_SECONDS = 5.0
+PRIVATE_FILE = 0o600
+PRIVATE_DIRECTORY = 0o700
 
 
 class Database:
@@ -66,7 +77,7 @@ class Database:
 
     @classmethod
     async def open(
-        cls, path: Path | str, migrations: Sequence[str], *, readers: int = DEFAULT_READERS
+        cls, path: Path | str, migrations: Sequence[Migration], *, readers: int = DEFAULT_READERS
     ) -> Database:
         """Open (creating if needed) the database at `path` and apply pending `migrations`.
 
@@ -188,15 +199,17 @@ def _connect(path: Path, opened: list[sqlite3.Connection]) -> sqlite3.Connection
 
 
 def _open_writer(
-    path: Path, migrations: Sequence[str], opened: list[sqlite3.Connection]
+    path: Path, migrations: Sequence[Migration], opened: list[sqlite3.Connection]
 ) -> sqlite3.Connection:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=PRIVATE_DIRECTORY, parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, PRIVATE_FILE))
     connection = _connect(path, opened)
     _enable_wal(connection)
     # FULL: a committed transaction survives power loss, which the saga and outbox rely on.
     connection.execute("PRAGMA synchronous=FULL")
     connection.execute("PRAGMA foreign_keys=ON")
-    _migrate(connection, path, migrations)
+    if _migrate(connection, path, migrations):
+        connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     return connection
 
 
@@ -214,9 +227,11 @@ def _release(connections: Sequence[sqlite3.Connection], *threads: ThreadPoolExec
         connection.close()
 
 
-def _migrate(connection: sqlite3.Connection, path: Path, migrations: Sequence[str]) -> None:
+def _migrate(connection: sqlite3.Connection, path: Path, migrations: Sequence[Migration]) -> int:
     """Apply the pending migrations, one transaction each with the version read inside it: of
-    two processes migrating one file at once, the second sees the first's work and skips it."""
+    two processes migrating one file at once, the second sees the first's work and skips it.
+    Returns how many this call applied."""
+    applied = 0
     while True:
         with _transaction(connection, "BEGIN IMMEDIATE"):
             version: int = connection.execute("PRAGMA user_version").fetchone()[0]
@@ -226,10 +241,15 @@ def _migrate(connection: sqlite3.Connection, path: Path, migrations: Sequence[st
                     f"({len(migrations)})"
                 )
             if version == len(migrations):
-                return
-            for statement in _statements(migrations[version]):
-                connection.execute(statement)
+                return applied
+            migration = migrations[version]
+            if callable(migration):
+                migration(connection)
+            else:
+                for statement in _statements(migration):
+                    connection.execute(statement)
             connection.execute(f"PRAGMA user_version={version + 1}")
+        applied += 1
 
 
 def _enable_wal(connection: sqlite3.Connection) -> None:

@@ -1,9 +1,15 @@
-"""Server and client interceptors: the call's context carried on, and domain-error mapping.
+"""Server and client interceptors: the call's context carried on, domain-error mapping, and
+requests that do not decode.
 
 Handlers stay "request -> domain call -> response": the deadline a caller set and its
 `x-request-id` are recorded here and applied to every downstream call made while serving it,
-and a DomainError raised anywhere below a handler becomes a gRPC status with google.rpc rich
-details.
+a DomainError raised anywhere below a handler becomes a gRPC status with google.rpc rich
+details, and a request whose bytes are not its message is INVALID_ARGUMENT MALFORMED_REQUEST
+(services.common.decoding).
+
+Each interceptor wraps a method's handler once, the first time the method is called, and serves
+every later call with the same wrapped handler: the chain costs a call a few dictionary
+lookups, not a rebuilt handler per interceptor.
 """
 
 from __future__ import annotations
@@ -18,7 +24,9 @@ from typing import Any, TypeAlias, cast
 import grpc
 from grpc import aio
 
+from services.common.decoding import MALFORMED_REQUEST, Undecodable, malformed_request, tolerant
 from services.common.errors import DomainError
+from services.common.logs import ThrottledLog
 from services.common.status import internal_status, to_grpc_status
 from services.common.telemetry import REQUEST_ID, request_id, set_request_id
 
@@ -41,27 +49,7 @@ def remaining_time() -> float | None:
 
 # Subscripted only for the type checker: grpc.RpcMethodHandler is not generic at run time.
 Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
-
-
-def _wrap(
-    handler: Handler,
-    unary: Callable[[Unary], Unary],
-    streaming: Callable[[Streaming], Streaming],
-) -> Handler:
-    """Rebuild `handler` with its behaviour wrapped (unary-unary and unary-stream RPCs)."""
-    if handler.unary_unary is not None:
-        return grpc.unary_unary_rpc_method_handler(
-            unary(cast(Unary, handler.unary_unary)),
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
-    if handler.unary_stream is not None:
-        return grpc.unary_stream_rpc_method_handler(
-            streaming(_as_async_iterator(handler.unary_stream)),
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
-    return handler
+Deserializer: TypeAlias = "Callable[[bytes], Any] | None"
 
 
 def _as_async_iterator(behaviour: Any) -> Streaming:
@@ -81,7 +69,12 @@ def _as_async_iterator(behaviour: Any) -> Streaming:
 
 
 class _WrappingInterceptor(aio.ServerInterceptor):
-    """Wraps the behaviour of every method it `applies` to; the wrappers know the method."""
+    """Wraps the behaviour of every method it `applies` to (unary requests; `wrap_bidi` for
+    streams both ways) and can swap its request deserializer; the wrappers know the method.
+    A wrapped handler is kept per method and reused while the handler below is the same."""
+
+    def __init__(self) -> None:
+        self._wrapped: dict[str, tuple[Handler, Handler]] = {}
 
     def applies(self, method: str) -> bool:
         return True
@@ -92,6 +85,13 @@ class _WrappingInterceptor(aio.ServerInterceptor):
     def wrap_streaming(self, behaviour: Streaming, method: str) -> Streaming:
         raise NotImplementedError
 
+    def wrap_bidi(self, behaviour: Streaming, method: str) -> Streaming | None:
+        """The wrapped behaviour of a bidirectional stream, or None to leave it as it is."""
+        return None
+
+    def wrap_deserializer(self, deserializer: Deserializer, method: str) -> Deserializer:
+        return deserializer
+
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
@@ -101,11 +101,40 @@ class _WrappingInterceptor(aio.ServerInterceptor):
         method = handler_call_details.method
         if handler is None or not self.applies(method):
             return handler
-        return _wrap(
-            handler,
-            lambda behaviour: self.wrap_unary(behaviour, method),
-            lambda behaviour: self.wrap_streaming(behaviour, method),
-        )
+        known = self._wrapped.get(method)
+        if known is not None and known[0] is handler:
+            return known[1]
+        wrapped = self._wrap(handler, method)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
+
+    def _wrap(self, handler: Handler, method: str) -> Handler:
+        """`handler` with its behaviour wrapped (and its deserializer, for the kinds wrapped)."""
+        serializer = handler.response_serializer
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                self.wrap_unary(cast(Unary, handler.unary_unary), method),
+                request_deserializer=self.wrap_deserializer(handler.request_deserializer, method),
+                response_serializer=serializer,
+            )
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                self.wrap_streaming(_as_async_iterator(handler.unary_stream), method),
+                request_deserializer=self.wrap_deserializer(handler.request_deserializer, method),
+                response_serializer=serializer,
+            )
+        if handler.stream_stream is not None:
+            bidi = self.wrap_bidi(_as_async_iterator(handler.stream_stream), method)
+            if bidi is not None:
+                return grpc.stream_stream_rpc_method_handler(
+                    bidi,
+                    request_deserializer=self.wrap_deserializer(
+                        handler.request_deserializer, method
+                    ),
+                    response_serializer=serializer,
+                )
+        # Client streams (the mesh has none), and bidirectional ones this interceptor leaves.
+        return handler
 
 
 def _record_call_context(context: aio.ServicerContext[Any, Any]) -> None:
@@ -137,36 +166,83 @@ class CallContextInterceptor(_WrappingInterceptor):
 
 class ErrorMappingInterceptor(_WrappingInterceptor):
     """Turns DomainError into the matching status code with ErrorInfo/BadRequest details, and
-    any other exception into INTERNAL (logged with its traceback) instead of a bare UNKNOWN."""
+    any other exception into INTERNAL (logged with its traceback) instead of a bare UNKNOWN.
+    A request that does not decode as its message is INVALID_ARGUMENT MALFORMED_REQUEST. The
+    innermost interceptor: the others see the status it sets. Its log lines are throttled,
+    since callers can cause them as fast as they can call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._log = ThrottledLog(log)
+
+    def wrap_deserializer(self, deserializer: Deserializer, method: str) -> Deserializer:
+        return tolerant(deserializer)
 
     def wrap_unary(self, behaviour: Unary, method: str) -> Unary:
         async def unary(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
             try:
-                return await behaviour(request, context)
-            except DomainError as error:
-                await _abort(context, to_grpc_status(error))
+                return await behaviour(self._decoded(request, method), context)
             except aio.AbortError:
                 raise
-            except Exception:
-                log.exception("unhandled error in handler")
-                await _abort(context, internal_status())
+            except Exception as error:
+                await self._abort_for(error, context, method)
 
         return unary
 
     def wrap_streaming(self, behaviour: Streaming, method: str) -> Streaming:
+        def decoded(request: Any, context: aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+            return behaviour(self._decoded(request, method), context)
+
+        return self._mapped(decoded, method)
+
+    def wrap_bidi(self, behaviour: Streaming, method: str) -> Streaming:
+        async def each_decoded(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+            async for request in requests:
+                yield self._decoded(request, method)
+
+        def decoded(requests: Any, context: aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+            # A request that does not decode raises in the servicer's loop over requests.
+            return behaviour(each_decoded(requests), context)
+
+        return self._mapped(decoded, method)
+
+    def _mapped(self, behaviour: Streaming, method: str) -> Streaming:
         async def streaming(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
             try:
                 async for response in behaviour(request, context):
                     yield response
-            except DomainError as error:
-                await _abort(context, to_grpc_status(error))
             except aio.AbortError:
                 raise
-            except Exception:
-                log.exception("unhandled error in streaming handler")
-                await _abort(context, internal_status())
+            except Exception as error:
+                await self._abort_for(error, context, method)
 
         return streaming
+
+    def _decoded(self, request: Any, method: str) -> Any:
+        if type(request) is Undecodable:
+            self._log.log(
+                logging.WARNING,
+                MALFORMED_REQUEST,
+                "undecodable request",
+                extra={"method": method, "error": request.error},
+            )
+            raise malformed_request(method)
+        return request
+
+    async def _abort_for(
+        self, error: Exception, context: aio.ServicerContext[Any, Any], method: str
+    ) -> None:
+        if isinstance(error, DomainError):
+            await _abort(context, to_grpc_status(error))
+        else:
+            self._log.log(
+                logging.ERROR,
+                "INTERNAL",
+                "unhandled error in handler",
+                extra={"method": method},
+                exc_info=True,
+            )
+            await _abort(context, internal_status())
 
 
 CHATTER_PREFIXES = ("/grpc.health.", "/grpc.reflection.")
@@ -187,8 +263,13 @@ class CallLogInterceptor(_WrappingInterceptor):
     """One log line per call served: method, gRPC status and duration, with the trace and
     request ids every line carries. At DEBUG (SHOPMESH_LOG_LEVEL=DEBUG) for every call, so a
     trace id leads to the app's own account of the call; at WARNING for a failure with a
-    server-side code whatever the level. Sits outside ErrorMappingInterceptor to see the
-    status it sets."""
+    server-side code whatever the level, at most one line a second per status (callers can
+    provoke these too: a deadline too short, a flood), the rest at DEBUG. Sits outside
+    ErrorMappingInterceptor to see the status it sets."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._warnings = ThrottledLog(log)
 
     def applies(self, method: str) -> bool:
         return not method.startswith(CHATTER_PREFIXES)
@@ -199,7 +280,7 @@ class CallLogInterceptor(_WrappingInterceptor):
             try:
                 return await behaviour(request, context)
             finally:
-                _log_call(method, context, started)
+                self._log_call(method, context, started)
 
         return logged
 
@@ -210,25 +291,26 @@ class CallLogInterceptor(_WrappingInterceptor):
                 async for response in behaviour(request, context):
                     yield response
             finally:
-                _log_call(method, context, started)
+                self._log_call(method, context, started)
 
         return logged
 
-
-def _log_call(method: str, context: aio.ServicerContext[Any, Any], started: float) -> None:
-    code = context.code()
-    status = code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.OK
-    level = logging.WARNING if status in SERVER_SIDE_CODES else logging.DEBUG
-    if log.isEnabledFor(level):
-        log.log(
-            level,
-            "call served",
-            extra={
-                "method": method,
-                "grpc_status": status.name,
-                "duration_ms": round((time.monotonic() - started) * 1000, 2),
-            },
-        )
+    def _log_call(
+        self, method: str, context: aio.ServicerContext[Any, Any], started: float
+    ) -> None:
+        code = context.code()
+        status = code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.OK
+        server_side = status in SERVER_SIDE_CODES
+        if not server_side and not log.isEnabledFor(logging.DEBUG):
+            return
+        fields = {
+            "method": method,
+            "grpc_status": status.name,
+            "duration_ms": round((time.monotonic() - started) * 1000, 2),
+        }
+        if server_side and self._warnings.log(logging.WARNING, status.name, "call served", fields):
+            return
+        log.debug("call served", extra=fields)
 
 
 async def _abort(context: aio.ServicerContext[Any, Any], status: grpc.Status) -> None:

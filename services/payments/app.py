@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from services.common.config import ServiceConfig
 from services.common.server import App, Registration
+from services.payments import fingerprint_key
 from services.payments.domain import Payments
 from services.payments.servicer import PaymentsServicer
 from services.payments.store import SqlitePaymentStore
@@ -13,13 +14,15 @@ SERVICE_NAME = payments_pb2.DESCRIPTOR.services_by_name["PaymentsService"].full_
 
 
 async def build(config: ServiceConfig) -> App:
-    """The payments App: PaymentsService on the SQLite file at `config.db_path`."""
-    store = await SqlitePaymentStore.open(config.db_path)
+    """The payments App: PaymentsService on the SQLite file at `config.db_path`, its cards
+    fingerprinted with the key beside it."""
+    key = fingerprint_key.load_or_create(fingerprint_key.key_path(config.db_path))
+    store = await SqlitePaymentStore.open(config.db_path, key)
     return App(
         registrations=[
             Registration(
                 SERVICE_NAME,
-                PaymentsServicer(Payments(store)),
+                PaymentsServicer(Payments(store, key)),
                 payments_pb2_grpc.add_PaymentsServiceServicer_to_server,
             )
         ],

@@ -1,11 +1,18 @@
 """Payments domain: charge validation, the simulated card processor, and the charge/refund rules.
 
+A payment token is used to authorize a charge and then forgotten: what is kept of it is its
+`Card`, as a real processor integration keeps it, a fingerprint keyed with this install's
+secret (a plain hash of a few well-known test tokens would give them back) with the brand and
+last four digits of the card the token stands for.
+
 No grpc here: the servicer converts protos to these calls, and DomainErrors raised here become
 status codes in the shared error-mapping interceptor.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -56,13 +63,24 @@ class Decline:
 
 
 @dataclass(frozen=True)
+class Card:
+    """What is kept of a payment token: its keyed fingerprint (equal for equal tokens, and
+    meaningless without this install's key), and the brand and last four digits of its card."""
+
+    fingerprint: str
+    brand: str
+    last4: str
+
+
+@dataclass(frozen=True)
 class ChargeAttempt:
-    """A validated Charge request: what its idempotency key stands for."""
+    """A validated Charge request: what its idempotency key stands for (the same card is the
+    same fingerprint)."""
 
     idempotency_key: str
     order_id: str
     amount: Money
-    payment_token: str
+    card: Card
 
 
 @dataclass(frozen=True)
@@ -74,13 +92,37 @@ class ChargeRecord:
     decline: Decline | None
 
 
-# The simulated processor's test tokens (documented in payments.proto): None approves.
-TEST_TOKENS: Mapping[str, Decline | None] = {
-    "tok_visa": None,
-    "tok_mastercard": None,
-    "tok_chargeDeclined": Decline("generic_decline", "the card was declined"),
-    "tok_insufficientFunds": Decline("insufficient_funds", "the card has insufficient funds"),
+@dataclass(frozen=True)
+class SimulatedCard:
+    """The card a test token stands for, and how the simulated processor answers it (no
+    decline: it approves)."""
+
+    brand: str
+    last4: str
+    decline: Decline | None = None
+
+
+# The simulated processor's test tokens (documented in payments.proto), with the cards of the
+# well-known processor test numbers they stand for.
+TEST_TOKENS: Mapping[str, SimulatedCard] = {
+    "tok_visa": SimulatedCard("visa", "4242"),
+    "tok_mastercard": SimulatedCard("mastercard", "4444"),
+    "tok_chargeDeclined": SimulatedCard(
+        "visa", "0002", Decline("generic_decline", "the card was declined")
+    ),
+    "tok_insufficientFunds": SimulatedCard(
+        "visa", "9995", Decline("insufficient_funds", "the card has insufficient funds")
+    ),
 }
+UNKNOWN_CARD = SimulatedCard("unknown", "")
+"""What a token no longer among the test tokens is kept as (a database of an older release)."""
+
+
+def card_of(payment_token: str, fingerprint_key: bytes) -> Card:
+    """What is kept of `payment_token`: HMAC-SHA256 under `fingerprint_key`, brand, last four."""
+    simulated = TEST_TOKENS.get(payment_token, UNKNOWN_CARD)
+    fingerprint = hmac.new(fingerprint_key, payment_token.encode(), hashlib.sha256).hexdigest()
+    return Card(fingerprint, simulated.brand, simulated.last4)
 
 
 class PaymentStore(Protocol):
@@ -111,13 +153,18 @@ class PaymentStore(Protocol):
 def authorize(payment_token: str) -> Decline | None:
     """The simulated card processor: None if it approves a (known, valid) token, else the
     decline."""
-    return TEST_TOKENS[payment_token]
+    return TEST_TOKENS[payment_token].decline
 
 
 def validate_charge(
-    idempotency_key: str, order_id: str, amount: Money | None, payment_token: str
+    idempotency_key: str,
+    order_id: str,
+    amount: Money | None,
+    payment_token: str,
+    fingerprint_key: bytes,
 ) -> ChargeAttempt:
-    """Validate a Charge request; raises InvalidArgument naming every bad field.
+    """Validate a Charge request into the attempt it stands for, its token replaced by its
+    card; raises InvalidArgument naming every bad field.
 
     `amount` is None when the request did not set it.
     """
@@ -151,7 +198,7 @@ def validate_charge(
         )
     check.raise_if_invalid("invalid Charge request")
     assert amount is not None  # checked above; tells the type checker
-    return ChargeAttempt(idempotency_key, order_id, amount, payment_token)
+    return ChargeAttempt(idempotency_key, order_id, amount, card_of(payment_token, fingerprint_key))
 
 
 def validate_payment_id(payment_id: str) -> str:
@@ -189,8 +236,14 @@ def new_payment_id() -> str:
 class Payments:
     """The payments service's behaviour: idempotent charges, idempotent full refunds."""
 
-    def __init__(self, store: PaymentStore, clock: Callable[[], datetime] = utc_now) -> None:
+    def __init__(
+        self,
+        store: PaymentStore,
+        fingerprint_key: bytes,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
         self._store = store
+        self._fingerprint_key = fingerprint_key
         self._clock = clock
 
     async def charge(
@@ -200,13 +253,15 @@ class Payments:
 
         Raises InvalidArgument for bad input, FailedPrecondition CARD_DECLINED when the card
         is (or, on a replay, was) declined, AlreadyExists IDEMPOTENCY_KEY_REUSED when the key
-        was used for a different order, amount or token.
+        was used for a different order, amount or card (another fingerprint).
         """
-        attempt = validate_charge(idempotency_key, order_id, amount, payment_token)
+        attempt = validate_charge(
+            idempotency_key, order_id, amount, payment_token, self._fingerprint_key
+        )
         # The simulator is a pure function, so it can run before we know whether the key is
         # new. A real processor would be called only for a new key, with the attempt stored
         # as pending first and the processor's own idempotency key set to ours.
-        decline = authorize(attempt.payment_token)
+        decline = authorize(payment_token)
         now = self._clock()
         payment = (
             None

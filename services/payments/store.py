@@ -1,20 +1,28 @@
 """The payments service's own SQLite database: payments, and every charge attempt under its
-idempotency key."""
+idempotency key with the card it was for (a fingerprint, brand and last four: never a token)."""
 
 from __future__ import annotations
 
+import functools
 import sqlite3
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
 from services.common.clock import from_micros, to_micros
-from services.common.database import Database
+from services.common.database import Database, Migration
 from services.common.money import Money
-from services.payments.domain import ChargeAttempt, ChargeRecord, Decline, Payment, PaymentStatus
+from services.payments.domain import (
+    Card,
+    ChargeAttempt,
+    ChargeRecord,
+    Decline,
+    Payment,
+    PaymentStatus,
+    card_of,
+)
 
-# Append-only: migrations[i] takes the schema from version i to i + 1 (see common.database).
-MIGRATIONS: list[str] = [
-    """
+SCHEMA_V1 = """
     CREATE TABLE payments (
         payment_id TEXT PRIMARY KEY,
         order_id TEXT NOT NULL,
@@ -39,8 +47,77 @@ MIGRATIONS: list[str] = [
         create_time_us INTEGER NOT NULL,
         CHECK ((payment_id IS NULL) != (decline_code IS NULL))
     );
-    """,
-]
+"""
+
+_ATTEMPTS_WITH_CARDS = """
+    -- One row per idempotency key: the request it stood for (its card, never its token) and its
+    -- outcome, exactly one of a payment or a decline, so a replay returns the same result
+    -- without charging again.
+    CREATE TABLE charge_attempts_with_cards (
+        idempotency_key TEXT PRIMARY KEY,
+        order_id TEXT NOT NULL,
+        currency_code TEXT NOT NULL,
+        minor_units INTEGER NOT NULL,
+        card_fingerprint TEXT NOT NULL,
+        card_brand TEXT NOT NULL,
+        card_last4 TEXT NOT NULL,
+        payment_id TEXT REFERENCES payments (payment_id),
+        decline_code TEXT,
+        decline_message TEXT,
+        create_time_us INTEGER NOT NULL,
+        CHECK ((payment_id IS NULL) != (decline_code IS NULL))
+    )
+"""
+_ATTEMPT_COLUMNS = (
+    "idempotency_key, order_id, currency_code, minor_units, card_fingerprint, card_brand,"
+    " card_last4, payment_id, decline_code, decline_message, create_time_us"
+)
+
+
+def _cards_instead_of_tokens(fingerprint_key: bytes, db: sqlite3.Connection) -> None:
+    """Version 1 -> 2: every attempt keeps its card instead of its token. The table is rebuilt
+    (SQLite's way of changing columns) with secure_delete on, so the old table's pages are
+    zeroed as they are freed; the WAL is emptied after the migrations (common.database)."""
+    db.execute("PRAGMA secure_delete=ON")
+    db.execute(_ATTEMPTS_WITH_CARDS)
+    rows = db.execute(
+        "SELECT idempotency_key, order_id, currency_code, minor_units, payment_token,"
+        " payment_id, decline_code, decline_message, create_time_us FROM charge_attempts"
+    ).fetchall()
+    for row in rows:
+        card = card_of(row["payment_token"], fingerprint_key)
+        db.execute(
+            f"INSERT INTO charge_attempts_with_cards ({_ATTEMPT_COLUMNS})"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                row["idempotency_key"],
+                row["order_id"],
+                row["currency_code"],
+                row["minor_units"],
+                card.fingerprint,
+                card.brand,
+                card.last4,
+                row["payment_id"],
+                row["decline_code"],
+                row["decline_message"],
+                row["create_time_us"],
+            ),
+        )
+    db.execute("DROP TABLE charge_attempts")
+    db.execute("ALTER TABLE charge_attempts_with_cards RENAME TO charge_attempts")
+    db.execute("PRAGMA secure_delete=OFF")
+
+
+def migrations(fingerprint_key: bytes) -> Sequence[Migration]:
+    """Every migration of the payments database, append-only: migrations[i] takes the schema
+    from version i to i + 1 (see common.database). Old tokens are fingerprinted with
+    `fingerprint_key`."""
+    return [
+        SCHEMA_V1,
+        # Version 1 kept each attempt's raw payment token; from version 2 on, its card.
+        functools.partial(_cards_instead_of_tokens, fingerprint_key),
+    ]
+
 
 _PAYMENT_COLUMNS = (
     "payment_id, order_id, currency_code, minor_units, status, create_time_us, update_time_us"
@@ -65,9 +142,10 @@ class SqlitePaymentStore:
         self._db = database
 
     @classmethod
-    async def open(cls, path: Path | str) -> SqlitePaymentStore:
-        """Open (creating and migrating if needed) the database at `path`."""
-        return cls(await Database.open(path, MIGRATIONS))
+    async def open(cls, path: Path | str, fingerprint_key: bytes) -> SqlitePaymentStore:
+        """Open (creating and migrating if needed) the database at `path`; `fingerprint_key`
+        is the one the domain fingerprints cards with."""
+        return cls(await Database.open(path, migrations(fingerprint_key)))
 
     async def close(self) -> None:
         """Close the database."""
@@ -101,15 +179,16 @@ class SqlitePaymentStore:
                     ),
                 )
             db.execute(
-                "INSERT INTO charge_attempts (idempotency_key, order_id, currency_code,"
-                " minor_units, payment_token, payment_id, decline_code, decline_message,"
-                " create_time_us) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO charge_attempts ({_ATTEMPT_COLUMNS})"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     attempt.idempotency_key,
                     attempt.order_id,
                     attempt.amount.currency_code,
                     attempt.amount.minor_units,
-                    attempt.payment_token,
+                    attempt.card.fingerprint,
+                    attempt.card.brand,
+                    attempt.card.last4,
                     None if payment is None else payment.payment_id,
                     None if decline is None else decline.code,
                     None if decline is None else decline.message,
@@ -145,8 +224,7 @@ class SqlitePaymentStore:
 
 def _attempt(db: sqlite3.Connection, idempotency_key: str) -> ChargeRecord | None:
     row = db.execute(
-        "SELECT order_id, currency_code, minor_units, payment_token, payment_id,"
-        " decline_code, decline_message FROM charge_attempts WHERE idempotency_key = ?",
+        f"SELECT {_ATTEMPT_COLUMNS} FROM charge_attempts WHERE idempotency_key = ?",
         (idempotency_key,),
     ).fetchone()
     if row is None:
@@ -155,7 +233,7 @@ def _attempt(db: sqlite3.Connection, idempotency_key: str) -> ChargeRecord | Non
         idempotency_key=idempotency_key,
         order_id=row["order_id"],
         amount=Money(row["currency_code"], row["minor_units"]),
-        payment_token=row["payment_token"],
+        card=Card(row["card_fingerprint"], row["card_brand"], row["card_last4"]),
     )
     if row["payment_id"] is None:
         return ChargeRecord(attempt, None, Decline(row["decline_code"], row["decline_message"]))

@@ -13,7 +13,9 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from shopmesh.local.errors import MeshError
+from shopmesh.local.private import PRIVATE_DIRECTORY, PRIVATE_FILE, PRIVATE_UMASK, open_private
 from shopmesh.local.state import ProcessRecord
+from shopmesh.pki import write_atomically
 
 POLL_INTERVAL = 0.02
 LOG_TAIL_LINES = 25
@@ -134,9 +136,10 @@ def spawn(
 ) -> ManagedProcess:
     """Start `record`'s command detached (its own session: a Ctrl-C in the terminal that ran
     `up` does not reach it) with `inherited` plus the record's environment, its output appended
-    to `log`; write its pidfile and put the pid in the record."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("ab") as output:
+    to `log`; write its pidfile and put the pid in the record. The process and what it
+    creates are private to the user (shopmesh.local.private), and so are its log and pidfile."""
+    log.parent.mkdir(mode=PRIVATE_DIRECTORY, parents=True, exist_ok=True)
+    with os.fdopen(open_private(log), "ab") as output:
         stamp = datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds")
         output.write(f"--- shopmesh: starting {record.name} at {stamp}\n".encode())
         output.flush()
@@ -150,6 +153,7 @@ def spawn(
                 cwd=PROJECT_ROOT,
                 start_new_session=True,
                 close_fds=True,
+                umask=PRIVATE_UMASK,
             )
         except OSError as error:
             raise MeshError(
@@ -157,6 +161,6 @@ def spawn(
             ) from None
     record.pid = popen.pid
     record.start_ticks = start_ticks(popen.pid)
-    pidfile.parent.mkdir(parents=True, exist_ok=True)
-    pidfile.write_text(f"{popen.pid}\n")
+    pidfile.parent.mkdir(mode=PRIVATE_DIRECTORY, parents=True, exist_ok=True)
+    write_atomically(pidfile, f"{popen.pid}\n".encode(), PRIVATE_FILE)
     return ManagedProcess(record, log, popen)

@@ -59,6 +59,7 @@ from shopmesh.local.observability import (
     otlp_endpoint,
 )
 from shopmesh.local.ports import free_ports, require_free
+from shopmesh.local.private import make_private, private_umask
 from shopmesh.local.process import ManagedProcess
 from shopmesh.local.prometheus import write_scrape_config
 from shopmesh.local.state import LegacyState, MeshState, ProcessRecord, read_state
@@ -230,18 +231,20 @@ def prepare(options: MeshOptions) -> tuple[LocalLayout, MeshState, Path]:
     pod_ports, gateway_ports, dashboard_port = choose_ports(topology, options)
     descriptor = options.descriptor.resolve()
     layout = LocalLayout(paths, topology, options.host, pod_ports, gateway_ports, descriptor)
-    try:
-        layout.check_socket_paths()
-        paths.make_directories(layout.pods())
-        shutil.copyfile(options.topology, paths.topology_snapshot)
-        ensure_certificates(paths.certs, topology.spiffe_ids, options.certificate_ttl)
-    except (LayoutError, PkiError) as error:
-        raise MeshError(str(error)) from None
-    except OSError as error:
-        raise MeshError(f"cannot use the state directory {paths.root}: {error}") from None
-    tracing = envoy_tracing(paths, options.sampling, external)
-    write_configs(render_all(topology, layout, tracing), paths.envoy_config)
-    write_scrape_config(layout)
+    with private_umask():
+        try:
+            layout.check_socket_paths()
+            make_private(paths.root)
+            paths.make_directories(layout.pods())
+            shutil.copyfile(options.topology, paths.topology_snapshot)
+            ensure_certificates(paths.certs, topology.spiffe_ids, options.certificate_ttl)
+        except (LayoutError, PkiError) as error:
+            raise MeshError(str(error)) from None
+        except OSError as error:
+            raise MeshError(f"cannot use the state directory {paths.root}: {error}") from None
+        tracing = envoy_tracing(paths, options.sampling, external)
+        write_configs(render_all(topology, layout, tracing), paths.envoy_config)
+        write_scrape_config(layout)
     state = MeshState(
         host=options.host,
         pod_ports=pod_ports,

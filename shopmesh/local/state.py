@@ -11,6 +11,7 @@ from typing import Any
 
 from shopmesh.layout import GatewayPorts, PodPorts, StateDir
 from shopmesh.local.errors import MeshError
+from shopmesh.local.private import PRIVATE_DIRECTORY, PRIVATE_FILE
 from shopmesh.pki import write_atomically
 
 STATE_VERSION = 2
@@ -51,8 +52,9 @@ class MeshState:
     def save(self, state_dir: StateDir) -> None:
         """Write mesh.json atomically (`status` may read it at any time), readable by its owner
         only: it holds the environment `up` ran in."""
-        state_dir.root.mkdir(parents=True, exist_ok=True)
-        write_atomically(state_dir.state_file, json.dumps(asdict(self), indent=2).encode(), 0o600)
+        state_dir.root.mkdir(mode=PRIVATE_DIRECTORY, parents=True, exist_ok=True)
+        data = json.dumps(asdict(self), indent=2).encode()
+        write_atomically(state_dir.state_file, data, PRIVATE_FILE)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> MeshState:

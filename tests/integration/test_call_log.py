@@ -1,11 +1,13 @@
 """The apps' call log (services/common/interceptors.py CallLogInterceptor), on a real grpc.aio
 server with the services' interceptor chain: a line per call served with its status, at DEBUG;
-a server-side failure at WARNING; the mesh's chatter left out."""
+a server-side failure at WARNING, at most once a second per status; the mesh's chatter left
+out."""
 
 from __future__ import annotations
 
 import logging
 import shutil
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -20,10 +22,12 @@ from services.common.interceptors import (
     ErrorMappingInterceptor,
 )
 from tests.support.mesh import short_temp_dir
+from tests.support.polling import eventually
 
 pytestmark = pytest.mark.asyncio
 
 LOGGER = "services.common.interceptors"
+RUN = 20
 
 
 async def answer(request: bytes, context: aio.ServicerContext[bytes, bytes]) -> bytes:
@@ -72,6 +76,17 @@ def served(caplog: pytest.LogCaptureFixture) -> list[tuple[int, str, str]]:
     ]
 
 
+async def lines_served(caplog: pytest.LogCaptureFixture, count: int) -> list[tuple[int, str, str]]:
+    """The call lines once there are `count`: grpc sends a failed call's status as the handler
+    aborts, so its client may go on before the call log's line is written."""
+
+    async def written() -> bool:
+        return len(served(caplog)) >= count
+
+    await eventually(written, within=5, what=f"{count} call lines")
+    return served(caplog)
+
+
 async def test_every_call_is_logged_with_its_status(
     channel: aio.Channel, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -85,7 +100,7 @@ async def test_every_call_is_logged_with_its_status(
         await do(b"down")
     await method(channel, "/grpc.health.v1.Health/Check")(b"hello")
 
-    assert served(caplog) == [
+    assert await lines_served(caplog, 3) == [
         (logging.DEBUG, "/test.Thing/Do", "OK"),
         (logging.DEBUG, "/test.Thing/Do", "NOT_FOUND"),
         (logging.WARNING, "/test.Thing/Do", "UNAVAILABLE"),
@@ -101,4 +116,22 @@ async def test_at_info_only_server_side_failures_are_logged(
     for request in (b"missing", b"down"):
         with pytest.raises(aio.AioRpcError):
             await do(request)
-    assert served(caplog) == [(logging.WARNING, "/test.Thing/Do", "UNAVAILABLE")]
+    assert await lines_served(caplog, 1) == [(logging.WARNING, "/test.Thing/Do", "UNAVAILABLE")]
+
+
+async def test_a_run_of_server_side_failures_is_one_warning_a_second_the_rest_at_debug(
+    channel: aio.Channel, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, LOGGER)
+    do = method(channel, "/test.Thing/Do")
+    started = time.monotonic()
+    for _ in range(RUN):
+        with pytest.raises(aio.AioRpcError):
+            await do(b"down")
+    elapsed = time.monotonic() - started
+
+    lines = await lines_served(caplog, RUN)
+    assert len(lines) == RUN
+    warnings = [line for line in lines if line[0] == logging.WARNING]
+    assert 1 <= len(warnings) <= int(elapsed) + 1 < RUN
+    assert {line[1:] for line in lines} == {("/test.Thing/Do", "UNAVAILABLE")}

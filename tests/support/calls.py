@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.descriptor import MethodDescriptor
 from grpc import aio
 
 from services.common.status import error_info
@@ -23,6 +24,9 @@ from tests.support.polling import CALL_TIMEOUT, eventually
 
 T = TypeVar("T")
 
+MALFORMED = b"\x0a\x05ab"
+"""A request body no message type decodes: field 1, length-delimited, 5 bytes long, but only
+2 follow."""
 STICKER = "STICKER-01"
 """The seeded product with the most stock (1000): what load tests buy, one at a time."""
 
@@ -70,6 +74,35 @@ async def call_raw(
     """Call any gRPC path with an already serialized request (empty by default)."""
     method = target.unary_unary(path, request_serializer=_raw, response_deserializer=_raw)
     return await timed(method(message, timeout=within))
+
+
+def method_path(method: MethodDescriptor) -> str:
+    """The gRPC path of a method: /package.Service/Method."""
+    return f"/{method.containing_service.full_name}/{method.name}"
+
+
+async def _one(message: bytes) -> AsyncIterator[bytes]:
+    yield message
+
+
+async def call_raw_any(
+    target: aio.Channel, method: MethodDescriptor, message: bytes, within: float = CALL_TIMEOUT
+) -> None:
+    """Call `method`, of whatever kind, with one already serialized request, reading every
+    response; raises AioRpcError when the call fails."""
+    path = method_path(method)
+    if method.client_streaming:
+        stream = target.stream_stream(path, request_serializer=_raw, response_deserializer=_raw)
+        async for _ in stream(_one(message), timeout=within):
+            pass
+    elif method.server_streaming:
+        responses = target.unary_stream(path, request_serializer=_raw, response_deserializer=_raw)
+        async for _ in responses(message, timeout=within):
+            pass
+    else:
+        await target.unary_unary(path, request_serializer=_raw, response_deserializer=_raw)(
+            message, timeout=within
+        )
 
 
 async def bounded(count: int, in_flight: int, call: Callable[[int], Awaitable[T]]) -> list[T]:

@@ -25,3 +25,10 @@ def charges_per_order(db_path: Path) -> dict[str, int]:
     with closing(_read_only(db_path)) as db:
         rows = db.execute("SELECT order_id, COUNT(*) FROM payments GROUP BY order_id")
         return {str(order_id): int(count) for order_id, count in rows}
+
+
+def files_containing(db_path: Path, needle: bytes) -> list[str]:
+    """Which of a database's files (the database, its -wal and -shm) hold `needle` anywhere in
+    their bytes, free pages and old WAL frames included."""
+    files = [db_path, *(db_path.with_name(db_path.name + suffix) for suffix in ("-wal", "-shm"))]
+    return [file.name for file in files if file.exists() and needle in file.read_bytes()]

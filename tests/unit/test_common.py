@@ -1,10 +1,11 @@
 """Unit tests for the shared plumbing in services/common: paging tokens, money, time and
-contract conversions and the domain-error -> gRPC status mapping (configuration has
-tests/unit/test_config.py, the database tests/unit/test_database.py)."""
+contract conversions, the domain-error -> gRPC status mapping and throttled log lines
+(configuration has tests/unit/test_config.py, the database tests/unit/test_database.py)."""
 
 from __future__ import annotations
 
 import base64
+import logging
 from datetime import UTC, datetime, timedelta, timezone
 
 import grpc
@@ -26,6 +27,7 @@ from services.common.errors import (
     Unavailable,
     Validator,
 )
+from services.common.logs import ThrottledLog
 from services.common.money import Money, is_currency_code
 from services.common.paging import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Cursors, page_size
 from services.common.status import (
@@ -354,3 +356,61 @@ def test_internal_status_hides_the_cause() -> None:
     info = error_info(call)
     assert info is not None
     assert info.reason == "INTERNAL"
+
+
+# --- throttled log lines ----------------------------------------------------------------------
+
+
+class _Seconds:
+    """A monotonic clock tests move by hand."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _throttled(caplog: pytest.LogCaptureFixture) -> tuple[ThrottledLog, _Seconds]:
+    caplog.set_level(logging.INFO, "throttled")
+    clock = _Seconds()
+    return ThrottledLog(logging.getLogger("throttled"), interval=1.0, clock=clock), clock
+
+
+def _lines(caplog: pytest.LogCaptureFixture) -> list[tuple[str, int | None]]:
+    return [(r.__dict__["reason"], r.__dict__.get("suppressed")) for r in caplog.records]
+
+
+def test_a_reason_is_one_line_a_second_and_the_next_counts_the_rest(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    throttled, clock = _throttled(caplog)
+    logged = [throttled.log(logging.WARNING, "BAD", "bad request") for _ in range(5)]
+    clock.now += 0.999
+    logged.append(throttled.log(logging.WARNING, "BAD", "bad request"))
+    clock.now += 0.001
+    logged.append(throttled.log(logging.WARNING, "BAD", "bad request"))
+    clock.now += 5
+    logged.append(throttled.log(logging.WARNING, "BAD", "bad request"))
+
+    assert logged == [True, False, False, False, False, False, True, True]
+    assert _lines(caplog) == [("BAD", None), ("BAD", 5), ("BAD", None)]
+
+
+def test_reasons_are_throttled_apart(caplog: pytest.LogCaptureFixture) -> None:
+    throttled, _ = _throttled(caplog)
+    for reason in ("BAD", "WORSE", "BAD", "WORSE"):
+        throttled.log(logging.WARNING, reason, "refused", extra={"method": "/x.Y/Z"})
+
+    assert _lines(caplog) == [("BAD", None), ("WORSE", None)]
+    assert caplog.records[0].__dict__["method"] == "/x.Y/Z"
+
+
+def test_a_line_below_the_level_is_neither_logged_nor_counted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    throttled, _ = _throttled(caplog)
+    assert not throttled.log(logging.DEBUG, "BAD", "bad request")
+    assert throttled.log(logging.WARNING, "BAD", "bad request")
+
+    assert _lines(caplog) == [("BAD", None)]

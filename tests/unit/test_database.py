@@ -4,7 +4,9 @@ write transactions, and reads that never wait for a write."""
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
+import stat
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
@@ -85,6 +87,23 @@ async def test_open_creates_the_file_and_applies_every_migration(
     await database.write(lambda db: db.execute("INSERT INTO items VALUES ('mug', 'Mug')"))
     rows = await database.read(lambda db: db.execute("SELECT item_id FROM events").fetchall())
     assert [row["item_id"] for row in rows] == ["mug"]
+
+
+async def test_the_file_and_its_wal_and_shm_are_private_whatever_the_umask(path: Path) -> None:
+    previous = os.umask(0o022)
+    try:
+        database = await Database.open(path, MIGRATIONS)
+    finally:
+        os.umask(previous)
+    try:
+        await database.write(lambda db: db.execute("INSERT INTO items VALUES ('mug', 'Mug')"))
+        modes = {
+            file.name: stat.S_IMODE(file.stat().st_mode)
+            for file in [path.parent, *path.parent.iterdir()]
+        }
+    finally:
+        await database.close()
+    assert modes == {"data": 0o700, "store.db": 0o600, "store.db-wal": 0o600, "store.db-shm": 0o600}
 
 
 async def test_writes_are_durable_wal_with_foreign_keys(database: Database) -> None:

@@ -1,15 +1,19 @@
 """mesh.json: what `up` records is read back whole, and a file of an earlier shopmesh is
-recognised (so `down` can stop that mesh) rather than misread."""
+recognised (so `down` can stop that mesh) rather than misread; a state directory an earlier
+shopmesh left readable to others is closed up."""
 
 from __future__ import annotations
 
 import json
+import socket
+import stat
 from pathlib import Path
 
 import pytest
 
 from shopmesh.layout import GatewayPorts, PodPorts, StateDir
 from shopmesh.local.errors import MeshError
+from shopmesh.local.private import make_private
 from shopmesh.local.state import STATE_VERSION, LegacyState, MeshState, ProcessRecord, read_state
 
 
@@ -78,3 +82,31 @@ def test_a_malformed_version_1_file_is_a_clear_error(tmp_path: Path) -> None:
 
     with pytest.raises(MeshError, match="stop its processes by hand"):
         read_state(paths)
+
+
+def test_a_state_directory_left_readable_is_closed_up_but_its_sockets_are_left_alone(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "var"
+    (root / "data").mkdir(parents=True, mode=0o755)
+    database = root / "data" / "orders.db"
+    database.write_bytes(b"orders")
+    database.chmod(0o644)
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(str(root / "app.sock"))
+        (root / "app.sock").chmod(0o777)
+
+        make_private(root)
+        make_private(tmp_path / "new")
+
+        modes = {
+            path.name: stat.S_IMODE(path.lstat().st_mode)
+            for path in [root, *root.rglob("*"), tmp_path / "new"]
+        }
+    assert modes == {
+        "var": 0o700,
+        "data": 0o700,
+        "orders.db": 0o600,
+        "app.sock": 0o777,
+        "new": 0o700,
+    }

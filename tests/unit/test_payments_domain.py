@@ -3,6 +3,8 @@ refunds, atomic writes, durability."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import sqlite3
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -28,6 +30,7 @@ from services.payments.domain import (
     Payments,
     PaymentStatus,
     authorize,
+    card_of,
     validate_charge,
 )
 from services.payments.store import SqlitePaymentStore
@@ -36,6 +39,8 @@ from tests.support.databases import count_rows
 
 T0 = datetime(2025, 3, 1, 12, 0, 0, 250001, tzinfo=UTC)
 USD_12_99 = Money("USD", 1299)
+KEY = b"k" * 32
+"""The card-fingerprint key of these tests' install."""
 
 
 @pytest.fixture
@@ -45,7 +50,7 @@ def db_path(tmp_path: Path) -> Path:
 
 @pytest.fixture
 async def store(db_path: Path) -> AsyncIterator[SqlitePaymentStore]:
-    store = await SqlitePaymentStore.open(db_path)
+    store = await SqlitePaymentStore.open(db_path, KEY)
     yield store
     await store.close()
 
@@ -57,7 +62,7 @@ def clock() -> ManualClock:
 
 @pytest.fixture
 def payments(store: SqlitePaymentStore, clock: ManualClock) -> Payments:
-    return Payments(store, clock=clock)
+    return Payments(store, KEY, clock=clock)
 
 
 async def charge(
@@ -72,14 +77,14 @@ async def charge(
 
 
 def test_valid_charge_request_becomes_an_attempt() -> None:
-    assert validate_charge("key-1", "ord_1", USD_12_99, "tok_mastercard") == ChargeAttempt(
-        "key-1", "ord_1", USD_12_99, "tok_mastercard"
+    assert validate_charge("key-1", "ord_1", USD_12_99, "tok_mastercard", KEY) == ChargeAttempt(
+        "key-1", "ord_1", USD_12_99, card_of("tok_mastercard", KEY)
     )
 
 
 def test_every_missing_charge_field_is_reported() -> None:
     with pytest.raises(InvalidArgument) as raised:
-        validate_charge("", "", None, "")
+        validate_charge("", "", None, "", KEY)
     assert raised.value.violations == [
         FieldViolation("idempotency_key", "must not be empty"),
         FieldViolation("order_id", "must not be empty"),
@@ -91,14 +96,14 @@ def test_every_missing_charge_field_is_reported() -> None:
 @pytest.mark.parametrize("currency", ["usd", "US", "USDX", "", "U5D"])
 def test_malformed_currency_is_rejected(currency: str) -> None:
     with pytest.raises(InvalidArgument) as raised:
-        validate_charge("key-1", "ord_1", Money(currency, 100), "tok_visa")
+        validate_charge("key-1", "ord_1", Money(currency, 100), "tok_visa", KEY)
     assert [v.field for v in raised.value.violations] == ["amount.currency_code"]
 
 
 @pytest.mark.parametrize("minor_units", [0, -1])
 def test_amount_must_be_positive(minor_units: int) -> None:
     with pytest.raises(InvalidArgument) as raised:
-        validate_charge("key-1", "ord_1", Money("USD", minor_units), "tok_visa")
+        validate_charge("key-1", "ord_1", Money("USD", minor_units), "tok_visa", KEY)
     assert raised.value.violations == [
         FieldViolation("amount.minor_units", "must be greater than 0")
     ]
@@ -106,13 +111,13 @@ def test_amount_must_be_positive(minor_units: int) -> None:
 
 def test_too_long_key_and_order_id_are_rejected() -> None:
     with pytest.raises(InvalidArgument) as raised:
-        validate_charge("k" * 256, "o" * 256, USD_12_99, "tok_visa")
+        validate_charge("k" * 256, "o" * 256, USD_12_99, "tok_visa", KEY)
     assert [v.field for v in raised.value.violations] == ["idempotency_key", "order_id"]
 
 
 def test_unknown_test_token_is_invalid_payment_token() -> None:
     with pytest.raises(InvalidArgument) as raised:
-        validate_charge("key-1", "ord_1", USD_12_99, "tok_amex")
+        validate_charge("key-1", "ord_1", USD_12_99, "tok_amex", KEY)
     [violation] = raised.value.violations
     assert violation.field == "payment_token"
     assert violation.description.startswith("unknown test token")
@@ -120,7 +125,7 @@ def test_unknown_test_token_is_invalid_payment_token() -> None:
 
 def test_token_without_tok_prefix_is_invalid_payment_token() -> None:
     with pytest.raises(InvalidArgument) as raised:
-        validate_charge("key-1", "ord_1", USD_12_99, "4242424242424242")
+        validate_charge("key-1", "ord_1", USD_12_99, "4242424242424242", KEY)
     assert raised.value.violations == [
         FieldViolation("payment_token", "must be a payment token starting with 'tok_'")
     ]
@@ -138,6 +143,16 @@ def test_token_without_tok_prefix_is_invalid_payment_token() -> None:
 def test_simulated_processor_follows_the_test_tokens(token: str, decline_code: str | None) -> None:
     decline = authorize(token)
     assert (None if decline is None else decline.code) == decline_code
+
+
+def test_a_card_is_a_keyed_fingerprint_with_the_brand_and_last_four_of_its_token() -> None:
+    card = card_of("tok_mastercard", KEY)
+    assert (card.brand, card.last4) == ("mastercard", "4444")
+    assert card.fingerprint == hmac.new(KEY, b"tok_mastercard", hashlib.sha256).hexdigest()
+    assert card_of("tok_mastercard", KEY) == card
+    # Another install's fingerprint of the same token tells nothing about this one's.
+    assert card_of("tok_mastercard", b"o" * 32).fingerprint != card.fingerprint
+    assert card.fingerprint != hashlib.sha256(b"tok_mastercard").hexdigest()
 
 
 async def test_charge_captures_a_payment(payments: Payments) -> None:
@@ -279,7 +294,7 @@ async def test_empty_payment_id_is_invalid(payments: Payments, operation: str) -
 async def test_payment_is_not_kept_without_its_idempotency_record(
     store: SqlitePaymentStore, db_path: Path
 ) -> None:
-    attempt = ChargeAttempt("key-1", "ord_1", USD_12_99, "tok_visa")
+    attempt = ChargeAttempt("key-1", "ord_1", USD_12_99, card_of("tok_visa", KEY))
     payment = Payment("pay_1", "ord_1", USD_12_99, PaymentStatus.CAPTURED, T0, T0)
     # A record with both a payment and a decline violates the attempts table's CHECK, so the
     # second INSERT fails after the first succeeded: the transaction must undo both.
@@ -293,9 +308,9 @@ async def test_payments_and_keys_survive_a_restart(payments: Payments, db_path: 
     payment = await charge(payments)
     with pytest.raises(FailedPrecondition):
         await charge(payments, "key-2", payment_token="tok_chargeDeclined")
-    reopened = await SqlitePaymentStore.open(db_path)
+    reopened = await SqlitePaymentStore.open(db_path, KEY)
     try:
-        restarted = Payments(reopened, clock=ManualClock(T0 + timedelta(hours=1)))
+        restarted = Payments(reopened, KEY, clock=ManualClock(T0 + timedelta(hours=1)))
         assert await restarted.get(payment.payment_id) == payment
         assert await charge(restarted) == payment
         with pytest.raises(FailedPrecondition) as raised:
