@@ -15,6 +15,7 @@ everything lives under one state directory (`StateDir`, default ./var):
                                  the JSON access logs
     certs/                       the local CA and every identity (shopmesh.pki)
     data/<service>.db            each service's SQLite file; replicas of a service share it
+    data/payments.key            the key of payments' card fingerprints (HMAC), made on first start
     data/traces.db               the spans of the last traces (shopmesh.collector)
     envoy/<pod>.yaml             rendered Envoy configs, and mesh.yaml as the mesh was started
     prometheus.yml               a Prometheus scrape configuration for every Envoy's metrics
