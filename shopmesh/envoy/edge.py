@@ -31,6 +31,7 @@ from shopmesh.topology import LocalRateLimit, Topology
 INGRESS = "ingress"
 ADAPTIVE_CONCURRENCY = "envoy.filters.http.adaptive_concurrency"
 BUFFER = "envoy.filters.http.buffer"
+LUA = "envoy.filters.http.lua"
 MAX_CLIENT_BUCKETS = 4096
 """Source addresses with a bucket of their own at once (least recently used are dropped)."""
 CONCURRENCY_UPDATE_INTERVAL = "0.25s"
@@ -132,8 +133,11 @@ def _lua_string(value: str) -> str:
     return json.dumps(value)  # a JSON string of ASCII is a valid Lua string literal
 
 
-def edge_check_filter(topology: Topology, one_message_paths: Sequence[str]) -> Json:
-    """The Lua filter of edge_check.lua, with its tables rendered from the topology."""
+ONE_MESSAGE = "one_message"
+"""The name of the Lua script that routes of single-message requests turn on."""
+
+
+def _edge_check_source(topology: Topology, check: str) -> Json:
     table = refusals(topology)
     replies = ",\n".join(
         f"  {reason} = {{status = {_lua_string(str(r.http_status))}, "
@@ -144,14 +148,19 @@ def edge_check_filter(topology: Topology, one_message_paths: Sequence[str]) -> J
         for reason, r in table.items()
         if reason in ("MALFORMED_MESSAGE", "UNSUPPORTED_MEDIA_TYPE")
     )
-    paths = ",\n".join(f"  [{_lua_string(path)}] = true" for path in one_message_paths)
     script = (files("shopmesh.envoy") / "edge_check.lua").read_text()
-    source = f"ONE_MESSAGE = {{\n{paths}\n}}\nREPLIES = {{\n{replies}\n}}\n{script}"
+    return {"inline_string": f"CHECK = {_lua_string(check)}\nREPLIES = {{\n{replies}\n}}\n{script}"}
+
+
+def edge_check_filter(topology: Topology) -> Json:
+    """The Lua filter of edge_check.lua: the content type of every request, and the one-message
+    check where a route turns it on (per_route_filters)."""
     return {
-        "name": "envoy.filters.http.lua",
+        "name": LUA,
         "typed_config": typed(
             "envoy.extensions.filters.http.lua.v3.Lua",
-            default_source_code={"inline_string": source},
+            default_source_code=_edge_check_source(topology, "content_type"),
+            source_codes={ONE_MESSAGE: _edge_check_source(topology, ONE_MESSAGE)},
         ),
     }
 
@@ -248,11 +257,13 @@ def admitted_paths(topology: Topology) -> set[str]:
 
 
 def size_limit_filter(topology: Topology) -> Json:
-    """Buffers a request's body up to `limits.max_request_bytes`, and refuses it beyond
-    (REQUEST_TOO_LARGE) before it travels to a sidecar and an app. Off on stream routes
-    (per_route_filters): a stream's body never ends."""
+    """Buffers a request's body up to `limits.max_request_bytes` and refuses it beyond
+    (REQUEST_TOO_LARGE), before it travels to a sidecar and an app. Off unless a route turns it
+    on (per_route_filters): not on streams, whose body never ends, nor on a request no route
+    takes, which is answered at once."""
     return {
         "name": BUFFER,
+        "disabled": True,
         "typed_config": typed(
             "envoy.extensions.filters.http.buffer.v3.Buffer",
             max_request_bytes=topology.gateway.limits.max_request_bytes,
@@ -260,20 +271,36 @@ def size_limit_filter(topology: Topology) -> Json:
     }
 
 
-def per_route_filters(routes: list[Json], topology: Topology) -> list[Json]:
-    """Turns off, route by route, the filters that do not apply: the adaptive concurrency
-    controller but for the admitted methods, and the size limit's buffer on streams (routes
-    without a timeout)."""
+def _is_stream(route: Json) -> bool:
+    return route["route"]["timeout"] in ("0s", duration(timedelta(0)))
+
+
+def per_route_filters(
+    routes: list[Json], topology: Topology, one_message_paths: set[str]
+) -> list[Json]:
+    """What each route turns on and off: the one-message check on routes of single-message
+    requests (`one_message_paths`), the size limit on those of them that are not streams, and
+    the adaptive concurrency controller off but for the admitted methods."""
     admitted = admitted_paths(topology)
-    off = typed("envoy.config.route.v3.FilterConfig", disabled=True)
     for route in routes:
-        disabled: Json = {}
-        if route["match"]["path"] not in admitted:
-            disabled[ADAPTIVE_CONCURRENCY] = off
-        if route["route"]["timeout"] in ("0s", duration(timedelta(0))):
-            disabled[BUFFER] = off
-        if disabled:
-            route["typed_per_filter_config"] = disabled
+        path = route["match"]["path"]
+        filters: Json = {}
+        if path in one_message_paths:
+            filters[LUA] = typed(
+                "envoy.extensions.filters.http.lua.v3.LuaPerRoute", name=ONE_MESSAGE
+            )
+            if not _is_stream(route):
+                limit = topology.gateway.limits.max_request_bytes
+                filters[BUFFER] = typed(
+                    "envoy.extensions.filters.http.buffer.v3.BufferPerRoute",
+                    buffer={"max_request_bytes": limit},
+                )
+        if path not in admitted:
+            filters[ADAPTIVE_CONCURRENCY] = typed(
+                "envoy.config.route.v3.FilterConfig", disabled=True
+            )
+        if filters:
+            route["typed_per_filter_config"] = filters
     return routes
 
 

@@ -1,12 +1,15 @@
 -- The gateway's first look at a call from outside, before it costs an upstream anything.
--- Rendered with two tables in front of this text (shopmesh/envoy/edge.py):
---   ONE_MESSAGE[path] = true  for every routed method whose request is a single message
+-- Rendered twice (shopmesh/envoy/edge.py), each time with two globals in front of this text:
+--   CHECK = "content_type" (every request) or "one_message" (a route's own script, on routes
+--           whose request is a single message: routes turn it on, so a request no route takes
+--           is answered at once instead of waiting for a body that may never end)
 --   REPLIES[reason] = {status=..., grpc_status=..., message=..., details=..., json=...}
 --
--- 1. A JSON caller must say it sends JSON: the transcoder would read any other body as JSON.
--- 2. A unary gRPC call must carry exactly one whole length-prefixed message. A body that ends
---    early is never answered by the Python server, so each such call would hold an upstream
---    slot until the route timeout; a second message is refused the same way.
+-- content_type: a JSON caller must say it sends JSON, since the transcoder would read any
+--   other body as JSON.
+-- one_message: a unary gRPC call must carry exactly one whole length-prefixed message. A body
+--   that ends early is never answered by the Python server, so each such call would hold an
+--   upstream slot until the route timeout; a second message is refused the same way.
 
 local function refuse(handle, reason, grpc)
   local reply = REPLIES[reason]
@@ -21,10 +24,6 @@ local function refuse(handle, reason, grpc)
   else
     handle:respond({[":status"] = reply.status, ["content-type"] = "application/json"}, reply.json)
   end
-end
-
-local function is_grpc(content_type)
-  return content_type == "application/grpc" or content_type:sub(1, 17) == "application/grpc+"
 end
 
 local function is_json(content_type)
@@ -42,20 +41,16 @@ local function announced_length(header, encoding)
   return ((b1 * 256 + b2) * 256 + b3) * 256 + b4
 end
 
-function envoy_on_request(handle)
-  local headers = handle:headers()
-  local content_type = headers:get("content-type") or ""
-  if not is_grpc(content_type) then
-    if content_type:sub(1, 16) ~= "application/grpc" and not is_json(content_type) then
-      refuse(handle, "UNSUPPORTED_MEDIA_TYPE", false)
-    end
-    return
+local function check_content_type(handle)
+  local content_type = handle:headers():get("content-type") or ""
+  if content_type:sub(1, 16) ~= "application/grpc" and not is_json(content_type) then
+    refuse(handle, "UNSUPPORTED_MEDIA_TYPE", false)
   end
-  if not ONE_MESSAGE[headers:get(":path")] then
-    return
-  end
+end
+
+local function check_one_message(handle)
   -- Read before body(): the header map cannot be used once the script has waited for the body.
-  local encoding = headers:get("grpc-encoding")
+  local encoding = handle:headers():get("grpc-encoding")
   local body = handle:body()
   local size = body and body:length() or 0
   if size < 5 then
@@ -65,5 +60,13 @@ function envoy_on_request(handle)
   local length = announced_length(body:getBytes(0, 5), encoding)
   if length == nil or length ~= size - 5 then
     refuse(handle, "MALFORMED_MESSAGE", true)
+  end
+end
+
+function envoy_on_request(handle)
+  if CHECK == "one_message" then
+    check_one_message(handle)
+  else
+    check_content_type(handle)
   end
 end

@@ -66,6 +66,7 @@ def gateway_routes(topology: Topology) -> Json:
     routes every public method (gRPC and JSON clients need no authority). Every route matches
     with grpc_call_match: a gRPC POST to exactly its path."""
     exposes = topology.gateway.exposes
+    one_message = {*public_paths(topology), HEALTH_CHECK_PATH}
     virtual_hosts: list[Json] = []
     for service, methods in exposes.items():
         routes = upstream_routes(topology, service, methods, grpc_call_match)
@@ -90,7 +91,11 @@ def gateway_routes(topology: Topology) -> Json:
                 }
             )
         virtual_hosts.append(
-            {"name": service, "domains": [service], "routes": per_route_filters(routes, topology)}
+            {
+                "name": service,
+                "domains": [service],
+                "routes": per_route_filters(routes, topology, one_message),
+            }
         )
     public = [
         route
@@ -98,7 +103,11 @@ def gateway_routes(topology: Topology) -> Json:
         for route in upstream_routes(topology, service, methods, grpc_call_match)
     ]
     virtual_hosts.append(
-        {"name": "public", "domains": ["*"], "routes": per_route_filters(public, topology)}
+        {
+            "name": "public",
+            "domains": ["*"],
+            "routes": per_route_filters(public, topology, one_message),
+        }
     )
     return {
         "name": INGRESS,
@@ -172,7 +181,7 @@ def render_gateway(topology: Topology, layout: Layout, tracing: Tracing | None =
         [
             *rate_limit_filters(topology, INGRESS),
             size_limit_filter(topology),
-            edge_check_filter(topology, [*public_paths(topology), HEALTH_CHECK_PATH]),
+            edge_check_filter(topology),
             transcoder_filter(topology, layout),
             adaptive_concurrency_filter(topology),
             grpc_stats_filter(gateway_methods(topology)),
