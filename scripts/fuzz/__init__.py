@@ -1,8 +1,9 @@
 """`make fuzz`: hostile and clumsy requests through the edge gateway, and what they do to
 everyone else (issue 8).
 
-Seeded (the seed is printed; `--seed` replays a run), paced under the gateway's rate limit
-(mesh.yaml `gateway.local_rate_limit`), each request on its own connection and bounded in time:
+Seeded (the seed is printed; `--seed` replays a run), paced under the gateway's rate limits
+(mesh.yaml `gateway.per_client_rate_limit`, `local_rate_limit`: the fuzzer is one client), each
+request on its own connection and bounded in time:
 
 - random bytes and protobuf-shaped bytes, well framed as gRPC, to exposed methods, methods the
   gateway does not expose, and methods that do not exist;

@@ -4,12 +4,15 @@ reset by the server, left unanswered past its deadline, or ended by the fuzzer i
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 
 import grpc
+from google.protobuf.message import DecodeError
+from google.rpc import error_details_pb2, status_pb2
 
 BODY_KEPT = 300
 """Bytes of a response body kept for the report's examples."""
@@ -54,6 +57,31 @@ class Reply:
     """The reset's error code, or what broke the connection."""
     headers: Mapping[str, str] = field(default_factory=dict)
     """Response headers and trailers (the last value of a repeated name)."""
+
+    @property
+    def reasons(self) -> frozenset[str]:
+        """The ErrorInfo reasons that came: in grpc-status-details-bin, or in the `details` of
+        a JSON google.rpc.Status."""
+        raw = self.headers.get("grpc-status-details-bin")
+        if raw is not None:
+            try:
+                status = status_pb2.Status.FromString(base64.b64decode(raw + "=" * (-len(raw) % 4)))
+            except (ValueError, DecodeError):
+                return frozenset()
+            found = set()
+            for detail in status.details:
+                info = error_details_pb2.ErrorInfo()
+                if detail.Unpack(info):
+                    found.add(info.reason)
+            return frozenset(found)
+        try:
+            document = json.loads(self.body)
+        except ValueError:
+            return frozenset()
+        details = document.get("details") if isinstance(document, dict) else None
+        if not isinstance(details, list):
+            return frozenset()
+        return frozenset(str(d["reason"]) for d in details if isinstance(d, dict) and "reason" in d)
 
     @property
     def label(self) -> str:

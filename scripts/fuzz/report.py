@@ -23,8 +23,8 @@ GRPC_MAPPED_HTTP = (400, 401, 403, 404, 429)
 came (gRPC's http-grpc-status-mapping.md); any other becomes UNKNOWN."""
 EXAMPLES = 6
 HELD_SECONDS = 1.0
-RATE_LIMITED = "local_rate_limited"
-"""The message of the gateway's rate-limit refusals."""
+RATE_LIMITED = "RATE_LIMITED"
+"""The ErrorInfo reason of the gateway's rate-limit refusals."""
 
 
 @dataclass(frozen=True)
@@ -77,11 +77,7 @@ def checks(result: Result) -> list[Check]:
     unknown = [(c, r) for c, r in pairs if unknown_to_caller(c, r)]
     unanswered = [(c, r) for c, r in pairs if r.end is End.UNANSWERED and not c.streaming]
     unreachable = [(c, r) for c, r in pairs if r.end is End.UNREACHABLE]
-    limited = [
-        (c, r)
-        for c, r in pairs
-        if RATE_LIMITED in (r.grpc_message + r.body.decode(errors="replace"))
-    ]
+    limited = [(c, r) for c, r in pairs if RATE_LIMITED in r.reasons]
     held = [
         (c, r)
         for c, r in pairs

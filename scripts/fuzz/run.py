@@ -57,9 +57,13 @@ class Result:
 
 
 def paced_rate(mesh: RunningMesh) -> float:
-    """PACE_SHARE of the gateway's token refill rate (mesh.yaml gateway.local_rate_limit)."""
-    limit = mesh.topology.gateway.local_rate_limit
-    return PACE_SHARE * limit.tokens_per_fill / limit.fill_interval.total_seconds()
+    """PACE_SHARE of the slower token refill rate of the gateway's two buckets (mesh.yaml
+    gateway.per_client_rate_limit and local_rate_limit): the fuzzer is one client."""
+    gateway = mesh.topology.gateway
+    return PACE_SHARE * min(
+        limit.tokens_per_fill / limit.fill_interval.total_seconds()
+        for limit in (gateway.per_client_rate_limit, gateway.local_rate_limit)
+    )
 
 
 async def send(host: str, port: int, case: Case) -> Reply:

@@ -146,10 +146,14 @@ def _edge_check_source(topology: Topology, check: str) -> Json:
         f"details = {_lua_string(r.details_bin())}, "
         f"json = {_lua_string(json.dumps(r.json_body()))}}}"
         for reason, r in table.items()
-        if reason in ("MALFORMED_MESSAGE", "UNSUPPORTED_MEDIA_TYPE")
+        if reason in ("MALFORMED_MESSAGE", "UNSUPPORTED_MEDIA_TYPE", "REQUEST_TOO_LARGE")
     )
     script = (files("shopmesh.envoy") / "edge_check.lua").read_text()
-    return {"inline_string": f"CHECK = {_lua_string(check)}\nREPLIES = {{\n{replies}\n}}\n{script}"}
+    limit = topology.gateway.limits.max_request_bytes
+    return {
+        "inline_string": f"CHECK = {_lua_string(check)}\nMAX_REQUEST_BYTES = {limit}\n"
+        f"REPLIES = {{\n{replies}\n}}\n{script}"
+    }
 
 
 def edge_check_filter(topology: Topology) -> Json:

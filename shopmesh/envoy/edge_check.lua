@@ -1,12 +1,13 @@
 -- The gateway's first look at a call from outside, before it costs an upstream anything.
--- Rendered twice (shopmesh/envoy/edge.py), each time with two globals in front of this text:
+-- Rendered twice (shopmesh/envoy/edge.py), each time with these globals in front of this text:
 --   CHECK = "content_type" (every request) or "one_message" (a route's own script, on routes
 --           whose request is a single message: routes turn it on, so a request no route takes
 --           is answered at once instead of waiting for a body that may never end)
 --   REPLIES[reason] = {status=..., grpc_status=..., message=..., details=..., json=...}
+--   MAX_REQUEST_BYTES (mesh.yaml gateway.limits.max_request_bytes)
 --
 -- content_type: a JSON caller must say it sends JSON, since the transcoder would read any
---   other body as JSON.
+--   other body as JSON; and a JSON body must not announce more than MAX_REQUEST_BYTES.
 -- one_message: a unary gRPC call must carry exactly one whole length-prefixed message. A body
 --   that ends early is never answered by the Python server, so each such call would hold an
 --   upstream slot until the route timeout; a second message is refused the same way.
@@ -42,9 +43,16 @@ local function announced_length(header, encoding)
 end
 
 local function check_content_type(handle)
-  local content_type = handle:headers():get("content-type") or ""
-  if content_type:sub(1, 16) ~= "application/grpc" and not is_json(content_type) then
+  local headers = handle:headers()
+  local content_type = headers:get("content-type") or ""
+  if content_type:sub(1, 16) == "application/grpc" then
+    return
+  end
+  if not is_json(content_type) then
     refuse(handle, "UNSUPPORTED_MEDIA_TYPE", false)
+  elseif (tonumber(headers:get("content-length") or "0") or 0) > MAX_REQUEST_BYTES then
+    -- The transcoder streams JSON into gRPC: no buffer on the way would refuse it.
+    refuse(handle, "REQUEST_TOO_LARGE", false)
   end
 end
 

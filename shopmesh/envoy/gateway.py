@@ -112,6 +112,14 @@ def gateway_routes(topology: Topology) -> Json:
     return {
         "name": INGRESS,
         "virtual_hosts": virtual_hosts,
+        # gRPC requires `te: trailers`, and the Python server resets a call without it: a reset
+        # a client that left it out would have counted against the replica. Every route is gRPC.
+        "request_headers_to_add": [
+            {
+                "header": {"key": "te", "value": "trailers"},
+                "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+            }
+        ],
         # Every answer names its trace, to look it up: `shopmesh trace <id>`.
         "response_headers_to_add": [
             {
@@ -133,7 +141,6 @@ def transcoder_filter(topology: Topology, layout: Layout) -> Json:
             auto_mapping=True,
             convert_grpc_status=True,
             print_options={"always_print_primitive_fields": True},
-            max_request_body_size=topology.gateway.limits.max_request_bytes,
         ),
     }
 
