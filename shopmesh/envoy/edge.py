@@ -18,6 +18,7 @@ from importlib.resources import files
 from shopmesh.envoy.builders import Json, duration, typed
 from shopmesh.envoy.metrics import per_client_stat_prefix
 from shopmesh.envoy.replies import (
+    JSON_CALLER,
     Refusal,
     any_of,
     code_details,
@@ -26,6 +27,7 @@ from shopmesh.envoy.replies import (
     json_reply,
     response_flags,
 )
+from shopmesh.envoy.upstream import deadline_replies
 from shopmesh.topology import LocalRateLimit, Topology
 
 INGRESS = "ingress"
@@ -101,7 +103,6 @@ def refusals(topology: Topology) -> dict[str, Refusal]:
             "the gateway serves no such method (grpcurl ... list shows those it serves)",
         ),
         Refusal("UPSTREAM_UNAVAILABLE", 14, 503, "no replica of the service could take the call"),
-        Refusal("DEADLINE_EXCEEDED", 4, 504, "the call's deadline passed before it completed"),
     ]
     return {refusal.reason: refusal for refusal in table}
 
@@ -112,8 +113,9 @@ _RECOGNISED: Sequence[tuple[str, Sequence[Json]]] = (
     ("OVERLOADED", [code_details("reached_concurrency_limit"), response_flags("UO")]),
     ("REQUEST_TOO_LARGE", [http_status(413, INGRESS)]),
     ("UNKNOWN_METHOD", [response_flags("NR")]),
-    ("UPSTREAM_UNAVAILABLE", [response_flags("UH", "UF", "URX", "UC")]),
-    ("DEADLINE_EXCEEDED", [response_flags("UT", "DT")]),
+    # Not URX: per-try timeouts that used up the retries are flagged URX as well as UT, and
+    # a spent budget is no outage to retry (deadline_replies).
+    ("UPSTREAM_UNAVAILABLE", [response_flags("UH", "UF", "UC")]),
     ("MALFORMED_REQUEST", [http_status(400, INGRESS)]),
 )
 
@@ -123,9 +125,17 @@ def refusal_replies(topology: Topology) -> list[Json]:
     a JSON caller and with gRPC status and details to a gRPC caller."""
     table = refusals(topology)
     recognised = [(table[reason], any_of(filters)) for reason, filters in _RECOGNISED]
+    # A spent deadline keeps Envoy's own message, which says which timeout ended the call.
+    deadline = any_of([response_flags("UT", "DT"), http_status(504, INGRESS)])
     return [
         *(json_reply(refusal, match) for refusal, match in recognised),
+        {
+            "filter": {"and_filter": {"filters": [deadline, JSON_CALLER]}},
+            "status_code": 504,
+            "body_format_override": {"json_format": {"code": 4, "message": "%LOCAL_REPLY_BODY%"}},
+        },
         *(grpc_reply(refusal, match) for refusal, match in recognised),
+        *deadline_replies()["mappers"],
     ]
 
 
@@ -232,7 +242,9 @@ def adaptive_concurrency_filter(topology: Topology) -> Json:
         "typed_config": typed(
             "envoy.extensions.filters.http.adaptive_concurrency.v3.AdaptiveConcurrency",
             gradient_controller_config={
-                "sample_aggregate_percentile": {"value": 90},
+                # The median: a fault in a minority of calls (retried, slower) does not move it;
+                # a queue in front of the upstream, which slows every call, does.
+                "sample_aggregate_percentile": {"value": 50},
                 "concurrency_limit_params": {
                     "max_concurrency_limit": adaptive.max_concurrency,
                     "concurrency_update_interval": CONCURRENCY_UPDATE_INTERVAL,
@@ -242,7 +254,8 @@ def adaptive_concurrency_filter(topology: Topology) -> Json:
                     "request_count": 20,
                     "jitter": {"value": 10},
                     "min_concurrency": adaptive.min_concurrency,
-                    "buffer": {"value": 25},
+                    # Admitted calls may take up to twice the minimum before the limit drops.
+                    "buffer": {"value": 100},
                 },
             },
             concurrency_limit_exceeded_status={"code": 503},
