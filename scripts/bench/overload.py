@@ -310,9 +310,8 @@ async def measure(load: Generator, estimate: float, figures: Overload) -> float:
     return OVERLOAD_FACTOR * (figures.capacity or figures.steps[0].run.rate)
 
 
-async def bench_overload(mesh: RunningMesh, estimate: float | None = None) -> Overload:
-    """The part on a running mesh; `estimate` is a checkout throughput measured before (else it
-    runs the closed-loop checkout bench first)."""
+async def bench_overload(mesh: RunningMesh) -> Overload:
+    """The part on a running mesh."""
     started = time.monotonic()
     gateway, admin = mesh.gateway_address, mesh.admin(GATEWAY)
     before = pids(mesh)
@@ -321,10 +320,9 @@ async def bench_overload(mesh: RunningMesh, estimate: float | None = None) -> Ov
         stock_before = await available(channel)
         async with rate_limits_off(admin) as rate_limit:
             print(f"gateway rate limits off: {RATE_LIMIT_KEY} = {rate_limit[0]}", flush=True)
-            if estimate is None:
-                print(f"estimate: {ESTIMATE_ORDERS} closed-loop checkouts ...", flush=True)
-                closed = await bench_checkout(gateway, user_id, ESTIMATE_ORDERS, ESTIMATE_WORKERS)
-                estimate = closed.outcomes[CONFIRMED] / closed.seconds
+            print(f"estimate: {ESTIMATE_ORDERS} closed-loop checkouts ...", flush=True)
+            closed = await bench_checkout(gateway, user_id, ESTIMATE_ORDERS, ESTIMATE_WORKERS)
+            estimate = closed.outcomes[CONFIRMED] / closed.seconds
             if estimate <= 0:
                 raise BenchError("the closed-loop checkout estimate was 0 orders/s")
             earlier = set(await list_orders(channel, user_id))
