@@ -56,7 +56,9 @@ LOW_LOAD_SHARE = 0.10
 LOW_LOAD_SECONDS = (10.0, 20.0)
 LOW_LOAD_CALLS = 100
 """Calls the low-load run aims for, within LOW_LOAD_SECONDS: its p99 is the baseline."""
-STEP_SHARES = (0.5, 0.7, 0.85, 1.0, 1.15, 1.3)
+STEP_SHARES = (0.5, 0.7, 0.85, 1.0, 1.15, 1.3, 1.5, 1.75, 2.0)
+"""Of the estimate: up to twice it, since refusals during the controller's first measurement of
+its minimum latency (at min_concurrency) can make a closed-loop estimate low."""
 STEP_SECONDS = 4.0
 CAPACITY_P99_FACTOR = 3.0
 FAILED_STEPS = 2
