@@ -19,6 +19,8 @@ import scripts.bench
 from scripts.bench.checkout import bench_checkout, create_user
 from scripts.bench.disk import DiskFigures, bench_disk, render_disk
 from scripts.bench.h2load import ROUNDS, BenchError
+from scripts.bench.overload import Overload, bench_overload, seed_stock
+from scripts.bench.overload_report import render_overload
 from scripts.bench.relay import (
     RelayRun,
     bench_relay,
@@ -79,21 +81,27 @@ def foreign_share(before: CpuSample, after: CpuSample, wall: float) -> float:
     return max(0.0, other) / (wall * len(os.sched_getaffinity(0)))
 
 
-async def bench(args: argparse.Namespace, root: Path) -> Figures:
-    if shutil.which("h2load") is None:
-        raise BenchError("h2load not found: `make bench` installs it (Debian nghttp2-client)")
-    about = machine()
-    cpu_before, started = CpuSample.now(), time.monotonic()
+async def start_mesh(root: Path) -> RunningMesh:
+    """The mesh in `root`/mesh, with the stock the overload part needs."""
     print("starting the mesh (shopmesh.local) ...", flush=True)
+    await seed_stock(root / "mesh")
     options = MeshOptions(
         state_dir=root / "mesh",
         topology=MESH_FILE,
         descriptor=DESCRIPTOR,
         dashboard=False,
-        # The cross-check counts every h2load call in the access logs: none may be capped away.
+        # The cross-checks count every call in the access logs: none may be capped away.
         log_max_bytes=BENCH_LOG_BYTES,
     )
-    mesh = await up(options)
+    return await up(options)
+
+
+async def bench(args: argparse.Namespace, root: Path) -> Figures:
+    if shutil.which("h2load") is None:
+        raise BenchError("h2load not found: `make bench` installs it (Debian nghttp2-client)")
+    about = machine()
+    cpu_before, started = CpuSample.now(), time.monotonic()
+    mesh = await start_mesh(root)
     try:
         if "GetUser" not in mesh.topology.services["orders"].calls.get("users", ()):
             raise BenchError(f"{MESH_FILE} no longer lets orders call users.GetUser")
@@ -108,6 +116,9 @@ async def bench(args: argparse.Namespace, root: Path) -> Figures:
         capacity = checkout.orders / checkout.seconds
         print(f"outbox relay lag at {capacity:.0f} checkouts/s (~10 s) ...", flush=True)
         relay = await bench_relay(mesh, user_id, capacity)
+        # Its own estimate, with the rate limits off: the checkouts above met them.
+        print("overload: capacity steps, then 5x it, rate limits off (~50 s) ...", flush=True)
+        overload = await bench_overload(mesh)
         memory = envoy_memory(mesh)
         stats = await mesh.admin(CALLER).stats()
         logs = await mesh_logs(mesh, *unary.mesh_calls)
@@ -129,12 +140,22 @@ async def bench(args: argparse.Namespace, root: Path) -> Figures:
         seconds=args.seconds,
         foreign_cpu=foreign,
         relay=relay,
+        overload=overload,
     )
+
+
+async def overload_only(root: Path) -> Overload:
+    """`--overload`: a fresh mesh and only the overload part."""
+    mesh = await start_mesh(root)
+    try:
+        return await bench_overload(mesh)
+    finally:
+        await stop_surely(mesh)
 
 
 async def _main(
     args: argparse.Namespace, root: Path
-) -> Figures | list[TracedRun] | RelayRun | DiskFigures:
+) -> Figures | list[TracedRun] | RelayRun | DiskFigures | Overload:
     # SIGTERM cancels like Ctrl-C does, so the mesh is stopped on the way out.
     task = asyncio.current_task()
     assert task is not None
@@ -148,6 +169,9 @@ async def _main(
     if args.disk:
         print("reads idle, with the disk saturated by fsyncs, with checkouts ...", flush=True)
         return await bench_disk(root, args.seconds, stop_surely)
+    if args.overload:
+        print("checkout capacity, then 5x it with the rate limits off ...", flush=True)
+        return await overload_only(root)
     return await bench(args, root)
 
 
@@ -182,6 +206,12 @@ def main() -> None:
         help="instead: read RPCs' p50/p99 idle, with another process saturating the disk with "
         "fsyncs, and with checkouts writing (--seconds a phase)",
     )
+    parser.add_argument(
+        "--overload",
+        action="store_true",
+        help="instead: the checkout capacity measured open loop, then PlaceOrder at 5x it with "
+        "the gateway's rate limits off: admitted p99, refusals, consistency (~60 s)",
+    )
     args = parser.parse_args()
     # Short: Unix socket paths must stay under ~100 bytes.
     root = Path(tempfile.mkdtemp(prefix="smbench-", dir="/tmp"))
@@ -194,7 +224,8 @@ def main() -> None:
         if isinstance(figures, Figures):
             render(figures, console)
             render_relay(figures.relay, console)
-            for problem in problems(figures) + relay_problems(figures.relay):
+            failures = render_overload(figures.overload, console)
+            for problem in problems(figures) + relay_problems(figures.relay) + failures:
                 console.print(f"WARNING: {problem}")
         elif isinstance(figures, RelayRun):
             console.print(
@@ -204,6 +235,9 @@ def main() -> None:
             render_relay(figures.lag, console)
             for problem in relay_problems(figures.lag):
                 console.print(f"WARNING: {problem}")
+        elif isinstance(figures, Overload):
+            for failure in render_overload(figures, console):
+                console.print(f"WARNING: {failure}")
         elif isinstance(figures, DiskFigures):
             for over in render_disk(figures, console):
                 console.print(f"WARNING: {over}")

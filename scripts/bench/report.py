@@ -24,6 +24,7 @@ from shopmesh.local.mesh import RunningMesh
 from shopmesh.topology import GATEWAY
 
 if TYPE_CHECKING:
+    from scripts.bench.overload import Overload
     from scripts.bench.relay import RelayLag
 
 FOREIGN_CPU_LIMIT = 0.05
@@ -96,6 +97,7 @@ class Figures:
     foreign_cpu: float
     """Share of the machine's CPU time that processes outside the benchmark used during it."""
     relay: RelayLag
+    overload: Overload
 
 
 def signed_ms(value: float) -> str:
