@@ -32,6 +32,8 @@ from shopmesh.topology import LocalRateLimit, Topology
 
 INGRESS = "ingress"
 ADAPTIVE_CONCURRENCY = "envoy.filters.http.adaptive_concurrency"
+ADAPTIVE_CONCURRENCY_ENABLED = f"{INGRESS}.adaptive_concurrency.enabled"
+"""The runtime key that switches the controller off (a benchmark of the mesh's own capacity)."""
 BUFFER = "envoy.filters.http.buffer"
 LUA = "envoy.filters.http.lua"
 MAX_CLIENT_BUCKETS = 4096
@@ -259,6 +261,7 @@ def adaptive_concurrency_filter(topology: Topology) -> Json:
                 },
             },
             concurrency_limit_exceeded_status={"code": 503},
+            enabled={"default_value": True, "runtime_key": ADAPTIVE_CONCURRENCY_ENABLED},
         ),
     }
 

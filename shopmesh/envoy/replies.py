@@ -144,7 +144,7 @@ def grpc_reply(refusal: Refusal, match: Json) -> Json:
             _header("grpc-status-details-bin", refusal.details_bin()),
         ],
         # Envoy makes a gRPC reply's grpc-message of its body.
-        "body_format_override": {"text_format": refusal.message},
+        "body_format_override": {"text_format_source": {"inline_string": refusal.message}},
     }
 
 
