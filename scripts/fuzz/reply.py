@@ -59,29 +59,22 @@ class Reply:
     """Response headers and trailers (the last value of a repeated name)."""
 
     @property
-    def reasons(self) -> frozenset[str]:
-        """The ErrorInfo reasons that came: in grpc-status-details-bin, or in the `details` of
-        a JSON google.rpc.Status."""
+    def reasons(self) -> tuple[str, ...]:
+        """The ErrorInfo reasons that came, in order: in grpc-status-details-bin, or in the
+        `details` of a JSON google.rpc.Status."""
         raw = self.headers.get("grpc-status-details-bin")
-        if raw is not None:
-            try:
-                status = status_pb2.Status.FromString(base64.b64decode(raw + "=" * (-len(raw) % 4)))
-            except (ValueError, DecodeError):
-                return frozenset()
-            found = set()
-            for detail in status.details:
-                info = error_details_pb2.ErrorInfo()
-                if detail.Unpack(info):
-                    found.add(info.reason)
-            return frozenset(found)
+        if raw is None:
+            return json_reasons(self.body)
         try:
-            document = json.loads(self.body)
-        except ValueError:
-            return frozenset()
-        details = document.get("details") if isinstance(document, dict) else None
-        if not isinstance(details, list):
-            return frozenset()
-        return frozenset(str(d["reason"]) for d in details if isinstance(d, dict) and "reason" in d)
+            status = status_pb2.Status.FromString(base64.b64decode(raw + "=" * (-len(raw) % 4)))
+        except (ValueError, DecodeError):
+            return ()
+        found = []
+        for detail in status.details:
+            info = error_details_pb2.ErrorInfo()
+            if detail.Unpack(info):
+                found.append(info.reason)
+        return tuple(found)
 
     @property
     def label(self) -> str:
@@ -129,3 +122,15 @@ def json_status(
     if not isinstance(code, int) or isinstance(code, bool):
         return None, "", False
     return code, str(document.get("message", "")), bool(document.get("details"))
+
+
+def json_reasons(body: bytes) -> tuple[str, ...]:
+    """The ErrorInfo reasons in the `details` of a JSON google.rpc.Status, in order."""
+    try:
+        document = json.loads(body)
+    except ValueError:
+        return ()
+    details = document.get("details") if isinstance(document, dict) else None
+    if not isinstance(details, list):
+        return ()
+    return tuple(str(d["reason"]) for d in details if isinstance(d, dict) and "reason" in d)

@@ -15,6 +15,8 @@ from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from importlib.resources import files
 
+from google.rpc import code_pb2
+
 from shopmesh.envoy.builders import Json, duration, typed
 from shopmesh.envoy.metrics import per_client_stat_prefix
 from shopmesh.envoy.replies import (
@@ -58,53 +60,60 @@ def grpc_call_match(path: str) -> Json:
     }
 
 
-RESOURCE_EXHAUSTED = 8
-
-
 def refusals(topology: Topology) -> dict[str, Refusal]:
     """Every refusal of the gateway by reason."""
     retry_after = topology.gateway.local_rate_limit.fill_interval
     table = [
         Refusal(
             "MALFORMED_MESSAGE",
-            3,
+            code_pb2.INVALID_ARGUMENT,
             400,
             "a unary call must carry exactly one complete length-prefixed gRPC message",
         ),
         Refusal(
             "UNSUPPORTED_MEDIA_TYPE",
-            3,
+            code_pb2.INVALID_ARGUMENT,
             415,
             "send gRPC (content-type: application/grpc) or JSON (content-type: application/json)",
         ),
-        Refusal("MALFORMED_REQUEST", 3, 400, "the gateway could not read this request"),
+        Refusal(
+            "MALFORMED_REQUEST",
+            code_pb2.INVALID_ARGUMENT,
+            400,
+            "the gateway could not read this request",
+        ),
         Refusal(
             "REQUEST_TOO_LARGE",
-            RESOURCE_EXHAUSTED,
+            code_pb2.RESOURCE_EXHAUSTED,
             413,
             f"a request body may have at most {topology.gateway.limits.max_request_bytes} bytes",
         ),
         Refusal(
             "RATE_LIMITED",
-            RESOURCE_EXHAUSTED,
+            code_pb2.RESOURCE_EXHAUSTED,
             429,
             "too many calls: the gateway's rate limit refused this one",
             retry_after,
         ),
         Refusal(
             "OVERLOADED",
-            RESOURCE_EXHAUSTED,
+            code_pb2.RESOURCE_EXHAUSTED,
             503,
             "the service is at its capacity: this call was refused rather than queued",
             retry_after,
         ),
         Refusal(
             "UNKNOWN_METHOD",
-            12,
+            code_pb2.UNIMPLEMENTED,
             404,
             "the gateway serves no such method (grpcurl ... list shows those it serves)",
         ),
-        Refusal("UPSTREAM_UNAVAILABLE", 14, 503, "no replica of the service could take the call"),
+        Refusal(
+            "UPSTREAM_UNAVAILABLE",
+            code_pb2.UNAVAILABLE,
+            503,
+            "no replica of the service could take the call",
+        ),
     ]
     return {refusal.reason: refusal for refusal in table}
 
@@ -134,7 +143,9 @@ def refusal_replies(topology: Topology) -> list[Json]:
         {
             "filter": {"and_filter": {"filters": [deadline, JSON_CALLER]}},
             "status_code": 504,
-            "body_format_override": {"json_format": {"code": 4, "message": "%LOCAL_REPLY_BODY%"}},
+            "body_format_override": {
+                "json_format": {"code": code_pb2.DEADLINE_EXCEEDED, "message": "%LOCAL_REPLY_BODY%"}
+            },
         },
         *(grpc_reply(refusal, match) for refusal, match in recognised),
         *deadline_replies()["mappers"],
@@ -235,7 +246,7 @@ def rate_limit_filters(topology: Topology, stat_prefix: str) -> list[Json]:
 
 def adaptive_concurrency_filter(topology: Topology) -> Json:
     """One controller for the methods of `gateway.adaptive_concurrency` (routes of other methods
-    turn it off: admission_off). It samples their latency, and lowers the concurrency it
+    turn it off: per_route_filters). It samples their latency, and lowers the concurrency it
     admits while the latency grows beyond the minimum it measured; what is beyond the limit is
     refused at once (OVERLOADED)."""
     adaptive = topology.gateway.adaptive_concurrency

@@ -16,6 +16,7 @@ from shopmesh.envoy.builders import (
     typed,
 )
 from shopmesh.envoy.edge import (
+    INGRESS,
     adaptive_concurrency_filter,
     edge_check_filter,
     edge_manager_options,
@@ -44,7 +45,6 @@ from shopmesh.envoy.upstream import (
 from shopmesh.layout import Layout
 from shopmesh.topology import GATEWAY, REFLECTION_PATHS, Topology
 
-INGRESS = "ingress"
 GATEWAY_HEALTH_PATH = "/healthz"
 
 

@@ -36,8 +36,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from shopmesh.envoy.edge import INGRESS
 from shopmesh.envoy.faults import Fault
-from shopmesh.envoy.gateway import INGRESS
 from shopmesh.envoy.metrics import (
     UPSTREAM_RQ_TIME,
     inbound_methods,

@@ -7,7 +7,6 @@ at once with a reason instead of queueing. Every refusal says why (an ErrorInfo 
 from __future__ import annotations
 
 import asyncio
-import base64
 import http.client
 import json
 from collections.abc import Sequence
@@ -15,11 +14,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2, status_pb2
 from grpc import aio
 
 from scripts.fuzz.h2wire import H2Request, exchange
 from scripts.fuzz.reply import End, Reply
+from scripts.fuzz.reply import json_reasons as reply_json_reasons
 from shop.inventory.v1 import inventory_pb2
 from shopmesh.envoy.edge import ADAPTIVE_CONCURRENCY_ENABLED
 from shopmesh.envoy.metrics import method_stat
@@ -70,17 +69,8 @@ async def raw_grpc(
 
 
 def reasons(reply: Reply) -> list[str]:
-    """The ErrorInfo reasons in a gRPC reply's grpc-status-details-bin."""
-    raw = reply.headers.get("grpc-status-details-bin")
-    if raw is None:
-        return []
-    status = status_pb2.Status.FromString(base64.b64decode(raw + "=" * (-len(raw) % 4)))
-    found = []
-    for detail in status.details:
-        info = error_details_pb2.ErrorInfo()
-        if detail.Unpack(info):
-            found.append(info.reason)
-    return found
+    """The ErrorInfo reasons of a gRPC reply (grpc-status-details-bin), in order."""
+    return list(reply.reasons)
 
 
 def http1(
@@ -107,7 +97,8 @@ def http1(
 
 
 def json_reasons(body: bytes) -> list[str]:
-    return [d["reason"] for d in json.loads(body).get("details", []) if "reason" in d]
+    """The ErrorInfo reasons of a JSON google.rpc.Status, in order."""
+    return list(reply_json_reasons(body))
 
 
 async def upstream_requests(mesh: RunningMesh, service: str) -> int:
