@@ -16,6 +16,7 @@ from services.common.config import (
     LOG_LEVEL,
     upstream_variable,
 )
+from shopmesh.envoy.tracing import FLUSH_INTERVAL_MS
 from shopmesh.layout import Layout, Pod
 from shopmesh.topology import Topology
 
@@ -31,7 +32,7 @@ class AppTracing:
 
     endpoint: str
     sampling: float
-    flush_interval_ms: int = 500
+    flush_interval_ms: int = FLUSH_INTERVAL_MS
 
 
 @dataclass(frozen=True)

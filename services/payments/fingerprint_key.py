@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 
 from services.common.config import ConfigError
+from services.common.database import PRIVATE_DIRECTORY
 
 KEY_BYTES = 32
 """As long as the HMAC-SHA256 output: the key is no weaker than the fingerprint."""
@@ -28,7 +29,7 @@ def load_or_create(path: Path) -> bytes:
     """The key in `path`, made first if there is none. Replicas starting together agree: each
     writes a candidate aside and links it into place, and the first link wins."""
     if not path.exists():
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path.parent.mkdir(mode=PRIVATE_DIRECTORY, parents=True, exist_ok=True)
         descriptor, candidate = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
         try:
             # mkstemp creates the file 0600.

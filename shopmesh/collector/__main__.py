@@ -12,9 +12,8 @@ from grpc import aio
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
 from shopmesh.collector.spans import records
-from shopmesh.collector.store import SpanStore
+from shopmesh.collector.store import DEFAULT_MAX_TRACES, SpanStore
 
-DEFAULT_MAX_TRACES = 1000
 # Envoy batches spans and the SDK's exporter too: a request can carry thousands of them.
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 

@@ -26,7 +26,7 @@ from shopmesh.local.errors import MeshError
 from shopmesh.local.mesh import COLLECTOR, RunningMesh
 from shopmesh.local.status import ProcessStatus, mesh_status
 from shopmesh.observe.load import LoadSettings
-from shopmesh.observe.stats import Sampler, sample
+from shopmesh.observe.stats import SAMPLE_MARGIN, Sampler, sample
 from shopmesh.observe.traces import TraceReader, TraceStoreError, TraceSummary, waterfall_rows
 from shopmesh.observe.traceview import short
 from shopmesh.topology import GATEWAY, Topology
@@ -49,7 +49,7 @@ class MeshView:
         self._mesh = mesh
         self._stamp = self._state_stamp()
         # Windows up to the longest offered need a sample that much older than the latest.
-        self._sampler = Sampler(lambda: sample(self.mesh), keep=max(WINDOWS) + 5)
+        self._sampler = Sampler(lambda: sample(self.mesh), keep=max(WINDOWS) + SAMPLE_MARGIN)
         self._sampling = asyncio.Lock()
         self._sampled_at: float | None = None
         self._processes: list[ProcessStatus] = []

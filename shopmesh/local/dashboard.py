@@ -12,9 +12,8 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-
 from shopmesh.layout import StateDir
+from shopmesh.local.health import http_ok
 from shopmesh.local.state import MeshState, ProcessRecord
 
 DASHBOARD = "dashboard"
@@ -76,12 +75,5 @@ def dashboard_link(state: MeshState) -> DashboardLink | None:
 
 
 async def dashboard_serves(link: DashboardLink, within: float = 2.0) -> bool:
-    """Whether the dashboard answers its health check (with the token). Loopback: no proxy."""
-    # Plain HTTP: verify=False spares loading the CA bundle for a TLS context never used (as
-    # shopmesh/envoy/admin.py does), ~30 ms of blocking on the caller's event loop each time.
-    try:
-        async with httpx.AsyncClient(timeout=within, trust_env=False, verify=False) as client:
-            response = await client.get(link.base + HEALTH_PATH, headers={TOKEN_HEADER: link.token})
-    except httpx.TransportError:
-        return False
-    return response.status_code == 200
+    """Whether the dashboard answers its health check (with the token)."""
+    return await http_ok(link.base + HEALTH_PATH, within, {TOKEN_HEADER: link.token})

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from shopmesh.appenv import AppTracing
+from shopmesh.collector.store import DEFAULT_MAX_TRACES as DEFAULT_MAX_TRACES
 from shopmesh.envoy.tracing import Tracing
 from shopmesh.layout import Endpoint, StateDir
 from shopmesh.local.errors import MeshError
@@ -17,7 +18,6 @@ DEFAULT_SAMPLING = 1.0
 the gateway returned. It costs about 19 ms of CPU per checkout (29 % of the checkout
 throughput at saturation on 2 cores; 10 % sampling costs 3 %): `make bench
 BENCH_ARGS=--tracing`, figures in the README."""
-DEFAULT_MAX_TRACES = 1000
 
 
 def otlp_endpoint(value: str) -> Endpoint:

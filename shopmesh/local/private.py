@@ -15,10 +15,11 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 
+from services.common.database import PRIVATE_DIRECTORY as PRIVATE_DIRECTORY
+from services.common.database import PRIVATE_FILE as PRIVATE_FILE
+
 PRIVATE_UMASK = 0o077
 """Nothing created is readable, writable or searchable by group or others."""
-PRIVATE_FILE = 0o600
-PRIVATE_DIRECTORY = 0o700
 
 
 @contextlib.contextmanager

@@ -11,11 +11,10 @@ import click
 
 from shopmesh import options
 from shopmesh.observe import statview
-from shopmesh.observe.stats import Sampler, measure
+from shopmesh.observe.stats import SAMPLE_MARGIN, Sampler, measure
 from shopmesh.observe.statview import refreshing, selected, stats_view
 from shopmesh.terminal import attached, console, run, wide
 
-SAMPLE_MARGIN = 5.0
 """Seconds of samples kept beyond the window, so its oldest end always has one."""
 MAX_WINDOW = 600.0
 """--watch keeps a sample of every Envoy a second for the whole window: ten minutes at most."""

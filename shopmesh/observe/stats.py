@@ -42,6 +42,8 @@ __all__ = [
     "sample",
 ]
 
+SAMPLE_MARGIN = 5.0
+"""Seconds of samples a Sampler keeps beyond the longest window it is asked for."""
 STATS_PATTERN = (
     r"^(server\.uptime"
     r"|cluster\.[^.]+\.(grpc\..+|upstream_rq_time|upstream_rq_retry(_success|_overflow)?"
