@@ -45,7 +45,7 @@ from services.inventory.store import SqliteInventoryStore
 from shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from shop.orders.v1 import orders_pb2, orders_pb2_grpc
 from shopmesh.envoy.admin import AdminClient, parse_stats
-from shopmesh.envoy.edge import INGRESS
+from shopmesh.envoy.edge import INGRESS, RATE_LIMIT_ENABLED
 from shopmesh.layout import StateDir
 from shopmesh.local.mesh import RunningMesh
 from shopmesh.topology import GATEWAY
@@ -72,7 +72,6 @@ STOCK = 200_000
 SETTLE_DEADLINE = 30.0
 LOG_DEADLINE = 5.0
 SAMPLE_INTERVAL = 0.25
-RATE_LIMIT_KEY = f"{INGRESS}.rate_limit.enabled"
 CONTROLLER = f"http.{INGRESS}.adaptive_concurrency.gradient_controller."
 PLACE_ORDER = "/shop.orders.v1.OrdersService/PlaceOrder"
 PENDING = orders_pb2.OrderStatus.Name(orders_pb2.ORDER_STATUS_PENDING)
@@ -269,7 +268,7 @@ class Overload:
     consistency: Consistency | None = None
     crashed: list[str] = field(default_factory=list)
     rate_limit: tuple[str, str] = ("", "")
-    """The runtime value of RATE_LIMIT_KEY during the part, and after it was restored."""
+    """The runtime value of RATE_LIMIT_ENABLED during the part, and after it was restored."""
     seconds: float = 0.0
 
 
@@ -280,16 +279,16 @@ def pids(mesh: RunningMesh) -> dict[str, int | None]:
 @contextlib.asynccontextmanager
 async def rate_limits_off(admin: AdminClient) -> AsyncIterator[list[str]]:
     """Both rate limits switched off for the block; yields [value during, value after]."""
-    entry = (await admin.runtime()).get(RATE_LIMIT_KEY, {})
+    entry = (await admin.runtime()).get(RATE_LIMIT_ENABLED, {})
     before = str(entry.get("final_value", ""))
-    await admin.runtime_modify({RATE_LIMIT_KEY: "0"})
-    values = [str((await admin.runtime())[RATE_LIMIT_KEY]["final_value"])]
+    await admin.runtime_modify({RATE_LIMIT_ENABLED: "0"})
+    values = [str((await admin.runtime())[RATE_LIMIT_ENABLED]["final_value"])]
     try:
         yield values
     finally:
         # An empty value takes the admin layer's override away: mesh.yaml's default again.
-        await admin.runtime_modify({RATE_LIMIT_KEY: before})
-        after = (await admin.runtime()).get(RATE_LIMIT_KEY, {})
+        await admin.runtime_modify({RATE_LIMIT_ENABLED: before})
+        after = (await admin.runtime()).get(RATE_LIMIT_ENABLED, {})
         values.append(str(after.get("final_value", "default (100 %)")))
 
 
@@ -321,7 +320,7 @@ async def bench_overload(mesh: RunningMesh) -> Overload:
     async with aio.insecure_channel(gateway) as channel:
         stock_before = await available(channel)
         async with rate_limits_off(admin) as rate_limit:
-            print(f"gateway rate limits off: {RATE_LIMIT_KEY} = {rate_limit[0]}", flush=True)
+            print(f"gateway rate limits off: {RATE_LIMIT_ENABLED} = {rate_limit[0]}", flush=True)
             print(f"estimate: {ESTIMATE_ORDERS} closed-loop checkouts ...", flush=True)
             closed = await bench_checkout(gateway, user_id, ESTIMATE_ORDERS, ESTIMATE_WORKERS)
             estimate = closed.outcomes[CONFIRMED] / closed.seconds

@@ -16,12 +16,12 @@ from scripts.bench.overload import (
     LOW_LOAD_SHARE,
     OVERLOAD_FACTOR,
     P99_FACTOR,
-    RATE_LIMIT_KEY,
     REFUSAL_BOUND_MS,
     Consistency,
     Overload,
 )
 from scripts.bench.report import two_columns
+from shopmesh.envoy.edge import RATE_LIMIT_ENABLED
 
 GRPC_RESOURCE_EXHAUSTED = "8"
 GRPC_OK = "0"
@@ -124,7 +124,7 @@ def render_overload(figures: Overload, console: Console) -> list[str]:
     bound = CAPACITY_P99_FACTOR * baseline
     console.print(
         "[bold]Overload: PlaceOrder through the gateway, open loop[/bold] "
-        f"(rate limits OFF: {RATE_LIMIT_KEY} = {figures.rate_limit[0]} during the part, "
+        f"(rate limits OFF: {RATE_LIMIT_ENABLED} = {figures.rate_limit[0]} during the part, "
         f"{figures.rate_limit[1]} after)"
     )
     console.print(

@@ -133,7 +133,7 @@ class Maker:
             request,
             grpc,
             self.catalog.streams(path),
-            self.catalog.answer_within(path),
+            self.catalog.edge_timeout,
         )
 
     def grpc_case(

@@ -1,6 +1,6 @@
 """What the fuzzer aims at: every gRPC method of the mesh's services (from the descriptor set
 the gateway transcodes with), whether the gateway exposes it, whether it streams, its request
-message, and how long the edge may take to answer it; plus health and reflection."""
+message; plus health and reflection; and how long the edge may take to answer a unary call."""
 
 from __future__ import annotations
 
@@ -25,15 +25,14 @@ class Method:
     streaming: bool
     message: Descriptor | None
     """The request message (None for health and reflection, which the fuzzer does not load)."""
-    route_timeout: float
-    """Seconds: the gateway's route timeout for it (its service's for an unexposed method)."""
 
 
 @dataclass(frozen=True)
 class Catalog:
     methods: tuple[Method, ...]
     edge_timeout: float
-    """The edge's request timeout in mesh.yaml, None while it defines none."""
+    """Seconds within which the edge must end every unary call (mesh.yaml
+    gateway.limits.request_timeout)."""
 
     @property
     def exposed(self) -> list[Method]:
@@ -53,17 +52,8 @@ class Catalog:
         last as long as the caller wants: such calls are not waited for."""
         return any(name in path for name in self.streaming_names)
 
-    def answer_within(self, path: str) -> float:
-        """Seconds within which the edge must end a unary call on `path`."""
-        return self.edge_timeout
-
     def deadline_source(self) -> str:
         return f"the edge request timeout in mesh.yaml ({self.edge_timeout:g} s)"
-
-
-def edge_request_timeout(topology: Topology) -> float:
-    """The gateway's request timeout (`gateway.limits.request_timeout`)."""
-    return topology.gateway.limits.request_timeout.total_seconds()
 
 
 def load_pool(descriptor_set: Path) -> descriptor_pool.DescriptorPool:
@@ -80,19 +70,15 @@ def catalog(topology: Topology, descriptor_set: Path) -> Catalog:
     methods = []
     for name, service in topology.services.items():
         exposed = topology.gateway.exposes.get(name, ())
-        policy = topology.policies[name]
         for method in pool.FindServiceByName(service.grpc_service).methods:
-            route = policy.methods.get(method.name, policy.route)
             methods.append(
                 Method(
                     path=f"/{service.grpc_service}/{method.name}",
                     exposed=method.name in exposed,
                     streaming=method.client_streaming or method.server_streaming,
                     message=method.input_type,
-                    route_timeout=route.route_timeout.total_seconds(),
                 )
             )
-    longest = max(m.route_timeout for m in methods)
-    methods.append(Method(REFLECTION_INFO, topology.gateway.reflection, True, None, 0.0))
-    methods.append(Method(HEALTH_CHECK, topology.gateway.health, False, None, longest))
-    return Catalog(tuple(methods), edge_request_timeout(topology))
+    methods.append(Method(REFLECTION_INFO, topology.gateway.reflection, True, None))
+    methods.append(Method(HEALTH_CHECK, topology.gateway.health, False, None))
+    return Catalog(tuple(methods), topology.gateway.limits.request_timeout.total_seconds())

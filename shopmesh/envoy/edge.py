@@ -34,6 +34,8 @@ from shopmesh.topology import LocalRateLimit, Topology
 
 INGRESS = "ingress"
 ADAPTIVE_CONCURRENCY = "envoy.filters.http.adaptive_concurrency"
+RATE_LIMIT_ENABLED = f"{INGRESS}.rate_limit.enabled"
+"""The runtime key (a percentage) that switches both rate limits off (a capacity benchmark)."""
 ADAPTIVE_CONCURRENCY_ENABLED = f"{INGRESS}.adaptive_concurrency.enabled"
 """The runtime key that switches the controller off (a benchmark of the mesh's own capacity)."""
 BUFFER = "envoy.filters.http.buffer"
@@ -200,15 +202,15 @@ def _bucket(limit: LocalRateLimit) -> Json:
     }
 
 
-def _rate_limit(name: str, stat_prefix: str, runtime_prefix: str, **buckets: object) -> Json:
+def _rate_limit(name: str, stat_prefix: str, **buckets: object) -> Json:
     always = {"default_value": {"numerator": 100, "denominator": "HUNDRED"}}
     return {
         "name": name,
         "typed_config": typed(
             "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
             stat_prefix=stat_prefix,
-            filter_enabled={**always, "runtime_key": f"{runtime_prefix}.rate_limit.enabled"},
-            filter_enforced={**always, "runtime_key": f"{runtime_prefix}.rate_limit.enforced"},
+            filter_enabled={**always, "runtime_key": RATE_LIMIT_ENABLED},
+            filter_enforced={**always, "runtime_key": f"{INGRESS}.rate_limit.enforced"},
             rate_limited_as_resource_exhausted=True,
             **buckets,
         ),
@@ -224,7 +226,6 @@ def rate_limit_filters(topology: Topology, stat_prefix: str) -> list[Json]:
     per_client = _rate_limit(
         "envoy.filters.http.local_ratelimit.per_client",
         per_client_stat_prefix(stat_prefix),
-        stat_prefix,
         rate_limits=[{"actions": [{"remote_address": {}}]}],
         descriptors=[
             {
@@ -237,7 +238,6 @@ def rate_limit_filters(topology: Topology, stat_prefix: str) -> list[Json]:
     )
     shared = _rate_limit(
         "envoy.filters.http.local_ratelimit",
-        stat_prefix,
         stat_prefix,
         token_bucket=_bucket(gateway.local_rate_limit),
     )

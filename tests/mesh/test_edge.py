@@ -20,7 +20,7 @@ from scripts.fuzz.h2wire import H2Request, exchange
 from scripts.fuzz.reply import End, Reply
 from scripts.fuzz.reply import json_reasons as reply_json_reasons
 from shop.inventory.v1 import inventory_pb2
-from shopmesh.envoy.edge import ADAPTIVE_CONCURRENCY_ENABLED
+from shopmesh.envoy.edge import ADAPTIVE_CONCURRENCY_ENABLED, RATE_LIMIT_ENABLED
 from shopmesh.envoy.metrics import method_stat
 from shopmesh.local.mesh import RunningMesh
 from tests.support.calls import Outcome, bounded, call_raw, checkout, summary
@@ -317,13 +317,13 @@ async def test_checkouts_beyond_capacity_are_refused_with_a_reason_and_never_rea
     admin = mesh.admin("gateway")
     user = await mesh_clients.create_user()
     before = await admin.stats()
-    await admin.runtime_modify({"ingress.rate_limit.enabled": "0"})
+    await admin.runtime_modify({RATE_LIMIT_ENABLED: "0"})
     try:
         outcomes = await bounded(
             160, 64, lambda _: checkout(mesh_clients, user.user_id, within=3 * CALL_TIMEOUT)
         )
     finally:
-        await admin.runtime_modify({"ingress.rate_limit.enabled": "100"})
+        await admin.runtime_modify({RATE_LIMIT_ENABLED: "100"})
     after = await admin.stats()
 
     refused = [o for o in outcomes if not o.ok]
