@@ -22,8 +22,6 @@ it), older ones are removed.
 from __future__ import annotations
 
 import datetime
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +31,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from services.common.files import write_atomically
 
 CERTIFICATE_SECRET = "identity"
 """SDS resource name of an identity's certificate and key."""
@@ -209,22 +209,6 @@ class CertificateAuthority:
             .sign(self.credential.key, hashes.SHA256())
         )
         return Credential(certificate, key)
-
-
-def write_atomically(path: Path, data: bytes, mode: int) -> None:
-    """Replace `path` with `data` so readers see the old or the new content, never a mix: write
-    a temporary file in the same directory with `mode` already set, fsync, then rename."""
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(descriptor, mode)
-        with os.fdopen(descriptor, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def sds_certificate_document(certificate: Path, key: Path) -> dict[str, object]:

@@ -77,9 +77,18 @@ class FailedPrecondition(DomainError):
 
 @dataclass
 class ResourceExhausted(DomainError):
-    """A per-caller limit was hit, e.g. a watcher too slow for its buffer (RESOURCE_EXHAUSTED)."""
+    """A per-caller limit was hit, e.g. a watcher too slow for its buffer (RESOURCE_EXHAUSTED).
+    `retry_after_seconds`, when set, becomes a RetryInfo detail: how long to wait first."""
 
     reason: str = "RESOURCE_EXHAUSTED"
+    retry_after_seconds: float | None = None
+
+
+@dataclass
+class Unauthenticated(DomainError):
+    """The caller's credentials (password, token) are missing or not valid (UNAUTHENTICATED)."""
+
+    reason: str = "UNAUTHENTICATED"
 
 
 @dataclass

@@ -1,16 +1,17 @@
 """gRPC status <-> domain error mapping with google.rpc rich details (grpcio-status).
 
 Servers: `to_grpc_status` builds the status the ErrorMappingInterceptor aborts with.
-Clients: `error_info`, `field_violations` and `precondition_violations` read the details back
-out of a failed call.
+Clients: `error_info`, `field_violations`, `precondition_violations` and `retry_delay` read
+the details back out of a failed call.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import timedelta
 
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -24,6 +25,7 @@ from services.common.errors import (
     NotFound,
     PreconditionViolation,
     ResourceExhausted,
+    Unauthenticated,
     Unavailable,
 )
 
@@ -34,6 +36,7 @@ _CODES: Mapping[type[DomainError], int] = {
     FailedPrecondition: code_pb2.FAILED_PRECONDITION,
     ResourceExhausted: code_pb2.RESOURCE_EXHAUSTED,
     Unavailable: code_pb2.UNAVAILABLE,
+    Unauthenticated: code_pb2.UNAUTHENTICATED,
 }
 
 
@@ -79,6 +82,10 @@ def to_grpc_status(error: DomainError) -> grpc.Status:
                 )
             )
         )
+    if isinstance(error, ResourceExhausted) and error.retry_after_seconds is not None:
+        delay = duration_pb2.Duration()
+        delay.FromTimedelta(timedelta(seconds=error.retry_after_seconds))
+        details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
     return _status(status_pb2.Status(code=code, message=error.message, details=details))
 
 
@@ -120,6 +127,16 @@ def field_violations(error: grpc.aio.AioRpcError) -> list[FieldViolation]:
         if detail.Unpack(bad_request):
             return [FieldViolation(v.field, v.description) for v in bad_request.field_violations]
     return []
+
+
+def retry_delay(error: grpc.aio.AioRpcError) -> timedelta | None:
+    """The RetryInfo delay of a failed call: how long the server asks to wait (None if unsent)."""
+    for detail in _details(error):
+        retry = error_details_pb2.RetryInfo()
+        if detail.Unpack(retry):
+            delay: timedelta = retry.retry_delay.ToTimedelta()
+            return delay
+    return None
 
 
 def precondition_violations(error: grpc.aio.AioRpcError) -> list[PreconditionViolation]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime
 from pathlib import Path
 
+from services.common.files import write_atomically
 from shopmesh.layout import KubernetesLayout
 from shopmesh.pki import (
     CA_VALIDITY,
@@ -20,7 +21,6 @@ from shopmesh.pki import (
     sds_certificate_document,
     sds_file,
     sds_validation_document,
-    write_atomically,
 )
 
 
