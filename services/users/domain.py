@@ -1,5 +1,9 @@
 """Users domain: validation and normalisation of accounts, and the create/get rules.
 
+An account may have a password (hashed by services.users.passwords before it reaches the
+store); one created without (by a client older than sign-in) exists but cannot sign in.
+Signing in is services.users.sessions.
+
 No grpc here: the servicer converts protos to these calls, and DomainErrors raised here become
 status codes in the shared error-mapping interceptor.
 """
@@ -10,13 +14,14 @@ import re
 import unicodedata
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
 from typing import Protocol
 
 from services.common.clock import utc_now
 from services.common.errors import AlreadyExists, NotFound, Validator
+from services.users.passwords import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH, Passwords
 
 # RFC 5321 limits: 64 characters before the "@", 254 for the whole address.
 MAX_EMAIL_LENGTH = 254
@@ -47,11 +52,14 @@ class User:
 
 @dataclass(frozen=True)
 class NewUser:
-    """A validated, normalised CreateUser request. `request_id` is "" when not idempotent."""
+    """A validated, normalised CreateUser request. `request_id` is "" when not idempotent,
+    `password` "" when the account gets none."""
 
     request_id: str
     email: str
     display_name: str
+    # Never in a repr: a NewUser in a log line or a traceback must not show it.
+    password: str = field(default="", repr=False)
 
 
 class AddOutcome(Enum):
@@ -67,10 +75,16 @@ class AddOutcome(Enum):
 class UserStore(Protocol):
     """Persistence the users domain needs (implemented by services.users.store)."""
 
-    async def add(self, user: User, request_id: str) -> tuple[AddOutcome, User]:
+    async def add(
+        self, user: User, request_id: str, password_hash: str | None = None
+    ) -> tuple[AddOutcome, User]:
         """Atomically: return the user of `request_id` if it was seen, else the user holding
-        `user.email` if any, else insert `user`. The returned user is the one the outcome is
-        about (the new, the earlier or the conflicting one)."""
+        `user.email` if any, else insert `user` with `password_hash`. The returned user is the
+        one the outcome is about (the new, the earlier or the conflicting one)."""
+        ...
+
+    async def password_hash(self, user_id: str) -> str | None:
+        """The password hash of `user_id`, or None (no such user, or no password)."""
         ...
 
     async def get(self, user_id: str) -> User | None:
@@ -103,9 +117,11 @@ def _has_control_characters(text: str) -> bool:
     return any(unicodedata.category(char) == "Cc" for char in text)
 
 
-def validate_new_user(request_id: str, email: str, display_name: str) -> NewUser:
+def validate_new_user(
+    request_id: str, email: str, display_name: str, password: str = ""
+) -> NewUser:
     """Validate and normalise a CreateUser request; raises InvalidArgument naming every bad
-    field."""
+    field. The password is kept as given (no trimming: every character counts)."""
     email = normalize_email(email)
     display_name = display_name.strip()
     check = Validator()
@@ -127,12 +143,17 @@ def validate_new_user(request_id: str, email: str, display_name: str) -> NewUser
         "must not contain control characters",
     )
     check.require(
+        not password or MIN_PASSWORD_LENGTH <= len(password) <= MAX_PASSWORD_LENGTH,
+        "password",
+        f"must be {MIN_PASSWORD_LENGTH} to {MAX_PASSWORD_LENGTH} characters when set",
+    )
+    check.require(
         len(request_id) <= MAX_REQUEST_ID_LENGTH,
         "request_id",
         f"must be at most {MAX_REQUEST_ID_LENGTH} characters",
     )
     check.raise_if_invalid("invalid CreateUser request")
-    return NewUser(request_id=request_id, email=email, display_name=display_name)
+    return NewUser(request_id, email, display_name, password)
 
 
 def validate_user_id(user_id: str) -> str:
@@ -151,24 +172,30 @@ def new_user_id() -> str:
 class Users:
     """The users service's behaviour: create accounts (idempotently) and look them up."""
 
-    def __init__(self, store: UserStore, clock: Callable[[], datetime] = utc_now) -> None:
+    def __init__(
+        self,
+        store: UserStore,
+        clock: Callable[[], datetime] = utc_now,
+        passwords: Passwords | None = None,
+    ) -> None:
         self._store = store
         self._clock = clock
+        self._passwords = passwords or Passwords()
 
-    async def create(self, request_id: str, email: str, display_name: str) -> User:
+    async def create(
+        self, request_id: str, email: str, display_name: str, password: str = ""
+    ) -> User:
         """Create an account, or return the one an earlier call with `request_id` created.
 
         Raises InvalidArgument for bad input, AlreadyExists EMAIL_TAKEN when another request
         owns the email, AlreadyExists IDEMPOTENCY_KEY_REUSED when `request_id` was used for a
-        different email or display name.
+        different email, display name or password.
         """
-        new = validate_new_user(request_id, email, display_name)
+        new = validate_new_user(request_id, email, display_name, password)
         candidate = User(new_user_id(), new.email, new.display_name, self._clock())
-        outcome, user = await self._store.add(candidate, new.request_id)
-        if outcome is AddOutcome.REPLAYED and (user.email, user.display_name) != (
-            new.email,
-            new.display_name,
-        ):
+        password_hash = await self._passwords.hash(new.password) if new.password else None
+        outcome, user = await self._store.add(candidate, new.request_id, password_hash)
+        if outcome is AddOutcome.REPLAYED and not await self._same_request(user, new):
             raise AlreadyExists(
                 "request_id was already used to create a different user",
                 reason="IDEMPOTENCY_KEY_REUSED",
@@ -181,6 +208,15 @@ class Users:
                 metadata={"email": new.email},
             )
         return user
+
+    async def _same_request(self, user: User, new: NewUser) -> bool:
+        """Whether `new` asks for what created `user` (a retry, not a reused key)."""
+        if (user.email, user.display_name) != (new.email, new.display_name):
+            return False
+        stored = await self._store.password_hash(user.user_id)
+        if stored is None or not new.password:
+            return stored is None and not new.password
+        return await self._passwords.verify(stored, new.password)
 
     async def get(self, user_id: str) -> User:
         """The user with `user_id`; raises NotFound USER_NOT_FOUND if there is none."""

@@ -12,10 +12,10 @@ import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 
+from services.common.files import write_atomically
 from shopmesh.local.errors import MeshError
 from shopmesh.local.private import PRIVATE_DIRECTORY, PRIVATE_FILE, PRIVATE_UMASK, open_private
 from shopmesh.local.state import ProcessRecord
-from shopmesh.pki import write_atomically
 
 POLL_INTERVAL = 0.02
 LOG_TAIL_LINES = 25

@@ -9,10 +9,10 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from services.common.files import write_atomically
 from shopmesh.layout import GatewayPorts, PodPorts, StateDir
 from shopmesh.local.errors import MeshError
 from shopmesh.local.private import PRIVATE_DIRECTORY, PRIVATE_FILE
-from shopmesh.pki import write_atomically
 
 STATE_VERSION = 2
 

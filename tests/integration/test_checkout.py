@@ -292,10 +292,12 @@ class HangingUsers(users_pb2_grpc.UsersServiceServicer):
         await asyncio.Event().wait()
         raise AssertionError("unreachable")
 
-    async def CreateUser(
-        self, request: users_pb2.CreateUserRequest, context: aio.ServicerContext[Any, Any]
-    ) -> users_pb2.CreateUserResponse:
+    async def _not_part_of_this_double(
+        self, request: Any, context: aio.ServicerContext[Any, Any]
+    ) -> Any:
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not part of this test double")
+
+    CreateUser = SignIn = RenewToken = GetJwks = _not_part_of_this_double
 
 
 async def test_short_client_deadline_is_deadline_exceeded_and_reaches_downstream(

@@ -1,0 +1,73 @@
+"""Passwords: Argon2id hashes (argon2-cffi), computed off the event loop.
+
+Only the hash is stored, in PHC string form ("$argon2id$v=19$m=65536,t=3,p=4$salt$hash"),
+which carries its own parameters: raising them later leaves old hashes verifiable.
+
+The parameters are argon2-cffi's defaults, RFC 9106's second recommendation (64 MiB, 3
+passes, 4 lanes): memory-hard, so guessing on GPUs is costly, at ~0.1 s a hash here. Hashing
+runs on a small thread pool of its own (argon2-cffi releases the GIL): the event loop keeps
+serving, and at most `workers` hashes (64 MiB each) run at once however many sign-ins arrive.
+
+`verify(None, password)` checks against a dummy hash and returns False: an unknown email, or
+an account created without a password, costs what a wrong password costs, so timing does not
+tell whether an account exists.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+
+T = TypeVar("T")
+
+MIN_PASSWORD_LENGTH = 8
+# Argon2 hashes any length in about the same time; the cap bounds the request, not the hash.
+MAX_PASSWORD_LENGTH = 1024
+DEFAULT_WORKERS = 2
+# Any value: it only gives unknown accounts a hash of the right cost to be checked against.
+_DUMMY_PASSWORD = "shopmesh-dummy-password"
+
+
+class Passwords:
+    """Hashes and checks passwords on a bounded thread pool (see module docstring)."""
+
+    def __init__(
+        self, hasher: PasswordHasher | None = None, workers: int = DEFAULT_WORKERS
+    ) -> None:
+        self._hasher = hasher or PasswordHasher()
+        self._threads = ThreadPoolExecutor(workers, thread_name_prefix="argon2")
+        self._dummy_hash: str | None = None
+
+    async def hash(self, password: str) -> str:
+        """The PHC-format Argon2id hash of `password`, with a fresh random salt."""
+        return await self._run(self._hasher.hash, password)
+
+    async def verify(self, password_hash: str | None, password: str) -> bool:
+        """True if `password` matches `password_hash`; False otherwise, including when there is
+        no hash (then a dummy hash is checked, at the same cost)."""
+        if password_hash is None:
+            if self._dummy_hash is None:
+                # Once per process; the first unknown email pays for it.
+                self._dummy_hash = await self.hash(_DUMMY_PASSWORD)
+            await self._run(self._matches, self._dummy_hash, password)
+            return False
+        return await self._run(self._matches, password_hash, password)
+
+    async def close(self) -> None:
+        """Wait for the hashes in progress, then stop the threads."""
+        await asyncio.to_thread(self._threads.shutdown, True)
+
+    def _matches(self, password_hash: str, password: str) -> bool:
+        try:
+            return self._hasher.verify(password_hash, password)
+        except (VerificationError, InvalidHashError):
+            return False
+
+    async def _run(self, function: Callable[..., T], *args: str) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._threads, function, *args)

@@ -1,0 +1,158 @@
+"""Users' sign-in parts without a server: the backoff rule, source-address keys, the key
+directory and its rotation, password validation and hashing."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import jwt
+import pytest
+from argon2 import PasswordHasher
+
+from services.common.errors import InvalidArgument
+from services.users.domain import validate_new_user
+from services.users.keys import KeyDirectory, RotationTooSoon, main, thumbprint
+from services.users.passwords import Passwords
+from services.users.throttle import ThrottlePolicy, address_key
+from services.users.tokens import ACCESS_TOKEN_LIFETIME, ALGORITHM, sign_access_token
+
+NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
+POLICY = ThrottlePolicy(free_failures=3, max_delay=timedelta(seconds=10))
+
+
+def test_failures_up_to_the_free_ones_cost_no_wait() -> None:
+    assert POLICY.wait(2, NOW, NOW) == timedelta(0)
+
+
+def test_each_failure_beyond_the_free_ones_doubles_the_wait_up_to_the_cap() -> None:
+    waits = [POLICY.wait(failures, NOW, NOW).total_seconds() for failures in range(3, 9)]
+    assert waits == [1, 2, 4, 8, 10, 10]
+
+
+def test_the_wait_runs_from_the_last_failure() -> None:
+    assert POLICY.wait(4, NOW, NOW + timedelta(seconds=1.5)) == timedelta(seconds=0.5)
+    assert POLICY.wait(4, NOW, NOW + timedelta(seconds=3)) <= timedelta(0)
+
+
+def test_failures_are_forgotten_after_a_quiet_period() -> None:
+    assert POLICY.wait(1000, NOW, NOW + POLICY.forget_after) == timedelta(0)
+
+
+@pytest.mark.parametrize(
+    ("address", "key"),
+    [
+        ("203.0.113.7", "203.0.113.7"),
+        (" [2001:db8:1:2:3:4:5:6] ", "2001:db8:1:2::/64"),
+        ("::ffff:203.0.113.7", "203.0.113.7"),
+        ("not an address", None),
+        ("", None),
+    ],
+)
+def test_address_keys_group_ipv6_by_its_64(address: str, key: str | None) -> None:
+    assert address_key(address) == key
+
+
+def test_a_new_key_directory_is_private_and_publishes_one_key(tmp_path: Path) -> None:
+    keys = KeyDirectory(tmp_path / "keys")
+    ring = keys.ensure(NOW)
+    modes = {p.name: oct(p.stat().st_mode & 0o777) for p in [keys.path, *keys.path.iterdir()]}
+    assert modes == {
+        "keys": "0o700",
+        "signing-keys.json": "0o600",
+        "jwks.json": "0o644",
+        ".lock": "0o600",
+    }
+    published = json.loads(keys.jwks_file.read_text())["keys"]
+    assert [key["kid"] for key in published] == [ring.current.kid]
+    assert published[0]["kid"] == thumbprint(published[0])
+    assert (published[0]["kty"], published[0]["crv"], published[0]["alg"]) == (
+        "EC",
+        "P-256",
+        "ES256",
+    )
+    assert keys.ensure(NOW + timedelta(days=1)) == ring, "ensure replaced an existing key"
+
+
+def test_a_deleted_jwks_file_is_written_again_on_start(tmp_path: Path) -> None:
+    keys = KeyDirectory(tmp_path)
+    keys.ensure(NOW)
+    document = keys.jwks_file.read_text()
+    keys.jwks_file.unlink()
+    keys.ensure(NOW)
+    assert keys.jwks_file.read_text() == document
+
+
+def test_rotation_keeps_the_current_key_as_previous(tmp_path: Path) -> None:
+    keys = KeyDirectory(tmp_path)
+    first = keys.ensure(NOW).current
+    token, _ = sign_access_token(first.private_key(), first.kid, "usr_1", NOW)
+    rotated = keys.rotate(NOW, ACCESS_TOKEN_LIFETIME)
+    assert rotated.previous == first
+    assert rotated.current.kid != first.kid
+    published = jwt.PyJWKSet.from_json(keys.jwks_file.read_text())
+    assert [key.key_id for key in published.keys] == [rotated.current.kid, first.kid]
+    claims = jwt.decode(
+        token,
+        published[first.kid],
+        algorithms=[ALGORITHM],
+        options={"verify_aud": False, "verify_exp": False},
+    )
+    assert claims["sub"] == "usr_1"
+
+
+def test_rotating_again_before_the_dropped_keys_tokens_expire_is_refused(tmp_path: Path) -> None:
+    keys = KeyDirectory(tmp_path)
+    keys.ensure(NOW)
+    ring = keys.rotate(NOW, ACCESS_TOKEN_LIFETIME)
+    with pytest.raises(RotationTooSoon):
+        keys.rotate(NOW + ACCESS_TOKEN_LIFETIME, ACCESS_TOKEN_LIFETIME)
+    assert keys.ring() == ring
+    later = keys.rotate(NOW + ACCESS_TOKEN_LIFETIME + timedelta(minutes=1), ACCESS_TOKEN_LIFETIME)
+    assert later.previous == ring.current
+    forced = keys.rotate(NOW, ACCESS_TOKEN_LIFETIME, force=True)
+    assert forced.previous == later.current
+
+
+def test_a_running_reader_sees_a_rotation_made_by_another_process(tmp_path: Path) -> None:
+    service = KeyDirectory(tmp_path)
+    service.ensure(NOW)
+    assert main(["rotate", "--keys-dir", str(tmp_path)]) == 0
+    assert service.ring() == KeyDirectory(tmp_path).ring()
+    assert service.ring().previous is not None
+
+
+def test_the_rotate_command_refuses_a_directory_without_keys(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["rotate", "--keys-dir", str(tmp_path)])
+    assert exited.value.code == 2
+    assert "start users once" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("password", ["short", "x" * 1025])
+def test_a_password_out_of_bounds_is_a_violation(password: str) -> None:
+    with pytest.raises(InvalidArgument) as raised:
+        validate_new_user("", "ada@example.com", "", password)
+    assert [v.field for v in raised.value.violations] == ["password"]
+
+
+def test_a_new_user_never_shows_its_password() -> None:
+    new = validate_new_user("", "ada@example.com", "", "correct horse")
+    assert "correct horse" not in repr(new)
+
+
+async def test_a_password_matches_only_its_hash() -> None:
+    passwords = Passwords(PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1))
+    try:
+        hashed = await passwords.hash("correct horse")
+        assert hashed.startswith("$argon2id$")
+        assert "correct horse" not in hashed
+        assert await passwords.verify(hashed, "correct horse")
+        assert not await passwords.verify(hashed, "wrong horse")
+        assert not await passwords.verify("not a hash", "correct horse")
+        assert not await passwords.verify(None, "correct horse")
+    finally:
+        await passwords.close()
