@@ -4,6 +4,7 @@ tokens checked with the published keys, key rotation, refresh-token rotation, th
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import json
 from collections.abc import Callable
@@ -17,6 +18,7 @@ import pytest
 from argon2 import PasswordHasher
 from grpc import aio
 
+from services.common.server import start
 from services.common.status import field_violations, retry_delay
 from services.users.app import build, keys_dir
 from services.users.keys import KeyDirectory
@@ -317,6 +319,45 @@ async def test_one_source_address_is_throttled_across_accounts(
     assert await expect_throttled(sign_in(users, address="203.0.113.7")) == timedelta(seconds=1)
     # Another address, and the account itself, are not held back by that address's failures.
     await sign_in(users, address="198.51.100.1")
+
+
+async def test_a_success_does_not_wipe_out_the_failures_of_its_address(
+    services: ServiceRunner, channels: Channels, clock: ManualClock
+) -> None:
+    limits = SignInLimits(address=ThrottlePolicy(free_failures=3))
+    users = await start_with_clock(services, channels, clock, limits)
+    await sign_up(users)
+    office = "203.0.113.7"
+    for n in range(2):
+        await expect_wrong(sign_in(users, email=f"guess{n}@example.com", address=office))
+    await sign_in(users, address=office)
+    await expect_wrong(sign_in(users, email="guess2@example.com", address=office))
+    assert await expect_throttled(sign_in(users, address=office)) == timedelta(seconds=1)
+
+
+async def test_without_the_header_a_tcp_peer_is_throttled_by_its_address(
+    services: ServiceRunner, channels: Channels, clock: ManualClock
+) -> None:
+    limits = SignInLimits(address=ThrottlePolicy(free_failures=2))
+    config = dataclasses.replace(services.config("users"), listen="127.0.0.1:0")
+    app = await build(config, clock=clock, limits=limits, hasher=CHEAP_HASHER)
+    running = await start(config, app)
+    services.running.append(running)
+    users = users_pb2_grpc.UsersServiceStub(channels(running.address))
+    for n in range(2):
+        await expect_wrong(sign_in(users, email=f"guess{n}@example.com"))
+    await expect_throttled(sign_in(users, email="guess2@example.com"))
+
+
+async def test_a_unix_socket_caller_without_the_header_is_throttled_per_account_only(
+    services: ServiceRunner, channels: Channels, clock: ManualClock
+) -> None:
+    # Through a sidecar every caller shares one Unix socket peer: one budget for all of them
+    # would let any caller exhaust it for the rest.
+    limits = SignInLimits(address=ThrottlePolicy(free_failures=2))
+    users = await start_with_clock(services, channels, clock, limits)
+    for n in range(4):
+        await expect_wrong(sign_in(users, email=f"guess{n}@example.com"))
 
 
 def test_keys_dir_can_be_set(services: ServiceRunner, tmp_path: Path) -> None:
