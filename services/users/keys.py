@@ -7,6 +7,9 @@ mode 0700, holds:
   whole as one `KeyRing` document. One file, so a rotation is one atomic rename.
 - `jwks.json` (0644): their public halves as a JSON Web Key Set (RFC 7517), current first: the
   document a gateway verifies tokens with (Envoy's jwt_authn `local_jwks` with a filename).
+  Envoy reads that file when it loads its configuration, not when the file changes: after a
+  rotation the gateway must reload its configuration (or fetch GetJwks as a `remote_jwks`;
+  a raw JWKS over HTTP GET would need an additional RPC returning google.api.HttpBody).
 - `.lock`: serialises writers (a users process starting, a rotation).
 
 Files are replaced atomically (temporary file, fsync, rename): readers see the old document
