@@ -16,13 +16,15 @@ from services.common.config import (
     LOG_LEVEL,
     upstream_variable,
 )
+from services.users.keys import KEYS_DIR_VARIABLE
 from shopmesh.envoy.tracing import FLUSH_INTERVAL_MS
 from shopmesh.layout import Layout, Pod
 from shopmesh.topology import Topology
 
-MESH_OWNED = (LISTEN, DB_PATH, GRACE_SECONDS, DRAIN_SECONDS, LOG_LEVEL)
-"""Variables shopmesh sets for every app (plus SHOPMESH_UPSTREAM_<NAME> for each upstream);
-any other variable of the caller's environment reaches the apps unchanged."""
+MESH_OWNED = (LISTEN, DB_PATH, GRACE_SECONDS, DRAIN_SECONDS, LOG_LEVEL, KEYS_DIR_VARIABLE)
+"""Variables shopmesh sets for the apps (plus SHOPMESH_UPSTREAM_<NAME> for each upstream; the
+signing keys' directory for the sign-in issuer only); any other variable of the caller's
+environment reaches the apps unchanged."""
 
 
 @dataclass(frozen=True)
@@ -94,7 +96,16 @@ def pod_environment(
         DRAIN_SECONDS: seconds(topology.drain_seconds(pod.service)),
         LOG_LEVEL: settings.log_level,
         **tracing_environment(settings.tracing, pod.service, pod.name),
+        **signing_environment(topology, layout, pod.service),
     }
+
+
+def signing_environment(topology: Topology, layout: Layout, service: str) -> dict[str, str]:
+    """Where the sign-in issuer keeps the keys it signs access tokens with: where the layout
+    says the gateway finds their JWKS."""
+    if service != topology.gateway.sign_in.issuer:
+        return {}
+    return {KEYS_DIR_VARIABLE: str(layout.signing_keys())}
 
 
 def standalone_environment(

@@ -16,6 +16,8 @@ everything lives under one state directory (`StateDir`, default ./var):
     certs/                       the local CA and every identity (shopmesh.pki)
     data/<service>.db            each service's SQLite file; replicas of a service share it
     data/payments.key            the key of payments' card fingerprints (HMAC), made on first start
+    data/signing-keys/           users' access-token signing keys and jwks.json, which the gateway
+                                 verifies tokens with (services/users/keys.py)
     data/traces.db               the spans of the last traces (shopmesh.collector)
     envoy/<pod>.yaml             rendered Envoy configs, and mesh.yaml as the mesh was started
     prometheus.yml               a Prometheus scrape configuration for every Envoy's metrics
@@ -30,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from services.users.keys import JWKS_FILE
 from shopmesh.topology import GATEWAY, Topology
 
 APP = "app"
@@ -103,6 +106,10 @@ class Layout(Protocol):
     def gateway_health(self) -> Endpoint: ...
     def descriptor_set(self) -> Path: ...
     def database(self, service: str) -> Path: ...
+    # The keys that sign access tokens (read by the sign-in issuer's app), and the JWKS that
+    # publishes them (read by the gateway).
+    def signing_keys(self) -> Path: ...
+    def jwks(self) -> Path: ...
 
 
 # --- on this machine ---------------------------------------------------------------------------
@@ -189,6 +196,11 @@ class StateDir:
 
     def database(self, service: str) -> Path:
         return self.data / f"{service}.db"
+
+    @property
+    def signing_keys(self) -> Path:
+        """The access-token signing keys and their JWKS (services/users/keys.py)."""
+        return self.data / "signing-keys"
 
     def make_directories(self, pods: list[Pod]) -> None:
         """Create every directory the processes and rendered configs refer to (Envoy refuses a
@@ -305,6 +317,12 @@ class LocalLayout:
     def database(self, service: str) -> Path:
         return self.state.database(service)
 
+    def signing_keys(self) -> Path:
+        return self.state.signing_keys
+
+    def jwks(self) -> Path:
+        return self.state.signing_keys / JWKS_FILE
+
 
 # --- on Kubernetes -----------------------------------------------------------------------------
 
@@ -327,6 +345,10 @@ class KubernetesLayout:
     config_file: str = "envoy.yaml"
     data_dir: Path = Path("/var/lib/shopmesh")
     descriptor: Path = Path("/etc/shopmesh/descriptors/shop.pb")
+    signing_keys_dir: Path = Path("/etc/shopmesh/signing-keys")
+    """The mounted Secret with the access-token signing keys (in the issuer's pods only)."""
+    jwks_dir: Path = Path("/etc/shopmesh/jwks")
+    """The mounted ConfigMap with their JWKS (in the gateway's pods)."""
     descriptor_in_image: Path = Path("/app/descriptors/shop.pb")
     """Where the Dockerfile puts the contracts' descriptor set, for the gateway's transcoder."""
     inbound_port: int = 15443
@@ -393,3 +415,9 @@ class KubernetesLayout:
 
     def database(self, service: str) -> Path:
         return self.data_dir / f"{service}.db"
+
+    def signing_keys(self) -> Path:
+        return self.signing_keys_dir
+
+    def jwks(self) -> Path:
+        return self.jwks_dir / JWKS_FILE

@@ -24,11 +24,13 @@ from shopmesh.envoy.replies import (
     Refusal,
     any_of,
     code_details,
+    code_details_prefix,
     grpc_reply,
     http_status,
     json_reply,
     response_flags,
 )
+from shopmesh.envoy.signin import REFUSED_TOKEN, token_refusals
 from shopmesh.envoy.upstream import deadline_replies
 from shopmesh.topology import LocalRateLimit, Topology
 
@@ -116,6 +118,7 @@ def refusals(topology: Topology) -> dict[str, Refusal]:
             503,
             "no replica of the service could take the call",
         ),
+        *token_refusals(),
     ]
     return {refusal.reason: refusal for refusal in table}
 
@@ -123,6 +126,10 @@ def refusals(topology: Topology) -> dict[str, Refusal]:
 # Which local replies are which refusal, in the order they are tried.
 _RECOGNISED: Sequence[tuple[str, Sequence[Json]]] = (
     ("RATE_LIMITED", [code_details("local_rate_limited"), response_flags("RL")]),
+    ("TOKEN_MISSING", [code_details(f"{REFUSED_TOKEN}{{Jwt_is_missing}}")]),
+    ("TOKEN_EXPIRED", [code_details(f"{REFUSED_TOKEN}{{Jwt_is_expired}}")]),
+    # A bad signature, an unknown key, another issuer or audience, `alg: none`, a malformed token.
+    ("TOKEN_INVALID", [code_details_prefix(REFUSED_TOKEN)]),
     ("OVERLOADED", [code_details("reached_concurrency_limit"), response_flags("UO")]),
     ("REQUEST_TOO_LARGE", [http_status(413, INGRESS)]),
     ("UNKNOWN_METHOD", [response_flags("NR")]),

@@ -28,6 +28,7 @@ from shopmesh.envoy.edge import (
 )
 from shopmesh.envoy.metrics import gateway_methods, grpc_stats_filter
 from shopmesh.envoy.sidecar import service_paths
+from shopmesh.envoy.signin import caller_removal_filter, jwt_filter
 from shopmesh.envoy.tracing import (
     EDGE,
     TRACE_ID_HEADER,
@@ -179,14 +180,18 @@ def render_gateway(topology: Topology, layout: Layout, tracing: Tracing | None =
     manager = http_connection_manager(
         INGRESS,
         gateway_routes(topology),
-        # Cheapest refusals first: the rate limits before anything reads a body, then the
-        # body's size, its content type and gRPC framing (JSON is checked for its content type
-        # only, before the transcoder turns it into well-framed gRPC), then adaptive
-        # concurrency, which so also governs JSON calls. grpc_stats last: what the filters
-        # before it refuse is counted by them (http_local_rate_limit.rate_limited,
+        # First, a caller named from outside is removed (only a verified token names one).
+        # Then the cheapest refusals: the rate limits before anything reads a body, the access
+        # token where the route needs one, then the body's size, its content type and gRPC
+        # framing (JSON is checked for its content type only, before the transcoder turns it
+        # into well-framed gRPC), then adaptive concurrency, which so also governs JSON calls.
+        # grpc_stats last: what the filters before it refuse is counted by them
+        # (http_local_rate_limit.rate_limited, jwt_authn.denied,
         # adaptive_concurrency...rq_blocked), and an unrouted method as http.ingress.no_route.
         [
+            caller_removal_filter(),
             *rate_limit_filters(topology, INGRESS),
+            jwt_filter(topology, layout),
             size_limit_filter(topology),
             edge_check_filter(topology),
             transcoder_filter(topology, layout),

@@ -102,6 +102,19 @@ def code_details(details: str) -> Json:
     }
 
 
+def code_details_prefix(prefix: str) -> Json:
+    """Matches Envoy's response code details that start with `prefix`."""
+    return {
+        "extension_filter": {
+            "name": "envoy.access_loggers.extension_filters.cel",
+            "typed_config": typed(
+                "envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter",
+                expression=f"response.code_details.startsWith('{prefix}')",
+            ),
+        }
+    }
+
+
 def any_of(filters: Sequence[Json]) -> Json:
     return filters[0] if len(filters) == 1 else {"or_filter": {"filters": list(filters)}}
 

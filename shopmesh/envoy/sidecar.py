@@ -30,6 +30,7 @@ from shopmesh.envoy.builders import (
 from shopmesh.envoy.faults import ABORT_GRPC_STATUS, ABORT_PERCENT, DELAY_MS, DELAY_PERCENT
 from shopmesh.envoy.metrics import egress_methods, grpc_stats_filter, inbound_methods
 from shopmesh.envoy.replies import Refusal, grpc_reply, http_status
+from shopmesh.envoy.signin import caller_permission
 from shopmesh.envoy.tracing import Tracing, manager_options, traced_bootstrap_parts
 from shopmesh.envoy.upstream import (
     STREAM_IDLE_TIMEOUT,
@@ -80,13 +81,15 @@ def exact_paths(paths: Iterable[str]) -> Json:
 
 
 def rbac_filter(topology: Topology, service: str) -> Json:
-    """Allow each caller exactly the methods the topology grants it; health checks from every
+    """Allow each caller exactly the methods the topology grants it (naming a signed-in caller
+    only if it may pass one on: caller_permission); health checks from every
     mesh identity; server reflection from the gateway when it offers reflection. Everything
     else is denied (refusal_replies: PERMISSION_DENIED with an ErrorInfo)."""
     policies: Json = {}
     for caller, methods in topology.callers(service).items():
+        methods_of = exact_paths(service_paths(topology, service, methods))
         policies[f"caller-{caller}"] = {
-            "permissions": [exact_paths(service_paths(topology, service, methods))],
+            "permissions": [caller_permission(topology, caller, methods_of)],
             "principals": [
                 {"authenticated": {"principal_name": {"exact": topology.spiffe_id(caller)}}}
             ],

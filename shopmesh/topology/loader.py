@@ -15,7 +15,6 @@ from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
 from types import MappingProxyType
-from typing import NoReturn, TypeVar
 
 import yaml
 from google.protobuf import descriptor_pb2
@@ -33,17 +32,17 @@ from shopmesh.topology.model import (
     RetryPolicy,
     RoutePolicy,
     Service,
+    SignIn,
     Topology,
     TopologyError,
     UpstreamPolicy,
 )
+from shopmesh.topology.sections import Section, fail
 
 _NAME = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 _DNS_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$")
 _GRPC_SERVICE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*\.[A-Z][A-Za-z0-9]*$")
 _METHOD = re.compile(r"^[A-Z][A-Za-z0-9]*$")
-_DURATION = re.compile(r"^(?P<value>\d+(\.\d+)?)(?P<unit>ms|s|m)$")
-_DURATION_UNITS = {"ms": 1, "s": 1000, "m": 60_000}
 _RETRY_ON = frozenset(
     {
         "cancelled",
@@ -59,8 +58,6 @@ _RETRY_ON = frozenset(
         "5xx",
     }
 )
-
-T = TypeVar("T")
 
 
 def load_topology(path: Path, descriptor_set: Path | None = None) -> Topology:
@@ -86,7 +83,7 @@ def parse_topology(
 
     `contracts` maps full gRPC service names to their method names; None skips that check.
     """
-    root = _Section.of(raw, source, "")
+    root = Section.of(raw, source, "")
     trust_domain = root.text("trust_domain", _DNS_NAME, "a DNS name such as shop.local")
     namespace = root.text("namespace", _NAME, "a lower-case name such as shop")
 
@@ -134,10 +131,7 @@ def parse_topology(
     limits.done()
     adaptive = gateway_section.section("adaptive_concurrency")
     admitted = methods.method_map(adaptive.section("methods"), caller=GATEWAY)
-    for service, admitted_methods in admitted.items():
-        unexposed = set(admitted_methods) - set(exposes.get(service, ()))
-        if unexposed:
-            adaptive.fail("methods", f"{service}: {', '.join(sorted(unexposed))} not exposed")
+    _refuse_unexposed(adaptive, "methods", admitted, exposes)
     adaptive_concurrency = AdaptiveConcurrency(
         methods=MappingProxyType(admitted),
         min_rtt_interval=adaptive.duration("min_rtt_interval", minimum=timedelta(seconds=1)),
@@ -155,13 +149,14 @@ def parse_topology(
         per_client_rate_limit=_parse_bucket(gateway_section.section("per_client_rate_limit")),
         limits=edge_limits,
         adaptive_concurrency=adaptive_concurrency,
+        sign_in=_parse_sign_in(gateway_section.section("sign_in"), methods, exposes, services),
     )
     gateway_section.done()
 
     resilience = root.section("resilience")
     defaults_raw = resilience.mapping("defaults")
     # Parsed alone first, so a bad default is reported where it is written.
-    _parse_policy(_Section.of(defaults_raw, source, "resilience.defaults"), {})
+    _parse_policy(Section.of(defaults_raw, source, "resilience.defaults"), {})
     overrides = resilience.section("overrides")
     for target in overrides.entries():
         if target not in services:
@@ -173,19 +168,19 @@ def parse_topology(
         method_overrides = override.pop("methods", {})
         merged = _merge(defaults_raw, override, source, path)
         method_routes: dict[str, RoutePolicy] = {}
-        methods_section = _Section.of(method_overrides, source, f"{path}.methods")
+        methods_section = Section.of(method_overrides, source, f"{path}.methods")
         for method in methods_section.entries():
             methods.check(methods_section, method, method, name)
             method_path = f"{path}.methods.{method}"
             method_raw = methods_section.mapping(method)
             for key in method_raw:
                 if key not in _ROUTE_KEYS:
-                    _fail(source, f"{method_path}.{key}", f"may only set {', '.join(_ROUTE_KEYS)}")
+                    fail(source, f"{method_path}.{key}", f"may only set {', '.join(_ROUTE_KEYS)}")
             route_raw = {key: merged[key] for key in _ROUTE_KEYS}
             method_merged = _merge(route_raw, method_raw, source, method_path)
-            method_routes[method] = _parse_route(_Section.of(method_merged, source, method_path))
+            method_routes[method] = _parse_route(Section.of(method_merged, source, method_path))
         methods_section.done()
-        policies[name] = _parse_policy(_Section.of(merged, source, path), method_routes)
+        policies[name] = _parse_policy(Section.of(merged, source, path), method_routes)
     overrides.done()
     resilience.done()
     root.done()
@@ -194,7 +189,7 @@ def parse_topology(
         for method in exposed:
             timeout = policy.methods.get(method, policy.route).route_timeout
             if timeout > edge_limits.request_timeout:
-                _fail(
+                fail(
                     source,
                     f"resilience: {service}.{method}",
                     f"route_timeout {timeout.total_seconds()}s exceeds the gateway's "
@@ -214,8 +209,37 @@ _ONE_MS = timedelta(milliseconds=1)
 _ROUTE_KEYS = ("route_timeout", "per_try_timeout", "retry")
 
 
-def _fail(source: str, path: str, message: str) -> NoReturn:
-    raise TopologyError(f"{source}: {path}: {message}")
+def _refuse_unexposed(
+    section: Section,
+    key: str,
+    chosen: Mapping[str, tuple[str, ...]],
+    exposes: Mapping[str, tuple[str, ...]],
+) -> None:
+    for service, methods in chosen.items():
+        unexposed = set(methods) - set(exposes.get(service, ()))
+        if unexposed:
+            section.fail(key, f"{service}: {', '.join(sorted(unexposed))} not exposed")
+
+
+def _parse_sign_in(
+    section: Section,
+    methods: _MethodChecker,
+    exposes: Mapping[str, tuple[str, ...]],
+    services: Mapping[str, Service],
+) -> SignIn:
+    issuer = section.text("issuer", _NAME, "the service that signs access tokens")
+    if issuer not in services:
+        section.fail("issuer", f"unknown service {issuer!r}; known: {', '.join(services)}")
+    if not exposes.get(issuer):
+        section.fail("issuer", f"{issuer} exposes nothing: nobody could sign in")
+    public = methods.method_map(section.section("public"), caller=GATEWAY)
+    _refuse_unexposed(section, "public", public, exposes)
+    passed_on_by = section.text_list("passed_on_by", _NAME, "service names such as orders")
+    for service in passed_on_by:
+        if service not in services:
+            section.fail("passed_on_by", f"unknown service {service!r}")
+    section.done()
+    return SignIn(issuer, MappingProxyType(public), passed_on_by)
 
 
 def _merge(
@@ -226,11 +250,11 @@ def _merge(
     merged = dict(defaults)
     for key, value in override.items():
         if key not in defaults:
-            _fail(source, f"{path}.{key}", "unknown key (not in resilience.defaults)")
+            fail(source, f"{path}.{key}", "unknown key (not in resilience.defaults)")
         base = defaults[key]
         if isinstance(base, dict):
             if not isinstance(value, dict):
-                _fail(source, f"{path}.{key}", "expected a mapping")
+                fail(source, f"{path}.{key}", "expected a mapping")
             merged[key] = _merge(base, value, source, f"{path}.{key}")
         else:
             merged[key] = value
@@ -246,7 +270,7 @@ class _MethodChecker:
         self.grpc_services = grpc_services
         self.contracts = contracts
 
-    def check(self, section: _Section, key: str, method: str, service: str) -> None:
+    def check(self, section: Section, key: str, method: str, service: str) -> None:
         if not isinstance(method, str) or not _METHOD.match(method):
             section.fail(key, f"{method!r} is not a gRPC method name such as GetUser")
         if self.contracts is not None:
@@ -254,7 +278,7 @@ class _MethodChecker:
             if method not in self.contracts[grpc_service]:
                 section.fail(key, f"{grpc_service} has no method {method!r}")
 
-    def method_map(self, section: _Section, caller: str) -> dict[str, tuple[str, ...]]:
+    def method_map(self, section: Section, caller: str) -> dict[str, tuple[str, ...]]:
         """A `service: [Method, ...]` mapping whose services and methods all exist."""
         result: dict[str, tuple[str, ...]] = {}
         for target in section.entries():
@@ -273,7 +297,7 @@ class _MethodChecker:
         return result
 
 
-def _parse_bucket(section: _Section) -> LocalRateLimit:
+def _parse_bucket(section: Section) -> LocalRateLimit:
     bucket = LocalRateLimit(
         max_tokens=section.integer("max_tokens", minimum=1),
         tokens_per_fill=section.integer("tokens_per_fill", minimum=1),
@@ -283,7 +307,7 @@ def _parse_bucket(section: _Section) -> LocalRateLimit:
     return bucket
 
 
-def _parse_route(section: _Section) -> RoutePolicy:
+def _parse_route(section: Section) -> RoutePolicy:
     retry = section.section("retry")
     retry_on = retry.text_list("retry_on", re.compile(r"^[a-z0-9-]+$"), "retry conditions")
     for condition in retry_on:
@@ -308,7 +332,7 @@ def _parse_route(section: _Section) -> RoutePolicy:
     return policy
 
 
-def _parse_policy(section: _Section, methods: Mapping[str, RoutePolicy]) -> UpstreamPolicy:
+def _parse_policy(section: Section, methods: Mapping[str, RoutePolicy]) -> UpstreamPolicy:
     route = _parse_route(section)
     budget = section.section("retry_budget")
     breaker = section.section("circuit_breaker")
@@ -362,108 +386,3 @@ def _read_descriptor_set(path: Path) -> dict[str, frozenset[str]]:
             full_name = f"{file.package}.{service.name}" if file.package else service.name
             contracts[full_name] = frozenset(method.name for method in service.method)
     return contracts
-
-
-class _Section:
-    """One mapping of the document, read key by key; `done` refuses keys nobody read."""
-
-    def __init__(self, data: Mapping[str, object], source: str, path: str) -> None:
-        self.data = data
-        self.source = source
-        self.path = path
-        self.read: set[str] = set()
-        self.children: dict[str, _Section] = {}
-
-    @classmethod
-    def of(cls, raw: object, source: str, path: str) -> _Section:
-        if not isinstance(raw, dict):
-            _fail(source, path or "(top level)", "expected a mapping")
-        for key in raw:
-            if not isinstance(key, str):
-                _fail(source, path or "(top level)", f"key {key!r} is not a string")
-        return cls(raw, source, path)
-
-    def _where(self, key: str) -> str:
-        return f"{self.path}.{key}" if self.path else key
-
-    def fail(self, key: str, message: str) -> NoReturn:
-        _fail(self.source, self._where(key), message)
-
-    def entries(self) -> list[str]:
-        """Every key of this mapping (all count as read: the caller handles each)."""
-        self.read.update(self.data)
-        return list(self.data)
-
-    def _get(self, key: str) -> object:
-        if key not in self.data:
-            self.fail(key, "missing (every key is required)")
-        self.read.add(key)
-        return self.data[key]
-
-    def _typed(self, key: str, kind: type[T], expected: str) -> T:
-        value = self._get(key)
-        # bool is an int in Python; a YAML `true` is never a number here.
-        if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
-            self.fail(key, f"expected {expected}, got {value!r}")
-        return value
-
-    def mapping(self, key: str) -> Mapping[str, object]:
-        return _Section.of(self._get(key), self.source, self._where(key)).data
-
-    def section(self, key: str) -> _Section:
-        """The mapping at `key`; asking twice gives the same section (and its read keys)."""
-        if key not in self.children:
-            self.children[key] = _Section.of(self._get(key), self.source, self._where(key))
-        return self.children[key]
-
-    def text(self, key: str, pattern: re.Pattern[str], expected: str) -> str:
-        value = self._typed(key, str, expected)
-        if not pattern.match(value):
-            self.fail(key, f"expected {expected}, got {value!r}")
-        return value
-
-    def text_list(self, key: str, pattern: re.Pattern[str], expected: str) -> tuple[str, ...]:
-        values = self._typed(key, list, f"a list of {expected}")
-        for value in values:
-            if not isinstance(value, str) or not pattern.match(value):
-                self.fail(key, f"expected {expected}, got {value!r}")
-        if len(set(values)) != len(values):
-            self.fail(key, "lists an entry twice")
-        return tuple(values)
-
-    def boolean(self, key: str) -> bool:
-        return self._typed(key, bool, "true or false")
-
-    def integer(self, key: str, minimum: int, maximum: int | None = None) -> int:
-        value = self._typed(key, int, "an integer")
-        if value < minimum or (maximum is not None and value > maximum):
-            bound = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
-            self.fail(key, f"must be {bound}, got {value}")
-        return value
-
-    def number(self, key: str, minimum: float, maximum: float) -> float:
-        value = self._get(key)
-        if not isinstance(value, int | float) or isinstance(value, bool):
-            self.fail(key, f"expected a number, got {value!r}")
-        if not minimum <= value <= maximum:
-            self.fail(key, f"must be between {minimum:g} and {maximum:g}, got {value}")
-        return float(value)
-
-    def duration(self, key: str, minimum: timedelta = timedelta(0)) -> timedelta:
-        value = self._get(key)
-        match = _DURATION.match(value) if isinstance(value, str) else None
-        if match is None:
-            self.fail(key, f"expected a duration such as 250ms, 1s or 1.5s, got {value!r}")
-        millis = float(match["value"]) * _DURATION_UNITS[match["unit"]]
-        if millis != int(millis):
-            self.fail(key, f"{value!r} is finer than a millisecond")
-        result = timedelta(milliseconds=int(millis))
-        if result < minimum:
-            self.fail(key, f"must be at least {minimum.total_seconds() * 1000:g}ms")
-        return result
-
-    def done(self) -> None:
-        """Refuse keys that were never read: they are typos or unsupported settings."""
-        for key in self.data:
-            if key not in self.read:
-                self.fail(key, "unknown key")

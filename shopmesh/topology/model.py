@@ -145,6 +145,21 @@ class AdaptiveConcurrency:
 
 
 @dataclass(frozen=True)
+class SignIn:
+    """Who may call the exposed methods: `issuer` (a service) signs shoppers' access tokens, the
+    gateway verifies them, and every exposed method but the `public` ones needs one. The gateway
+    passes the signed-in caller on to the services it calls; so may the services in
+    `passed_on_by`, which call on a shopper's behalf. No other caller may name one."""
+
+    issuer: str
+    public: Mapping[str, tuple[str, ...]]
+    passed_on_by: tuple[str, ...]
+
+    def is_public(self, service: str, method: str) -> bool:
+        return method in self.public.get(service, ())
+
+
+@dataclass(frozen=True)
 class Gateway:
     """The edge gateway: the public methods, and what else it offers to outside clients."""
 
@@ -158,6 +173,7 @@ class Gateway:
     """A bucket per source address, taken from on top of the shared one."""
     limits: EdgeLimits
     adaptive_concurrency: AdaptiveConcurrency
+    sign_in: SignIn
 
 
 @dataclass(frozen=True)

@@ -47,7 +47,7 @@ def test_callers_include_services_and_the_gateway() -> None:
     }
     assert topology.callers("users") == {
         "orders": ("GetUser",),
-        "gateway": ("CreateUser", "GetUser"),
+        "gateway": ("CreateUser", "SignIn", "RenewToken", "GetJwks", "GetUser"),
     }
 
 
