@@ -31,7 +31,13 @@ JWT_AUTHN = "envoy.filters.http.jwt_authn"
 REFUSED_TOKEN = "jwt_authn_access_denied"
 """What Envoy's response code details of a refused token start with (then `{Jwt_is_missing}`,
 `{Jwt_is_expired}`, `{Jwt_verification_fails}`, ...)."""
+AUTHORIZATION = "authorization"
 BEARER = "Bearer "
+
+
+def bearer_metadata(access_token: str) -> tuple[tuple[str, str]]:
+    """The request metadata of a call made as the shopper `access_token` signs in."""
+    return ((AUTHORIZATION, f"{BEARER}{access_token}"),)
 
 
 def sign_in_paths(topology: Topology) -> set[str]:
@@ -61,7 +67,7 @@ def jwt_filter(topology: Topology, layout: Layout) -> Json:
         "issuer": ISSUER,
         "audiences": [AUDIENCE],
         "local_jwks": {"filename": str(layout.jwks())},
-        "from_headers": [{"name": "authorization", "value_prefix": BEARER}],
+        "from_headers": [{"name": AUTHORIZATION, "value_prefix": BEARER}],
         "forward": False,
         "require_expiration": True,
         # The longest an access token may live, whatever its claims say.

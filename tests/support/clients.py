@@ -16,6 +16,7 @@ from shop.notifications.v1 import notifications_pb2, notifications_pb2_grpc
 from shop.orders.v1 import orders_pb2, orders_pb2_grpc
 from shop.payments.v1 import payments_pb2_grpc
 from shop.users.v1 import users_pb2, users_pb2_grpc
+from shopmesh.envoy.signin import bearer_metadata
 from shopmesh.local.mesh import RunningMesh
 from tests.support.polling import CALL_TIMEOUT, eventually
 
@@ -24,6 +25,8 @@ from tests.support.polling import CALL_TIMEOUT, eventually
 # channels; the gateway clients (checkouts) keep them, which cannot repeat a call a server has
 # seen.
 CHANNEL_OPTIONS = [("grpc.enable_retries", 0)]
+PASSWORD = "a mesh tester's password"
+"""The password of every account the test clients create."""
 
 
 def channel(address: str) -> aio.Channel:
@@ -34,6 +37,23 @@ def channel(address: str) -> aio.Channel:
 def egress(mesh: RunningMesh, pod: str) -> str:
     """The gRPC target of a pod's egress socket: calling it is calling as that pod's app."""
     return f"unix:{mesh.pod(pod).egress_socket}"
+
+
+@dataclass(frozen=True)
+class Shopper:
+    """A signed-up, signed-in account: calls made for it carry `metadata` (its access token;
+    the gateway turns it into the caller the services see)."""
+
+    user: users_pb2.User
+    session: users_pb2.Session
+
+    @property
+    def user_id(self) -> str:
+        return self.user.user_id
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str]]:
+        return bearer_metadata(self.session.access_token)
 
 
 @dataclass
@@ -67,60 +87,70 @@ class MeshClients:
 
     async def create_user(
         self, email: str | None = None, display_name: str = "Mesh Tester"
-    ) -> users_pb2.User:
-        """A new account (a unique email unless one is given)."""
+    ) -> Shopper:
+        """A new account (a unique email unless one is given), signed in."""
+        email = email or f"tester-{uuid.uuid4().hex[:12]}@example.com"
         response = await self.users.CreateUser(
             users_pb2.CreateUserRequest(
                 request_id=f"req-{uuid.uuid4().hex}",
-                email=email or f"tester-{uuid.uuid4().hex[:12]}@example.com",
+                email=email,
                 display_name=display_name,
+                password=PASSWORD,
             ),
             timeout=CALL_TIMEOUT,
         )
-        return response.user
+        return Shopper(response.user, await self.sign_in(email))
+
+    async def sign_in(self, email: str, password: str = PASSWORD) -> users_pb2.Session:
+        response = await self.users.SignIn(
+            users_pb2.SignInRequest(email=email, password=password), timeout=CALL_TIMEOUT
+        )
+        return response.session
 
     async def place_order(
         self,
-        user_id: str,
+        shopper: Shopper,
         items: Sequence[tuple[str, int]] = (("STICKER-01", 1),),
         payment_token: str = "tok_visa",
         idempotency_key: str | None = None,
         within: float = CALL_TIMEOUT,
     ) -> orders_pb2.Order:
-        """PlaceOrder through the gateway, with a gRPC deadline of `within` seconds; `items`
-        are (sku, quantity). The default item has a stock of 1000 in the seed catalog, so
-        hundreds of checkouts fit in one mesh."""
+        """PlaceOrder through the gateway as `shopper`, with a gRPC deadline of `within`
+        seconds; `items` are (sku, quantity). The default item has a stock of 1000 in the seed
+        catalog, so hundreds of checkouts fit in one mesh."""
         response = await self.orders.PlaceOrder(
             orders_pb2.PlaceOrderRequest(
                 idempotency_key=idempotency_key or f"order-{uuid.uuid4().hex}",
-                user_id=user_id,
+                user_id=shopper.user_id,
                 items=[orders_pb2.OrderItem(sku=sku, quantity=qty) for sku, qty in items],
                 payment_token=payment_token,
             ),
             timeout=within,
+            metadata=shopper.metadata,
         )
         return response.order
 
-    async def checkout(self, **order: Any) -> tuple[users_pb2.User, orders_pb2.Order]:
-        """A new user places one order (keyword arguments as for `place_order`)."""
-        user = await self.create_user()
-        return user, await self.place_order(user.user_id, **order)
+    async def checkout(self, **order: Any) -> tuple[Shopper, orders_pb2.Order]:
+        """A new shopper places one order (keyword arguments as for `place_order`)."""
+        shopper = await self.create_user()
+        return shopper, await self.place_order(shopper, **order)
 
-    async def notifications_of(self, user_id: str) -> list[notifications_pb2.Notification]:
+    async def notifications_of(self, shopper: Shopper) -> list[notifications_pb2.Notification]:
         response = await self.notifications.ListNotifications(
-            notifications_pb2.ListNotificationsRequest(user_id=user_id, page_size=100),
+            notifications_pb2.ListNotificationsRequest(user_id=shopper.user_id, page_size=100),
             timeout=CALL_TIMEOUT,
+            metadata=shopper.metadata,
         )
         return list(response.notifications)
 
     async def wait_for_notification(
-        self, user_id: str, order_id: str, within: float = 10.0
+        self, shopper: Shopper, order_id: str, within: float = 10.0
     ) -> notifications_pb2.Notification:
         """The notification about `order_id`, once the outbox relay has delivered it."""
         found: list[notifications_pb2.Notification] = []
 
         async def delivered() -> bool:
-            found[:] = [n for n in await self.notifications_of(user_id) if n.order_id == order_id]
+            found[:] = [n for n in await self.notifications_of(shopper) if n.order_id == order_id]
             return bool(found)
 
         await eventually(delivered, within, f"a notification about {order_id}")
