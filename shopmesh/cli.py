@@ -1,7 +1,7 @@
 """`shopmesh`: run the mesh on this machine (`up`, `down`, `status`, `logs`, `fault`,
-`restart`, `certs rotate`, `dashboard`), send it shopper traffic (`load`), run the services
-without it (`run`), and generate what Kubernetes needs (`k8s render`, `k8s issue-certs`). The
-Makefile's targets call these commands."""
+`restart`, `certs rotate`, `keys rotate`, `dashboard`), send it shopper traffic (`load`), run
+the services without it (`run`), and generate what Kubernetes needs (`k8s render`,
+`k8s issue-certs`). The Makefile's targets call these commands."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from shopmesh.envoy.admin import AdminError
 from shopmesh.envoy.faults import Fault, FaultError
 from shopmesh.k8s.commands import k8s_group
 from shopmesh.layout import LayoutError, StateDir
-from shopmesh.local import certs, faults
+from shopmesh.local import certs, faults, signing
 from shopmesh.local.dashboard import DEFAULT_DASHBOARD_PORT, dashboard_link
 from shopmesh.local.errors import MeshError
 from shopmesh.local.mesh import RunningMesh
@@ -395,6 +395,29 @@ def rotate_command(state_dir: Path, topology: Path) -> None:
     identities = load_topology(topology).spiffe_ids
     serials = rotate_certificates(StateDir(state_dir.resolve()).certs, identities)
     console.print(f"rotated {len(serials)} certificates (no mesh running)")
+
+
+@main.group(name="keys")
+def keys_group() -> None:
+    """The keys that sign shoppers' access tokens (users.SignIn)."""
+
+
+@keys_group.command(name="rotate")
+@options.state_dir
+@click.option("--force", is_flag=True, help="Even if tokens signed by the dropped key may live.")
+def keys_rotate_command(state_dir: Path, force: bool) -> None:
+    """Make a new signing key; the previous one stays in the JWKS, so tokens it signed keep
+    working until they expire. A running mesh's gateway restarts to load the new JWKS (the
+    edge is down for about a second)."""
+    mesh = RunningMesh.attach(state_dir)
+    if mesh is None:
+        ring = signing.rotate_keys(StateDir(state_dir.resolve()), force=force)
+        where = "no mesh running"
+    else:
+        ring = run(signing.rotate(mesh, force=force))
+        where = "the gateway verifies with it"
+    previous = ring.previous.kid if ring.previous else "none"
+    console.print(f"signing key {ring.current.kid} (previous {previous}); {where}")
 
 
 @main.command(name="run")

@@ -14,6 +14,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from services.common.caller import CALLER_HEADER
 from shopmesh.envoy.metrics import STATS_FLUSH_INTERVAL, stats_config
 from shopmesh.layout import ADMIN_SOCKET_MODE, Endpoint, Layout
 from shopmesh.pki import CERTIFICATE_SECRET, VALIDATION_SECRET, IdentityFiles
@@ -110,6 +111,9 @@ def access_log(path: str, listener: str) -> list[Json]:
         "path": "%REQ(:PATH)%",
         "authority": "%REQ(:AUTHORITY)%",
         "peer": "%DOWNSTREAM_PEER_URI_SAN%",
+        # The signed-in shopper the call is made for, as the gateway verified it (null if none).
+        "caller": f"%REQ({CALLER_HEADER})%",
+        "user_agent": "%REQ(USER-AGENT)%",
         "upstream_peer": "%UPSTREAM_PEER_URI_SAN%",
         "http_status": "%RESPONSE_CODE%",
         "grpc_status": "%GRPC_STATUS_NUMBER%",

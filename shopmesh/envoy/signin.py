@@ -2,7 +2,9 @@
 shopper on to the services as the caller (CALLER_HEADER).
 
 - `caller_removal_filter` runs first on every request from outside: whatever CALLER_HEADER a
-  caller sent is removed, so only what the gateway verified ever reaches a service.
+  caller sent is removed, so only what the gateway verified ever reaches a service. (Envoy
+  1.40's jwt_authn also removes the headers its claim_to_headers names from every request; the
+  explicit filter keeps that true whatever becomes of the jwt_authn configuration.)
 - `jwt_filter` (Envoy's jwt_authn) checks the `authorization: Bearer <token>` of every route
   that needs a signed-in caller: an ES256 signature by a key in the issuer's JWKS (`alg: none`
   and keys outside the JWKS fail), the issuer, the audience and the expiry; then it sets

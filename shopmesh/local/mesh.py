@@ -238,6 +238,12 @@ class RunningMesh:
         await until(self.gateway.admin.ready, "gateway to be ready", deadline, watched)
         await until(lambda: http_ok(self.gateway.health_url), "gateway /healthz", deadline, watched)
 
+    async def restart_gateway(self, deadline: float) -> None:
+        """Stop the gateway and start it again: it reads its configuration's files anew."""
+        if self.gateway.process is not None:
+            await self.gateway.process.terminate(ENVOY_STOP_SECONDS)
+        await self.start_gateway(deadline)
+
     async def restart(self, name: str, within: float = 30.0) -> list[str]:
         """Start again whatever of pod `name` (or the gateway, the log keeper `logs`, the
         `collector` or the `dashboard`) is not running, and wait until it serves; returns the

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime
 import socket
 import ssl
@@ -20,9 +21,11 @@ from pathlib import Path
 import grpc
 import pytest
 from cryptography import x509
+from google.rpc import error_details_pb2
 from grpc import aio
 from grpc_health.v1 import health_pb2
 
+from services.common.caller import CALLER_HEADER
 from services.common.config import ServiceConfig
 from services.common.server import App, Registration, start
 from services.common.status import error_info
@@ -90,8 +93,15 @@ class Sidecar:
 
 
 @pytest.fixture
-async def sidecar(socket_dir: Path, envoys: StartEnvoy) -> AsyncIterator[Sidecar]:
-    topology = TOPOLOGY
+def topology() -> Topology:
+    """The topology the sidecar is rendered from (a test may override it)."""
+    return TOPOLOGY
+
+
+@pytest.fixture
+async def sidecar(
+    socket_dir: Path, envoys: StartEnvoy, topology: Topology
+) -> AsyncIterator[Sidecar]:
     pod = Pod("payments", "payments-0")
     layout = local_layout(topology, socket_dir)
     pki, ca = issue_identities(topology, layout.state.certs)
@@ -411,3 +421,41 @@ async def test_rotated_certificate_is_served_without_restart_under_traffic(
     assert served > 0
     assert sidecar.envoy.process.returncode is None
     assert await sidecar.envoy.stat_sum(".ssl_context_update_by_sds") >= 3
+
+
+# --- the signed-in caller (CALLER_HEADER) -----------------------------------------------------
+
+SHOPPER = (CALLER_HEADER, "usr_0123456789abcdef0123456789abcdef")
+
+
+def without_passers_on() -> Topology:
+    """envoy/mesh.yaml with no service allowed to pass a signed-in caller on."""
+    sign_in = dataclasses.replace(TOPOLOGY.gateway.sign_in, passed_on_by=())
+    return dataclasses.replace(
+        TOPOLOGY, gateway=dataclasses.replace(TOPOLOGY.gateway, sign_in=sign_in)
+    )
+
+
+async def test_the_gateway_and_orders_may_name_the_caller(sidecar: Sidecar) -> None:
+    # orders is in sign_in.passed_on_by: it calls on the shopper's behalf.
+    for identity, path in (("gateway", GET_PAYMENT), ("orders", CHARGE)):
+        channel = mtls_channel(sidecar, sidecar.credentials[identity])
+        error = await failure(channel, path, [SHOPPER])
+        assert error is not None
+        assert error.code() is grpc.StatusCode.UNIMPLEMENTED  # the app's answer: it got through
+    assert [metadata[CALLER_HEADER] for _, metadata in sidecar.app.calls] == [SHOPPER[1]] * 2
+
+
+@pytest.mark.parametrize("topology", [without_passers_on()], ids=["nobody-passes-on"])
+async def test_a_caller_not_allowed_to_pass_one_on_cannot_name_the_caller(
+    sidecar: Sidecar,
+) -> None:
+    orders = sidecar.credentials["orders"]
+    error = await failure(mtls_channel(sidecar, orders), CHARGE, [SHOPPER])
+    assert error is not None
+    assert error.code() is grpc.StatusCode.PERMISSION_DENIED
+    assert (error_info(error) or error_details_pb2.ErrorInfo()).reason == "CALLER_NOT_ALLOWED"
+    assert sidecar.app.paths == []
+    # The same call without a caller is granted as before.
+    assert await call(mtls_channel(sidecar, orders), CHARGE) == grpc.StatusCode.UNIMPLEMENTED
+    assert sidecar.app.paths == [CHARGE]
