@@ -159,7 +159,12 @@ class KeyDirectory:
 
     def ensure(self, now: datetime) -> KeyRing:
         """The ring on disk, created with a new key if there is none; `jwks.json` rewritten if
-        missing or stale (so deleting it is a way to repair it)."""
+        missing or stale (so deleting it is a way to repair it). A directory that already
+        holds both, matching, is only read: it may be a read-only mount (a Kubernetes Secret)."""
+        if self.keys_file.exists() and self.jwks_file.exists():
+            ring = self.ring()
+            if self.jwks_file.read_bytes() == ring.jwks_json().encode():
+                return ring
         with self._locked():
             if self.keys_file.exists():
                 ring = KeyRing.from_json(self.keys_file.read_bytes())

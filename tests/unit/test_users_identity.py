@@ -84,6 +84,23 @@ def test_a_deleted_jwks_file_is_written_again_on_start(tmp_path: Path) -> None:
     assert keys.jwks_file.read_text() == document
 
 
+def test_a_complete_read_only_directory_is_only_read(tmp_path: Path) -> None:
+    # As a Kubernetes Secret is mounted: both files, no lock file, nothing writable.
+    written = KeyDirectory(tmp_path / "written")
+    ring = written.ensure(NOW)
+    mounted = tmp_path / "mounted"
+    mounted.mkdir()
+    for file in (written.keys_file, written.jwks_file):
+        (mounted / file.name).write_bytes(file.read_bytes())
+        (mounted / file.name).chmod(0o400)
+    mounted.chmod(0o500)
+    try:
+        assert KeyDirectory(mounted).ensure(NOW) == ring
+        assert sorted(p.name for p in mounted.iterdir()) == ["jwks.json", "signing-keys.json"]
+    finally:
+        mounted.chmod(0o700)
+
+
 def test_rotation_keeps_the_current_key_as_previous(tmp_path: Path) -> None:
     keys = KeyDirectory(tmp_path)
     first = keys.ensure(NOW).current
