@@ -13,7 +13,8 @@ everything lives under one state directory (`StateDir`, default ./var):
     admin/<envoy>.sock           each Envoy's admin endpoint; the directory is 0700
     log/<process>.log            app and Envoy output; log/<pod>.access.log, gateway.access.log:
                                  the JSON access logs
-    certs/                       the local CA and every identity (shopmesh.pki)
+    certs/                       the local CA, every identity, and edge/: the gateway's
+                                 server certificate with `up --edge-tls` (shopmesh.pki)
     data/<service>.db            each service's SQLite file; replicas of a service share it
     data/payments.key            the key of payments' card fingerprints (HMAC), made on first start
     data/traces.db               the spans of the last traces (shopmesh.collector)
@@ -30,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from shopmesh.pki import CERTIFICATE_SDS_FILE, EDGE_DIRECTORY
 from shopmesh.topology import GATEWAY, Topology
 
 APP = "app"
@@ -71,6 +73,19 @@ class Upstream:
     endpoints: tuple[Endpoint, ...]
 
 
+@dataclass(frozen=True)
+class EdgeCertificate:
+    """Where the gateway's public listener finds its server certificate: an SDS file naming
+    the certificate and key, reloaded when an entry is moved into `watched`."""
+
+    sds: Path
+    watched: Path
+
+
+EDGE_NAMES = ("localhost", "127.0.0.1", "::1")
+"""The public names of the local gateway that its edge certificate carries."""
+
+
 def app_module(service: str) -> str:
     """The Python module that runs `service` (`python -m services.gift_cards`)."""
     return f"services.{service.replace('-', '_')}"
@@ -100,6 +115,7 @@ class Layout(Protocol):
     def identity_dir(self, identity: str) -> Path: ...
     def access_log(self, envoy: str) -> str: ...
     def gateway_listener(self) -> Endpoint: ...
+    def edge_certificate(self) -> EdgeCertificate | None: ...  # None: a plaintext gateway
     def gateway_health(self) -> Endpoint: ...
     def descriptor_set(self) -> Path: ...
     def database(self, service: str) -> Path: ...
@@ -130,6 +146,16 @@ class StateDir:
     @property
     def certs(self) -> Path:
         return self.root / "certs"
+
+    @property
+    def edge_certs(self) -> Path:
+        """The gateway's public server certificate (`up --edge-tls`), issued by the CA."""
+        return self.certs / EDGE_DIRECTORY
+
+    @property
+    def ca_certificate(self) -> Path:
+        """The local CA's certificate: what TLS clients of the gateway trust (`--cacert`)."""
+        return self.certs / "ca" / "ca.pem"
 
     @property
     def data(self) -> Path:
@@ -239,9 +265,19 @@ class LocalLayout:
     """Pod name -> its ports; every pod of the topology has an entry."""
     gateway_ports: GatewayPorts
     descriptor: Path
+    edge_tls: bool = False
+    """Whether the gateway's listener serves TLS with a certificate of the local CA."""
 
     def pods(self) -> list[Pod]:
         return local_pods(self.topology)
+
+    @property
+    def edge_names(self) -> tuple[str, ...]:
+        """The names the edge certificate carries: localhost's, the gateway's host, and each
+        exposed service's (`grpcurl -authority users` checks the certificate for `users`)."""
+        if not self.edge_tls:
+            return ()
+        return tuple(dict.fromkeys([*EDGE_NAMES, self.host, *self.topology.gateway.exposes]))
 
     def check_socket_paths(self) -> None:
         """Refuse a state directory so deep that a socket path would not fit."""
@@ -296,6 +332,12 @@ class LocalLayout:
     def gateway_listener(self) -> Endpoint:
         return Endpoint(self.host, self.gateway_ports.listener)
 
+    def edge_certificate(self) -> EdgeCertificate | None:
+        if not self.edge_tls:
+            return None
+        directory = self.state.edge_certs
+        return EdgeCertificate(directory / CERTIFICATE_SDS_FILE, directory)
+
     def gateway_health(self) -> Endpoint:
         return Endpoint(self.host, self.gateway_ports.health)
 
@@ -333,6 +375,13 @@ class KubernetesLayout:
     health_port: int = 15021
     metrics_port: int = 15090
     gateway_port: int = 8080
+    edge_tls: bool = False
+    """Whether the gateway's listener serves TLS (the production overlay's config)."""
+    edge_tls_dir: Path = Path("/etc/shopmesh/edge-tls")
+    """The mounted kubernetes.io/tls Secret with the gateway's public certificate."""
+    edge_tls_secret: str = "gateway-edge-tls"
+    edge_sds_file: str = "edge-sds.yaml"
+    """The SDS file, beside the config in the gateway's ConfigMap, naming the Secret's files."""
 
     def pods(self) -> list[Pod]:
         return [Pod(name, name) for name in self.topology.services]
@@ -384,6 +433,12 @@ class KubernetesLayout:
 
     def gateway_listener(self) -> Endpoint:
         return Endpoint("0.0.0.0", self.gateway_port)
+
+    def edge_certificate(self) -> EdgeCertificate | None:
+        # The SDS file is in the ConfigMap; the Secret's files, swapped by one rename, are not.
+        if not self.edge_tls:
+            return None
+        return EdgeCertificate(self.config_dir / self.edge_sds_file, self.edge_tls_dir)
 
     def gateway_health(self) -> Endpoint:
         return Endpoint("0.0.0.0", self.health_port)
