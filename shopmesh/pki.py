@@ -243,20 +243,18 @@ def _general_name(name: str) -> x509.GeneralName:
 
 
 def sds_certificate_document(
-    certificate: Path, key: Path, name: str = CERTIFICATE_SECRET
+    certificate: Path, key: Path, name: str = CERTIFICATE_SECRET, watched: Path | None = None
 ) -> dict[str, object]:
     """The SDS file (a DiscoveryResponse) that points Envoy at a certificate and key on disk,
-    as the secret `name`."""
-    return _discovery_response(
-        {
-            "@type": _SECRET_TYPE,
-            "name": name,
-            "tls_certificate": {
-                "certificate_chain": {"filename": str(certificate)},
-                "private_key": {"filename": str(key)},
-            },
-        }
-    )
+    as the secret `name`; with `watched`, Envoy reads both again, together, when an entry is
+    moved into that directory (a Secret volume the kubelet swaps, the SDS file elsewhere)."""
+    files: dict[str, object] = {
+        "certificate_chain": {"filename": str(certificate)},
+        "private_key": {"filename": str(key)},
+    }
+    if watched is not None:
+        files["watched_directory"] = {"path": str(watched)}
+    return _discovery_response({"@type": _SECRET_TYPE, "name": name, "tls_certificate": files})
 
 
 def sds_validation_document(trust_bundle: Path) -> dict[str, object]:
