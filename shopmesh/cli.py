@@ -21,6 +21,7 @@ from shopmesh import options
 from shopmesh.appenv import is_mesh_owned
 from shopmesh.envoy.admin import AdminError
 from shopmesh.envoy.faults import Fault, FaultError
+from shopmesh.gatewayclient import GatewayTarget
 from shopmesh.k8s.commands import k8s_group
 from shopmesh.layout import LayoutError, StateDir
 from shopmesh.local import certs, faults, signing
@@ -33,7 +34,7 @@ from shopmesh.local.startup import DEFAULT_DESCRIPTOR, MeshOptions, down, up
 from shopmesh.local.status import mesh_status
 from shopmesh.observe.commands import load_command, tap_command, trace_command, traces_command
 from shopmesh.observe.statcommand import stat_command
-from shopmesh.pki import PkiError, rotate_certificates
+from shopmesh.pki import PkiError
 from shopmesh.terminal import attached, console, errors, run, tool
 from shopmesh.topology import TopologyError, load_topology
 
@@ -107,6 +108,11 @@ def main() -> None:
     help="Port of the dashboard on 127.0.0.1 (0: any free port).",
 )
 @click.option("--dashboard/--no-dashboard", default=True, help="Start the dashboard (a web page).")
+@click.option(
+    "--edge-tls",
+    is_flag=True,
+    help="Serve the gateway over TLS with a certificate of the mesh's CA (clients: --cacert).",
+)
 @click.option("--timeout", type=float, default=30.0, help="Seconds to wait for health.")
 def up_command(
     state_dir: Path,
@@ -120,6 +126,7 @@ def up_command(
     max_traces: int,
     dashboard_port: int,
     dashboard: bool,
+    edge_tls: bool,
     timeout: float,
 ) -> None:
     """Start every app, sidecar, the gateway and the dashboard; wait until all are healthy.
@@ -144,6 +151,7 @@ def up_command(
         max_traces=max_traces,
         dashboard=dashboard,
         dashboard_port=dashboard_port,
+        edge_tls=edge_tls,
     )
     try:
         mesh = run(up(options))
@@ -152,7 +160,7 @@ def up_command(
         sys.exit(130)
     console.print(
         f"[green]mesh up[/green] in {mesh.state.up_seconds or 0:.2f} s: {len(mesh.pods)} apps "
-        f"with their sidecars, and the gateway at [bold]{mesh.gateway_address}[/bold] "
+        f"with their sidecars, and the gateway at [bold]{mesh.gateway_target.url}[/bold] "
         f"(state in {mesh.state_dir})"
     )
     where = otlp_endpoint or f"the mesh's collector (last {max_traces} kept)"
@@ -161,12 +169,20 @@ def up_command(
     if link is not None:
         # soft_wrap: the link must stay on one line to be clicked or pasted whole.
         console.print(f"dashboard: [bold]{link.url}[/bold]", soft_wrap=True)
-    console.print(connection_help(mesh.gateway_address, state_dir), soft_wrap=True, markup=False)
+    help_text = connection_help(mesh.gateway_target, state_dir)
+    console.print(help_text, soft_wrap=True, markup=False)
 
 
-def connection_help(gateway: str, state_dir: Path) -> str:
-    """Ready-to-paste grpcurl, curl and shopmesh commands for the gateway at `gateway`."""
-    g = tool("grpcurl")
+def connection_help(target: GatewayTarget, state_dir: Path) -> str:
+    """Ready-to-paste grpcurl, curl and shopmesh commands for the gateway at `target`: with
+    TLS they trust the mesh's CA (grpcurl -cacert, curl --cacert, an https URL)."""
+    gateway = target.address
+    if target.ca is None:
+        grpcurl_tls, curl_tls = "-plaintext", ""
+    else:
+        ca = shlex.quote(str(target.ca))
+        grpcurl_tls, curl_tls = f"-cacert {ca}", f" --cacert {ca}"
+    g = f"{tool('grpcurl')} {grpcurl_tls}"
     user = json.dumps({"request_id": "ada-1", "email": "ada@example.com", "display_name": "Ada"})
     order = json.dumps(
         {
@@ -176,8 +192,8 @@ def connection_help(gateway: str, state_dir: Path) -> str:
             "payment_token": "tok_visa",
         }
     )
-    url = f"http://{gateway}"
-    json_post = "curl -s -X POST -H 'content-type: application/json'"
+    url = target.url
+    json_post = f"curl -s{curl_tls} -X POST -H 'content-type: application/json'"
     s = tool("shopmesh")
     state = (
         ""
@@ -188,11 +204,11 @@ def connection_help(gateway: str, state_dir: Path) -> str:
         [
             "",
             "gRPC with server reflection (no proto files): -authority picks the service",
-            f"  {g} -plaintext -authority users {gateway} list",
-            f"  {g} -plaintext -authority orders {gateway} describe shop.orders.v1.OrdersService",
-            f"  {g} -plaintext -authority users -d {shlex.quote(user)} \\\n"
+            f"  {g} -authority users {gateway} list",
+            f"  {g} -authority orders {gateway} describe shop.orders.v1.OrdersService",
+            f"  {g} -authority users -d {shlex.quote(user)} \\\n"
             f"      {gateway} shop.users.v1.UsersService/CreateUser",
-            f"  {g} -plaintext -authority orders -d {shlex.quote(order)} \\\n"
+            f"  {g} -authority orders -d {shlex.quote(order)} \\\n"
             f"      {gateway} shop.orders.v1.OrdersService/PlaceOrder",
             "",
             "JSON over HTTP/1.1 (gRPC-JSON transcoding):",
@@ -240,7 +256,7 @@ def status_command(state_dir: Path) -> None:
     all are healthy."""
     mesh = attached(state_dir)
     rows = run(mesh_status(mesh))
-    table = Table(title=f"shopmesh in {mesh.state_dir} · gateway {mesh.gateway_address}")
+    table = Table(title=f"shopmesh in {mesh.state_dir} · gateway {mesh.gateway_target.url}")
     for column in ("process", "kind", "pid", "alive", "health"):
         table.add_column(column, no_wrap=True)
     table.add_column("details")
@@ -385,15 +401,16 @@ def certs_group() -> None:
     help="The identities to rotate when no mesh runs (a running mesh uses its own).",
 )
 def rotate_command(state_dir: Path, topology: Path) -> None:
-    """Re-issue every identity's certificate in place. A running mesh loads the new ones
-    through SDS without a restart; this waits until every Envoy serves them."""
+    """Re-issue every identity's certificate in place, and the gateway's public one when the
+    running mesh serves TLS (`up --edge-tls`). A running mesh loads the new ones through SDS
+    without a restart; this waits until every Envoy serves them."""
     mesh = RunningMesh.attach(state_dir)
     if mesh is not None:
         serials = run(certs.rotate(mesh))
         console.print(f"rotated {len(serials)} certificates; every Envoy serves the new ones")
         return
     identities = load_topology(topology).spiffe_ids
-    serials = rotate_certificates(StateDir(state_dir.resolve()).certs, identities)
+    serials = certs.rotate_certificates(StateDir(state_dir.resolve()).certs, identities)
     console.print(f"rotated {len(serials)} certificates (no mesh running)")
 
 

@@ -13,7 +13,8 @@ everything lives under one state directory (`StateDir`, default ./var):
     admin/<envoy>.sock           each Envoy's admin endpoint; the directory is 0700
     log/<process>.log            app and Envoy output; log/<pod>.access.log, gateway.access.log:
                                  the JSON access logs
-    certs/                       the local CA and every identity (shopmesh.pki)
+    certs/                       the local CA, every identity, and edge/: the gateway's
+                                 server certificate with `up --edge-tls` (shopmesh.pki)
     data/<service>.db            each service's SQLite file; replicas of a service share it
     data/payments.key            the key of payments' card fingerprints (HMAC), made on first start
     data/signing-keys/           users' access-token signing keys and jwks.json, which the gateway
@@ -22,8 +23,8 @@ everything lives under one state directory (`StateDir`, default ./var):
     envoy/<pod>.yaml             rendered Envoy configs, and mesh.yaml as the mesh was started
     prometheus.yml               a Prometheus scrape configuration for every Envoy's metrics
 
-On Kubernetes (`KubernetesLayout`) there is one config per service, shared by its replicas;
-the manifests mount volumes at the paths it names.
+On Kubernetes (`shopmesh.k8s.layout.KubernetesLayout`) there is one config per service, shared
+by its replicas; the manifests mount volumes at the paths it names.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from pathlib import Path
 from typing import Protocol
 
 from services.users.keys import JWKS_FILE
+from shopmesh.pki import CERTIFICATE_SDS_FILE, EDGE_DIRECTORY
 from shopmesh.topology import GATEWAY, Topology
 
 APP = "app"
@@ -74,6 +76,19 @@ class Upstream:
     endpoints: tuple[Endpoint, ...]
 
 
+@dataclass(frozen=True)
+class EdgeCertificate:
+    """Where the gateway's public listener finds its server certificate: an SDS file naming
+    the certificate and key, reloaded when an entry is moved into `watched`."""
+
+    sds: Path
+    watched: Path
+
+
+EDGE_NAMES = ("localhost", "127.0.0.1", "::1")
+"""The public names of the local gateway that its edge certificate carries."""
+
+
 def app_module(service: str) -> str:
     """The Python module that runs `service` (`python -m services.gift_cards`)."""
     return f"services.{service.replace('-', '_')}"
@@ -103,6 +118,7 @@ class Layout(Protocol):
     def identity_dir(self, identity: str) -> Path: ...
     def access_log(self, envoy: str) -> str: ...
     def gateway_listener(self) -> Endpoint: ...
+    def edge_certificate(self) -> EdgeCertificate | None: ...  # None: a plaintext gateway
     def gateway_health(self) -> Endpoint: ...
     def descriptor_set(self) -> Path: ...
     def database(self, service: str) -> Path: ...
@@ -137,6 +153,16 @@ class StateDir:
     @property
     def certs(self) -> Path:
         return self.root / "certs"
+
+    @property
+    def edge_certs(self) -> Path:
+        """The gateway's public server certificate (`up --edge-tls`), issued by the CA."""
+        return self.certs / EDGE_DIRECTORY
+
+    @property
+    def ca_certificate(self) -> Path:
+        """The local CA's certificate: what TLS clients of the gateway trust (`--cacert`)."""
+        return self.certs / "ca" / "ca.pem"
 
     @property
     def data(self) -> Path:
@@ -251,9 +277,19 @@ class LocalLayout:
     """Pod name -> its ports; every pod of the topology has an entry."""
     gateway_ports: GatewayPorts
     descriptor: Path
+    edge_tls: bool = False
+    """Whether the gateway's listener serves TLS with a certificate of the local CA."""
 
     def pods(self) -> list[Pod]:
         return local_pods(self.topology)
+
+    @property
+    def edge_names(self) -> tuple[str, ...]:
+        """The names the edge certificate carries: localhost's, the gateway's host, and each
+        exposed service's (`grpcurl -authority users` checks the certificate for `users`)."""
+        if not self.edge_tls:
+            return ()
+        return tuple(dict.fromkeys([*EDGE_NAMES, self.host, *self.topology.gateway.exposes]))
 
     def check_socket_paths(self) -> None:
         """Refuse a state directory so deep that a socket path would not fit."""
@@ -308,6 +344,12 @@ class LocalLayout:
     def gateway_listener(self) -> Endpoint:
         return Endpoint(self.host, self.gateway_ports.listener)
 
+    def edge_certificate(self) -> EdgeCertificate | None:
+        if not self.edge_tls:
+            return None
+        directory = self.state.edge_certs
+        return EdgeCertificate(directory / CERTIFICATE_SDS_FILE, directory)
+
     def gateway_health(self) -> Endpoint:
         return Endpoint(self.host, self.gateway_ports.health)
 
@@ -322,102 +364,3 @@ class LocalLayout:
 
     def jwks(self) -> Path:
         return self.state.signing_keys / JWKS_FILE
-
-
-# --- on Kubernetes -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class KubernetesLayout:
-    """The in-cluster layout: the manifests mount volumes at these paths and publish these
-    ports. Ports follow Istio's numbering where there is one (15443 mTLS, 15021 health,
-    15090 Prometheus)."""
-
-    topology: Topology
-    cluster_domain: str = "cluster.local"
-    socket_dir: Path = Path("/var/run/shopmesh")
-    """The emptyDir shared by the app and sidecar containers."""
-    admin_dir: Path = Path("/var/run/envoy-admin")
-    """An emptyDir mounted in the Envoy container only: nothing else in the pod reaches admin."""
-    tls_dir: Path = Path("/etc/shopmesh/tls")
-    """The mounted Secret with the identity's certificate, key, trust bundle and SDS files."""
-    config_dir: Path = Path("/etc/shopmesh/envoy")
-    config_file: str = "envoy.yaml"
-    data_dir: Path = Path("/var/lib/shopmesh")
-    descriptor: Path = Path("/etc/shopmesh/descriptors/shop.pb")
-    signing_keys_dir: Path = Path("/etc/shopmesh/signing-keys")
-    """The mounted Secret with the access-token signing keys (in the issuer's pods only)."""
-    jwks_dir: Path = Path("/etc/shopmesh/jwks")
-    """The mounted ConfigMap with their JWKS (in the gateway's pods)."""
-    descriptor_in_image: Path = Path("/app/descriptors/shop.pb")
-    """Where the Dockerfile puts the contracts' descriptor set, for the gateway's transcoder."""
-    inbound_port: int = 15443
-    health_port: int = 15021
-    metrics_port: int = 15090
-    gateway_port: int = 8080
-
-    def pods(self) -> list[Pod]:
-        return [Pod(name, name) for name in self.topology.services]
-
-    def config_path(self) -> Path:
-        return self.config_dir / self.config_file
-
-    def config_map(self, identity: str) -> str:
-        """The ConfigMap (before kustomize adds its hash suffix) with `identity`'s Envoy
-        config."""
-        return f"envoy-{identity}"
-
-    def tls_secret(self, identity: str) -> str:
-        """The Secret holding `identity`'s certificate files."""
-        return f"tls-{identity}"
-
-    def data_claim(self, service: str) -> str:
-        return f"{service}-data"
-
-    def service_host(self, service: str) -> str:
-        return f"{service}.{self.topology.namespace}.svc.{self.cluster_domain}"
-
-    def app_socket(self, pod: Pod) -> Path:
-        return self.socket_dir / "app.sock"
-
-    def egress_socket(self, pod: Pod) -> Path:
-        return self.socket_dir / "egress.sock"
-
-    def admin_socket(self, envoy: str) -> Path:
-        return self.admin_dir / "admin.sock"
-
-    def inbound(self, pod: Pod) -> Endpoint:
-        return Endpoint("0.0.0.0", self.inbound_port)
-
-    def health(self, pod: Pod) -> Endpoint:
-        return Endpoint("0.0.0.0", self.health_port)
-
-    def metrics(self, envoy: str) -> Endpoint:
-        return Endpoint("0.0.0.0", self.metrics_port)
-
-    def upstream(self, service: str) -> Upstream:
-        return Upstream("STRICT_DNS", (Endpoint(self.service_host(service), self.inbound_port),))
-
-    def identity_dir(self, identity: str) -> Path:
-        return self.tls_dir
-
-    def access_log(self, envoy: str) -> str:
-        return "/dev/stdout"
-
-    def gateway_listener(self) -> Endpoint:
-        return Endpoint("0.0.0.0", self.gateway_port)
-
-    def gateway_health(self) -> Endpoint:
-        return Endpoint("0.0.0.0", self.health_port)
-
-    def descriptor_set(self) -> Path:
-        return self.descriptor
-
-    def database(self, service: str) -> Path:
-        return self.data_dir / f"{service}.db"
-
-    def signing_keys(self) -> Path:
-        return self.signing_keys_dir
-
-    def jwks(self) -> Path:
-        return self.jwks_dir / JWKS_FILE

@@ -22,6 +22,7 @@ it), older ones are removed.
 from __future__ import annotations
 
 import datetime
+import ipaddress
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,10 @@ VALIDATION_SECRET = "mesh_ca"
 CERTIFICATE_SDS_FILE = "tls_certificate.yaml"
 VALIDATION_SDS_FILE = "validation_context.yaml"
 TRUST_BUNDLE_FILE = "ca.pem"
+EDGE_SECRET = "edge"
+"""SDS resource name of the gateway's public server certificate (`up --edge-tls`)."""
+EDGE_DIRECTORY = "edge"
+"""The directory under the PKI root holding that certificate, beside the identities'."""
 
 LEAF_TTL = datetime.timedelta(hours=24)
 """How long an identity's certificate lives: short, because rotation is cheap and automatic."""
@@ -163,11 +168,42 @@ class CertificateAuthority:
 
         Envoy authenticates peers by the SPIFFE URI SAN alone; `dns_names` are for plain gRPC
         or TLS clients (tests, grpcurl) that check the server's host name."""
+        return self._leaf(
+            spiffe_id,
+            [x509.UniformResourceIdentifier(spiffe_id), *(x509.DNSName(n) for n in dns_names)],
+            [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],
+            ttl,
+            now,
+        )
+
+    def issue_server(
+        self,
+        names: Sequence[str],
+        ttl: datetime.timedelta,
+        now: datetime.datetime | None = None,
+    ) -> Credential:
+        """A TLS server certificate for the public `names` (host names and IP addresses) of
+        an edge listener, valid for `ttl`. It carries no SPIFFE ID and serves no client
+        authentication: it can never pass for a mesh identity."""
+        if not names:
+            raise PkiError("a server certificate needs at least one name")
+        return self._leaf(
+            names[0], [_general_name(n) for n in names], [ExtendedKeyUsageOID.SERVER_AUTH], ttl, now
+        )
+
+    def _leaf(
+        self,
+        subject: str,
+        sans: Sequence[x509.GeneralName],
+        usages: Sequence[x509.ObjectIdentifier],
+        ttl: datetime.timedelta,
+        now: datetime.datetime | None,
+    ) -> Credential:
         now = now or _now()
         not_after = now + ttl
         if not_after > self.certificate.not_valid_after_utc:
             raise PkiError(
-                f"a certificate for {spiffe_id} valid until {not_after:%Y-%m-%d %H:%M} UTC would "
+                f"a certificate for {subject} valid until {not_after:%Y-%m-%d %H:%M} UTC would "
                 f"outlive the CA ({self.certificate.not_valid_after_utc:%Y-%m-%d %H:%M} UTC)"
             )
         key = ec.generate_private_key(ec.SECP256R1())
@@ -177,30 +213,17 @@ class CertificateAuthority:
         ).value
         certificate = (
             x509.CertificateBuilder()
-            # SPIFFE puts the identity in the URI SAN; the subject only helps people reading it.
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, spiffe_id)]))
+            # The SANs are what peers check; the subject only helps people reading it.
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
             .issuer_name(self.certificate.subject)
             .public_key(public_key)
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - _CLOCK_SKEW)
             .not_valid_after(not_after)
-            .add_extension(
-                x509.SubjectAlternativeName(
-                    [
-                        x509.UniformResourceIdentifier(spiffe_id),
-                        *(x509.DNSName(name) for name in dns_names),
-                    ]
-                ),
-                critical=False,
-            )
+            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(_key_usage(authority=False), critical=True)
-            .add_extension(
-                x509.ExtendedKeyUsage(
-                    [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-                ),
-                critical=False,
-            )
+            .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
             .add_extension(
                 x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(issuer_key_id),
@@ -211,18 +234,27 @@ class CertificateAuthority:
         return Credential(certificate, key)
 
 
-def sds_certificate_document(certificate: Path, key: Path) -> dict[str, object]:
-    """The SDS file (a DiscoveryResponse) that points Envoy at a certificate and key on disk."""
-    return _discovery_response(
-        {
-            "@type": _SECRET_TYPE,
-            "name": CERTIFICATE_SECRET,
-            "tls_certificate": {
-                "certificate_chain": {"filename": str(certificate)},
-                "private_key": {"filename": str(key)},
-            },
-        }
-    )
+def _general_name(name: str) -> x509.GeneralName:
+    """An IP address SAN for an address, a DNS SAN for anything else."""
+    try:
+        return x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        return x509.DNSName(name)
+
+
+def sds_certificate_document(
+    certificate: Path, key: Path, name: str = CERTIFICATE_SECRET, watched: Path | None = None
+) -> dict[str, object]:
+    """The SDS file (a DiscoveryResponse) that points Envoy at a certificate and key on disk,
+    as the secret `name`; with `watched`, Envoy reads both again, together, when an entry is
+    moved into that directory (a Secret volume the kubelet swaps, the SDS file elsewhere)."""
+    files: dict[str, object] = {
+        "certificate_chain": {"filename": str(certificate)},
+        "private_key": {"filename": str(key)},
+    }
+    if watched is not None:
+        files["watched_directory"] = {"path": str(watched)}
+    return _discovery_response({"@type": _SECRET_TYPE, "name": name, "tls_certificate": files})
 
 
 def sds_validation_document(trust_bundle: Path) -> dict[str, object]:
@@ -281,10 +313,10 @@ class Issued:
     """The outcome of issuing one identity."""
 
     identity: str
-    spiffe_id: str
     files: IdentityFiles
     certificate: Path
     key: Path
+    serial: int
     not_after: datetime.datetime
 
 
@@ -329,9 +361,26 @@ class LocalPki:
     ) -> Issued:
         """Issue (or re-issue: this is also the rotation) `identity`'s certificate and switch
         its SDS file to it. Safe while Envoy is running with the previous one."""
+        return self.install(ca, identity, ca.issue(spiffe_id, ttl, dns_names))
+
+    def issue_edge(
+        self, ca: CertificateAuthority, names: Sequence[str], ttl: datetime.timedelta
+    ) -> Issued:
+        """Issue (or re-issue) the gateway's public server certificate for `names` into
+        EDGE_DIRECTORY, named by the SDS secret EDGE_SECRET."""
+        return self.install(ca, EDGE_DIRECTORY, ca.issue_server(names, ttl), EDGE_SECRET)
+
+    def install(
+        self,
+        ca: CertificateAuthority,
+        identity: str,
+        credential: Credential,
+        secret: str = CERTIFICATE_SECRET,
+    ) -> Issued:
+        """Write `credential` into `identity`'s directory and switch its SDS file (secret
+        `secret`) to it, in the order that keeps a running Envoy consistent."""
         files = self.files(identity)
         files.directory.mkdir(parents=True, exist_ok=True)
-        credential = ca.issue(spiffe_id, ttl, dns_names)
         serial = f"{credential.certificate.serial_number:x}"
         certificate = files.directory / f"cert-{serial}.pem"
         key = files.directory / f"key-{serial}.pem"
@@ -349,16 +398,16 @@ class LocalPki:
         # Last: the switch Envoy acts on, once the files it names are complete.
         write_atomically(
             files.certificate_sds,
-            sds_file(sds_certificate_document(certificate.resolve(), key.resolve())),
+            sds_file(sds_certificate_document(certificate.resolve(), key.resolve(), secret)),
             _FILE_MODE,
         )
         self._remove_stale(files, keep={certificate.name, key.name, *_names(previous)})
         return Issued(
             identity=identity,
-            spiffe_id=spiffe_id,
             files=files,
             certificate=certificate,
             key=key,
+            serial=credential.certificate.serial_number,
             not_after=credential.certificate.not_valid_after_utc,
         )
 
@@ -371,59 +420,3 @@ class LocalPki:
 
 def _names(pair: tuple[Path, Path] | None) -> tuple[str, ...]:
     return () if pair is None else (pair[0].name, pair[1].name)
-
-
-# --- the identities of a mesh ---------------------------------------------------------------
-
-RENEW_FRACTION = 1 / 3
-"""`ensure_certificates` re-issues a certificate once less than this share of its life is left."""
-
-
-def _needs_renewal(files: IdentityFiles, spiffe_id: str, ca_pem: bytes) -> bool:
-    try:
-        certificate_path, key_path = files.current()
-        certificate = x509.load_pem_x509_certificate(certificate_path.read_bytes())
-        if not key_path.is_file() or files.trust_bundle.read_bytes() != ca_pem:
-            return True
-    except (PkiError, OSError, ValueError):
-        return True
-    try:
-        sans = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
-    except x509.ExtensionNotFound:
-        return True
-    if spiffe_id not in sans.value.get_values_for_type(x509.UniformResourceIdentifier):
-        return True
-    lifetime = certificate.not_valid_after_utc - certificate.not_valid_before_utc
-    return certificate.not_valid_after_utc - _now() < lifetime * RENEW_FRACTION
-
-
-def ensure_certificates(
-    root: Path, identities: Mapping[str, str], ttl: datetime.timedelta = LEAF_TTL
-) -> list[str]:
-    """The CA under `root` and a valid certificate for every identity (-> its SPIFFE ID); issues
-    only what is missing, names another SPIFFE ID, or has less than a third of its life left.
-    Returns the identities issued."""
-    pki = LocalPki(root)
-    ca = pki.ensure_ca(CA_VALIDITY)
-    ca_pem = ca.credential.certificate_pem()
-    issued = []
-    for identity, spiffe_id in identities.items():
-        if _needs_renewal(pki.files(identity), spiffe_id, ca_pem):
-            pki.issue(ca, identity, spiffe_id, ttl, [identity])
-            issued.append(identity)
-    return issued
-
-
-def rotate_certificates(
-    root: Path, identities: Mapping[str, str], ttl: datetime.timedelta = LEAF_TTL
-) -> dict[str, int]:
-    """Re-issue the certificate of every identity (-> its SPIFFE ID) now (running Envoys reload them
-    through SDS). Returns identity -> the new certificate's serial number."""
-    pki = LocalPki(root)
-    ca = pki.ensure_ca(CA_VALIDITY)
-    serials: dict[str, int] = {}
-    for identity, spiffe_id in identities.items():
-        issued = pki.issue(ca, identity, spiffe_id, ttl, [identity])
-        certificate = x509.load_pem_x509_certificate(issued.certificate.read_bytes())
-        serials[identity] = certificate.serial_number
-    return serials

@@ -7,6 +7,7 @@ import asyncio
 from dataclasses import asdict
 from typing import Any
 
+from shopmesh.gatewayclient import GatewayTarget
 from shopmesh.observe.load import LoadRun, LoadSettings
 
 
@@ -15,9 +16,9 @@ class LoadBusy(Exception):
 
 
 class LoadControl:
-    """Starts, stops and reports the load run against the gateway at `gateway` (host:port)."""
+    """Starts, stops and reports the load run against the gateway at `gateway`."""
 
-    def __init__(self, gateway: str) -> None:
+    def __init__(self, gateway: GatewayTarget) -> None:
         self._gateway = gateway
         self._run: LoadRun | None = None
         self._task: asyncio.Task[object] | None = None

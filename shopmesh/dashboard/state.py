@@ -54,7 +54,7 @@ class MeshView:
         self._sampled_at: float | None = None
         self._processes: list[ProcessStatus] = []
         self._traces = TraceReader(self._paths.traces)
-        self.load = LoadControl(mesh.gateway_address)
+        self.load = LoadControl(mesh.gateway_target)
 
     def _state_stamp(self) -> tuple[int, int] | None:
         try:

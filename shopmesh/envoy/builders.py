@@ -16,8 +16,8 @@ from typing import Any
 
 from services.common.caller import CALLER_HEADER
 from shopmesh.envoy.metrics import STATS_FLUSH_INTERVAL, stats_config
-from shopmesh.layout import ADMIN_SOCKET_MODE, Endpoint, Layout
-from shopmesh.pki import CERTIFICATE_SECRET, VALIDATION_SECRET, IdentityFiles
+from shopmesh.layout import ADMIN_SOCKET_MODE, EdgeCertificate, Endpoint, Layout
+from shopmesh.pki import CERTIFICATE_SECRET, EDGE_SECRET, VALIDATION_SECRET, IdentityFiles
 from shopmesh.topology import HEALTH_SERVICE
 
 Json = dict[str, Any]
@@ -97,6 +97,27 @@ def common_tls(files: IdentityFiles, peer_sans: Sequence[Json]) -> Json:
             ),
         },
         "alpn_protocols": ["h2"],
+    }
+
+
+def edge_tls(certificate: EdgeCertificate) -> Json:
+    """The transport socket of a public TLS listener: `certificate` (through file-based SDS,
+    so a rotated certificate is served without a restart), no client certificate asked for,
+    HTTP/2 (gRPC) or HTTP/1.1 (curl's JSON) chosen by ALPN."""
+    context = {
+        # Public clients: TLS 1.2 (curl and grpcurl builds that lack 1.3 still connect) and up.
+        "tls_params": {"tls_minimum_protocol_version": "TLSv1_2"},
+        "tls_certificate_sds_secret_configs": [
+            sds(EDGE_SECRET, certificate.sds, certificate.watched)
+        ],
+        "alpn_protocols": ["h2", "http/1.1"],
+    }
+    return {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": typed(
+            "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+            common_tls_context=context,
+        ),
     }
 
 

@@ -1,6 +1,7 @@
-"""The edge gateway: plaintext HTTP/2 (gRPC) and HTTP/1.1 (JSON through gRPC-JSON
-transcoding) in, rate limited, only the methods `gateway.exposes` lists routed, mTLS to the
-sidecars as the `gateway` identity; and its own `health` listener (`GET /healthz`)."""
+"""The edge gateway: HTTP/2 (gRPC) and HTTP/1.1 (JSON through gRPC-JSON transcoding) in,
+plaintext or, when the layout names an edge certificate, TLS (ALPN picks the protocol); rate
+limited, only the methods `gateway.exposes` lists routed, mTLS to the sidecars as the
+`gateway` identity; and its own `health` listener (`GET /healthz`)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from shopmesh.envoy.builders import (
     HTTP2_KEEPALIVE,
     Json,
     bootstrap,
+    edge_tls,
     http_connection_manager,
     listener,
     tcp,
@@ -210,7 +212,11 @@ def render_gateway(topology: Topology, layout: Layout, tracing: Tracing | None =
         **edge_manager_options(topology),
         **manager_options(tracing, GATEWAY, sampling, EDGE),
     )
-    ingress = listener(INGRESS, tcp(layout.gateway_listener()), {"filters": [manager]})
+    chain: Json = {"filters": [manager]}
+    certificate = layout.edge_certificate()
+    if certificate is not None:
+        chain["transport_socket"] = edge_tls(certificate)
+    ingress = listener(INGRESS, tcp(layout.gateway_listener()), chain)
     traced_clusters, runtime_layers = traced_bootstrap_parts(tracing)
     clusters = [
         *(upstream_cluster(topology, layout, s, GATEWAY) for s in topology.gateway.exposes),

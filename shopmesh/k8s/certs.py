@@ -8,7 +8,7 @@ import datetime
 from pathlib import Path
 
 from services.common.files import write_atomically
-from shopmesh.layout import KubernetesLayout
+from shopmesh.k8s.layout import KubernetesLayout
 from shopmesh.pki import (
     CA_VALIDITY,
     CERTIFICATE_SDS_FILE,

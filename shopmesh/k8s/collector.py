@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from shopmesh.k8s.layout import KubernetesLayout
 from shopmesh.k8s.objects import (
     NAME_LABEL,
     Json,
@@ -28,7 +29,7 @@ from shopmesh.k8s.objects import (
     resources,
     service_account,
 )
-from shopmesh.layout import Endpoint, KubernetesLayout
+from shopmesh.layout import Endpoint
 from shopmesh.topology import Topology
 
 COLLECTOR = "otel-collector"

@@ -10,9 +10,9 @@ import click
 
 from shopmesh import options
 from shopmesh.k8s.certs import issue_certificates
+from shopmesh.k8s.layout import KubernetesLayout
 from shopmesh.k8s.manifests import GENERATED_DIR, render_manifests, stale_files, write_manifests
 from shopmesh.k8s.observability import COMPONENT_DIR, KUBERNETES_SAMPLING, render_component
-from shopmesh.layout import KubernetesLayout
 from shopmesh.pki import LEAF_TTL
 from shopmesh.topology import load_topology
 

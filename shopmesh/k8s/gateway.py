@@ -4,6 +4,7 @@ NetworkPolicies."""
 
 from __future__ import annotations
 
+from shopmesh.k8s.layout import KubernetesLayout
 from shopmesh.k8s.objects import (
     APP_IMAGE,
     ENVOY_IMAGE,
@@ -25,7 +26,6 @@ from shopmesh.k8s.objects import (
     resources,
     service_account,
 )
-from shopmesh.layout import KubernetesLayout
 from shopmesh.topology import GATEWAY, Topology
 
 

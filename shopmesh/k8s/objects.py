@@ -10,7 +10,8 @@ from typing import Any
 
 from shopmesh.appenv import AppSettings, pod_environment
 from shopmesh.envoy.command import envoy_args
-from shopmesh.layout import KubernetesLayout, Pod, app_module
+from shopmesh.k8s.layout import KubernetesLayout
+from shopmesh.layout import Pod, app_module
 from shopmesh.topology import GATEWAY, Topology
 
 Json = dict[str, Any]

@@ -14,12 +14,12 @@ with tracing off.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import yaml
 
 from shopmesh.appenv import AppTracing, tracing_environment
-from shopmesh.envoy.render import dump, render_all
 from shopmesh.envoy.tracing import Tracing
 from shopmesh.k8s.collector import (
     COLLECTOR,
@@ -32,7 +32,8 @@ from shopmesh.k8s.collector import (
     collector_ingress_policy,
     collector_objects,
 )
-from shopmesh.k8s.manifests import HEADER, documents
+from shopmesh.k8s.layout import KubernetesLayout
+from shopmesh.k8s.manifests import HEADER, documents, envoy_config_files, envoy_config_maps
 from shopmesh.k8s.objects import (
     APP_CONTAINER,
     NAME_LABEL,
@@ -43,7 +44,6 @@ from shopmesh.k8s.objects import (
     pick,
 )
 from shopmesh.k8s.prometheus import scrape_annotations, scrape_config, scrape_policy
-from shopmesh.layout import KubernetesLayout
 from shopmesh.topology import GATEWAY, Topology
 
 COMPONENT_DIR = Path("components/observability")
@@ -114,7 +114,10 @@ def patch_file(identity: str) -> str:
     return f"patch-{identity}.yaml"
 
 
-def kustomization(topology: Topology, layout: KubernetesLayout) -> Json:
+def kustomization(
+    topology: Topology, layout: KubernetesLayout, sources: Mapping[str, list[str]]
+) -> Json:
+    """The component's kustomization; `sources`: each Envoy's ConfigMap files (`key=file`)."""
     namespace = topology.namespace
     envoy_configs = [
         {
@@ -123,7 +126,7 @@ def kustomization(topology: Topology, layout: KubernetesLayout) -> Json:
             # The base's ConfigMap, same name and labels, new content: kustomize gives it a new
             # hash suffix and renames the references, so the pods roll.
             "behavior": "replace",
-            "files": [f"{layout.config_file}={layout.config_map(identity)}.yaml"],
+            "files": sources[identity],
             "options": {"labels": labels(identity, component_of(identity))},
         }
         for identity in topology.identities
@@ -149,9 +152,11 @@ def render_component(
     topology: Topology, layout: KubernetesLayout, sampling: float = KUBERNETES_SAMPLING
 ) -> dict[str, str]:
     """File name -> content of every file in k8s/components/observability/."""
+    maps = envoy_config_maps(topology, layout, envoy_tracing(layout, sampling))
+    configs, sources = envoy_config_files(layout, maps)
     files = {
         "kustomization.yaml": HEADER
-        + yaml.safe_dump(kustomization(topology, layout), sort_keys=False),
+        + yaml.safe_dump(kustomization(topology, layout, sources), sort_keys=False),
         "collector.yaml": HEADER + documents(collector_objects(topology)),
         f"{CONFIG_MAP}.yaml": HEADER + yaml.safe_dump(collector_config(), sort_keys=False),
         "network-policies.yaml": HEADER
@@ -166,8 +171,7 @@ def render_component(
         + "# Not a Kubernetes object: the job to add to a Prometheus's configuration.\n"
         + yaml.safe_dump(scrape_config(topology), sort_keys=False),
     }
-    for identity, config in render_all(topology, layout, envoy_tracing(layout, sampling)).items():
-        files[f"{layout.config_map(identity)}.yaml"] = HEADER + dump(config)
+    files.update(configs)
     for identity in topology.identities:
         patch = workload_patch(topology, layout, identity, sampling)
         files[patch_file(identity)] = HEADER + documents([patch])

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from shopmesh.envoy.builders import PROMETHEUS_PATH
 from shopmesh.k8s.collector import COMPONENT
+from shopmesh.k8s.layout import KubernetesLayout
 from shopmesh.k8s.objects import NAME_LABEL, Json, metadata, pick
-from shopmesh.layout import KubernetesLayout
 from shopmesh.topology import Topology
 
 PROMETHEUS_NAMESPACE = "monitoring"

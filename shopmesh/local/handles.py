@@ -8,6 +8,7 @@ from pathlib import Path
 
 from shopmesh.envoy.admin import AdminClient
 from shopmesh.envoy.gateway import GATEWAY_HEALTH_PATH
+from shopmesh.gatewayclient import GatewayTarget
 from shopmesh.layout import (
     GatewayPorts,
     LocalLayout,
@@ -105,6 +106,8 @@ class GatewayHandle:
     access_log: Path
     config: Path
     admin: AdminClient
+    ca: Path | None = None
+    """What its listener's certificate chains to (None: the listener is plaintext)."""
     process: ManagedProcess | None = None
 
     @classmethod
@@ -117,12 +120,18 @@ class GatewayHandle:
             access_log=state.access_log(GATEWAY),
             config=state.envoy_config(GATEWAY),
             admin=AdminClient(GATEWAY, layout.admin_socket(GATEWAY)),
+            ca=state.ca_certificate if layout.edge_tls else None,
         )
 
     @property
     def address(self) -> str:
-        """Where gRPC and JSON clients connect, host:port (plaintext)."""
+        """Where gRPC and JSON clients connect, host:port (plaintext or TLS: `target`)."""
         return f"{self.host}:{self.ports.listener}"
+
+    @property
+    def target(self) -> GatewayTarget:
+        """How clients connect: the address, and TLS with the CA when the mesh has edge TLS."""
+        return GatewayTarget(self.address, self.ca)
 
     @property
     def health_url(self) -> str:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from services.common.config import GRACE_SECONDS
 from shopmesh.envoy.admin import AdminClient, AdminError
+from shopmesh.gatewayclient import GatewayTarget
 from shopmesh.layout import APP, LocalLayout, StateDir
 from shopmesh.local.dashboard import DASHBOARD, dashboard_link, dashboard_serves
 from shopmesh.local.errors import MeshError
@@ -91,6 +92,7 @@ class RunningMesh:
             state.pod_ports,
             state.gateway_ports,
             Path(state.descriptor),
+            state.edge_tls,
         )
         return cls(layout, state)
 
@@ -111,8 +113,13 @@ class RunningMesh:
 
     @property
     def gateway_address(self) -> str:
-        """host:port of the edge gateway (plaintext gRPC and HTTP/1.1 JSON)."""
+        """host:port of the edge gateway (gRPC and HTTP/1.1 JSON; TLS with edge TLS)."""
         return self.gateway.address
+
+    @property
+    def gateway_target(self) -> GatewayTarget:
+        """How clients reach the gateway: plaintext, or TLS trusting the mesh's CA."""
+        return self.gateway.target
 
     @property
     def services(self) -> list[str]:

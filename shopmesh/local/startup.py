@@ -40,6 +40,7 @@ from shopmesh.layout import (
     local_pods,
     sidecar_process,
 )
+from shopmesh.local.certs import ensure_certificates
 from shopmesh.local.dashboard import DASHBOARD, dashboard_record
 from shopmesh.local.errors import MeshError
 from shopmesh.local.logcap import DEFAULT_MAX_BYTES
@@ -65,7 +66,7 @@ from shopmesh.local.prometheus import write_scrape_config
 from shopmesh.local.state import LegacyState, MeshState, ProcessRecord, read_state
 from shopmesh.local.wait import until
 from shopmesh.options import DEFAULT_STATE_DIR, DEFAULT_TOPOLOGY
-from shopmesh.pki import LEAF_TTL, PkiError, ensure_certificates
+from shopmesh.pki import LEAF_TTL, PkiError
 from shopmesh.topology import GATEWAY, Topology, TopologyError, load_topology
 
 DEFAULT_DESCRIPTOR = Path("gen/shop.pb")
@@ -106,6 +107,8 @@ class MeshOptions:
     """Whether to start the dashboard (shopmesh.dashboard)."""
     dashboard_port: int = 0
     """The dashboard's port on `host`; 0 lets the OS pick a free one (what tests use)."""
+    edge_tls: bool = False
+    """Serve the gateway's listener over TLS with a certificate of the local CA."""
 
 
 def find_envoy(explicit: Path | None = None) -> Path:
@@ -230,14 +233,18 @@ def prepare(options: MeshOptions) -> tuple[LocalLayout, MeshState, Path]:
     prepare_state_dir(paths)
     pod_ports, gateway_ports, dashboard_port = choose_ports(topology, options)
     descriptor = options.descriptor.resolve()
-    layout = LocalLayout(paths, topology, options.host, pod_ports, gateway_ports, descriptor)
+    layout = LocalLayout(
+        paths, topology, options.host, pod_ports, gateway_ports, descriptor, options.edge_tls
+    )
     with private_umask():
         try:
             layout.check_socket_paths()
             make_private(paths.root)
             paths.make_directories(layout.pods())
             shutil.copyfile(options.topology, paths.topology_snapshot)
-            ensure_certificates(paths.certs, topology.spiffe_ids, options.certificate_ttl)
+            ensure_certificates(
+                paths.certs, topology.spiffe_ids, options.certificate_ttl, layout.edge_names
+            )
         except (LayoutError, PkiError) as error:
             raise MeshError(str(error)) from None
         except OSError as error:
@@ -253,6 +260,7 @@ def prepare(options: MeshOptions) -> tuple[LocalLayout, MeshState, Path]:
         processes=process_records(layout, options, envoy, dashboard_port, external),
         environment=dict(os.environ),
         dashboard_port=dashboard_port,
+        edge_tls=options.edge_tls,
     )
     return layout, state, envoy
 

@@ -47,6 +47,9 @@ class MeshState:
     up_seconds: float | None = None
     dashboard_port: int | None = None
     """Where the dashboard serves on `host` (None: started without one)."""
+    edge_tls: bool = False
+    """Whether the gateway's listener serves TLS (`up --edge-tls`); a file without the field
+    was written before edge TLS existed, by a plaintext mesh."""
     version: int = STATE_VERSION
 
     def save(self, state_dir: StateDir) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from shopmesh import options
+from shopmesh.gatewayclient import GatewayTarget
 from shopmesh.layout import StateDir
 from shopmesh.local.errors import MeshError
 from shopmesh.local.mesh import COLLECTOR, RunningMesh
@@ -31,6 +32,11 @@ output_option = click.option(
 @click.command(name="load")
 @options.state_dir
 @click.option("--gateway", metavar="HOST:PORT", help="The gateway [the running mesh's].")
+@click.option(
+    "--cacert",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help="With --gateway: TLS, trusting this CA certificate (PEM) [plaintext].",
+)
 @click.option(
     "--rate",
     type=click.FloatRange(0, MAX_RATE, min_open=True),
@@ -59,6 +65,7 @@ output_option = click.option(
 def load_command(
     state_dir: Path,
     gateway: str | None,
+    cacert: Path | None,
     rate: float,
     duration: float,
     concurrency: int,
@@ -73,15 +80,19 @@ def load_command(
     The gateway's local rate limit (envoy/mesh.yaml gateway.local_rate_limit: 200 tokens,
     100 more a second) is shared by all its clients: above about 100 calls a second it answers
     the excess RESOURCE_EXHAUSTED itself, and those calls are counted as such."""
-    if gateway is None:
+    if gateway is not None:
+        target = GatewayTarget(gateway, cacert)
+    elif cacert is not None:
+        raise click.UsageError("--cacert goes with --gateway (a running mesh knows its own CA)")
+    else:
         mesh = RunningMesh.attach(state_dir)
         if mesh is None:
             raise MeshError(
                 f"no mesh is running in {state_dir}: start one with `shopmesh up` or give --gateway"
             )
-        gateway = mesh.gateway_address
+        target = mesh.gateway_target
     settings = LoadSettings(rate, duration, concurrency, max_requests, seed=seed)
-    summary = run(watch(LoadRun(gateway, settings), console))
+    summary = run(watch(LoadRun(target, settings), console))
     console.print(summary_view(summary))
 
 

@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 
 from grpc import aio
 
+from shopmesh.gatewayclient import GatewayTarget
 from shopmesh.observe.shoppers import MIX, PAYMENT_TOKENS, Call, Shoppers, Stubs
 
 READY, RUNNING, DRAINING, FINISHED = "ready", "running", "draining", "finished"
@@ -157,13 +158,15 @@ def _ms(seconds: float | None) -> float | None:
 
 
 class LoadRun:
-    """One bounded load run against `gateway_address` (host:port). `stubs` replaces the
-    generated stubs on a channel to the gateway (tests pass fakes; no channel is opened)."""
+    """One bounded load run against the gateway at `gateway` (plaintext or TLS). `stubs`
+    replaces the generated stubs on a channel to the gateway (tests pass fakes; no channel is
+    opened)."""
 
     def __init__(
-        self, gateway_address: str, settings: LoadSettings, *, stubs: Stubs | None = None
+        self, gateway: GatewayTarget, settings: LoadSettings, *, stubs: Stubs | None = None
     ) -> None:
-        self.gateway_address = gateway_address
+        self.gateway = gateway
+        self.gateway_address = gateway.address
         self.settings = settings
         self._stubs = stubs
         self._state = READY
@@ -190,7 +193,7 @@ class LoadRun:
         channel: aio.Channel | None = None
         stubs = self._stubs
         if stubs is None:
-            channel = aio.insecure_channel(self.gateway_address)
+            channel = self.gateway.channel()
             stubs = Stubs.through(channel)
         # The run id keeps emails and idempotency keys unique across runs with one seed.
         shoppers = Shoppers(stubs, random.Random(self.settings.seed), secrets.token_hex(4))

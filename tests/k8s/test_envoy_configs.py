@@ -21,8 +21,10 @@ from typing import Any
 import pytest
 import yaml
 
+from shopmesh.envoy.edge import INGRESS
 from shopmesh.k8s.certs import issue_certificates, mounted_identity
-from shopmesh.layout import KubernetesLayout
+from shopmesh.k8s.layout import KubernetesLayout
+from shopmesh.k8s.manifests import TLS_SECRET_CERT, TLS_SECRET_KEY
 from shopmesh.pki import (
     CERTIFICATE_SDS_FILE,
     VALIDATION_SDS_FILE,
@@ -38,12 +40,30 @@ LAYOUT = KubernetesLayout(TOPOLOGY)
 DESCRIPTOR = ROOT / "gen" / "shop.pb"
 
 
+def mounted_configs(overlay: Rendered, workload: Json) -> dict[str, str]:
+    """File name -> content of what the workload's Envoy finds in its config directory: its
+    ConfigMap's keys, or the `items` its volume picks, under the names they are given."""
+    volume = {v["name"]: v for v in pod_spec(workload)["volumes"]}["envoy-config"]["configMap"]
+    data: dict[str, str] = overlay.named("ConfigMap", volume["name"])["data"]
+    items = volume.get("items") or [{"key": key, "path": key} for key in data]
+    return {item["path"]: data[item["key"]] for item in items}
+
+
 def config_of(overlay: Rendered, workload: Json) -> str:
-    """The envoy.yaml of the ConfigMap the workload mounts."""
-    volumes = {v["name"]: v for v in pod_spec(workload)["volumes"]}
-    config_map = overlay.named("ConfigMap", volumes["envoy-config"]["configMap"]["name"])
-    text: str = config_map["data"][LAYOUT.config_file]
-    return text
+    """The envoy.yaml the workload's Envoy runs."""
+    return mounted_configs(overlay, workload)[LAYOUT.config_file]
+
+
+def secret_mounts(workload: Json) -> dict[str, str]:
+    """Secret name -> where the workload's Envoy mounts it."""
+    secrets = {
+        v["name"]: v["secret"]["secretName"] for v in pod_spec(workload)["volumes"] if "secret" in v
+    }
+    return {
+        secrets[m["name"]]: m["mountPath"]
+        for m in envoy_container(workload)["volumeMounts"]
+        if m["name"] in secrets
+    }
 
 
 def envoy_container(workload: Json) -> Json:
@@ -80,6 +100,12 @@ def materialise(workload: Json, root: Path) -> list[str]:
     credential = ca.issue(TOPOLOGY.spiffe_id(name), datetime.timedelta(minutes=30))
     for file, content in mounted_identity(ca, credential, tls).items():
         (tls / file).write_bytes(content)
+    edge = secret_mounts(workload).get(LAYOUT.edge_tls_secret)
+    if edge is not None:
+        # What cert-manager writes into a kubernetes.io/tls Secret.
+        server = ca.issue_server(["shop.example.com"], datetime.timedelta(minutes=30))
+        (root / edge.lstrip("/") / TLS_SECRET_CERT).write_bytes(server.certificate_pem())
+        (root / edge.lstrip("/") / TLS_SECRET_KEY).write_bytes(server.key_pem())
     if name == GATEWAY:
         if not DESCRIPTOR.exists():
             pytest.fail(f"{DESCRIPTOR} is missing: run `make generate` first", pytrace=False)
@@ -96,12 +122,15 @@ def test_every_config_map_passes_envoy_validation_with_its_container_args(
         root = tmp_path / name
         mounts = materialise(workload, root)
         moved: list[str] = []
-        config = prefixed(yaml.safe_load(config_of(overlay, workload)), mounts, root, moved)
+        for file, text in mounted_configs(overlay, workload).items():
+            config = prefixed(yaml.safe_load(text), mounts, root, moved)
+            (root / str(LAYOUT.config_dir / file).lstrip("/")).write_text(
+                yaml.safe_dump(config, sort_keys=False)
+            )
         # The SDS files (certificates) at least; the only change is the prefix.
         assert str(LAYOUT.tls_dir / CERTIFICATE_SDS_FILE) in moved, name
 
         config_path = root / str(LAYOUT.config_path()).lstrip("/")
-        config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         container = envoy_container(workload)
         args = list(container["args"])
         args[args.index("-c") + 1] = str(config_path)
@@ -113,6 +142,41 @@ def test_every_config_map_passes_envoy_validation_with_its_container_args(
             check=False,
         )
         assert result.returncode == 0, f"{name}:\n{result.stdout}\n{result.stderr}"
+
+
+def ingress_chain(overlay: Rendered) -> Json:
+    """The filter chain of the gateway's public listener, in the config its Envoy runs."""
+    config = yaml.safe_load(config_of(overlay, overlay.named("Deployment", GATEWAY)))
+    listeners = config["static_resources"]["listeners"]
+    (ingress,) = [listener for listener in listeners if listener["name"] == INGRESS]
+    (chain,) = ingress["filter_chains"]
+    result: Json = chain
+    return result
+
+
+def test_the_production_gateway_serves_tls_from_its_secret_and_kind_stays_plaintext(
+    rendered: dict[str, Rendered],
+) -> None:
+    for name, tls in (("production", True), ("kind", False), ("kind-observability", False)):
+        gateway = rendered[name].named("Deployment", GATEWAY)
+        assert ("transport_socket" in ingress_chain(rendered[name])) is tls, name
+        assert (LAYOUT.edge_tls_secret in secret_mounts(gateway)) is tls, name
+    gateway = rendered["production"].named("Deployment", GATEWAY)
+    assert secret_mounts(gateway)[LAYOUT.edge_tls_secret] == str(LAYOUT.edge_tls_dir)
+    chain = ingress_chain(rendered["production"])
+    context = chain["transport_socket"]["typed_config"]["common_tls_context"]
+    (certificate,) = context["tls_certificate_sds_secret_configs"]
+    sds_path = Path(certificate["sds_config"]["path_config_source"]["path"])
+    assert sds_path.parent == LAYOUT.config_dir
+    sds = yaml.safe_load(mounted_configs(rendered["production"], gateway)[sds_path.name])
+    files = sds["resources"][0]["tls_certificate"]
+    assert files["certificate_chain"]["filename"] == str(LAYOUT.edge_tls_dir / TLS_SECRET_CERT)
+    assert files["private_key"]["filename"] == str(LAYOUT.edge_tls_dir / TLS_SECRET_KEY)
+    assert context["alpn_protocols"] == ["h2", "http/1.1"]
+    service = rendered["production"].named("Service", GATEWAY)
+    assert service["spec"]["ports"] == [
+        {"name": "https", "port": 443, "targetPort": LAYOUT.gateway_port, "protocol": "TCP"}
+    ]
 
 
 def test_sidecar_identity_is_the_workload_and_the_config_is_the_rendered_one(

@@ -18,8 +18,9 @@ import yaml
 from shopmesh.appenv import AppSettings, pod_environment
 from shopmesh.envoy.render import dump, render_all
 from shopmesh.k8s.certs import mounted_identity
+from shopmesh.k8s.layout import KubernetesLayout
 from shopmesh.k8s.manifests import render_manifests
-from shopmesh.layout import KubernetesLayout, app_module
+from shopmesh.layout import app_module
 from shopmesh.pki import CertificateAuthority
 from shopmesh.topology import Topology, parse_topology
 from tests.support.envoy import contracts_descriptor_set, issue_identities, local_layout, validate

@@ -14,8 +14,8 @@ import site
 from dataclasses import dataclass
 from pathlib import Path
 
+from shopmesh.k8s.layout import KubernetesLayout
 from shopmesh.k8s.objects import APP_IMAGE, RUN_AS
-from shopmesh.layout import KubernetesLayout
 from shopmesh.topology import GATEWAY
 from tests.support.k8s import Rendered, all_containers, pod_spec
 from tests.support.paths import ROOT, TOPOLOGY

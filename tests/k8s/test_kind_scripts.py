@@ -19,8 +19,8 @@ import pytest
 import yaml
 
 from shopmesh.k8s.collector import COLLECTOR, UI_PORT
+from shopmesh.k8s.layout import KubernetesLayout
 from shopmesh.k8s.objects import APP_IMAGE
-from shopmesh.layout import KubernetesLayout
 from shopmesh.topology import GATEWAY
 from tests.support.k8s import Rendered, kubectl
 from tests.support.kind_reference import KUBECTL, TOOLS, Command, Tool

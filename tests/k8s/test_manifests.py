@@ -17,10 +17,15 @@ import pytest
 
 from services.common.config import ENV_PREFIX
 from shopmesh.k8s.collector import COLLECTOR
-from shopmesh.k8s.manifests import GENERATED_DIR, render_manifests, stale_files
+from shopmesh.k8s.layout import KubernetesLayout
+from shopmesh.k8s.manifests import (
+    EDGE_TLS_CONFIG_FILE,
+    GENERATED_DIR,
+    render_manifests,
+    stale_files,
+)
 from shopmesh.k8s.objects import ENVOY_IMAGE, GATEWAY_REPLICAS, RUN_AS, STATEFUL_REPLICAS
 from shopmesh.k8s.observability import COMPONENT_DIR
-from shopmesh.layout import KubernetesLayout
 from shopmesh.topology import GATEWAY
 from tests.support.cli import shopmesh
 from tests.support.k8s import (
@@ -228,7 +233,9 @@ def test_every_envoy_reads_its_identity_secret_and_config_map(overlay: Rendered)
         config_map = volumes["envoy-config"]["configMap"]["name"]
         # kustomize names each generated ConfigMap after its content: a new config, new pods.
         assert re.fullmatch(rf"{LAYOUT.config_map(name)}-[a-z0-9]{{10}}", config_map), config_map
-        assert set(config_maps[config_map]["data"]) == {"envoy.yaml"}
+        # The gateway's also holds its config with edge TLS, which an overlay may mount.
+        tls_variant = {EDGE_TLS_CONFIG_FILE, LAYOUT.edge_sds_file} if name == GATEWAY else set()
+        assert set(config_maps[config_map]["data"]) == {"envoy.yaml", *tls_variant}
         mounts = {m["name"]: m for m in envoy_of(workload)["volumeMounts"]}
         assert mounts["tls"] == {
             "name": "tls",

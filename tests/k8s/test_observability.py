@@ -25,6 +25,7 @@ import pytest
 import yaml
 
 from shopmesh.appenv import tracing_environment
+from shopmesh.envoy.edge import INGRESS
 from shopmesh.envoy.sidecar import sidecar_name
 from shopmesh.envoy.tracing import COLLECTOR as COLLECTOR_CLUSTER
 from shopmesh.k8s.collector import (
@@ -37,7 +38,8 @@ from shopmesh.k8s.collector import (
     UI_PORT,
     collector_endpoint,
 )
-from shopmesh.k8s.manifests import stale_files
+from shopmesh.k8s.layout import KubernetesLayout
+from shopmesh.k8s.manifests import config_map_source, stale_files
 from shopmesh.k8s.objects import APP_CONTAINER, METRICS_PORT
 from shopmesh.k8s.observability import (
     COMPONENT_DIR,
@@ -53,7 +55,6 @@ from shopmesh.k8s.prometheus import (
     SCRAPE_JOB,
     scrape_annotations,
 )
-from shopmesh.layout import KubernetesLayout
 from shopmesh.topology import GATEWAY
 from tests.support.cli import shopmesh
 from tests.support.k8s import (
@@ -88,9 +89,11 @@ def name_of(obj: Json) -> str:
 
 
 def envoy_config(overlay: Rendered, workload: Json) -> Json:
-    volumes = {v["name"]: v for v in pod_spec(workload)["volumes"]}
-    config_map = overlay.named("ConfigMap", volumes["envoy-config"]["configMap"]["name"])
-    config: Json = yaml.safe_load(config_map["data"][LAYOUT.config_file])
+    """The config the workload's Envoy runs: its ConfigMap's key mounted as envoy.yaml."""
+    volume = {v["name"]: v for v in pod_spec(workload)["volumes"]}["envoy-config"]["configMap"]
+    mounted = {item["path"]: item["key"] for item in volume.get("items", [])}
+    key = mounted.get(LAYOUT.config_file, LAYOUT.config_file)
+    config: Json = yaml.safe_load(overlay.named("ConfigMap", volume["name"])["data"][key])
     return config
 
 
@@ -164,6 +167,12 @@ def test_the_component_also_composes_with_the_production_overlay(tmp_path: Path)
     for workload in services(production):
         env = {e["name"] for e in app_container(workload)["env"]}
         assert "OTEL_EXPORTER_OTLP_ENDPOINT" in env, name_of(workload)
+    # The gateway keeps production's edge TLS, and traces.
+    gateway = envoy_config(production, production.named("Deployment", GATEWAY))
+    listeners = gateway["static_resources"]["listeners"]
+    (ingress,) = [listener for listener in listeners if listener["name"] == INGRESS]
+    assert "transport_socket" in ingress["filter_chains"][0]
+    assert list(tracers(ingress))
 
 
 def test_without_the_component_nothing_traces(rendered: dict[str, Rendered]) -> None:
@@ -485,9 +494,13 @@ def test_the_component_changes_nothing_else_in_the_mesh(rendered: dict[str, Rend
         if obj["kind"] == "Deployment":
             assert unpatched(counterpart) == hashless(obj), where
         elif obj["kind"] == "ConfigMap":
-            # Every Envoy's, replaced by the traced config the component holds.
-            content = (COMPONENT / f"{identity(obj)[1]}.yaml").read_text()
-            assert counterpart["data"] == {LAYOUT.config_file: content}, where
+            # Every Envoy's, replaced by the traced configs the component holds (the
+            # gateway's with and without edge TLS).
+            name = identity(obj)[1]
+            assert counterpart["data"] == {
+                key: (COMPONENT / config_map_source(LAYOUT, name, key)).read_text()
+                for key in obj["data"]
+            }, where
             assert counterpart["metadata"]["labels"] == obj["metadata"]["labels"], where
         else:
             assert counterpart == obj, where

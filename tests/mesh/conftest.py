@@ -51,6 +51,14 @@ async def traced_mesh() -> AsyncIterator[RunningMesh]:
         yield running
 
 
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def edge_tls_mesh() -> AsyncIterator[RunningMesh]:
+    """The whole mesh with its gateway serving TLS (`up --edge-tls`), without a dashboard,
+    shared by one module's tests."""
+    async with running_mesh(edge_tls=True, dashboard=False) as running:
+        yield running
+
+
 @pytest_asyncio.fixture(loop_scope="module")
 async def mesh_clients(mesh: RunningMesh) -> AsyncIterator[MeshClients]:
     """Clients of the module's mesh through its gateway, for one test."""

@@ -29,7 +29,7 @@ import yaml
 from shop.orders.v1 import orders_pb2, orders_pb2_grpc
 from shop.users.v1 import users_pb2, users_pb2_grpc
 from shopmesh.envoy.render import render_all
-from shopmesh.layout import KubernetesLayout
+from shopmesh.k8s.layout import KubernetesLayout
 from shopmesh.local.mesh import RunningMesh
 from shopmesh.local.process import ManagedProcess
 from tests.support.calls import call_raw, get_payment, get_product, get_user, timed

@@ -25,7 +25,7 @@ that each still appears when a few calls are skipped or fall back to another RPC
 
 
 async def test_a_short_run_makes_every_call_of_the_mix(mesh: RunningMesh) -> None:
-    run = LoadRun(mesh.gateway_address, LoadSettings(rate=20, duration=3.0, seed=SEED))
+    run = LoadRun(mesh.gateway_target, LoadSettings(rate=20, duration=3.0, seed=SEED))
 
     summary = await run.run()
 
@@ -43,7 +43,7 @@ async def test_a_short_run_makes_every_call_of_the_mix(mesh: RunningMesh) -> Non
 
 
 async def test_orders_end_as_their_payment_tokens_say(mesh: RunningMesh) -> None:
-    run = LoadRun(mesh.gateway_address, LoadSettings(rate=20, duration=3.0, seed=SEED))
+    run = LoadRun(mesh.gateway_target, LoadSettings(rate=20, duration=3.0, seed=SEED))
 
     checkouts = (await run.run()).checkouts
 

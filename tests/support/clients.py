@@ -160,7 +160,7 @@ class MeshClients:
 @contextlib.asynccontextmanager
 async def gateway_clients(mesh: RunningMesh) -> AsyncIterator[MeshClients]:
     """MeshClients for `mesh`'s gateway, closed when the block exits."""
-    gateway_channel = aio.insecure_channel(mesh.gateway_address)
+    gateway_channel = mesh.gateway_target.channel()
     clients = MeshClients(
         gateway=mesh.gateway_address,
         channel=gateway_channel,

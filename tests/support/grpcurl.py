@@ -12,6 +12,7 @@ from typing import Any
 
 import grpc
 
+from shopmesh.gatewayclient import GatewayTarget
 from tests.support.paths import GRPCURL
 from tests.support.polling import CALL_TIMEOUT
 
@@ -70,18 +71,31 @@ def _status_code(number: int) -> grpc.StatusCode:
     raise AssertionError(f"unknown gRPC status code {number}")
 
 
+PLAINTEXT = ("-plaintext",)
+
+
 @dataclass(frozen=True)
 class Grpcurl:
-    """The grpcurl binary aimed at the gateway, plaintext; `authority` picks the service's
-    virtual host, which is what routes server reflection (envoy/README.md)."""
+    """The grpcurl binary aimed at the gateway; `authority` picks the service's virtual host,
+    which is what routes server reflection (envoy/README.md)."""
 
     target: str
+    transport: tuple[str, ...] = PLAINTEXT
+    """How it connects: -plaintext, TLS trusting a CA (`-cacert CA`), or, empty, TLS trusting
+    the system's CAs."""
+
+    @classmethod
+    def to(cls, gateway: GatewayTarget) -> Grpcurl:
+        """grpcurl as the connection help shows it for `gateway` (plaintext or -cacert)."""
+        if gateway.ca is None:
+            return cls(gateway.address)
+        return cls(gateway.address, ("-cacert", str(gateway.ca)))
 
     def command(
         self, authority: str | None, *args: str, max_time: float = CALL_TIMEOUT
     ) -> list[str]:
         """The command line, as a user would type it."""
-        options = ["-plaintext", "-format-error", "-max-time", f"{max_time:g}"]
+        options = [*self.transport, "-format-error", "-max-time", f"{max_time:g}"]
         if authority is not None:
             options += ["-authority", authority]
         return [str(GRPCURL), *options, *args]

@@ -11,6 +11,7 @@ import subprocess
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from tests.support.polling import CALL_TIMEOUT
@@ -61,9 +62,12 @@ async def post_json(
     return await asyncio.to_thread(_post, target, path, body, headers or {})
 
 
-async def curl_json(target: str, path: str, body: str) -> HttpResponse:
+async def curl_json(
+    target: str, path: str, body: str, *, https: bool = False, cacert: Path | None = None
+) -> HttpResponse:
     """The same POST made by the curl binary (`curl -sS -X POST -H 'content-type:
-    application/json' -d BODY http://TARGET/PATH`)."""
+    application/json' -d BODY http://TARGET/PATH`); with `https`, over TLS trusting `cacert`
+    (`--cacert CA https://TARGET/PATH`)."""
     assert CURL is not None, "curl is not installed"
     marker = "\n--shopmesh-status:"
     command = [
@@ -85,7 +89,8 @@ async def curl_json(target: str, path: str, body: str) -> HttpResponse:
         "-",
         "--write-out",
         f"{marker}%{{http_code}}",
-        f"http://{target}{path}",
+        *(["--cacert", str(cacert)] if cacert is not None else []),
+        f"{'https' if https else 'http'}://{target}{path}",
     ]
     completed = await asyncio.to_thread(
         subprocess.run, command, capture_output=True, timeout=CALL_TIMEOUT + 5, check=False

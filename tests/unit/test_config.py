@@ -19,7 +19,8 @@ from services.common.config import (
     upstream_variable,
 )
 from shopmesh.appenv import AppSettings, is_mesh_owned, pod_environment, standalone_environment
-from shopmesh.layout import KubernetesLayout, Layout
+from shopmesh.k8s.layout import KubernetesLayout
+from shopmesh.layout import Layout
 from shopmesh.topology import Topology, parse_topology
 from tests.support.envoy import local_layout
 from tests.support.paths import MESH_FILE, TOPOLOGY

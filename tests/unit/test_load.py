@@ -24,10 +24,11 @@ from shop.inventory.v1 import inventory_pb2
 from shop.orders.v1 import orders_pb2
 from shop.users.v1 import users_pb2
 from shopmesh.cli import main
+from shopmesh.gatewayclient import GatewayTarget
 from shopmesh.observe.load import LoadRun, LoadSettings, LoadSummary, quantile
 from shopmesh.observe.shoppers import LIMITED_SKU, MIX, PAYMENT_TOKENS, Stubs
 
-GATEWAY = "gateway.test:8080"
+GATEWAY = GatewayTarget("gateway.test:8080")
 CATALOG = {"BOTTLE-01": 75, "CAP-01": 40, "MUG-01": 100, LIMITED_SKU: 1, "STICKER-01": 1000}
 DECLINED = {"tok_chargeDeclined", "tok_insufficientFunds"}
 Req = TypeVar("Req")

@@ -42,6 +42,19 @@ def test_the_state_is_read_back_as_it_was_written(tmp_path: Path) -> None:
     assert json.loads(paths.state_file.read_text())["version"] == STATE_VERSION
 
 
+def test_a_file_from_before_edge_tls_reads_as_a_plaintext_gateway(tmp_path: Path) -> None:
+    paths = StateDir(tmp_path)
+    a_state().save(paths)
+    data = json.loads(paths.state_file.read_text())
+    del data["edge_tls"]
+    paths.state_file.write_text(json.dumps(data))
+
+    state = read_state(paths)
+
+    assert state is not None
+    assert state.edge_tls is False
+
+
 def test_no_state_file_means_no_mesh(tmp_path: Path) -> None:
     assert read_state(StateDir(tmp_path)) is None
 

@@ -48,6 +48,19 @@ def test_leaf_may_add_dns_names_for_plain_tls_clients() -> None:
     assert names.get_values_for_type(x509.DNSName) == ["orders"]
 
 
+def test_an_edge_server_certificate_names_hosts_and_addresses_and_no_identity() -> None:
+    ca = CertificateAuthority.create("test CA", DAY)
+    leaf = ca.issue_server(["localhost", "127.0.0.1", "users"], HOUR).certificate
+    names = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    usage = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+
+    assert names.get_values_for_type(x509.DNSName) == ["localhost", "users"]
+    assert [str(a) for a in names.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
+    # Never a mesh identity: no SPIFFE ID, and no client authentication.
+    assert names.get_values_for_type(x509.UniformResourceIdentifier) == []
+    assert list(usage) == [ExtendedKeyUsageOID.SERVER_AUTH]
+
+
 def test_leaf_serves_both_ends_of_mtls_and_is_not_a_ca() -> None:
     ca = CertificateAuthority.create("test CA", DAY)
     leaf = ca.issue(SPIFFE_ID, HOUR).certificate

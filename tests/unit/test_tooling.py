@@ -5,6 +5,7 @@ keeps appending to, and `make run` takes its ports from the topology."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import datetime
 import socket
 import subprocess
@@ -16,11 +17,15 @@ import pytest
 import yaml
 from cryptography import x509
 
+from shopmesh.cli import connection_help
+from shopmesh.gatewayclient import GatewayTarget
 from shopmesh.layout import GatewayPorts, LayoutError, LocalLayout, PodPorts, StateDir, local_pods
+from shopmesh.local.certs import ensure_certificates
 from shopmesh.local.errors import MeshError
 from shopmesh.local.logcap import cap, cap_all
 from shopmesh.local.ports import require_free
-from shopmesh.pki import LocalPki, ensure_certificates
+from shopmesh.options import DEFAULT_STATE_DIR
+from shopmesh.pki import EDGE_DIRECTORY, LocalPki
 from shopmesh.topology import TopologyError, parse_topology
 from tests.support.paths import MESH_FILE, TOPOLOGY
 from tests.support.polling import eventually_sync
@@ -69,6 +74,38 @@ def test_certificates_are_issued_once_and_renewed_when_they_must_be(tmp_path: Pa
     short_lived = tmp_path / "short"
     ensure_certificates(short_lived, identities, datetime.timedelta(seconds=2))
     assert ensure_certificates(short_lived, identities, HOUR) == list(identities)
+
+
+def test_the_edge_certificate_is_issued_with_edge_tls_and_again_for_other_names(
+    tmp_path: Path,
+) -> None:
+    identities = TOPOLOGY.spiffe_ids
+    plaintext = layout_under(tmp_path)
+    names = dataclasses.replace(plaintext, edge_tls=True).edge_names
+
+    assert plaintext.edge_names == ()
+    assert {"localhost", "127.0.0.1", *TOPOLOGY.gateway.exposes} <= set(names)
+    assert EDGE_DIRECTORY not in ensure_certificates(tmp_path, identities, HOUR)
+    assert ensure_certificates(tmp_path, identities, HOUR, names) == [EDGE_DIRECTORY]
+    assert ensure_certificates(tmp_path, identities, HOUR, names) == []
+    assert ensure_certificates(tmp_path, identities, HOUR, [*names, "shop.test"]) == [
+        EDGE_DIRECTORY
+    ]
+
+
+def test_the_connection_help_of_a_tls_gateway_trusts_the_mesh_ca(tmp_path: Path) -> None:
+    ca = tmp_path / "certs" / "ca" / "ca.pem"
+
+    tls = connection_help(GatewayTarget("127.0.0.1:8443", ca), DEFAULT_STATE_DIR)
+    plaintext = connection_help(GatewayTarget("127.0.0.1:8080"), DEFAULT_STATE_DIR)
+
+    assert f"grpcurl -cacert {ca} -authority users 127.0.0.1:8443 list" in tls
+    assert f"curl -s --cacert {ca} -X POST" in tls
+    assert "https://127.0.0.1:8443/shop.inventory.v1.InventoryService/ListProducts" in tls
+    assert "-plaintext" not in tls
+    assert "http://" not in tls
+    assert "grpcurl -plaintext -authority users 127.0.0.1:8080 list" in plaintext
+    assert "--cacert" not in plaintext
 
 
 def test_the_log_keeper_caps_a_log_a_process_keeps_appending_to(tmp_path: Path) -> None:
