@@ -38,6 +38,18 @@ for dir in "$STATE_DIR"/tls/*/; do
         kubectl --context "$CONTEXT" apply --filename -
 done
 
+echo "==> access-token signing keys (kept in $STATE_DIR/signing-keys)"
+"$SHOPMESH" k8s issue-keys --out "$STATE_DIR/signing-keys"
+keys="$STATE_DIR/signing-keys"
+# The JWKS first: a gateway must know a key before users signs with it.
+kubectl --context "$CONTEXT" create configmap jwks --namespace "$NAMESPACE" \
+    --from-file "jwks.json=$keys/jwks.json" --dry-run=client --output yaml |
+    kubectl --context "$CONTEXT" apply --filename -
+kubectl --context "$CONTEXT" create secret generic signing-keys --namespace "$NAMESPACE" \
+    --from-file "signing-keys.json=$keys/signing-keys.json" --from-file "jwks.json=$keys/jwks.json" \
+    --dry-run=client --output yaml |
+    kubectl --context "$CONTEXT" apply --filename -
+
 overlay="$KIND_OVERLAY"
 if [ "$OBSERVABILITY" = 1 ]; then
     overlay="$OBSERVABILITY_OVERLAY"

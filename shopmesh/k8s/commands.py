@@ -8,6 +8,9 @@ from pathlib import Path
 
 import click
 
+from services.common.clock import utc_now
+from services.users.keys import KeyDirectory, RotationTooSoon
+from services.users.tokens import ACCESS_TOKEN_LIFETIME
 from shopmesh import options
 from shopmesh.k8s.certs import issue_certificates
 from shopmesh.k8s.layout import KubernetesLayout
@@ -87,3 +90,29 @@ def k8s_certs_command(topology: Path, out: Path, pki_dir: Path, ttl_hours: float
     ttl = datetime.timedelta(hours=ttl_hours)
     for identity, expiry in issue_certificates(layout, pki_dir, out, ttl).items():
         click.echo(f"{identity}: {out / identity} (valid until {expiry:%Y-%m-%d %H:%M} UTC)")
+
+
+@k8s_group.command(name="issue-keys")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("var/k8s/signing-keys"),
+    show_default=True,
+    help="The key directory: the files of the Secret and, jwks.json, of the ConfigMap.",
+)
+@click.option("--rotate", is_flag=True, help="Make a new current key (the old one stays).")
+@click.option("--force", is_flag=True, help="With --rotate: even if live tokens lose their key.")
+def k8s_keys_command(out: Path, rotate: bool, force: bool) -> None:
+    """The access-token signing keys: created on first use, then reused (or rotated)."""
+    directory = KeyDirectory(out)
+    try:
+        ring = (
+            directory.rotate(utc_now(), ACCESS_TOKEN_LIFETIME, force=force)
+            if rotate
+            else directory.ensure(utc_now())
+        )
+    except (RotationTooSoon, FileNotFoundError) as error:
+        raise click.ClickException(f"not rotated: {error}") from None
+    previous = ring.previous.kid if ring.previous else "none"
+    click.echo(f"signing key {ring.current.kid} (previous {previous}) in {out}")
+    click.echo(f"Secret: {directory.keys_file} and {directory.jwks_file}; ConfigMap: jwks.json")

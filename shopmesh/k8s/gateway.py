@@ -74,6 +74,8 @@ def gateway_container(layout: KubernetesLayout) -> Json:
         "volumeMounts": [
             *envoy_mounts(layout),
             mount("descriptors", layout.descriptor.parent, read_only=True),
+            # The JWKS the gateway verifies access tokens with (`shopmesh k8s issue-keys`).
+            mount("jwks", layout.jwks().parent, read_only=True),
         ],
     }
 
@@ -103,6 +105,7 @@ def gateway_deployment(topology: Topology, layout: KubernetesLayout) -> Json:
                     "containers": [gateway_container(layout)],
                     "volumes": [
                         {"name": "descriptors", "emptyDir": {"sizeLimit": "16Mi"}},
+                        {"name": "jwks", "configMap": {"name": layout.jwks_config_map}},
                         *envoy_volumes(layout, GATEWAY),
                     ],
                 },

@@ -30,8 +30,10 @@ class KubernetesLayout:
     descriptor: Path = Path("/etc/shopmesh/descriptors/shop.pb")
     signing_keys_dir: Path = Path("/etc/shopmesh/signing-keys")
     """The mounted Secret with the access-token signing keys (in the issuer's pods only)."""
+    signing_keys_secret: str = "signing-keys"
     jwks_dir: Path = Path("/etc/shopmesh/jwks")
     """The mounted ConfigMap with their JWKS (in the gateway's pods)."""
+    jwks_config_map: str = "jwks"
     descriptor_in_image: Path = Path("/app/descriptors/shop.pb")
     """Where the Dockerfile puts the contracts' descriptor set, for the gateway's transcoder."""
     inbound_port: int = 15443

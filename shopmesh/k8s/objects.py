@@ -185,8 +185,24 @@ def app_container(topology: Topology, layout: KubernetesLayout, pod: Pod) -> Jso
             mount("data", layout.data_dir),
             # SQLite's temporary files; the root filesystem is read-only.
             mount("tmp", Path("/tmp")),
+            *signing_mounts(topology, layout, pod.service),
         ],
     }
+
+
+def signing_volumes(topology: Topology, layout: KubernetesLayout, service: str) -> list[Json]:
+    """The sign-in issuer's signing keys: a Secret (`shopmesh k8s issue-keys` writes its files)
+    that the app only reads."""
+    if service != topology.gateway.sign_in.issuer:
+        return []
+    secret = {"secretName": layout.signing_keys_secret, "defaultMode": 0o440}
+    return [{"name": "signing-keys", "secret": secret}]
+
+
+def signing_mounts(topology: Topology, layout: KubernetesLayout, service: str) -> list[Json]:
+    if service != topology.gateway.sign_in.issuer:
+        return []
+    return [mount("signing-keys", layout.signing_keys(), read_only=True)]
 
 
 def service_deployment(topology: Topology, layout: KubernetesLayout, pod: Pod) -> Json:
@@ -219,6 +235,7 @@ def service_deployment(topology: Topology, layout: KubernetesLayout, pod: Pod) -
                             "persistentVolumeClaim": {"claimName": layout.data_claim(name)},
                         },
                         *envoy_volumes(layout, name),
+                        *signing_volumes(topology, layout, name),
                     ],
                 },
             },

@@ -19,6 +19,12 @@ from shopmesh.local.errors import MeshError
 from shopmesh.local.mesh import RunningMesh
 
 
+def ensure_signing_keys(paths: StateDir) -> KeyRing:
+    """The state directory's key ring, made if absent: before anything starts, so the gateway
+    always finds the JWKS it verifies with (users reads the same directory)."""
+    return KeyDirectory(paths.signing_keys).ensure(utc_now())
+
+
 def rotate_keys(paths: StateDir, *, force: bool = False) -> KeyRing:
     """A new current key in the state directory's key ring (MeshError if it is too soon: see
     services/users/keys.py, or if there is no ring yet)."""

@@ -63,6 +63,7 @@ from shopmesh.local.ports import free_ports, require_free
 from shopmesh.local.private import make_private, private_umask
 from shopmesh.local.process import ManagedProcess
 from shopmesh.local.prometheus import write_scrape_config
+from shopmesh.local.signing import ensure_signing_keys
 from shopmesh.local.state import LegacyState, MeshState, ProcessRecord, read_state
 from shopmesh.local.wait import until
 from shopmesh.options import DEFAULT_STATE_DIR, DEFAULT_TOPOLOGY
@@ -245,6 +246,7 @@ def prepare(options: MeshOptions) -> tuple[LocalLayout, MeshState, Path]:
             ensure_certificates(
                 paths.certs, topology.spiffe_ids, options.certificate_ttl, layout.edge_names
             )
+            ensure_signing_keys(paths)
         except (LayoutError, PkiError) as error:
             raise MeshError(str(error)) from None
         except OSError as error:

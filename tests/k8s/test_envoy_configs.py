@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
+from services.users.keys import JWKS_FILE
 from shopmesh.envoy.edge import INGRESS
 from shopmesh.k8s.certs import issue_certificates, mounted_identity
 from shopmesh.k8s.layout import KubernetesLayout
@@ -32,6 +33,7 @@ from shopmesh.pki import (
     IdentityFiles,
 )
 from shopmesh.topology import GATEWAY
+from tests.support.envoy import stand_in_jwks
 from tests.support.k8s import Json, Rendered, all_containers, is_envoy, pod_spec
 from tests.support.paths import ROOT, TOPOLOGY
 
@@ -111,6 +113,9 @@ def materialise(workload: Json, root: Path) -> list[str]:
             pytest.fail(f"{DESCRIPTOR} is missing: run `make generate` first", pytrace=False)
         descriptor = root / str(LAYOUT.descriptor).lstrip("/")
         descriptor.write_bytes(DESCRIPTOR.read_bytes())
+        # What `shopmesh k8s issue-keys` writes, as the jwks ConfigMap holds it.
+        issued = stand_in_jwks(root / "issued-keys") / JWKS_FILE
+        (root / str(LAYOUT.jwks()).lstrip("/")).write_bytes(issued.read_bytes())
     return mounts
 
 

@@ -23,7 +23,13 @@ from shopmesh.k8s.manifests import render_manifests
 from shopmesh.layout import app_module
 from shopmesh.pki import CertificateAuthority
 from shopmesh.topology import Topology, parse_topology
-from tests.support.envoy import contracts_descriptor_set, issue_identities, local_layout, validate
+from tests.support.envoy import (
+    contracts_descriptor_set,
+    issue_identities,
+    local_layout,
+    stand_in_jwks,
+    validate,
+)
 from tests.support.paths import MESH_FILE
 
 SERVICE = "gift-cards"
@@ -62,7 +68,12 @@ def test_local_configs_pass_envoy_validation(tmp_path: Path) -> None:
 
 def test_kubernetes_configs_pass_envoy_validation(tmp_path: Path) -> None:
     standard = KubernetesLayout(TOPOLOGY)
-    layout = dataclasses.replace(standard, tls_dir=tmp_path / "tls", descriptor=tmp_path / "d.pb")
+    layout = dataclasses.replace(
+        standard,
+        tls_dir=tmp_path / "tls",
+        descriptor=tmp_path / "d.pb",
+        jwks_dir=stand_in_jwks(tmp_path / "jwks"),
+    )
     layout.descriptor.write_bytes(contracts_descriptor_set(TOPOLOGY))
     ca = CertificateAuthority.create("test CA", datetime.timedelta(days=1))
     credential = ca.issue(TOPOLOGY.spiffe_id(SERVICE), datetime.timedelta(hours=1))

@@ -18,9 +18,9 @@ from shopmesh.envoy.builders import Json
 from shopmesh.envoy.render import render_all, write_configs
 from shopmesh.envoy.sidecar import render_sidecar
 from shopmesh.k8s.certs import mounted_identity
+from shopmesh.k8s.layout import KubernetesLayout
 from shopmesh.layout import (
     GatewayPorts,
-    KubernetesLayout,
     LayoutError,
     LocalLayout,
     Pod,
@@ -28,9 +28,10 @@ from shopmesh.layout import (
     StateDir,
     local_pods,
 )
+from shopmesh.local.signing import ensure_signing_keys
 from shopmesh.pki import CertificateAuthority, LocalPki
 from shopmesh.topology import GATEWAY, load_topology
-from tests.support.envoy import contracts_descriptor_set, validate
+from tests.support.envoy import contracts_descriptor_set, stand_in_jwks, validate
 from tests.support.paths import DESCRIPTOR_SET, MESH_FILE, TOPOLOGY
 
 LOCAL_FILES = [f"{pod.name}.yaml" for pod in local_pods(TOPOLOGY)] + ["gateway.yaml"]
@@ -70,6 +71,7 @@ def local(tmp_path_factory: pytest.TempPathFactory) -> Rendered:
     }
     layout = LocalLayout(state, TOPOLOGY, "127.0.0.1", ports, GATEWAY_PORTS, descriptor)
     state.make_directories(layout.pods())
+    ensure_signing_keys(state)
     return render_into(layout, root / "envoy")
 
 
@@ -78,7 +80,12 @@ def kubernetes(tmp_path_factory: pytest.TempPathFactory) -> Rendered:
     """Every Kubernetes config. The mounts (TLS Secret, descriptor) are stood in for by temp
     directories so validation can open the files; everything else is the standard layout."""
     root = tmp_path_factory.mktemp("kubernetes")
-    layout = KubernetesLayout(TOPOLOGY, tls_dir=root / "tls", descriptor=root / "shop.pb")
+    layout = KubernetesLayout(
+        TOPOLOGY,
+        tls_dir=root / "tls",
+        descriptor=root / "shop.pb",
+        jwks_dir=stand_in_jwks(root / "jwks"),
+    )
     layout.descriptor.write_bytes(contracts_descriptor_set(TOPOLOGY))
     ca = CertificateAuthority.create("test CA", datetime.timedelta(days=1))
     credential = ca.issue(TOPOLOGY.spiffe_id("orders"), datetime.timedelta(hours=1))

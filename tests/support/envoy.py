@@ -16,11 +16,14 @@ from pathlib import Path
 import yaml
 from google.protobuf import descriptor_pb2
 
+from services.common.clock import utc_now
+from services.users.keys import KeyDirectory
 from shopmesh.envoy.admin import AdminClient, AdminUnreachable
 from shopmesh.envoy.command import envoy_command, validate_command
 from shopmesh.envoy.render import dump
 from shopmesh.envoy.sidecar import render_sidecar
 from shopmesh.layout import GatewayPorts, LocalLayout, Pod, PodPorts, StateDir, local_pods
+from shopmesh.local.signing import ensure_signing_keys
 from shopmesh.pki import CertificateAuthority, LocalPki
 from shopmesh.topology import Topology
 from tests.support.paths import ENVOY
@@ -144,6 +147,13 @@ def issue_identities(topology: Topology, certs_dir: Path) -> tuple[LocalPki, Cer
     return pki, ca
 
 
+def stand_in_jwks(directory: Path) -> Path:
+    """A key directory with a JWKS at `directory` (as `shopmesh k8s issue-keys` writes it, and a
+    Kubernetes gateway mounts it): a gateway config naming `directory / jwks.json` validates."""
+    KeyDirectory(directory).ensure(utc_now())
+    return directory
+
+
 def local_layout(
     topology: Topology, root: Path, ports: Mapping[str, PodPorts] | None = None
 ) -> LocalLayout:
@@ -157,6 +167,7 @@ def local_layout(
         state, topology, "127.0.0.1", chosen, GatewayPorts(0, 0, 0), root / "shop.pb"
     )
     state.make_directories(layout.pods())
+    ensure_signing_keys(state)  # the JWKS the gateway's config names
     return layout
 
 

@@ -97,6 +97,13 @@ _FILES = {
 }
 _SELECTOR = {"--selector": True, "-l": True}
 _DRY_RUN = {"--dry-run": True}
+_FROM_DATA = {
+    "--from-file": True,
+    "--from-literal": True,
+    "--from-env-file": True,
+    "--save-config": False,
+    "--append-hash": False,
+}
 
 KUBECTL = Tool(
     name="kubectl",
@@ -129,19 +136,9 @@ KUBECTL = Tool(
         ),
         create=group(
             namespace=Command({**_OUTPUT, **_DRY_RUN}),
+            configmap=Command({**_OUTPUT, **_DRY_RUN, **_FROM_DATA}),
             secret=group(
-                generic=Command(
-                    {
-                        **_OUTPUT,
-                        **_DRY_RUN,
-                        "--from-file": True,
-                        "--from-literal": True,
-                        "--from-env-file": True,
-                        "--type": True,
-                        "--save-config": False,
-                        "--append-hash": False,
-                    }
-                ),
+                generic=Command({**_OUTPUT, **_DRY_RUN, **_FROM_DATA, "--type": True}),
             ),
         ),
         get=Command(
