@@ -355,3 +355,33 @@ async def test_events_carry_the_order_total(world: World) -> None:
         OrderEventType.CONFIRMED: Money("USD", 3897),
         OrderEventType.CANCELLED: Money("USD", 3897),
     }
+
+
+async def test_every_call_for_an_order_is_made_for_its_shopper_recovery_included(
+    world: World,
+) -> None:
+    world.users.known.add("usr_grace")
+    world.inventory.fail("reserve", Crash(), after=True)
+    with pytest.raises(Crash):
+        await world.saga.place_order(request(user="usr_grace"))
+    [order_id] = await world.store.in_flight()
+    saga = await world.restart()
+    assert await saga.recover() == 1
+    world.payments.fail("refund", Crash(), after=True)
+    with pytest.raises(Crash):
+        await world.orders.cancel_order("usr_grace", order_id, "")
+    saga = await world.restart()
+    assert await saga.recover() == 1
+
+    assert (await world.orders.get_order("usr_grace", order_id)).status is OrderStatus.CANCELLED
+    calls = world.users.shoppers + world.inventory.shoppers + world.payments.shoppers
+    assert {method for method, _ in calls} == {
+        "get_user",
+        "get_product",
+        "reserve",
+        "charge",
+        "commit",
+        "refund",
+        "release",
+    }
+    assert {shopper for _, shopper in calls} == {"usr_grace"}
