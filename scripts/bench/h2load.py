@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from scripts.bench.settings import GET_USER, H2LOAD_AUTHORITY
+from services.common.caller import CALLER_HEADER
 
 # Maximum throughput: 4 connections x 8 streams. 32 concurrent calls saturate one Python app
 # on 2 cores and stay below the caller's circuit breaker on users (max_requests 64 in
@@ -142,6 +143,8 @@ class H2Load:
     frame_size: int
     """Bytes of one complete GetUserResponse gRPC frame: what every OK response carries."""
     work: Path
+    caller: str
+    """The user every call is made for (users answers GetUser only for the caller's own)."""
     results: dict[Path, list[LoadResult]] = field(default_factory=dict)
     """Every run (warm-ups too) by the socket it drove."""
 
@@ -164,6 +167,7 @@ class H2Load:
             f"--data={self.body}",
             "--header=content-type: application/grpc",
             "--header=te: trailers",
+            f"--header={CALLER_HEADER}: {self.caller}",
             f"--log-file={log}",
             f"http://{H2LOAD_AUTHORITY}{GET_USER}",
         ]

@@ -22,6 +22,7 @@ from scripts.bench.h2load import (
     grpc_frame,
 )
 from scripts.bench.settings import CALL_TIMEOUT, CALLEE, CALLER, GET_USER, H2LOAD_AUTHORITY
+from services.common.caller import on_behalf_of
 from shop.users.v1 import users_pb2
 from shopmesh.envoy.sidecar import EGRESS, INBOUND
 from shopmesh.local.mesh import RunningMesh
@@ -67,11 +68,12 @@ def _raw(message: bytes) -> bytes:
     return message
 
 
-async def get_user_raw(address: str, request: bytes) -> bytes:
-    """One GetUser call with a grpc client, returning the serialized response."""
+async def get_user_raw(address: str, request: bytes, caller: str) -> bytes:
+    """One GetUser call made for `caller` with a grpc client, returning the serialized
+    response."""
     async with aio.insecure_channel(address) as channel:
         method = channel.unary_unary(GET_USER, request_serializer=_raw, response_deserializer=_raw)
-        response: bytes = await method(request, timeout=CALL_TIMEOUT)
+        response: bytes = await method(request, timeout=CALL_TIMEOUT, metadata=on_behalf_of(caller))
         return response
 
 
@@ -80,7 +82,9 @@ async def bench_unary(mesh: RunningMesh, user_id: str, work: Path, seconds: floa
     direct = mesh.pod(CALLEE).app_socket
     through = mesh.pod(CALLER).egress_socket
     # Both paths must answer the very bytes h2load sends with the same, right user.
-    responses = {path: await get_user_raw(f"unix:{path}", request) for path in (direct, through)}
+    responses = {
+        path: await get_user_raw(f"unix:{path}", request, user_id) for path in (direct, through)
+    }
     if len(set(responses.values())) != 1:
         raise BenchError("GetUser answers differ between the direct and the mesh path")
     response = responses[direct]
@@ -88,7 +92,7 @@ async def bench_unary(mesh: RunningMesh, user_id: str, work: Path, seconds: floa
         raise BenchError(f"GetUser did not return user {user_id}")
     body = work / "get_user.bin"
     body.write_bytes(grpc_frame(request))
-    h2load = H2Load(body, len(grpc_frame(response)), work)
+    h2load = H2Load(body, len(grpc_frame(response)), work, user_id)
 
     warm = {path: await h2load.warm_up(path) for path in (direct, through)}
     # Alternating rounds, so that drifting background load on the machine hits both paths alike.

@@ -92,6 +92,14 @@ class Unauthenticated(DomainError):
 
 
 @dataclass
+class PermissionDenied(DomainError):
+    """The caller is known but may not do this, e.g. list another user's orders
+    (PERMISSION_DENIED)."""
+
+    reason: str = "PERMISSION_DENIED"
+
+
+@dataclass
 class Unavailable(DomainError):
     """A dependency could not be reached; the caller may retry (gRPC UNAVAILABLE)."""
 

@@ -23,6 +23,7 @@ from services.common.errors import (
     FieldViolation,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
     PreconditionViolation,
     ResourceExhausted,
     Unauthenticated,
@@ -37,6 +38,7 @@ _CODES: Mapping[type[DomainError], int] = {
     ResourceExhausted: code_pb2.RESOURCE_EXHAUSTED,
     Unavailable: code_pb2.UNAVAILABLE,
     Unauthenticated: code_pb2.UNAUTHENTICATED,
+    PermissionDenied: code_pb2.PERMISSION_DENIED,
 }
 
 

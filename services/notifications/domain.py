@@ -1,6 +1,10 @@
 """Notifications domain: order events, the notifications made from them, and the publish/list
 rules.
 
+Listing and watching are made for a `caller` (the signed-in user) and answer only for the
+caller's own notifications: a `user_id` naming someone else is PERMISSION_DENIED NOT_YOUR_DATA,
+an empty one means the caller. Publishing is orders' call and needs no caller.
+
 No grpc here: the servicer converts protos to these calls, and DomainErrors raised here become
 status codes in the shared error-mapping interceptor. Times are UTC-aware datetimes.
 """
@@ -16,6 +20,7 @@ from datetime import datetime
 from enum import Enum
 from typing import Protocol
 
+from services.common.caller import own_user_id
 from services.common.clock import to_micros, utc_now
 from services.common.errors import AlreadyExists, FieldViolation, InvalidArgument, Validator
 from services.common.money import Money, is_currency_code
@@ -234,12 +239,15 @@ def validate_events(events: Sequence[OrderEvent]) -> Sequence[OrderEvent]:
     return events
 
 
-def validate_user_id(user_id: str) -> str:
-    """Check that a user id was given; raises InvalidArgument on field `user_id` otherwise."""
+def validate_watch(caller: str, user_id: str) -> str:
+    """The user whose notifications a WatchNotifications request for `caller` follows (an empty
+    user_id means the caller); PermissionDenied NOT_YOUR_DATA for someone else's, and
+    InvalidArgument on field `user_id` for an id no user has."""
+    watched = own_user_id(user_id, caller)
     check = Validator()
-    _require_id(check, user_id, "user_id")
+    _require_id(check, watched, "user_id")
     check.raise_if_invalid("invalid user id")
-    return user_id
+    return watched
 
 
 def validate_list_query(user_id: str, page_size: int, page_token: str) -> ListQuery:
@@ -391,7 +399,11 @@ class Notifications:
             for outcome, notification in outcomes
         ]
 
-    async def list(self, user_id: str, page_size: int, page_token: str) -> NotificationPage:
-        """One page of a user's notifications, newest first; raises InvalidArgument for bad
-        input."""
-        return await self._store.list_for_user(validate_list_query(user_id, page_size, page_token))
+    async def list(
+        self, caller: str, user_id: str, page_size: int, page_token: str
+    ) -> NotificationPage:
+        """One page of the caller's notifications, newest first (an empty user_id means the
+        caller); raises PermissionDenied NOT_YOUR_DATA for another user's, InvalidArgument for
+        bad input."""
+        query = validate_list_query(own_user_id(user_id, caller), page_size, page_token)
+        return await self._store.list_for_user(query)

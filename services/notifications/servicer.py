@@ -1,7 +1,8 @@
 """gRPC handlers of shop.notifications.v1.NotificationsService: proto in, domain call, proto out.
 
 Domain errors are not handled here: DomainErrors raised by the domain become status codes with
-rich details in the shared ErrorMappingInterceptor.
+rich details in the shared ErrorMappingInterceptor. Listing and watching answer only a signed-in
+caller (UNAUTHENTICATED SIGN_IN_REQUIRED without one); publishing is orders' call and needs none.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 
 from grpc import aio
 
+from services.common.caller import require_caller
 from services.common.convert import from_timestamp, money_from_proto, to_timestamp
 from services.notifications.domain import (
     InvalidTime,
@@ -19,7 +21,7 @@ from services.notifications.domain import (
     Notifications,
     OrderEvent,
     OrderEventType,
-    validate_user_id,
+    validate_watch,
 )
 from services.notifications.hub import NotificationHub
 from shop.notifications.v1 import notifications_pb2 as pb
@@ -114,7 +116,7 @@ class NotificationsServicer(pb_grpc.NotificationsServiceServicer):
     ) -> pb.ListNotificationsResponse:
         """See notifications.proto."""
         page = await self._notifications.list(
-            request.user_id, request.page_size, request.page_token
+            require_caller(context), request.user_id, request.page_size, request.page_token
         )
         return pb.ListNotificationsResponse(
             notifications=[notification_to_proto(n) for n in page.notifications],
@@ -126,7 +128,8 @@ class NotificationsServicer(pb_grpc.NotificationsServiceServicer):
     ) -> AsyncIterator[pb.WatchNotificationsResponse]:
         """See notifications.proto. Ends when the client cancels (the subscription is closed by
         the `with`) or when the hub closes on shutdown."""
-        with self.hub.subscribe(validate_user_id(request.user_id)) as subscription:
+        watched = validate_watch(require_caller(context), request.user_id)
+        with self.hub.subscribe(watched) as subscription:
             # The contract promises: once headers arrive, nothing created later is missed.
             await context.send_initial_metadata(())
             async for notification in subscription:

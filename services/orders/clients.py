@@ -7,6 +7,9 @@ downstream ErrorInfo reason and metadata); every other code -> Unavailable. UNAV
 DEADLINE_EXCEEDED plainly are transient; the rest (INTERNAL, RESOURCE_EXHAUSTED, a mesh's
 PERMISSION_DENIED...) are not the order's fault either, so the saga keeps the order at its step
 and retries rather than rejecting a customer's order over them.
+
+Every call names the order's shopper as its caller (common.caller.CALLER_HEADER): orders calls
+on the shopper's behalf, and the mesh lets orders pass the shopper on.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from contextlib import contextmanager
 import grpc
 from grpc import aio
 
+from services.common.caller import on_behalf_of
 from services.common.convert import money_from_proto, money_to_proto, to_timestamp
 from services.common.errors import (
     AlreadyExists,
@@ -87,7 +91,9 @@ class GrpcUsers:
     async def get_user(self, user_id: str) -> None:
         """Return if the user exists (see domain.UsersPort)."""
         with _translated("users"):
-            await self._stub.GetUser(users_pb2.GetUserRequest(user_id=user_id))
+            await self._stub.GetUser(
+                users_pb2.GetUserRequest(user_id=user_id), metadata=on_behalf_of(user_id)
+            )
 
 
 class GrpcInventory:
@@ -96,20 +102,22 @@ class GrpcInventory:
     def __init__(self, channel: aio.Channel) -> None:
         self._stub = inventory_pb2_grpc.InventoryServiceStub(channel)
 
-    async def get_product(self, sku: str) -> Money:
+    async def get_product(self, sku: str, *, shopper: str) -> Money:
         """The unit price of `sku` (see domain.InventoryPort)."""
         with _translated("inventory"):
-            response = await self._stub.GetProduct(inventory_pb2.GetProductRequest(sku=sku))
+            response = await self._stub.GetProduct(
+                inventory_pb2.GetProductRequest(sku=sku), metadata=on_behalf_of(shopper)
+            )
         return money_from_proto(response.product.price)
 
-    async def reserve(self, order_id: str, items: Sequence[OrderItem]) -> None:
+    async def reserve(self, order_id: str, items: Sequence[OrderItem], *, shopper: str) -> None:
         """Hold stock for the order (see domain.InventoryPort)."""
         request = inventory_pb2.ReserveStockRequest(
             order_id=order_id,
             items=[inventory_pb2.ReservationItem(sku=i.sku, quantity=i.quantity) for i in items],
         )
         with _translated("inventory"):
-            response = await self._stub.ReserveStock(request)
+            response = await self._stub.ReserveStock(request, metadata=on_behalf_of(shopper))
         if response.reservation.status == inventory_pb2.RESERVATION_STATUS_RELEASED:
             # A repeated reserve returns the existing reservation, even a released one, and
             # holds nothing: for the saga that is a failed reservation.
@@ -119,16 +127,20 @@ class GrpcInventory:
                 metadata={"order_id": order_id},
             )
 
-    async def release(self, order_id: str) -> None:
+    async def release(self, order_id: str, *, shopper: str) -> None:
         """Give the order's stock back (see domain.InventoryPort)."""
         with _translated("inventory"):
-            await self._stub.ReleaseStock(inventory_pb2.ReleaseStockRequest(order_id=order_id))
+            await self._stub.ReleaseStock(
+                inventory_pb2.ReleaseStockRequest(order_id=order_id),
+                metadata=on_behalf_of(shopper),
+            )
 
-    async def commit(self, order_id: str) -> None:
+    async def commit(self, order_id: str, *, shopper: str) -> None:
         """Mark the order's held stock sold (see domain.InventoryPort)."""
         with _translated("inventory"):
             await self._stub.CommitReservation(
-                inventory_pb2.CommitReservationRequest(order_id=order_id)
+                inventory_pb2.CommitReservationRequest(order_id=order_id),
+                metadata=on_behalf_of(shopper),
             )
 
 
@@ -139,7 +151,13 @@ class GrpcPayments:
         self._stub = payments_pb2_grpc.PaymentsServiceStub(channel)
 
     async def charge(
-        self, idempotency_key: str, order_id: str, amount: Money, payment_token: str
+        self,
+        idempotency_key: str,
+        order_id: str,
+        amount: Money,
+        payment_token: str,
+        *,
+        shopper: str,
     ) -> str:
         """Charge the card; returns the payment id (see domain.PaymentsPort)."""
         request = payments_pb2.ChargeRequest(
@@ -149,13 +167,15 @@ class GrpcPayments:
             payment_token=payment_token,
         )
         with _translated("payments"):
-            response = await self._stub.Charge(request)
+            response = await self._stub.Charge(request, metadata=on_behalf_of(shopper))
         return response.payment.payment_id
 
-    async def refund(self, payment_id: str) -> None:
+    async def refund(self, payment_id: str, *, shopper: str) -> None:
         """Refund the payment in full (see domain.PaymentsPort)."""
         with _translated("payments"):
-            await self._stub.Refund(payments_pb2.RefundRequest(payment_id=payment_id))
+            await self._stub.Refund(
+                payments_pb2.RefundRequest(payment_id=payment_id), metadata=on_behalf_of(shopper)
+            )
 
 
 class GrpcNotifications:
@@ -167,12 +187,18 @@ class GrpcNotifications:
     async def publish(self, events: Sequence[OrderEvent]) -> int:
         """Deliver `events` in one PublishOrderEvents call; returns how many notifications had
         already (see relay.EventPublisher). A refusal whose ErrorInfo names an event by
-        `index` is that event's (EventRefused); any other is the call's."""
+        `index` is that event's (EventRefused); any other is the call's.
+
+        A batch of one shopper's events (the usual case: the saga wakes the relay per event)
+        is sent for that shopper; a batch mixing several is sent for nobody, since one call
+        cannot be made for several people and PublishOrderEvents checks no caller."""
         request = notifications_pb2.PublishOrderEventsRequest(
             events=[_event_to_proto(event) for event in events]
         )
+        shoppers = {event.user_id for event in events}
+        metadata = on_behalf_of(shoppers.pop()) if len(shoppers) == 1 else ()
         try:
-            response = await self._stub.PublishOrderEvents(request)
+            response = await self._stub.PublishOrderEvents(request, metadata=metadata)
         except aio.AioRpcError as error:
             refused = to_domain_error("notifications", error)
             index = refused.metadata.get("index", "")

@@ -308,27 +308,34 @@ def event_id(order_id: str, event_type: OrderEventType) -> str:
 # --- ports -------------------------------------------------------------------------------
 
 
+# Every call the saga makes is made for the order's shopper (`shopper`, the order's user_id),
+# whether a request or the recovery sweep drives it: the adapters pass it on as the caller, so
+# the services downstream answer as they would the shopper (users.GetUser reads only the
+# caller's own account) and record whose data it is (payments keeps each payment's owner).
+
+
 class UsersPort(Protocol):
     """What the saga needs from users."""
 
     async def get_user(self, user_id: str) -> None:
-        """Return if the user exists; NotFound(USER_NOT_FOUND) if not; Unavailable."""
+        """Return if the user exists, asking as that user; NotFound(USER_NOT_FOUND) if not;
+        Unavailable."""
 
 
 class InventoryPort(Protocol):
     """What the saga needs from inventory. Every mutation is idempotent per order id."""
 
-    async def get_product(self, sku: str) -> Money:
+    async def get_product(self, sku: str, *, shopper: str) -> Money:
         """The unit price of `sku`; NotFound(PRODUCT_NOT_FOUND); Unavailable."""
 
-    async def reserve(self, order_id: str, items: Sequence[OrderItem]) -> None:
+    async def reserve(self, order_id: str, items: Sequence[OrderItem], *, shopper: str) -> None:
         """Hold stock for all items or none; FailedPrecondition(INSUFFICIENT_STOCK),
         NotFound(PRODUCT_NOT_FOUND); Unavailable."""
 
-    async def release(self, order_id: str) -> None:
+    async def release(self, order_id: str, *, shopper: str) -> None:
         """Give the order's stock back; NotFound(RESERVATION_NOT_FOUND); Unavailable."""
 
-    async def commit(self, order_id: str) -> None:
+    async def commit(self, order_id: str, *, shopper: str) -> None:
         """Mark the held stock sold; FailedPrecondition(RESERVATION_RELEASED),
         NotFound(RESERVATION_NOT_FOUND); Unavailable."""
 
@@ -337,12 +344,19 @@ class PaymentsPort(Protocol):
     """What the saga needs from payments."""
 
     async def charge(
-        self, idempotency_key: str, order_id: str, amount: Money, payment_token: str
+        self,
+        idempotency_key: str,
+        order_id: str,
+        amount: Money,
+        payment_token: str,
+        *,
+        shopper: str,
     ) -> str:
-        """Charge and capture; returns the payment id. FailedPrecondition(CARD_DECLINED),
-        InvalidArgument (unknown token); Unavailable. Idempotent per key."""
+        """Charge and capture, the payment owned by `shopper`; returns the payment id.
+        FailedPrecondition(CARD_DECLINED), InvalidArgument (unknown token); Unavailable.
+        Idempotent per key."""
 
-    async def refund(self, payment_id: str) -> None:
+    async def refund(self, payment_id: str, *, shopper: str) -> None:
         """Refund in full, idempotently; NotFound(PAYMENT_NOT_FOUND); Unavailable."""
 
 
@@ -370,16 +384,31 @@ class OrderRepository(Protocol):
         """Up to `limit` of a user's orders, newest first, after `after` (None: the newest)."""
 
 
+def order_not_found(order_id: str) -> NotFound:
+    """The error for an order id that names no order, or someone else's: the same words, so
+    the refusal never tells whether another shopper's order exists."""
+    return NotFound(
+        f"order {order_id!r} not found",
+        reason="ORDER_NOT_FOUND",
+        metadata={"order_id": order_id},
+    )
+
+
 async def load_order(repository: OrderRepository, order_id: str) -> tuple[Order, SagaState]:
     """The order and its saga state; NotFound(ORDER_NOT_FOUND) if there is no such order."""
     loaded = await repository.load(order_id)
     if loaded is None:
-        raise NotFound(
-            f"order {order_id!r} not found",
-            reason="ORDER_NOT_FOUND",
-            metadata={"order_id": order_id},
-        )
+        raise order_not_found(order_id)
     return loaded
+
+
+async def load_own_order(repository: OrderRepository, order_id: str, caller: str) -> Order:
+    """The order if `caller` placed it; NotFound(ORDER_NOT_FOUND), exactly as for an order that
+    does not exist, if there is none or it is someone else's."""
+    loaded = await repository.load(order_id)
+    if loaded is None or loaded[0].user_id != caller:
+        raise order_not_found(order_id)
+    return loaded[0]
 
 
 def not_cancellable(order: Order) -> FailedPrecondition:

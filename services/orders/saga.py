@@ -9,6 +9,10 @@ compensations and ends it CANCELLED.
 The step about to run is stored before it runs, and each downstream call is idempotent per
 order, so after a crash (or an Unavailable dependency) re-running the stored step is always
 safe: that is all recovery does.
+
+Every downstream call is made for the order's shopper, its stored user_id (see the ports in
+services.orders.domain): a step the recovery sweep re-runs, with no request behind it, passes
+on the same caller as the request that placed the order.
 """
 
 from __future__ import annotations
@@ -283,7 +287,7 @@ class CheckoutSaga:
         total = Money.zero(order.currency_code)
         for item in order.items:
             try:
-                price = await self._inventory.get_product(item.sku)
+                price = await self._inventory.get_product(item.sku, shopper=order.user_id)
             except NotFound:
                 return await self._finish(order, saga, OrderStatus.REJECTED, PRODUCT_NOT_FOUND)
             if price.currency_code != order.currency_code:
@@ -295,7 +299,7 @@ class CheckoutSaga:
 
     async def _reserve_stock(self, order: Order, saga: SagaState) -> tuple[Order, SagaState]:
         try:
-            await self._inventory.reserve(order.order_id, order.items)
+            await self._inventory.reserve(order.order_id, order.items, shopper=order.user_id)
         except FailedPrecondition as error:
             # All-or-nothing: a refused reservation holds nothing, so nothing to compensate.
             return await self._finish(order, saga, OrderStatus.REJECTED, error.reason)
@@ -310,7 +314,11 @@ class CheckoutSaga:
             return await self._advance(order, saga, SagaStep.COMMIT_RESERVATION)
         try:
             payment_id = await self._payments.charge(
-                charge_key(order.order_id), order.order_id, total, saga.payment_token
+                charge_key(order.order_id),
+                order.order_id,
+                total,
+                saga.payment_token,
+                shopper=order.user_id,
             )
         except FailedPrecondition as error:
             return await self._compensate(order, saga, error.reason, SagaStep.RELEASE_STOCK)
@@ -324,7 +332,7 @@ class CheckoutSaga:
 
     async def _commit_reservation(self, order: Order, saga: SagaState) -> tuple[Order, SagaState]:
         try:
-            await self._inventory.commit(order.order_id)
+            await self._inventory.commit(order.order_id, shopper=order.user_id)
         except (FailedPrecondition, NotFound) as error:
             # The stock is gone (released behind our back): give the money back.
             return await self._compensate(order, saga, error.reason, SagaStep.REFUND_PAYMENT)
@@ -333,7 +341,7 @@ class CheckoutSaga:
     async def _refund_payment(self, order: Order, saga: SagaState) -> tuple[Order, SagaState]:
         if order.payment_id:
             try:
-                await self._payments.refund(order.payment_id)
+                await self._payments.refund(order.payment_id, shopper=order.user_id)
             except NotFound:
                 log.warning(
                     "payment to refund does not exist",
@@ -343,7 +351,7 @@ class CheckoutSaga:
 
     async def _release_stock(self, order: Order, saga: SagaState) -> tuple[Order, SagaState]:
         try:
-            await self._inventory.release(order.order_id)
+            await self._inventory.release(order.order_id, shopper=order.user_id)
         except NotFound:
             log.info("no reservation to release", extra={"order_id": order.order_id})
         outcome = saga.outcome or OrderStatus.REJECTED

@@ -1,7 +1,8 @@
 """gRPC handlers of shop.orders.v1.OrdersService: proto in, domain call, proto out.
 
 Errors are not handled here: DomainErrors raised by the domain become status codes with rich
-details in the shared ErrorMappingInterceptor.
+details in the shared ErrorMappingInterceptor. Every method answers only for a signed-in caller
+(UNAUTHENTICATED SIGN_IN_REQUIRED without one), handed to the domain as a plain user id.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import Any
 
 from grpc import aio
 
+from services.common.caller import require_caller
 from services.common.convert import money_to_proto, to_timestamp
 from services.common.money import Money
 from services.orders.domain import Order, OrderItem, OrderStatus
@@ -64,6 +66,7 @@ class OrdersServicer(orders_pb2_grpc.OrdersServiceServicer):
     ) -> orders_pb2.PlaceOrderResponse:
         """See orders.proto."""
         order = await self._orders.place_order(
+            require_caller(context),
             request.idempotency_key,
             request.user_id,
             [(item.sku, item.quantity) for item in request.items],
@@ -76,7 +79,7 @@ class OrdersServicer(orders_pb2_grpc.OrdersServiceServicer):
         self, request: orders_pb2.GetOrderRequest, context: aio.ServicerContext[Any, Any]
     ) -> orders_pb2.GetOrderResponse:
         """See orders.proto."""
-        order = await self._orders.get_order(request.order_id)
+        order = await self._orders.get_order(require_caller(context), request.order_id)
         return orders_pb2.GetOrderResponse(order=order_to_proto(order))
 
     async def ListOrders(
@@ -84,7 +87,7 @@ class OrdersServicer(orders_pb2_grpc.OrdersServiceServicer):
     ) -> orders_pb2.ListOrdersResponse:
         """See orders.proto."""
         page = await self._orders.list_orders(
-            request.user_id, request.page_size, request.page_token
+            require_caller(context), request.user_id, request.page_size, request.page_token
         )
         return orders_pb2.ListOrdersResponse(
             orders=[order_to_proto(order) for order in page.orders],
@@ -95,5 +98,7 @@ class OrdersServicer(orders_pb2_grpc.OrdersServiceServicer):
         self, request: orders_pb2.CancelOrderRequest, context: aio.ServicerContext[Any, Any]
     ) -> orders_pb2.CancelOrderResponse:
         """See orders.proto."""
-        order = await self._orders.cancel_order(request.order_id, request.reason)
+        order = await self._orders.cancel_order(
+            require_caller(context), request.order_id, request.reason
+        )
         return orders_pb2.CancelOrderResponse(order=order_to_proto(order))

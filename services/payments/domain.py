@@ -5,6 +5,10 @@ A payment token is used to authorize a charge and then forgotten: what is kept o
 secret (a plain hash of a few well-known test tokens would give them back) with the brand and
 last four digits of the card the token stands for.
 
+Each payment records its owner, the shopper orders charged it for (the caller of Charge), and
+GetPayment answers only its owner: someone else's payment, and one charged before owners were
+recorded (owner ""), is NOT_FOUND with the very words of a payment id that does not exist.
+
 No grpc here: the servicer converts protos to these calls, and DomainErrors raised here become
 status codes in the shared error-mapping interceptor.
 """
@@ -52,6 +56,9 @@ class Payment:
     status: PaymentStatus
     create_time: datetime
     update_time: datetime
+    owner_user_id: str = ""
+    """The user the charge was made for ("" when Charge named no caller, or before owners were
+    recorded): the only caller GetPayment answers."""
 
 
 @dataclass(frozen=True)
@@ -247,9 +254,15 @@ class Payments:
         self._clock = clock
 
     async def charge(
-        self, idempotency_key: str, order_id: str, amount: Money | None, payment_token: str
+        self,
+        idempotency_key: str,
+        order_id: str,
+        amount: Money | None,
+        payment_token: str,
+        owner: str | None = None,
     ) -> Payment:
-        """Charge a card once per idempotency key.
+        """Charge a card once per idempotency key, for `owner` (the caller orders charges for;
+        a replay keeps the first call's owner).
 
         Raises InvalidArgument for bad input, FailedPrecondition CARD_DECLINED when the card
         is (or, on a replay, was) declined, AlreadyExists IDEMPOTENCY_KEY_REUSED when the key
@@ -267,7 +280,13 @@ class Payments:
             None
             if decline is not None
             else Payment(
-                new_payment_id(), attempt.order_id, attempt.amount, PaymentStatus.CAPTURED, now, now
+                new_payment_id(),
+                attempt.order_id,
+                attempt.amount,
+                PaymentStatus.CAPTURED,
+                now,
+                now,
+                owner_user_id=owner or "",
             )
         )
         replayed, record = await self._store.record_charge(attempt, payment, decline, now)
@@ -289,9 +308,10 @@ class Payments:
             raise payment_not_found(payment_id)
         return payment
 
-    async def get(self, payment_id: str) -> Payment:
-        """The payment with `payment_id`; raises NotFound PAYMENT_NOT_FOUND if there is none."""
+    async def get(self, caller: str, payment_id: str) -> Payment:
+        """The caller's payment with `payment_id`; raises NotFound PAYMENT_NOT_FOUND if there
+        is none or it is not the caller's (see module docstring)."""
         payment = await self._store.get(validate_payment_id(payment_id))
-        if payment is None:
+        if payment is None or payment.owner_user_id != caller:
             raise payment_not_found(payment_id)
         return payment

@@ -1,7 +1,9 @@
 """gRPC handlers of shop.payments.v1.PaymentsService: proto in, domain call, proto out.
 
 Errors are not handled here: DomainErrors raised by the domain become status codes with rich
-details in the shared ErrorMappingInterceptor.
+details in the shared ErrorMappingInterceptor. Charge and Refund are orders' calls and need no
+caller (Charge records the one it names as the payment's owner); GetPayment answers only a
+signed-in caller, about their own payment.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from typing import Any
 
 from grpc import aio
 
+from services.common.caller import caller_of, require_caller
 from services.common.convert import money_from_proto, money_to_proto, to_timestamp
 from services.payments.domain import Payment, Payments, PaymentStatus
 from shop.payments.v1 import payments_pb2, payments_pb2_grpc
@@ -48,6 +51,7 @@ class PaymentsServicer(payments_pb2_grpc.PaymentsServiceServicer):
             request.order_id,
             money_from_proto(request.amount) if request.HasField("amount") else None,
             request.payment_token,
+            caller_of(context),
         )
         return payments_pb2.ChargeResponse(payment=payment_to_proto(payment))
 
@@ -62,5 +66,5 @@ class PaymentsServicer(payments_pb2_grpc.PaymentsServiceServicer):
         self, request: payments_pb2.GetPaymentRequest, context: aio.ServicerContext[Any, Any]
     ) -> payments_pb2.GetPaymentResponse:
         """See payments.proto."""
-        payment = await self._payments.get(request.payment_id)
+        payment = await self._payments.get(require_caller(context), request.payment_id)
         return payments_pb2.GetPaymentResponse(payment=payment_to_proto(payment))

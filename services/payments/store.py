@@ -116,11 +116,15 @@ def migrations(fingerprint_key: bytes) -> Sequence[Migration]:
         SCHEMA_V1,
         # Version 1 kept each attempt's raw payment token; from version 2 on, its card.
         functools.partial(_cards_instead_of_tokens, fingerprint_key),
+        # From version 3 on, each payment's owner; older payments have none (NULL), and
+        # GetPayment answers nobody for them.
+        "ALTER TABLE payments ADD COLUMN owner_user_id TEXT;",
     ]
 
 
 _PAYMENT_COLUMNS = (
-    "payment_id, order_id, currency_code, minor_units, status, create_time_us, update_time_us"
+    "payment_id, order_id, currency_code, minor_units, status, create_time_us, update_time_us,"
+    " owner_user_id"
 )
 
 
@@ -132,6 +136,7 @@ def _payment(row: sqlite3.Row) -> Payment:
         status=PaymentStatus(row["status"]),
         create_time=from_micros(row["create_time_us"]),
         update_time=from_micros(row["update_time_us"]),
+        owner_user_id=row["owner_user_id"] or "",
     )
 
 
@@ -167,7 +172,7 @@ class SqlitePaymentStore:
                 return True, stored
             if payment is not None:
                 db.execute(
-                    f"INSERT INTO payments ({_PAYMENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    f"INSERT INTO payments ({_PAYMENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         payment.payment_id,
                         payment.order_id,
@@ -176,6 +181,7 @@ class SqlitePaymentStore:
                         payment.status.value,
                         to_micros(payment.create_time),
                         to_micros(payment.update_time),
+                        payment.owner_user_id or None,
                     ),
                 )
             db.execute(

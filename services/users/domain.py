@@ -2,7 +2,10 @@
 
 An account may have a password (hashed by services.users.passwords before it reaches the
 store); one created without (by a client older than sign-in) exists but cannot sign in.
-Signing in is services.users.sessions.
+Signing in is services.users.sessions. Reading an account is made for a `caller` (the
+signed-in user, or orders checking out on their behalf) and answers only for the caller's own:
+another user's account is NOT_FOUND with the very words of an id no account has, so a shopper
+can neither read another's email nor tell which user ids exist.
 
 No grpc here: the servicer converts protos to these calls, and DomainErrors raised here become
 status codes in the shared error-mapping interceptor.
@@ -156,14 +159,6 @@ def validate_new_user(
     return NewUser(request_id, email, display_name, password)
 
 
-def validate_user_id(user_id: str) -> str:
-    """Check that a user id was given; raises InvalidArgument if it is empty."""
-    check = Validator()
-    check.require(bool(user_id), "user_id", "must not be empty")
-    check.raise_if_invalid("invalid user id")
-    return user_id
-
-
 def new_user_id() -> str:
     """A fresh, unguessable user id."""
     return USER_ID_PREFIX + uuid.uuid4().hex
@@ -218,9 +213,11 @@ class Users:
             return stored is None and not new.password
         return await self._passwords.verify(stored, new.password)
 
-    async def get(self, user_id: str) -> User:
-        """The user with `user_id`; raises NotFound USER_NOT_FOUND if there is none."""
-        user = await self._store.get(validate_user_id(user_id))
+    async def get(self, caller: str, user_id: str) -> User:
+        """The caller's own account (an empty user_id means the caller); raises NotFound
+        USER_NOT_FOUND if there is none or `user_id` names someone else."""
+        user_id = user_id or caller
+        user = await self._store.get(user_id) if user_id == caller else None
         if user is None:
             raise NotFound(
                 f"user {user_id!r} does not exist",

@@ -9,6 +9,11 @@ caller's peer address when it is TCP. Envoy sets that header at the edge (with
 `use_remote_address`) to the address the connection came from; in the mesh every call reaches
 users from its own sidecar over a Unix socket, whose peer says nothing about the shopper.
 Trusting the header is safe only once the inbound sidecar accepts it from the gateway alone.
+
+GetUser answers only a signed-in caller, about their own account, and a call naming no caller
+is refused (UNAUTHENTICATED SIGN_IN_REQUIRED) even from a service: the one service that reads
+accounts, orders, always calls for a shopper, so refusing the rest keeps emails unreadable if
+a route ever let an anonymous call through.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from typing import Any
 
 from grpc import aio
 
+from services.common.caller import require_caller
 from services.common.convert import to_timestamp
 from services.users.domain import User, Users
 from services.users.sessions import Sessions
@@ -80,7 +86,7 @@ class UsersServicer(users_pb2_grpc.UsersServiceServicer):
         self, request: users_pb2.GetUserRequest, context: aio.ServicerContext[Any, Any]
     ) -> users_pb2.GetUserResponse:
         """See users.proto."""
-        user = await self._users.get(request.user_id)
+        user = await self._users.get(require_caller(context), request.user_id)
         return users_pb2.GetUserResponse(user=user_to_proto(user))
 
     async def SignIn(

@@ -21,6 +21,7 @@ from shop.notifications.v1 import notifications_pb2
 from shop.orders.v1 import orders_pb2
 from shop.payments.v1 import payments_pb2
 from shop.users.v1 import users_pb2, users_pb2_grpc
+from tests.support.callers import as_user
 from tests.support.databases import count_rows
 from tests.support.errors import expect_error_info
 from tests.support.services import ServiceRunner
@@ -41,7 +42,7 @@ async def test_full_checkout_confirms_charges_commits_and_notifies(shop: Shop) -
     user_id = await shop.new_user()
     mugs, stickers = await shop.available("MUG-01"), await shop.available("STICKER-01")
 
-    placed = await shop.orders.PlaceOrder(place_request(user_id))
+    placed = await shop.orders.PlaceOrder(place_request(user_id), metadata=as_user(user_id))
 
     order = placed.order
     assert order.status == orders_pb2.ORDER_STATUS_CONFIRMED
@@ -56,14 +57,16 @@ async def test_full_checkout_confirms_charges_commits_and_notifies(shop: Shop) -
         stickers - 3,
     )
     payment = await shop.payments.GetPayment(
-        payments_pb2.GetPaymentRequest(payment_id=order.payment_id)
+        payments_pb2.GetPaymentRequest(payment_id=order.payment_id), metadata=as_user(user_id)
     )
     assert (payment.payment.order_id, payment.payment.amount, payment.payment.status) == (
         order.order_id,
         order.total,
         payments_pb2.PAYMENT_STATUS_CAPTURED,
     )
-    fetched = await shop.orders.GetOrder(orders_pb2.GetOrderRequest(order_id=order.order_id))
+    fetched = await shop.orders.GetOrder(
+        orders_pb2.GetOrderRequest(order_id=order.order_id), metadata=as_user(user_id)
+    )
     assert fetched.order == order
 
     notes = await eventually(lambda: shop.notifications_of(user_id), lambda n: len(n) == 1)
@@ -79,21 +82,25 @@ async def test_place_order_repeated_with_one_key_makes_one_order_and_one_charge(
 ) -> None:
     user_id = await shop.new_user()
 
-    first = await shop.orders.PlaceOrder(place_request(user_id))
-    second = await shop.orders.PlaceOrder(place_request(user_id))
+    first = await shop.orders.PlaceOrder(place_request(user_id), metadata=as_user(user_id))
+    second = await shop.orders.PlaceOrder(place_request(user_id), metadata=as_user(user_id))
 
     assert second.order == first.order
     assert count_rows(shop.db_path("payments"), "SELECT COUNT(*) FROM payments") == 1
-    listed = await shop.orders.ListOrders(orders_pb2.ListOrdersRequest(user_id=user_id))
+    listed = await shop.orders.ListOrders(
+        orders_pb2.ListOrdersRequest(user_id=user_id), metadata=as_user(user_id)
+    )
     assert [o.order_id for o in listed.orders] == [first.order.order_id]
 
 
 async def test_same_key_with_different_items_is_already_exists(shop: Shop) -> None:
     user_id = await shop.new_user()
-    first = await shop.orders.PlaceOrder(place_request(user_id))
+    first = await shop.orders.PlaceOrder(place_request(user_id), metadata=as_user(user_id))
 
     with pytest.raises(aio.AioRpcError) as raised:
-        await shop.orders.PlaceOrder(place_request(user_id, items=(("MUG-01", 1),)))
+        await shop.orders.PlaceOrder(
+            place_request(user_id, items=(("MUG-01", 1),)), metadata=as_user(user_id)
+        )
 
     info = expect_error_info(raised.value, grpc.StatusCode.ALREADY_EXISTS)
     assert info.reason == "IDEMPOTENCY_KEY_REUSED"
@@ -104,7 +111,9 @@ async def test_declined_card_rejects_and_restores_the_stock(shop: Shop) -> None:
     user_id = await shop.new_user()
     mugs = await shop.available("MUG-01")
 
-    placed = await shop.orders.PlaceOrder(place_request(user_id, token="tok_chargeDeclined"))
+    placed = await shop.orders.PlaceOrder(
+        place_request(user_id, token="tok_chargeDeclined"), metadata=as_user(user_id)
+    )
 
     assert placed.order.status == orders_pb2.ORDER_STATUS_REJECTED
     assert placed.order.rejection_reason == "CARD_DECLINED"
@@ -118,7 +127,9 @@ async def test_declined_card_rejects_and_restores_the_stock(shop: Shop) -> None:
 async def test_short_stock_rejects_with_insufficient_stock(shop: Shop) -> None:
     user_id = await shop.new_user()
 
-    placed = await shop.orders.PlaceOrder(place_request(user_id, items=(("POSTER-LTD", 2),)))
+    placed = await shop.orders.PlaceOrder(
+        place_request(user_id, items=(("POSTER-LTD", 2),)), metadata=as_user(user_id)
+    )
 
     assert placed.order.status == orders_pb2.ORDER_STATUS_REJECTED
     assert placed.order.rejection_reason == "INSUFFICIENT_STOCK"
@@ -128,9 +139,12 @@ async def test_short_stock_rejects_with_insufficient_stock(shop: Shop) -> None:
 async def test_unknown_user_and_unknown_product_are_rejected(shop: Shop) -> None:
     user_id = await shop.new_user()
 
-    no_user = await shop.orders.PlaceOrder(place_request("usr_nobody", key="a"))
+    # Signed in with an account that no longer exists (or never did).
+    no_user = await shop.orders.PlaceOrder(
+        place_request("usr_nobody", key="a"), metadata=as_user("usr_nobody")
+    )
     no_product = await shop.orders.PlaceOrder(
-        place_request(user_id, key="b", items=(("NOPE-01", 1),))
+        place_request(user_id, key="b", items=(("NOPE-01", 1),)), metadata=as_user(user_id)
     )
 
     assert (no_user.order.status, no_user.order.rejection_reason) == (
@@ -154,7 +168,7 @@ async def test_bad_input_is_invalid_argument_listing_every_field(shop: Shop) -> 
     )
 
     with pytest.raises(aio.AioRpcError) as raised:
-        await shop.orders.PlaceOrder(request)
+        await shop.orders.PlaceOrder(request, metadata=as_user("usr_1"))
 
     info = expect_error_info(raised.value, grpc.StatusCode.INVALID_ARGUMENT)
     assert info.reason == "INVALID_ARGUMENT"
@@ -170,7 +184,9 @@ async def test_bad_input_is_invalid_argument_listing_every_field(shop: Shop) -> 
 
 async def test_get_unknown_order_is_not_found(shop: Shop) -> None:
     with pytest.raises(aio.AioRpcError) as raised:
-        await shop.orders.GetOrder(orders_pb2.GetOrderRequest(order_id="ord_nope"))
+        await shop.orders.GetOrder(
+            orders_pb2.GetOrderRequest(order_id="ord_nope"), metadata=as_user("usr_1")
+        )
 
     info = expect_error_info(raised.value, grpc.StatusCode.NOT_FOUND)
     assert (info.reason, dict(info.metadata)) == ("ORDER_NOT_FOUND", {"order_id": "ord_nope"})
@@ -182,14 +198,17 @@ async def test_get_unknown_order_is_not_found(shop: Shop) -> None:
 async def test_cancel_refunds_and_puts_the_stock_back(shop: Shop) -> None:
     user_id = await shop.new_user()
     mugs = await shop.available("MUG-01")
-    placed = await shop.orders.PlaceOrder(place_request(user_id, items=(("MUG-01", 4),)))
+    placed = await shop.orders.PlaceOrder(
+        place_request(user_id, items=(("MUG-01", 4),)), metadata=as_user(user_id)
+    )
     assert await shop.available("MUG-01") == mugs - 4
 
     cancelled = await shop.orders.CancelOrder(
-        orders_pb2.CancelOrderRequest(order_id=placed.order.order_id, reason="changed my mind")
+        orders_pb2.CancelOrderRequest(order_id=placed.order.order_id, reason="changed my mind"),
+        metadata=as_user(user_id),
     )
     again = await shop.orders.CancelOrder(
-        orders_pb2.CancelOrderRequest(order_id=placed.order.order_id)
+        orders_pb2.CancelOrderRequest(order_id=placed.order.order_id), metadata=as_user(user_id)
     )
 
     assert cancelled.order.status == orders_pb2.ORDER_STATUS_CANCELLED
@@ -197,7 +216,8 @@ async def test_cancel_refunds_and_puts_the_stock_back(shop: Shop) -> None:
     assert again.order == cancelled.order
     assert await shop.available("MUG-01") == mugs
     payment = await shop.payments.GetPayment(
-        payments_pb2.GetPaymentRequest(payment_id=placed.order.payment_id)
+        payments_pb2.GetPaymentRequest(payment_id=placed.order.payment_id),
+        metadata=as_user(user_id),
     )
     assert payment.payment.status == payments_pb2.PAYMENT_STATUS_REFUNDED
     notes = await eventually(lambda: shop.notifications_of(user_id), lambda n: len(n) == 2)
@@ -209,10 +229,14 @@ async def test_cancel_refunds_and_puts_the_stock_back(shop: Shop) -> None:
 
 async def test_cancelling_a_rejected_order_is_failed_precondition(shop: Shop) -> None:
     user_id = await shop.new_user()
-    placed = await shop.orders.PlaceOrder(place_request(user_id, token="tok_chargeDeclined"))
+    placed = await shop.orders.PlaceOrder(
+        place_request(user_id, token="tok_chargeDeclined"), metadata=as_user(user_id)
+    )
 
     with pytest.raises(aio.AioRpcError) as raised:
-        await shop.orders.CancelOrder(orders_pb2.CancelOrderRequest(order_id=placed.order.order_id))
+        await shop.orders.CancelOrder(
+            orders_pb2.CancelOrderRequest(order_id=placed.order.order_id), metadata=as_user(user_id)
+        )
 
     info = expect_error_info(raised.value, grpc.StatusCode.FAILED_PRECONDITION)
     assert info.reason == "ORDER_NOT_CANCELLABLE"
@@ -228,7 +252,9 @@ async def test_events_reach_notifications_exactly_once_across_its_outage(shop: S
 
     order_ids = []
     for n in range(3):
-        placed = await shop.orders.PlaceOrder(place_request(user_id, key=f"k{n}"))
+        placed = await shop.orders.PlaceOrder(
+            place_request(user_id, key=f"k{n}"), metadata=as_user(user_id)
+        )
         assert placed.order.status == orders_pb2.ORDER_STATUS_CONFIRMED
         order_ids.append(placed.order.order_id)
     orders_db = shop.db_path("orders")
@@ -260,23 +286,34 @@ async def test_order_pending_on_an_unreachable_dependency_is_resumed_when_it_ret
     await shop.services.stop(shop.running["payments"])
 
     with pytest.raises(aio.AioRpcError) as raised:
-        await shop.orders.PlaceOrder(place_request(user_id))
+        await shop.orders.PlaceOrder(place_request(user_id), metadata=as_user(user_id))
 
     info = expect_error_info(raised.value, grpc.StatusCode.UNAVAILABLE)
     assert info.reason == "ORDER_PENDING"
     order_id = info.metadata["order_id"]
     assert info.metadata["step"] == "CHARGE_PAYMENT"
-    pending = await shop.orders.GetOrder(orders_pb2.GetOrderRequest(order_id=order_id))
+    pending = await shop.orders.GetOrder(
+        orders_pb2.GetOrderRequest(order_id=order_id), metadata=as_user(user_id)
+    )
     assert pending.order.status == orders_pb2.ORDER_STATUS_PENDING
 
     await shop.services.start("payments", build_payments)
 
     confirmed = await eventually(
-        lambda: shop.orders.GetOrder(orders_pb2.GetOrderRequest(order_id=order_id)),
+        lambda: shop.orders.GetOrder(
+            orders_pb2.GetOrderRequest(order_id=order_id), metadata=as_user(user_id)
+        ),
         lambda response: response.order.status != orders_pb2.ORDER_STATUS_PENDING,
     )
     assert confirmed.order.status == orders_pb2.ORDER_STATUS_CONFIRMED
     assert count_rows(shop.db_path("payments"), "SELECT COUNT(*) FROM payments") == 1
+    # The recovery sweep charged for the shopper, with no request behind it: the payment is
+    # theirs to read.
+    payment = await shop.payments.GetPayment(
+        payments_pb2.GetPaymentRequest(payment_id=confirmed.order.payment_id),
+        metadata=as_user(user_id),
+    )
+    assert payment.payment.order_id == order_id
 
 
 class HangingUsers(users_pb2_grpc.UsersServiceServicer):
@@ -320,7 +357,7 @@ async def test_short_client_deadline_is_deadline_exceeded_and_reaches_downstream
     started = time.monotonic()
 
     with pytest.raises(aio.AioRpcError) as raised:
-        await shop.orders.PlaceOrder(place_request("usr_1"), timeout=0.5)
+        await shop.orders.PlaceOrder(place_request("usr_1"), timeout=0.5, metadata=as_user("usr_1"))
 
     assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert time.monotonic() - started < 2.0

@@ -21,6 +21,7 @@ from services.notifications.servicer import event_from_proto
 from shop.common.v1 import money_pb2
 from shop.notifications.v1 import notifications_pb2 as pb
 from shop.notifications.v1 import notifications_pb2_grpc as pb_grpc
+from tests.support.callers import as_user
 from tests.support.db_locks import WriteWatch, serves_while_a_write_waits
 from tests.support.errors import expect_error_info
 from tests.support.notifications import WAIT, Notifications, Stub, list_all, order_event
@@ -157,11 +158,14 @@ async def test_list_pages_newest_first_per_user(notifications: Notifications) ->
         await publish(notifications.stub, event_id=f"evt_{number}")
     await publish(notifications.stub, event_id="evt_other", user_id="usr_2")
     first = await notifications.stub.ListNotifications(
-        pb.ListNotificationsRequest(user_id="usr_1", page_size=2), timeout=WAIT
+        pb.ListNotificationsRequest(user_id="usr_1", page_size=2),
+        timeout=WAIT,
+        metadata=as_user("usr_1"),
     )
     rest = await notifications.stub.ListNotifications(
         pb.ListNotificationsRequest(user_id="usr_1", page_size=2, page_token=first.next_page_token),
         timeout=WAIT,
+        metadata=as_user("usr_1"),
     )
     assert [n.event_id for n in first.notifications] == ["evt_3", "evt_2"]
     assert [n.event_id for n in rest.notifications] == ["evt_1"]
@@ -173,20 +177,18 @@ async def test_list_with_bad_arguments_names_each_field(notifications: Notificat
         await notifications.stub.ListNotifications(
             pb.ListNotificationsRequest(user_id="", page_size=-1, page_token="bogus"),
             timeout=WAIT,
+            metadata=as_user("usr_1"),
         )
     assert raised.value.code() is grpc.StatusCode.INVALID_ARGUMENT
-    assert [v.field for v in field_violations(raised.value)] == [
-        "user_id",
-        "page_size",
-        "page_token",
-    ]
+    # An empty user_id means the caller.
+    assert [v.field for v in field_violations(raised.value)] == ["page_size", "page_token"]
 
 
 async def test_watch_receives_a_notification_published_after_it_started(
     notifications: Notifications,
 ) -> None:
     call = notifications.stub.WatchNotifications(
-        pb.WatchNotificationsRequest(user_id="usr_1"), timeout=WAIT
+        pb.WatchNotificationsRequest(user_id="usr_1"), timeout=WAIT, metadata=as_user("usr_1")
     )
     # The server sends headers once it has subscribed: from then on nothing is missed.
     await call.initial_metadata()
@@ -200,7 +202,7 @@ async def test_watch_receives_a_notification_published_after_it_started(
 
 async def test_duplicate_publication_is_not_streamed_again(notifications: Notifications) -> None:
     call = notifications.stub.WatchNotifications(
-        pb.WatchNotificationsRequest(user_id="usr_1"), timeout=WAIT
+        pb.WatchNotificationsRequest(user_id="usr_1"), timeout=WAIT, metadata=as_user("usr_1")
     )
     await call.initial_metadata()
     await publish(notifications.stub, event_id="evt_1")
@@ -215,7 +217,7 @@ async def test_duplicate_publication_is_not_streamed_again(notifications: Notifi
 
 async def test_cancelled_watch_releases_its_subscription(notifications: Notifications) -> None:
     call = notifications.stub.WatchNotifications(
-        pb.WatchNotificationsRequest(user_id="usr_1"), timeout=WAIT
+        pb.WatchNotificationsRequest(user_id="usr_1"), timeout=WAIT, metadata=as_user("usr_1")
     )
     # Headers come once the subscription exists (the contract says so).
     await asyncio.wait_for(call.initial_metadata(), WAIT)
@@ -228,17 +230,21 @@ async def test_cancelled_watch_releases_its_subscription(notifications: Notifica
     await eventually(released, WAIT, "the watch's subscription to be released")
 
 
-async def test_watch_without_user_is_invalid(notifications: Notifications) -> None:
-    call = notifications.stub.WatchNotifications(pb.WatchNotificationsRequest(), timeout=WAIT)
-    with pytest.raises(aio.AioRpcError) as raised:
-        await call.read()
-    assert raised.value.code() is grpc.StatusCode.INVALID_ARGUMENT
-    assert [v.field for v in field_violations(raised.value)] == ["user_id"]
+async def test_watch_without_user_follows_the_caller(notifications: Notifications) -> None:
+    call = notifications.stub.WatchNotifications(
+        pb.WatchNotificationsRequest(), timeout=WAIT, metadata=as_user("usr_1")
+    )
+    await call.initial_metadata()
+    published = await publish(notifications.stub)
+    received = await call.read()
+    call.cancel()
+    assert isinstance(received, pb.WatchNotificationsResponse)
+    assert received.notification == published.notification
 
 
 async def test_watch_ends_with_ok_when_the_hub_closes(notifications: Notifications) -> None:
     call = notifications.stub.WatchNotifications(
-        pb.WatchNotificationsRequest(user_id="usr_1"), timeout=WAIT
+        pb.WatchNotificationsRequest(user_id="usr_1"), timeout=WAIT, metadata=as_user("usr_1")
     )
     await call.initial_metadata()
     notifications.hub.close()
@@ -250,7 +256,7 @@ async def test_watch_ends_when_the_server_stops(
     services: ServiceRunner, notifications: Notifications
 ) -> None:
     call = notifications.stub.WatchNotifications(
-        pb.WatchNotificationsRequest(user_id="usr_1"), timeout=WAIT
+        pb.WatchNotificationsRequest(user_id="usr_1"), timeout=WAIT, metadata=as_user("usr_1")
     )
     await call.initial_metadata()
     # A long grace would make stop() wait for open streams; the shutdown hook ends them first.
@@ -264,7 +270,7 @@ async def test_watcher_that_falls_behind_gets_resource_exhausted(
     notifications: Notifications,
 ) -> None:
     call = notifications.stub.WatchNotifications(
-        pb.WatchNotificationsRequest(user_id="usr_1"), timeout=WAIT
+        pb.WatchNotificationsRequest(user_id="usr_1"), timeout=WAIT, metadata=as_user("usr_1")
     )
     await call.initial_metadata()
     notification = notification_for(validate_event(domain_event()), "ntf_1", utc_now())

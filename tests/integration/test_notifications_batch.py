@@ -12,6 +12,7 @@ from grpc import aio
 from services.common.status import field_violations
 from services.notifications.domain import MAX_BATCH_EVENTS
 from shop.notifications.v1 import notifications_pb2 as pb
+from tests.support.callers import as_user
 from tests.support.errors import expect_error_info
 from tests.support.notifications import WAIT, Notifications, Stub, list_all, order_event
 
@@ -40,7 +41,7 @@ async def test_streamed_notifications_follow_the_batch_order(
     notifications: Notifications,
 ) -> None:
     call = notifications.stub.WatchNotifications(
-        pb.WatchNotificationsRequest(user_id="usr_1"), timeout=WAIT
+        pb.WatchNotificationsRequest(user_id="usr_1"), timeout=WAIT, metadata=as_user("usr_1")
     )
     await asyncio.wait_for(call.initial_metadata(), WAIT)
     published = await publish_all(notifications.stub, *events_of("ord_1", "ord_2", "ord_3"))

@@ -11,6 +11,7 @@ from services.common.errors import FieldViolation
 from services.common.status import field_violations
 from shop.inventory.v1 import inventory_pb2
 from shop.orders.v1 import orders_pb2
+from tests.support.callers import as_user
 from tests.support.databases import count_rows
 from tests.support.db_locks import WriteWatch, serves_while_a_write_waits
 from tests.support.shop import Channels, Shop, as_async, eventually, place_request
@@ -23,19 +24,26 @@ async def list_orders(
     shop: Shop, user_id: str, page_size: int, page_token: str = ""
 ) -> orders_pb2.ListOrdersResponse:
     return await shop.orders.ListOrders(
-        orders_pb2.ListOrdersRequest(user_id=user_id, page_size=page_size, page_token=page_token)
+        orders_pb2.ListOrdersRequest(user_id=user_id, page_size=page_size, page_token=page_token),
+        metadata=as_user(user_id),
     )
 
 
 async def test_list_orders_pages_do_not_shift_when_new_orders_arrive(shop: Shop) -> None:
     user_id = await shop.new_user()
     placed = [
-        (await shop.orders.PlaceOrder(place_request(user_id, f"old-{n}", STICKER))).order
+        (
+            await shop.orders.PlaceOrder(
+                place_request(user_id, f"old-{n}", STICKER), metadata=as_user(user_id)
+            )
+        ).order
         for n in range(5)
     ]
     first = await list_orders(shop, user_id, page_size=2)
     for n in range(3):
-        await shop.orders.PlaceOrder(place_request(user_id, f"new-{n}", STICKER))
+        await shop.orders.PlaceOrder(
+            place_request(user_id, f"new-{n}", STICKER), metadata=as_user(user_id)
+        )
 
     rest: list[orders_pb2.Order] = []
     token = first.next_page_token
@@ -66,7 +74,9 @@ async def test_get_order_and_health_answer_while_an_order_waits_for_the_database
     shop: Shop, channels: Channels, database_writes: WriteWatch
 ) -> None:
     user_id = await shop.new_user()
-    first = await shop.orders.PlaceOrder(place_request(user_id, "k-1", STICKER))
+    first = await shop.orders.PlaceOrder(
+        place_request(user_id, "k-1", STICKER), metadata=as_user(user_id)
+    )
     orders_db = shop.db_path("orders")
     # Once the relay has delivered the first order's event it only reads, so the next write to
     # the orders database is the one of the order placed below.
@@ -79,8 +89,10 @@ async def test_get_order_and_health_answer_while_an_order_waits_for_the_database
         db_path=orders_db,
         channel=channels(shop.running["orders"].address),
         writes=database_writes,
-        read=lambda: shop.orders.GetOrder(get_first),
-        write=lambda: shop.orders.PlaceOrder(place_request(user_id, "k-2", STICKER)),
+        read=lambda: shop.orders.GetOrder(get_first, metadata=as_user(user_id)),
+        write=lambda: shop.orders.PlaceOrder(
+            place_request(user_id, "k-2", STICKER), metadata=as_user(user_id)
+        ),
     )
 
     assert second.order.status == orders_pb2.ORDER_STATUS_CONFIRMED

@@ -9,6 +9,7 @@ from contextlib import closing
 
 from services.notifications.app import build as build_notifications
 from services.notifications.domain import MAX_REASON_LENGTH
+from tests.support.callers import as_user
 from tests.support.databases import count_rows
 from tests.support.shop import Shop, as_async, eventually, place_request
 
@@ -18,7 +19,9 @@ PENDING = "SELECT COUNT(*) FROM outbox WHERE state = 'PENDING'"
 async def test_a_refused_event_is_parked_and_the_rest_of_its_batch_delivered(shop: Shop) -> None:
     user_id = await shop.new_user()
     await shop.services.stop(shop.running["notifications"])
-    first = (await shop.orders.PlaceOrder(place_request(user_id, "k-1"))).order
+    first = (
+        await shop.orders.PlaceOrder(place_request(user_id, "k-1"), metadata=as_user(user_id))
+    ).order
     orders_db = shop.db_path("orders")
     # Orders never writes an event notifications refuses; forge one between two real ones
     # (its reason is too long), so that all three wait in one batch.
@@ -38,7 +41,9 @@ async def test_a_refused_event_is_parked_and_the_rest_of_its_batch_delivered(sho
                 time.time_ns() // 1000,
             ),
         )
-    second = (await shop.orders.PlaceOrder(place_request(user_id, "k-2"))).order
+    second = (
+        await shop.orders.PlaceOrder(place_request(user_id, "k-2"), metadata=as_user(user_id))
+    ).order
     assert count_rows(orders_db, PENDING) == 3
 
     shop.running["notifications"] = await shop.services.start("notifications", build_notifications)

@@ -22,6 +22,7 @@ from grpc_health.v1 import health_pb2
 from shop.orders.v1 import orders_pb2, orders_pb2_grpc
 from shop.users.v1 import users_pb2, users_pb2_grpc
 from shopmesh.local.health import health_check
+from tests.support.callers import as_user
 from tests.support.cli import shopmesh_command
 from tests.support.paths import MESH_FILE, ROOT, TOPOLOGY
 from tests.support.polling import CALL_TIMEOUT, eventually_sync
@@ -101,6 +102,8 @@ def test_every_service_runs_on_its_port_and_a_checkout_goes_through(
                 payment_token="tok_visa",
             ),
             timeout=CALL_TIMEOUT,
+            # No gateway runs standalone: the client names the signed-in caller itself.
+            metadata=as_user(user.user.user_id),
         )
     assert placed.order.status == orders_pb2.ORDER_STATUS_CONFIRMED
 

@@ -13,6 +13,7 @@ from services.common.errors import ERROR_DOMAIN
 from services.common.status import field_violations
 from services.users.app import build
 from shop.users.v1 import users_pb2, users_pb2_grpc
+from tests.support.callers import as_user
 from tests.support.db_locks import WriteWatch, serves_while_a_write_waits
 from tests.support.errors import expect_error_info
 from tests.support.services import ServiceRunner
@@ -36,7 +37,10 @@ async def test_created_user_can_be_fetched(users: Stub) -> None:
     assert (created.user.email, created.user.display_name) == ("ada@example.com", "Ada Lovelace")
     assert created.user.create_time.seconds > 0
 
-    fetched = await users.GetUser(users_pb2.GetUserRequest(user_id=created.user.user_id))
+    fetched = await users.GetUser(
+        users_pb2.GetUserRequest(user_id=created.user.user_id),
+        metadata=as_user(created.user.user_id),
+    )
     assert fetched.user == created.user
 
 
@@ -101,18 +105,19 @@ async def test_every_invalid_field_is_listed(
 
 async def test_unknown_user_is_not_found(users: Stub) -> None:
     with pytest.raises(aio.AioRpcError) as raised:
-        await users.GetUser(users_pb2.GetUserRequest(user_id="usr_0000"))
+        await users.GetUser(
+            users_pb2.GetUserRequest(user_id="usr_0000"), metadata=as_user("usr_0000")
+        )
     info = expect_error_info(raised.value, grpc.StatusCode.NOT_FOUND)
     assert (info.reason, dict(info.metadata)) == ("USER_NOT_FOUND", {"user_id": "usr_0000"})
 
 
-async def test_empty_user_id_is_invalid_argument(
-    users: Stub,
-) -> None:
-    with pytest.raises(aio.AioRpcError) as raised:
-        await users.GetUser(users_pb2.GetUserRequest())
-    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert [v.field for v in field_violations(raised.value)] == ["user_id"]
+async def test_empty_user_id_returns_the_caller(users: Stub) -> None:
+    created = await users.CreateUser(users_pb2.CreateUserRequest(email="ada@example.com"))
+    fetched = await users.GetUser(
+        users_pb2.GetUserRequest(), metadata=as_user(created.user.user_id)
+    )
+    assert fetched.user == created.user
 
 
 async def test_users_survive_a_restart(services: ServiceRunner, channels: Channels) -> None:
@@ -125,7 +130,10 @@ async def test_users_survive_a_restart(services: ServiceRunner, channels: Channe
 
     restarted = await services.start("users", build)
     stub = users_pb2_grpc.UsersServiceStub(channels(restarted.address))
-    fetched = await stub.GetUser(users_pb2.GetUserRequest(user_id=created.user.user_id))
+    fetched = await stub.GetUser(
+        users_pb2.GetUserRequest(user_id=created.user.user_id),
+        metadata=as_user(created.user.user_id),
+    )
     assert fetched.user == created.user
     replayed = await stub.CreateUser(
         users_pb2.CreateUserRequest(request_id="r-1", email="ada@example.com")
@@ -145,10 +153,15 @@ async def test_get_user_and_health_answer_while_a_create_waits_for_the_database_
         db_path=services.config("users").db_path,
         channel=channel,
         writes=database_writes,
-        read=lambda: stub.GetUser(users_pb2.GetUserRequest(user_id=ada.user.user_id)),
+        read=lambda: stub.GetUser(
+            users_pb2.GetUserRequest(user_id=ada.user.user_id), metadata=as_user(ada.user.user_id)
+        ),
         write=lambda: stub.CreateUser(users_pb2.CreateUserRequest(email="grace@example.com")),
     )
 
     assert created.user.email == "grace@example.com"
-    fetched = await stub.GetUser(users_pb2.GetUserRequest(user_id=created.user.user_id))
+    fetched = await stub.GetUser(
+        users_pb2.GetUserRequest(user_id=created.user.user_id),
+        metadata=as_user(created.user.user_id),
+    )
     assert fetched.user == created.user

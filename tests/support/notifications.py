@@ -15,6 +15,7 @@ from services.notifications.servicer import NotificationsServicer
 from shop.common.v1 import money_pb2
 from shop.notifications.v1 import notifications_pb2 as pb
 from shop.notifications.v1 import notifications_pb2_grpc as pb_grpc
+from tests.support.callers import as_user
 
 WAIT = 10.0
 """Bounds every wait for the server, so a broken test fails instead of hanging."""
@@ -59,6 +60,6 @@ def order_event(**changes: Any) -> pb.OrderEvent:
 async def list_all(stub: Stub, user_id: str) -> list[pb.Notification]:
     """Every notification of `user_id` (up to one default page), newest first."""
     response = await stub.ListNotifications(
-        pb.ListNotificationsRequest(user_id=user_id), timeout=WAIT
+        pb.ListNotificationsRequest(user_id=user_id), timeout=WAIT, metadata=as_user(user_id)
     )
     return list(response.notifications)

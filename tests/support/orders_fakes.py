@@ -44,10 +44,12 @@ class Fault:
 
 @dataclass
 class FakeDependency:
-    """Shared fault injection and call counting."""
+    """Shared fault injection and call counting; `shoppers` records whom each call was made
+    for, as (method, shopper)."""
 
     faults: dict[str, Fault] = field(default_factory=dict)
     calls: Counter[str] = field(default_factory=Counter)
+    shoppers: list[tuple[str, str]] = field(default_factory=list)
 
     def fail(
         self, method: str, error: BaseException, *, after: bool = False, times: int = 1
@@ -55,8 +57,9 @@ class FakeDependency:
         """Make the next `times` calls of `method` raise `error`."""
         self.faults[method] = Fault(error, after, times)
 
-    def _call(self, method: str, effect: Callable[[], T]) -> T:
+    def _call(self, method: str, shopper: str, effect: Callable[[], T]) -> T:
         self.calls[method] += 1
+        self.shoppers.append((method, shopper))
         fault = self.faults.get(method)
         if fault is not None and not fault.after_effect:
             self._consume(method, fault)
@@ -84,7 +87,7 @@ class FakeUsers(FakeDependency):
             if user_id not in self.known:
                 raise NotFound(f"user {user_id} not found", reason="USER_NOT_FOUND")
 
-        self._call("get_user", effect)
+        self._call("get_user", user_id, effect)
 
 
 @dataclass
@@ -106,15 +109,15 @@ class FakeInventory(FakeDependency):
         self.prices[sku] = Money(currency, price)
         self.available[sku] = stock
 
-    async def get_product(self, sku: str) -> Money:
+    async def get_product(self, sku: str, *, shopper: str) -> Money:
         def effect() -> Money:
             if sku not in self.prices:
                 raise NotFound(f"no product {sku}", reason="PRODUCT_NOT_FOUND")
             return self.prices[sku]
 
-        return self._call("get_product", effect)
+        return self._call("get_product", shopper, effect)
 
-    async def reserve(self, order_id: str, items: Sequence[OrderItem]) -> None:
+    async def reserve(self, order_id: str, items: Sequence[OrderItem], *, shopper: str) -> None:
         def effect() -> None:
             if order_id in self.reservations:
                 return
@@ -129,9 +132,9 @@ class FakeInventory(FakeDependency):
             self.reservations[order_id] = Reservation(tuple((i.sku, i.quantity) for i in items))
             self.effects["reserve"] += 1
 
-        self._call("reserve", effect)
+        self._call("reserve", shopper, effect)
 
-    async def release(self, order_id: str) -> None:
+    async def release(self, order_id: str, *, shopper: str) -> None:
         def effect() -> None:
             reservation = self._reservation(order_id)
             if reservation.status == "RELEASED":
@@ -141,9 +144,9 @@ class FakeInventory(FakeDependency):
             reservation.status = "RELEASED"
             self.effects["release"] += 1
 
-        self._call("release", effect)
+        self._call("release", shopper, effect)
 
-    async def commit(self, order_id: str) -> None:
+    async def commit(self, order_id: str, *, shopper: str) -> None:
         def effect() -> None:
             reservation = self._reservation(order_id)
             if reservation.status == "RELEASED":
@@ -152,7 +155,7 @@ class FakeInventory(FakeDependency):
                 reservation.status = "COMMITTED"
                 self.effects["commit"] += 1
 
-        self._call("commit", effect)
+        self._call("commit", shopper, effect)
 
     def _reservation(self, order_id: str) -> Reservation:
         if order_id not in self.reservations:
@@ -173,7 +176,13 @@ class FakePayments(FakeDependency):
     effects: Counter[str] = field(default_factory=Counter)
 
     async def charge(
-        self, idempotency_key: str, order_id: str, amount: Money, payment_token: str
+        self,
+        idempotency_key: str,
+        order_id: str,
+        amount: Money,
+        payment_token: str,
+        *,
+        shopper: str,
     ) -> str:
         def effect() -> str:
             if payment_token in DECLINED_TOKENS:
@@ -190,9 +199,9 @@ class FakePayments(FakeDependency):
                 self.effects["charge"] += 1
             return self.charges[idempotency_key]
 
-        return self._call("charge", effect)
+        return self._call("charge", shopper, effect)
 
-    async def refund(self, payment_id: str) -> None:
+    async def refund(self, payment_id: str, *, shopper: str) -> None:
         def effect() -> None:
             if payment_id not in self.payments:
                 raise NotFound("no payment", reason="PAYMENT_NOT_FOUND")
@@ -200,7 +209,7 @@ class FakePayments(FakeDependency):
                 self.payments[payment_id] = "REFUNDED"
                 self.effects["refund"] += 1
 
-        self._call("refund", effect)
+        self._call("refund", shopper, effect)
 
 
 @dataclass
@@ -223,4 +232,5 @@ class FakeNotifications(FakeDependency):
             self.received.extend(new)
             return len(events) - len(new)
 
-        return self._call("publish", effect)
+        # The relay's publisher takes events, not a shopper (the gRPC adapter derives it).
+        return self._call("publish", "", effect)

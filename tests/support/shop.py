@@ -26,6 +26,7 @@ from shop.notifications.v1 import notifications_pb2, notifications_pb2_grpc
 from shop.orders.v1 import orders_pb2, orders_pb2_grpc
 from shop.payments.v1 import payments_pb2_grpc
 from shop.users.v1 import users_pb2, users_pb2_grpc
+from tests.support.callers import as_user
 from tests.support.services import ServiceRunner
 
 Channels = Callable[[str], aio.Channel]
@@ -65,6 +66,7 @@ class Shop:
             # The test's own channel may be reconnecting after notifications restarted.
             wait_for_ready=True,
             timeout=10,
+            metadata=as_user(user_id),
         )
         return list(response.notifications)
 

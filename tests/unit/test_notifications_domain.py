@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
+from services.common.caller import NOT_YOUR_DATA
 from services.common.clock import from_micros
-from services.common.errors import AlreadyExists, FieldViolation, InvalidArgument
+from services.common.errors import AlreadyExists, FieldViolation, InvalidArgument, PermissionDenied
 from services.common.money import Money
 from services.common.paging import Cursors
 from services.notifications.domain import (
@@ -31,7 +32,7 @@ from services.notifications.domain import (
     render,
     validate_event,
     validate_list_query,
-    validate_user_id,
+    validate_watch,
 )
 from services.notifications.store import SqliteNotificationStore
 from tests.support.samples import OCCURRED, make_event, make_notification
@@ -115,10 +116,15 @@ def test_event_without_total_is_valid() -> None:
     assert validate_event(make_event(total=None)).total is None
 
 
-def test_empty_user_id_is_rejected() -> None:
-    with pytest.raises(InvalidArgument) as raised:
-        validate_user_id("")
-    assert raised.value.violations == [FieldViolation("user_id", "must not be empty")]
+def test_a_watch_without_user_id_follows_the_caller() -> None:
+    assert validate_watch("usr_1", "") == "usr_1"
+    assert validate_watch("usr_1", "usr_1") == "usr_1"
+
+
+def test_a_watch_of_another_user_is_refused() -> None:
+    with pytest.raises(PermissionDenied) as raised:
+        validate_watch("usr_1", "usr_2")
+    assert raised.value.reason == NOT_YOUR_DATA
 
 
 def test_list_query_reports_user_page_size_and_token_together() -> None:
@@ -335,15 +341,15 @@ async def test_publish_of_an_invalid_event_stores_and_delivers_nothing(
     with pytest.raises(InvalidArgument):
         await notifications.publish(make_event(type=OrderEventType.UNSPECIFIED))
     assert delivered == []
-    assert (await notifications.list("usr_1", 0, "")).notifications == ()
+    assert (await notifications.list("usr_1", "usr_1", 0, "")).notifications == ()
 
 
 async def test_list_returns_a_token_for_the_next_page(store: SqliteNotificationStore) -> None:
     notifications = Notifications(store, lambda _: None)
     for number in range(1, 4):
         await notifications.publish(make_event(event_id=f"evt_{number}"))
-    first = await notifications.list("usr_1", 2, "")
-    rest = await notifications.list("usr_1", 2, first.next_page_token)
+    first = await notifications.list("usr_1", "usr_1", 2, "")
+    rest = await notifications.list("usr_1", "usr_1", 2, first.next_page_token)
     assert [n.event_id for n in first.notifications + rest.notifications] == [
         "evt_3",
         "evt_2",

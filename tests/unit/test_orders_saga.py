@@ -60,7 +60,7 @@ async def test_finished_saga_forgets_the_payment_token(world: World) -> None:
 async def test_order_is_stored_and_readable(world: World) -> None:
     order = await world.saga.place_order(request())
 
-    assert await world.orders.get_order(order.order_id) == order
+    assert await world.orders.get_order(USER, order.order_id) == order
 
 
 # --- rejections --------------------------------------------------------------------------
@@ -198,7 +198,7 @@ async def test_unreachable_dependency_leaves_the_order_pending_at_its_step(
     order_id = raised.value.metadata["order_id"]
     assert raised.value.reason == "ORDER_PENDING"
     assert raised.value.metadata == {"order_id": order_id, "step": "CHARGE_PAYMENT"}
-    assert (await world.orders.get_order(order_id)).status is OrderStatus.PENDING
+    assert (await world.orders.get_order(USER, order_id)).status is OrderStatus.PENDING
     assert await world.saga_step(order_id) is SagaStep.CHARGE_PAYMENT
     assert await world.events() == []
 
@@ -221,7 +221,7 @@ async def test_pending_order_is_finished_by_recovery(world: World) -> None:
 
     assert await world.saga.recover() == 1
 
-    order = await world.orders.get_order(raised.value.metadata["order_id"])
+    order = await world.orders.get_order(USER, raised.value.metadata["order_id"])
     assert order.status is OrderStatus.CONFIRMED
 
 
@@ -234,7 +234,7 @@ async def test_recovery_keeps_an_order_pending_while_its_dependency_is_down(
     order_id = raised.value.metadata["order_id"]
 
     assert await world.saga.recover() == 0
-    assert (await world.orders.get_order(order_id)).status is OrderStatus.PENDING
+    assert (await world.orders.get_order(USER, order_id)).status is OrderStatus.PENDING
     loaded = await world.store.load(order_id)
     assert loaded is not None
     assert loaded[1].last_error == "payments unreachable"
@@ -276,7 +276,7 @@ async def test_crash_after_a_step_is_resumed_on_restart_with_each_effect_once(
     saga = await world.restart()
     assert await saga.recover() == 1
 
-    order = await world.orders.get_order(order_id)
+    order = await world.orders.get_order(USER, order_id)
     assert order.status is OrderStatus.CONFIRMED
     assert world.inventory.effects == {"reserve": 1, "commit": 1}
     assert world.payments.effects == {"charge": 1}
@@ -296,7 +296,7 @@ async def test_crash_while_compensating_a_decline_is_finished_on_restart(
     saga = await world.restart()
     await saga.recover()
 
-    order = await world.orders.get_order(order_id)
+    order = await world.orders.get_order(USER, order_id)
     assert order.status is OrderStatus.REJECTED
     assert order.rejection_reason == "CARD_DECLINED"
     assert world.inventory.effects == {"reserve": 1, "release": 1}
@@ -316,7 +316,7 @@ async def test_expired_saga_before_the_charge_is_compensated_on_restart(
     saga = await world.restart()
     await saga.recover()
 
-    order = await world.orders.get_order(order_id)
+    order = await world.orders.get_order(USER, order_id)
     assert order.status is OrderStatus.REJECTED
     assert order.rejection_reason == "CHECKOUT_EXPIRED"
     assert reservation_status(world, order_id) == "RELEASED"
@@ -335,7 +335,7 @@ async def test_expired_saga_at_the_charge_is_still_driven_forward(world: World) 
     saga = await world.restart()
     await saga.recover()
 
-    assert (await world.orders.get_order(order_id)).status is OrderStatus.CONFIRMED
+    assert (await world.orders.get_order(USER, order_id)).status is OrderStatus.CONFIRMED
     assert world.payments.effects == {"charge": 1}
 
 
@@ -348,10 +348,40 @@ async def test_recovery_skips_orders_that_are_not_in_flight(world: World) -> Non
 
 async def test_events_carry_the_order_total(world: World) -> None:
     order = await world.saga.place_order(request(items=(("MUG-01", 3),)))
-    await world.orders.cancel_order(order.order_id, "")
+    await world.orders.cancel_order(USER, order.order_id, "")
 
     totals = {e.type: e.total for e in await world.store.pending_events(10)}
     assert totals == {
         OrderEventType.CONFIRMED: Money("USD", 3897),
         OrderEventType.CANCELLED: Money("USD", 3897),
     }
+
+
+async def test_every_call_for_an_order_is_made_for_its_shopper_recovery_included(
+    world: World,
+) -> None:
+    world.users.known.add("usr_grace")
+    world.inventory.fail("reserve", Crash(), after=True)
+    with pytest.raises(Crash):
+        await world.saga.place_order(request(user="usr_grace"))
+    [order_id] = await world.store.in_flight()
+    saga = await world.restart()
+    assert await saga.recover() == 1
+    world.payments.fail("refund", Crash(), after=True)
+    with pytest.raises(Crash):
+        await world.orders.cancel_order("usr_grace", order_id, "")
+    saga = await world.restart()
+    assert await saga.recover() == 1
+
+    assert (await world.orders.get_order("usr_grace", order_id)).status is OrderStatus.CANCELLED
+    calls = world.users.shoppers + world.inventory.shoppers + world.payments.shoppers
+    assert {method for method, _ in calls} == {
+        "get_user",
+        "get_product",
+        "reserve",
+        "charge",
+        "commit",
+        "refund",
+        "release",
+    }
+    assert {shopper for _, shopper in calls} == {"usr_grace"}

@@ -25,7 +25,7 @@ from tests.support.orders_world import USER, World, request, reservation_status
 async def test_cancel_refunds_releases_and_cancels(world: World) -> None:
     placed = await world.saga.place_order(request())
 
-    order = await world.orders.cancel_order(placed.order_id, "changed my mind")
+    order = await world.orders.cancel_order(USER, placed.order_id, "changed my mind")
 
     assert order.status is OrderStatus.CANCELLED
     assert order.cancel_reason == "changed my mind"
@@ -43,9 +43,9 @@ async def test_cancelling_twice_returns_the_cancelled_order_without_a_second_ref
     world: World,
 ) -> None:
     placed = await world.saga.place_order(request())
-    first = await world.orders.cancel_order(placed.order_id, "")
+    first = await world.orders.cancel_order(USER, placed.order_id, "")
 
-    second = await world.orders.cancel_order(placed.order_id, "again")
+    second = await world.orders.cancel_order(USER, placed.order_id, "again")
 
     assert second == first
     assert world.payments.calls["refund"] == 1
@@ -56,7 +56,7 @@ async def test_cancelling_a_rejected_order_is_failed_precondition(world: World) 
     placed = await world.saga.place_order(request(token="tok_chargeDeclined"))
 
     with pytest.raises(FailedPrecondition) as raised:
-        await world.orders.cancel_order(placed.order_id, "")
+        await world.orders.cancel_order(USER, placed.order_id, "")
 
     assert raised.value.reason == "ORDER_NOT_CANCELLABLE"
     assert raised.value.metadata == {"order_id": placed.order_id, "status": "REJECTED"}
@@ -73,7 +73,7 @@ async def test_cancelling_a_pending_order_is_failed_precondition(world: World) -
         await world.saga.place_order(request())
 
     with pytest.raises(FailedPrecondition) as raised:
-        await world.orders.cancel_order(pending.value.metadata["order_id"], "")
+        await world.orders.cancel_order(USER, pending.value.metadata["order_id"], "")
 
     assert raised.value.reason == "ORDER_NOT_CANCELLABLE"
     assert raised.value.metadata["status"] == "PENDING"
@@ -81,7 +81,7 @@ async def test_cancelling_a_pending_order_is_failed_precondition(world: World) -
 
 async def test_cancelling_an_unknown_order_is_not_found(world: World) -> None:
     with pytest.raises(NotFound) as raised:
-        await world.orders.cancel_order("ord_nope", "")
+        await world.orders.cancel_order(USER, "ord_nope", "")
 
     assert raised.value.reason == "ORDER_NOT_FOUND"
     assert raised.value.metadata == {"order_id": "ord_nope"}
@@ -91,13 +91,13 @@ async def test_crash_mid_cancel_is_finished_on_restart(world: World) -> None:
     placed = await world.saga.place_order(request())
     world.payments.fail("refund", Crash(), after=True)
     with pytest.raises(Crash):
-        await world.orders.cancel_order(placed.order_id, "too slow")
+        await world.orders.cancel_order(USER, placed.order_id, "too slow")
     assert await world.saga_step(placed.order_id) is SagaStep.REFUND_PAYMENT
 
     saga = await world.restart()
     await saga.recover()
 
-    order = await world.orders.get_order(placed.order_id)
+    order = await world.orders.get_order(USER, placed.order_id)
     assert order.status is OrderStatus.CANCELLED
     assert world.payments.effects == {"charge": 1, "refund": 1}
     assert world.inventory.effects["release"] == 1
@@ -109,14 +109,14 @@ async def test_cancel_with_payments_down_is_pending_and_finished_later(world: Wo
     world.payments.fail("refund", unavailable("payments"))
 
     with pytest.raises(Unavailable) as raised:
-        await world.orders.cancel_order(placed.order_id, "")
+        await world.orders.cancel_order(USER, placed.order_id, "")
     assert raised.value.reason == "CANCELLATION_PENDING"
     assert raised.value.metadata == {"order_id": placed.order_id, "step": "REFUND_PAYMENT"}
-    assert (await world.orders.get_order(placed.order_id)).status is OrderStatus.CONFIRMED
+    assert (await world.orders.get_order(USER, placed.order_id)).status is OrderStatus.CONFIRMED
 
     await world.saga.recover()
 
-    assert (await world.orders.get_order(placed.order_id)).status is OrderStatus.CANCELLED
+    assert (await world.orders.get_order(USER, placed.order_id)).status is OrderStatus.CANCELLED
 
 
 # --- validation and reads ----------------------------------------------------------------
@@ -168,7 +168,7 @@ def test_fingerprint_ignores_the_key_but_not_the_token() -> None:
 
 async def test_cancel_with_too_long_reason_is_invalid(world: World) -> None:
     with pytest.raises(InvalidArgument) as raised:
-        await world.orders.cancel_order("", "x" * 501)
+        await world.orders.cancel_order(USER, "", "x" * 501)
 
     assert raised.value.violations == [
         FieldViolation("order_id", "must not be empty"),
@@ -178,7 +178,7 @@ async def test_cancel_with_too_long_reason_is_invalid(world: World) -> None:
 
 async def test_getting_an_unknown_order_is_not_found(world: World) -> None:
     with pytest.raises(NotFound) as raised:
-        await world.orders.get_order("ord_nope")
+        await world.orders.get_order(USER, "ord_nope")
 
     assert raised.value.reason == "ORDER_NOT_FOUND"
 
@@ -189,8 +189,8 @@ async def test_list_orders_pages_newest_first(world: World) -> None:
         placed.append(await world.saga.place_order(request(key=f"k{n}", items=(("MUG-01", 1),))))
         world.clock.advance(timedelta(seconds=1))
 
-    first = await world.orders.list_orders(USER, 2, "")
-    second = await world.orders.list_orders(USER, 2, first.next_page_token)
+    first = await world.orders.list_orders(USER, USER, 2, "")
+    second = await world.orders.list_orders(USER, USER, 2, first.next_page_token)
 
     assert [o.order_id for o in first.orders + second.orders] == [
         o.order_id for o in reversed(placed)
@@ -206,12 +206,12 @@ async def test_list_orders_pages_do_not_shift_when_orders_arrive_between_them(
         await world.saga.place_order(request(key=f"old-{n}", items=(("MUG-01", 1),)))
         for n in range(4)
     ]
-    first = await world.orders.list_orders(USER, 2, "")
+    first = await world.orders.list_orders(USER, USER, 2, "")
     for n in range(2):
         world.clock.advance(timedelta(seconds=1))
         await world.saga.place_order(request(key=f"new-{n}", items=(("MUG-01", 1),)))
 
-    second = await world.orders.list_orders(USER, 2, first.next_page_token)
+    second = await world.orders.list_orders(USER, USER, 2, first.next_page_token)
 
     # All four orders share one create time: the order id breaks the tie, newest-first.
     expected = sorted((o.order_id for o in older), reverse=True)
@@ -221,7 +221,7 @@ async def test_list_orders_pages_do_not_shift_when_orders_arrive_between_them(
 
 async def test_list_orders_refuses_a_tampered_page_token(world: World) -> None:
     with pytest.raises(InvalidArgument) as raised:
-        await world.orders.list_orders(USER, 2, "b3JkZXJz")
+        await world.orders.list_orders(USER, USER, 2, "b3JkZXJz")
 
     assert raised.value.message == "page_token is not one this service issued"
     assert raised.value.violations == [
@@ -231,9 +231,7 @@ async def test_list_orders_refuses_a_tampered_page_token(world: World) -> None:
 
 async def test_list_orders_validation_lists_every_bad_field(world: World) -> None:
     with pytest.raises(InvalidArgument) as raised:
-        await world.orders.list_orders("", -1, "")
+        await world.orders.list_orders(USER, "", -1, "")
 
-    assert raised.value.violations == [
-        FieldViolation("user_id", "must not be empty"),
-        FieldViolation("page_size", "must be >= 0"),
-    ]
+    # An empty user_id means the caller: only the page size is wrong.
+    assert raised.value.violations == [FieldViolation("page_size", "must be >= 0")]

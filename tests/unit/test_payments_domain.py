@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import sqlite3
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ from tests.support.databases import count_rows
 T0 = datetime(2025, 3, 1, 12, 0, 0, 250001, tzinfo=UTC)
 USD_12_99 = Money("USD", 1299)
 KEY = b"k" * 32
+OWNER = "usr_ada"
 """The card-fingerprint key of these tests' install."""
 
 
@@ -72,8 +74,9 @@ async def charge(
     order_id: str = "ord_1",
     amount: Money = USD_12_99,
     payment_token: str = "tok_visa",
+    owner: str | None = OWNER,
 ) -> Payment:
-    return await payments.charge(key, order_id, amount, payment_token)
+    return await payments.charge(key, order_id, amount, payment_token, owner)
 
 
 def test_valid_charge_request_becomes_an_attempt() -> None:
@@ -168,7 +171,7 @@ async def test_charge_captures_a_payment(payments: Payments) -> None:
 
 async def test_get_returns_the_charged_payment(payments: Payments) -> None:
     payment = await charge(payments)
-    assert await payments.get(payment.payment_id) == payment
+    assert await payments.get(OWNER, payment.payment_id) == payment
 
 
 async def test_repeated_charge_with_same_key_returns_the_same_payment(
@@ -250,7 +253,7 @@ async def test_refund_marks_the_payment_refunded(payments: Payments, clock: Manu
     refunded = await payments.refund(payment.payment_id)
     assert refunded.status is PaymentStatus.REFUNDED
     assert (refunded.create_time, refunded.update_time) == (T0, T0 + timedelta(minutes=3))
-    assert await payments.get(payment.payment_id) == refunded
+    assert await payments.get(OWNER, payment.payment_id) == refunded
 
 
 async def test_refunding_twice_returns_the_first_refund(
@@ -280,14 +283,38 @@ async def test_refund_of_unknown_payment_is_payment_not_found(payments: Payments
 
 async def test_get_unknown_payment_is_payment_not_found(payments: Payments) -> None:
     with pytest.raises(NotFound) as raised:
-        await payments.get("pay_missing")
+        await payments.get(OWNER, "pay_missing")
     assert raised.value.reason == "PAYMENT_NOT_FOUND"
+
+
+async def test_a_charge_records_its_owner(payments: Payments) -> None:
+    assert (await charge(payments)).owner_user_id == OWNER
+
+
+async def test_get_of_someone_elses_payment_is_exactly_an_unknown_ones(payments: Payments) -> None:
+    payment = await charge(payments)
+    with pytest.raises(NotFound) as other:
+        await payments.get("usr_grace", payment.payment_id)
+    with pytest.raises(NotFound) as unknown:
+        await payments.get(OWNER, "pay_missing")
+    assert other.value == replace(
+        unknown.value,
+        message=unknown.value.message.replace("pay_missing", payment.payment_id),
+        metadata={"payment_id": payment.payment_id},
+    )
+
+
+async def test_a_payment_charged_for_nobody_is_readable_by_nobody(payments: Payments) -> None:
+    payment = await charge(payments, owner=None)
+    with pytest.raises(NotFound):
+        await payments.get(OWNER, payment.payment_id)
 
 
 @pytest.mark.parametrize("operation", ["get", "refund"])
 async def test_empty_payment_id_is_invalid(payments: Payments, operation: str) -> None:
+    call = payments.get(OWNER, "") if operation == "get" else payments.refund("")
     with pytest.raises(InvalidArgument) as raised:
-        await getattr(payments, operation)("")
+        await call
     assert raised.value.violations == [FieldViolation("payment_id", "must not be empty")]
 
 
@@ -311,7 +338,7 @@ async def test_payments_and_keys_survive_a_restart(payments: Payments, db_path: 
     reopened = await SqlitePaymentStore.open(db_path, KEY)
     try:
         restarted = Payments(reopened, KEY, clock=ManualClock(T0 + timedelta(hours=1)))
-        assert await restarted.get(payment.payment_id) == payment
+        assert await restarted.get(OWNER, payment.payment_id) == payment
         assert await charge(restarted) == payment
         with pytest.raises(FailedPrecondition) as raised:
             await charge(restarted, "key-2", payment_token="tok_chargeDeclined")

@@ -163,7 +163,7 @@ async def test_create_returns_user_with_normalised_email_and_clock_time(users: U
 
 async def test_get_returns_created_user(users: Users) -> None:
     user = await users.create("", "ada@example.com", "Ada")
-    assert await users.get(user.user_id) == user
+    assert await users.get(user.user_id, user.user_id) == user
 
 
 async def test_same_request_id_and_email_returns_the_same_user(users: Users) -> None:
@@ -211,22 +211,35 @@ async def test_email_taken_attempt_does_not_create_a_user(users: Users, db_path:
 
 async def test_get_unknown_user_is_user_not_found(users: Users) -> None:
     with pytest.raises(NotFound) as raised:
-        await users.get("usr_missing")
+        await users.get("usr_missing", "usr_missing")
     assert raised.value.reason == "USER_NOT_FOUND"
     assert raised.value.metadata == {"user_id": "usr_missing"}
 
 
-async def test_get_with_empty_id_is_invalid(users: Users) -> None:
-    with pytest.raises(InvalidArgument) as raised:
-        await users.get("")
-    assert raised.value.violations == [FieldViolation("user_id", "must not be empty")]
+async def test_get_with_empty_id_returns_the_caller(users: Users) -> None:
+    user = await users.create("", "ada@example.com", "Ada")
+    assert await users.get(user.user_id, "") == user
+
+
+async def test_get_of_another_user_is_not_found_like_an_unknown_id(users: Users) -> None:
+    ada = await users.create("", "ada@example.com", "Ada")
+    grace = await users.create("", "grace@example.com", "Grace")
+    with pytest.raises(NotFound) as other:
+        await users.get(ada.user_id, grace.user_id)
+    with pytest.raises(NotFound) as unknown:
+        await users.get(ada.user_id, "usr_missing")
+    assert (other.value.reason, other.value.message) == (
+        unknown.value.reason,
+        unknown.value.message.replace("usr_missing", grace.user_id),
+    )
+    assert other.value.metadata == {"user_id": grace.user_id}
 
 
 async def test_user_survives_a_restart_with_exact_create_time(users: Users, db_path: Path) -> None:
     user = await users.create("", "ada@example.com", "Ada")
     reopened = await SqliteUserStore.open(db_path)
     try:
-        assert await Users(reopened).get(user.user_id) == user
+        assert await Users(reopened).get(user.user_id, user.user_id) == user
     finally:
         await reopened.close()
 
