@@ -13,7 +13,8 @@ import base64
 import json
 import time
 import uuid
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypedDict
 
 import grpc
 import jwt
@@ -27,11 +28,14 @@ from services.users.keys import KeyDirectory
 from services.users.sessions import SIGN_IN_THROTTLED
 from services.users.tokens import ACCESS_TOKEN_LIFETIME, ALGORITHM, AUDIENCE, ISSUER
 from shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
+from shop.notifications.v1 import notifications_pb2
 from shop.orders.v1 import orders_pb2, orders_pb2_grpc
+from shop.payments.v1 import payments_pb2
 from shop.users.v1 import users_pb2
 from shopmesh.envoy.signin import bearer_metadata
 from shopmesh.local import signing
 from shopmesh.local.mesh import RunningMesh
+from tests.support.callers import refusal
 from tests.support.clients import MeshClients, Shopper, gateway_clients
 from tests.support.errors import expect_error_info
 from tests.support.http import post_json
@@ -209,6 +213,76 @@ async def test_the_service_sees_the_verified_shopper_not_a_header_from_outside(
         )
     assert await caller_seen(mesh, "orders", agent) == shopper.user_id
     assert await caller_seen(mesh, "inventory", agent) is None
+
+
+class CallOptions(TypedDict):
+    timeout: float
+    metadata: tuple[tuple[str, str], ...]
+
+
+async def refused(call: Awaitable[Any]) -> aio.AioRpcError:
+    with pytest.raises(aio.AioRpcError) as caught:
+        await call
+    return caught.value
+
+
+async def test_another_shopper_sees_nothing_of_an_order_and_cannot_cancel_it(
+    mesh_clients: MeshClients, shopper: Shopper
+) -> None:
+    order = await mesh_clients.place_order(shopper)
+    assert order.status == orders_pb2.ORDER_STATUS_CONFIRMED
+    other = await mesh_clients.create_user()
+    unknown = f"ord_{uuid.uuid4().hex}"[: len(order.order_id)].ljust(len(order.order_id), "0")
+    orders, payments = mesh_clients.orders, mesh_clients.payments
+    as_other = CallOptions(timeout=CALL_TIMEOUT, metadata=other.metadata)
+    # Someone else's order or payment: exactly what an id that does not exist gets.
+    for theirs, nobodys in (
+        (
+            orders.GetOrder(orders_pb2.GetOrderRequest(order_id=order.order_id), **as_other),
+            orders.GetOrder(orders_pb2.GetOrderRequest(order_id=unknown), **as_other),
+        ),
+        (
+            orders.CancelOrder(orders_pb2.CancelOrderRequest(order_id=order.order_id), **as_other),
+            orders.CancelOrder(orders_pb2.CancelOrderRequest(order_id=unknown), **as_other),
+        ),
+    ):
+        mine, none = await refused(theirs), await refused(nobodys)
+        assert mine.code() is grpc.StatusCode.NOT_FOUND
+        assert refusal(mine, order.order_id) == refusal(none, unknown)
+    payment = await refused(
+        payments.GetPayment(payments_pb2.GetPaymentRequest(payment_id=order.payment_id), **as_other)
+    )
+    assert payment.code() is grpc.StatusCode.NOT_FOUND
+    # Naming another user's id in a list or watch.
+    for call in (
+        orders.ListOrders(orders_pb2.ListOrdersRequest(user_id=shopper.user_id), **as_other),
+        mesh_clients.notifications.ListNotifications(
+            notifications_pb2.ListNotificationsRequest(user_id=shopper.user_id), **as_other
+        ),
+    ):
+        denied = await refused(call)
+        assert expect_error_info(denied, grpc.StatusCode.PERMISSION_DENIED).reason == (
+            "NOT_YOUR_DATA"
+        )
+    watch = mesh_clients.notifications.WatchNotifications(
+        notifications_pb2.WatchNotificationsRequest(user_id=shopper.user_id), **as_other
+    )
+    with pytest.raises(aio.AioRpcError) as caught:
+        async for _ in watch:
+            pass
+    assert caught.value.code() is grpc.StatusCode.PERMISSION_DENIED
+    # The owner still sees the order, untouched.
+    mine_now = await orders.GetOrder(
+        orders_pb2.GetOrderRequest(order_id=order.order_id),
+        timeout=CALL_TIMEOUT,
+        metadata=shopper.metadata,
+    )
+    assert mine_now.order.status == orders_pb2.ORDER_STATUS_CONFIRMED
+    await payments.GetPayment(
+        payments_pb2.GetPaymentRequest(payment_id=order.payment_id),
+        timeout=CALL_TIMEOUT,
+        metadata=shopper.metadata,
+    )
 
 
 async def test_repeated_wrong_passwords_slow_sign_in_down(
