@@ -183,15 +183,17 @@ def connection_help(target: GatewayTarget, state_dir: Path) -> str:
         ca = shlex.quote(str(target.ca))
         grpcurl_tls, curl_tls = f"-cacert {ca}", f" --cacert {ca}"
     g = f"{tool('grpcurl')} {grpcurl_tls}"
-    user = json.dumps({"request_id": "ada-1", "email": "ada@example.com", "display_name": "Ada"})
+    credentials = {"email": "ada@example.com", "password": "correct horse battery"}
+    user = json.dumps({"request_id": "ada-1", **credentials, "display_name": "Ada"})
     order = json.dumps(
         {
             "idempotency_key": "order-1",
-            "user_id": "<user_id from CreateUser>",
             "items": [{"sku": "MUG-01", "quantity": 2}],
             "payment_token": "tok_visa",
         }
     )
+    # The access token out of SignIn's answer, with the Python every machine here has.
+    token = 'python3 -c \'import json,sys; print(json.load(sys.stdin)["session"]["access_token"])\''
     url = target.url
     json_post = f"curl -s{curl_tls} -X POST -H 'content-type: application/json'"
     s = tool("shopmesh")
@@ -208,14 +210,18 @@ def connection_help(target: GatewayTarget, state_dir: Path) -> str:
             f"  {g} -authority orders {gateway} describe shop.orders.v1.OrdersService",
             f"  {g} -authority users -d {shlex.quote(user)} \\\n"
             f"      {gateway} shop.users.v1.UsersService/CreateUser",
-            f"  {g} -authority orders -d {shlex.quote(order)} \\\n"
+            "Sign in; every call but browsing, sign-up and sign-in sends the access token:",
+            f"  TOKEN=$({g} -authority users -d {shlex.quote(json.dumps(credentials))} \\\n"
+            f"      {gateway} shop.users.v1.UsersService/SignIn | {token})",
+            f'  {g} -authority orders -H "authorization: Bearer $TOKEN" \\\n'
+            f"      -d {shlex.quote(order)} \\\n"
             f"      {gateway} shop.orders.v1.OrdersService/PlaceOrder",
             "",
             "JSON over HTTP/1.1 (gRPC-JSON transcoding):",
             f"  {json_post} -d '{{\"page_size\": 3}}' \\\n"
             f"      {url}/shop.inventory.v1.InventoryService/ListProducts",
-            f"  {json_post} -d {shlex.quote(user)} \\\n"
-            f"      {url}/shop.users.v1.UsersService/CreateUser",
+            f"  {json_post} -H \"authorization: Bearer $TOKEN\" -d '{{}}' \\\n"
+            f"      {url}/shop.orders.v1.OrdersService/ListOrders",
             "",
             "The mesh:",
             f"  {s} status{state}",
