@@ -61,11 +61,11 @@ async def test_gateway_sees_every_replica_healthy(mesh: RunningMesh) -> None:
 async def test_checkout_through_the_gateway_is_confirmed_and_notified(
     mesh_clients: MeshClients,
 ) -> None:
-    user, order = await mesh_clients.checkout(items=[("STICKER-01", 2)])
+    shopper, order = await mesh_clients.checkout(items=[("STICKER-01", 2)])
 
     assert order.status == orders_pb2.ORDER_STATUS_CONFIRMED
     assert order.total.minor_units == 2 * 299
-    notification = await mesh_clients.wait_for_notification(user.user_id, order.order_id)
+    notification = await mesh_clients.wait_for_notification(shopper, order.order_id)
     assert notification.event_type == notifications_pb2.ORDER_EVENT_TYPE_CONFIRMED
 
 

@@ -4,9 +4,10 @@ files): its JSON output and exit status read back into values a test can check."
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,9 +74,15 @@ def _status_code(number: int) -> grpc.StatusCode:
 @dataclass(frozen=True)
 class Grpcurl:
     """The grpcurl binary aimed at the gateway, plaintext; `authority` picks the service's
-    virtual host, which is what routes server reflection (envoy/README.md)."""
+    virtual host, which is what routes server reflection (envoy/README.md). Every call sends
+    `headers` (-H): a signed-in shopper's `authorization: Bearer <token>` (`signed_in`)."""
 
     target: str
+    headers: tuple[tuple[str, str], ...] = ()
+
+    def signed_in(self, metadata: Sequence[tuple[str, str]]) -> Grpcurl:
+        """The same grpcurl sending a shopper's metadata (its access token) with every call."""
+        return dataclasses.replace(self, headers=tuple(metadata))
 
     def command(
         self, authority: str | None, *args: str, max_time: float = CALL_TIMEOUT
@@ -84,6 +91,8 @@ class Grpcurl:
         options = ["-plaintext", "-format-error", "-max-time", f"{max_time:g}"]
         if authority is not None:
             options += ["-authority", authority]
+        for name, value in self.headers:
+            options += ["-H", f"{name}: {value}"]
         return [str(GRPCURL), *options, *args]
 
     async def run(
