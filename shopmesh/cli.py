@@ -167,11 +167,19 @@ def up_command(
 def connection_help(gateway: str, state_dir: Path) -> str:
     """Ready-to-paste grpcurl, curl and shopmesh commands for the gateway at `gateway`."""
     g = tool("grpcurl")
-    user = json.dumps({"request_id": "ada-1", "email": "ada@example.com", "display_name": "Ada"})
+    user = json.dumps(
+        {
+            "request_id": "ada-1",
+            "email": "ada@example.com",
+            "display_name": "Ada",
+            "password": "correct horse battery staple",
+        }
+    )
+    sign_in = json.dumps({"email": "ada@example.com", "password": "correct horse battery staple"})
     order = json.dumps(
         {
             "idempotency_key": "order-1",
-            "user_id": "<user_id from CreateUser>",
+            "user_id": "<user_id from SignIn>",
             "items": [{"sku": "MUG-01", "quantity": 2}],
             "payment_token": "tok_visa",
         }
@@ -192,7 +200,11 @@ def connection_help(gateway: str, state_dir: Path) -> str:
             f"  {g} -plaintext -authority orders {gateway} describe shop.orders.v1.OrdersService",
             f"  {g} -plaintext -authority users -d {shlex.quote(user)} \\\n"
             f"      {gateway} shop.users.v1.UsersService/CreateUser",
-            f"  {g} -plaintext -authority orders -d {shlex.quote(order)} \\\n"
+            "Sign in; every method but browsing, sign-up and sign-in needs the access token:",
+            f"  TOKEN=$({g} -plaintext -authority users -d {shlex.quote(sign_in)} \\\n"
+            f"      {gateway} shop.users.v1.UsersService/SignIn | jq -r .session.access_token)",
+            f'  {g} -plaintext -authority orders -H "authorization: Bearer $TOKEN" \\\n'
+            f"      -d {shlex.quote(order)} \\\n"
             f"      {gateway} shop.orders.v1.OrdersService/PlaceOrder",
             "",
             "JSON over HTTP/1.1 (gRPC-JSON transcoding):",
@@ -200,6 +212,9 @@ def connection_help(gateway: str, state_dir: Path) -> str:
             f"      {url}/shop.inventory.v1.InventoryService/ListProducts",
             f"  {json_post} -d {shlex.quote(user)} \\\n"
             f"      {url}/shop.users.v1.UsersService/CreateUser",
+            f'  {json_post} -H "authorization: Bearer $TOKEN" \\\n'
+            f'      -d \'{{"user_id": "<user_id>"}}\' \\\n'
+            f"      {url}/shop.orders.v1.OrdersService/ListOrders",
             "",
             "The mesh:",
             f"  {s} status{state}",

@@ -107,7 +107,9 @@ class Maker:
             return self.signed_in
         if roll < (1 + SIGNED_IN_SHARE) / 2:
             return ()
-        return (("authorization", f"Bearer {random_bytes(self.rng).hex()}"),)
+        # Never empty: HTTP/1.1 clients refuse a header value that ends in a space.
+        forged = ".".join(self.rng.randbytes(12).hex() for _ in range(3))
+        return (("authorization", f"Bearer {forged}"),)
 
     def grpc_headers(self, path: str, method: str = "POST") -> Headers:
         return grpc_headers(path, self.authority, method) + self.caller()
