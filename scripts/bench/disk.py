@@ -33,7 +33,8 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from scripts.bench.checkout import CHECKOUT_SKU, PAYMENT_TOKEN, create_user
+from scripts.account import Shopper, sign_up
+from scripts.bench.checkout import CHECKOUT_SKU, PAYMENT_TOKEN
 from scripts.bench.h2load import BenchError
 from scripts.bench.settings import CALL_TIMEOUT, DESCRIPTOR, MESH_FILE, ROOT
 from shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
@@ -155,7 +156,7 @@ async def fsync_load(directory: Path, seconds: float) -> AsyncIterator[list[str]
 
 @contextlib.asynccontextmanager
 async def checkouts(
-    stub: orders_pb2_grpc.OrdersServiceAsyncStub, user_id: str
+    stub: orders_pb2_grpc.OrdersServiceAsyncStub, shopper: Shopper
 ) -> AsyncIterator[Counter[str]]:
     """PlaceOrder at CHECKOUT_RATE (open loop) for the block; counts the outcomes."""
     outcomes: Counter[str] = Counter()
@@ -163,7 +164,7 @@ async def checkouts(
 
     async def one() -> None:
         try:
-            order = await place_order(stub, user_id)
+            order = await place_order(stub, shopper)
         except aio.AioRpcError as error:
             outcomes[error.code().name] += 1
             return
@@ -185,16 +186,17 @@ async def checkouts(
 
 
 async def place_order(
-    stub: orders_pb2_grpc.OrdersServiceAsyncStub, user_id: str
+    stub: orders_pb2_grpc.OrdersServiceAsyncStub, shopper: Shopper
 ) -> orders_pb2.Order:
     response = await stub.PlaceOrder(
         orders_pb2.PlaceOrderRequest(
             idempotency_key=f"disk-{uuid.uuid4().hex}",
-            user_id=user_id,
+            user_id=shopper.user_id,
             items=[orders_pb2.OrderItem(sku=CHECKOUT_SKU, quantity=1)],
             payment_token=PAYMENT_TOKEN,
         ),
         timeout=CALL_TIMEOUT,
+        metadata=shopper.metadata,
     )
     return response.order
 
@@ -212,18 +214,22 @@ async def bench_disk(root: Path, seconds: float, stop: StopMesh) -> DiskFigures:
     mesh = await up(options)
     try:
         gateway = mesh.gateway_address
-        user_id = await create_user(gateway)
+        shopper = await sign_up(gateway, "disk")
         async with aio.insecure_channel(gateway) as channel:
             orders = orders_pb2_grpc.OrdersServiceStub(channel)
-            order = await place_order(orders, user_id)
+            order = await place_order(orders, shopper)
             users = users_pb2_grpc.UsersServiceStub(channel)
             inventory = inventory_pb2_grpc.InventoryServiceStub(channel)
             reads: dict[str, Call] = {
                 "GetOrder": lambda: orders.GetOrder(
-                    orders_pb2.GetOrderRequest(order_id=order.order_id), timeout=CALL_TIMEOUT
+                    orders_pb2.GetOrderRequest(order_id=order.order_id),
+                    timeout=CALL_TIMEOUT,
+                    metadata=shopper.metadata,
                 ),
                 "GetUser": lambda: users.GetUser(
-                    users_pb2.GetUserRequest(user_id=user_id), timeout=CALL_TIMEOUT
+                    users_pb2.GetUserRequest(user_id=shopper.user_id),
+                    timeout=CALL_TIMEOUT,
+                    metadata=shopper.metadata,
                 ),
                 "GetProduct": lambda: inventory.GetProduct(
                     inventory_pb2.GetProductRequest(sku=CHECKOUT_SKU), timeout=CALL_TIMEOUT
@@ -240,7 +246,7 @@ async def bench_disk(root: Path, seconds: float, stop: StopMesh) -> DiskFigures:
                 phase = await read_phase("disk saturated by fsyncs", reads, seconds)
             figures.phases.append(replace(phase, detail=report[0]))
             print("reads while checkouts write ...", flush=True)
-            async with checkouts(orders, user_id) as placed:
+            async with checkouts(orders, shopper) as placed:
                 phase = await read_phase("checkouts writing", reads, seconds)
             figures.phases.append(replace(phase, detail=placed_detail(placed)))
             # The case of finding 4: the services' own writes wait for a saturated disk, and
@@ -248,7 +254,7 @@ async def bench_disk(root: Path, seconds: float, stop: StopMesh) -> DiskFigures:
             print("reads while checkouts write and another process fsyncs ...", flush=True)
             async with (
                 fsync_load(mesh.paths.data, seconds + 1) as report,
-                checkouts(orders, user_id) as placed,
+                checkouts(orders, shopper) as placed,
             ):
                 phase = await read_phase("both", reads, seconds)
             figures.phases.append(replace(phase, detail=f"{report[0]}; {placed_detail(placed)}"))

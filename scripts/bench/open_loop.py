@@ -19,6 +19,7 @@ from google.rpc import error_details_pb2
 from grpc import aio
 from grpc_status import rpc_status
 
+from scripts.account import Shopper
 from scripts.bench.checkout import CHECKOUT_SKU, PAYMENT_TOKEN
 from scripts.bench.machine_load import MachineLoad, Sample
 from services.common.status import error_info
@@ -126,25 +127,30 @@ def _retry_info(error: aio.AioRpcError) -> bool:
 
 
 class Generator:
-    """PlaceOrder for one user over CHANNELS connections to the gateway of `mesh`."""
+    """PlaceOrder as one shopper over CHANNELS connections to the gateway of `mesh`."""
 
     def __init__(
-        self, stubs: list[orders_pb2_grpc.OrdersServiceAsyncStub], user_id: str, mesh: RunningMesh
+        self,
+        stubs: list[orders_pb2_grpc.OrdersServiceAsyncStub],
+        shopper: Shopper,
+        mesh: RunningMesh,
     ) -> None:
         self._stubs = stubs
-        self._user_id = user_id
+        self._shopper = shopper
         self._mesh = mesh
 
     async def _place(self, index: int, due: float, sent: float, clock: Callable[[], float]) -> Call:
         request = orders_pb2.PlaceOrderRequest(
             idempotency_key=f"overload-{uuid.uuid4().hex}",
-            user_id=self._user_id,
+            user_id=self._shopper.user_id,
             items=[orders_pb2.OrderItem(sku=CHECKOUT_SKU, quantity=1)],
             payment_token=PAYMENT_TOKEN,
         )
         stub = self._stubs[index % len(self._stubs)]
         try:
-            response = await stub.PlaceOrder(request, timeout=CALL_DEADLINE)
+            response = await stub.PlaceOrder(
+                request, timeout=CALL_DEADLINE, metadata=self._shopper.metadata
+            )
         except aio.AioRpcError as error:
             info = error_info(error)
             return Call(
@@ -180,7 +186,7 @@ class Generator:
 
 
 @contextlib.asynccontextmanager
-async def generator(mesh: RunningMesh, user_id: str) -> AsyncIterator[Generator]:
+async def generator(mesh: RunningMesh, shopper: Shopper) -> AsyncIterator[Generator]:
     """A Generator whose channels are open for the block. Each channel gets its own subchannel
     pool: gRPC would otherwise share one connection between channels to the same target."""
     channels = [
@@ -190,7 +196,7 @@ async def generator(mesh: RunningMesh, user_id: str) -> AsyncIterator[Generator]
     try:
         for channel in channels:
             await asyncio.wait_for(channel.channel_ready(), CALL_DEADLINE)
-        yield Generator([orders_pb2_grpc.OrdersServiceStub(c) for c in channels], user_id, mesh)
+        yield Generator([orders_pb2_grpc.OrdersServiceStub(c) for c in channels], shopper, mesh)
     finally:
         for channel in channels:
             await channel.close()

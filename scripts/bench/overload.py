@@ -35,7 +35,8 @@ from pathlib import Path
 
 from grpc import aio
 
-from scripts.bench.checkout import CHECKOUT_SKU, bench_checkout, create_user
+from scripts.account import Shopper, sign_up
+from scripts.bench.checkout import CHECKOUT_SKU, bench_checkout
 from scripts.bench.h2load import BenchError
 from scripts.bench.open_loop import Generator, Run, generator
 from scripts.bench.settings import CALL_TIMEOUT
@@ -219,14 +220,15 @@ class Consistency:
         return empty and stock_ok
 
 
-async def list_orders(channel: aio.Channel, user_id: str) -> dict[str, str]:
+async def list_orders(channel: aio.Channel, shopper: Shopper) -> dict[str, str]:
     stub = orders_pb2_grpc.OrdersServiceStub(channel)
     statuses: dict[str, str] = {}
     token = ""
     while True:
         page = await stub.ListOrders(
-            orders_pb2.ListOrdersRequest(user_id=user_id, page_size=500, page_token=token),
+            orders_pb2.ListOrdersRequest(user_id=shopper.user_id, page_size=500, page_token=token),
             timeout=CALL_TIMEOUT,
+            metadata=shopper.metadata,
         )
         statuses.update({o.order_id: orders_pb2.OrderStatus.Name(o.status) for o in page.orders})
         token = page.next_page_token
@@ -241,12 +243,12 @@ async def available(channel: aio.Channel) -> int:
     return response.product.available_quantity
 
 
-async def settled(channel: aio.Channel, user_id: str) -> tuple[dict[str, str], float]:
+async def settled(channel: aio.Channel, shopper: Shopper) -> tuple[dict[str, str], float]:
     """The user's orders once none is PENDING (orders resumes an unfinished saga in the
     background), or as they are at SETTLE_DEADLINE; and how long that took."""
     started = time.monotonic()
     while True:
-        statuses = await list_orders(channel, user_id)
+        statuses = await list_orders(channel, shopper)
         waited = time.monotonic() - started
         if PENDING not in statuses.values() or waited > SETTLE_DEADLINE:
             return statuses, waited
@@ -316,18 +318,18 @@ async def bench_overload(mesh: RunningMesh) -> Overload:
     started = time.monotonic()
     gateway, admin = mesh.gateway_address, mesh.admin(GATEWAY)
     before = pids(mesh)
-    user_id = await create_user(gateway)
+    shopper = await sign_up(gateway, "overload")
     async with aio.insecure_channel(gateway) as channel:
         stock_before = await available(channel)
         async with rate_limits_off(admin) as rate_limit:
             print(f"gateway rate limits off: {RATE_LIMIT_ENABLED} = {rate_limit[0]}", flush=True)
             print(f"estimate: {ESTIMATE_ORDERS} closed-loop checkouts ...", flush=True)
-            closed = await bench_checkout(gateway, user_id, ESTIMATE_ORDERS, ESTIMATE_WORKERS)
+            closed = await bench_checkout(gateway, shopper, ESTIMATE_ORDERS, ESTIMATE_WORKERS)
             estimate = closed.outcomes[CONFIRMED] / closed.seconds
             if estimate <= 0:
                 raise BenchError("the closed-loop checkout estimate was 0 orders/s")
-            earlier = set(await list_orders(channel, user_id))
-            async with generator(mesh, user_id) as load:
+            earlier = set(await list_orders(channel, shopper))
+            async with generator(mesh, shopper) as load:
                 low = LOW_LOAD_SHARE * estimate
                 print(f"low load: {low:.1f} checkouts/s for {low_load_seconds(low):.0f} s ...")
                 figures = Overload(estimate, await load.run(low, low_load_seconds(low)))
@@ -337,7 +339,7 @@ async def bench_overload(mesh: RunningMesh) -> Overload:
                 async with controller_samples(admin) as figures.controller:
                     figures.overload = overload = await load.run(rate, OVERLOAD_SECONDS)
             figures.logged = await logged_since(mark, len(overload.calls))
-            statuses, waited = await settled(channel, user_id)
+            statuses, waited = await settled(channel, shopper)
         stock_sold = stock_before - await available(channel)
     figures.rate_limit = (rate_limit[0], rate_limit[1])
     runs = [figures.baseline, *(step.run for step in figures.steps), overload]

@@ -27,7 +27,8 @@ from pathlib import Path
 from grpc import aio
 from rich.console import Console
 
-from scripts.bench.checkout import PAYMENT_TOKEN, Checkout, bench_checkout, create_user
+from scripts.account import Shopper, sign_up
+from scripts.bench.checkout import PAYMENT_TOKEN, Checkout, bench_checkout
 from scripts.bench.report import two_columns
 from scripts.bench.settings import CALL_TIMEOUT, DESCRIPTOR, MESH_FILE
 from shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
@@ -127,7 +128,7 @@ def skus_for(orders: int, available: Counter[str]) -> Iterator[str]:
         yield sku
 
 
-async def bench_relay(mesh: RunningMesh, user_id: str, rate: float) -> RelayLag:
+async def bench_relay(mesh: RunningMesh, shopper: Shopper, rate: float) -> RelayLag:
     """Checkouts at `rate` for RELAY_SECONDS, then the lag of every event they wrote."""
     gateway = mesh.gateway_address
     orders_db = mesh.paths.database("orders")
@@ -143,12 +144,14 @@ async def bench_relay(mesh: RunningMesh, user_id: str, rate: float) -> RelayLag:
         async def place(sku: str) -> None:
             request = orders_pb2.PlaceOrderRequest(
                 idempotency_key=f"bench-relay-{uuid.uuid4().hex}",
-                user_id=user_id,
+                user_id=shopper.user_id,
                 items=[orders_pb2.OrderItem(sku=sku, quantity=1)],
                 payment_token=PAYMENT_TOKEN,
             )
             try:
-                response = await stub.PlaceOrder(request, timeout=CALL_TIMEOUT)
+                response = await stub.PlaceOrder(
+                    request, timeout=CALL_TIMEOUT, metadata=shopper.metadata
+                )
                 outcomes[orders_pb2.OrderStatus.Name(response.order.status)] += 1
             except aio.AioRpcError as error:
                 outcomes[error.code().name] += 1
@@ -211,9 +214,9 @@ async def bench_relay_only(root: Path, orders: int, workers: int, stop: StopMesh
         )
     )
     try:
-        user_id = await create_user(mesh.gateway_address)
-        checkout = await bench_checkout(mesh.gateway_address, user_id, orders, workers)
-        lag = await bench_relay(mesh, user_id, checkout.orders / checkout.seconds)
+        shopper = await sign_up(mesh.gateway_address, "relay")
+        checkout = await bench_checkout(mesh.gateway_address, shopper, orders, workers)
+        lag = await bench_relay(mesh, shopper, checkout.orders / checkout.seconds)
     finally:
         await stop(mesh)
     return RelayRun(checkout, lag)

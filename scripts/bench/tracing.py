@@ -14,7 +14,8 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from scripts.bench.checkout import Checkout, bench_checkout, create_user
+from scripts.account import sign_up
+from scripts.bench.checkout import Checkout, bench_checkout
 from scripts.bench.settings import DESCRIPTOR, MESH_FILE
 from shopmesh.local.mesh import COLLECTOR, RunningMesh
 from shopmesh.local.observability import DEFAULT_SAMPLING
@@ -70,9 +71,9 @@ async def traced_run(
         )
     )
     try:
-        user_id = await create_user(mesh.gateway_address)
+        shopper = await sign_up(mesh.gateway_address, "tracing")
         before, collector_before = mesh_cpu(mesh)
-        checkout = await bench_checkout(mesh.gateway_address, user_id, orders, workers)
+        checkout = await bench_checkout(mesh.gateway_address, shopper, orders, workers)
         after, collector_after = mesh_cpu(mesh)
     finally:
         await stop(mesh)

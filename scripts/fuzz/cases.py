@@ -1,7 +1,11 @@
 """The fuzz cases: one request each, drawn from a seeded `random.Random`, in six families
 (FAMILIES): random bodies in well-formed gRPC framing, broken gRPC framing, mangled paths,
 JSON and not-JSON over HTTP/1.1 for the transcoder, wrong HTTP verbs, and odd HTTP/2 frames
-and headers. Each case knows how long an answer may take and describes itself for a report."""
+and headers. Each case knows how long an answer may take and describes itself for a report.
+
+Most requests carry a signed-in shopper's access token (SIGNED_IN_SHARE): without one, the
+gateway refuses every protected method (UNAUTHENTICATED, TOKEN_MISSING) before it reads the
+body, and the fuzzed bodies would never reach an app. The rest carry none or a forged one."""
 
 from __future__ import annotations
 
@@ -33,6 +37,9 @@ from scripts.fuzz.h2wire import Finish, H2Request
 from scripts.fuzz.http1 import Http1Request
 
 GRPC = "application/grpc"
+SIGNED_IN_SHARE = 0.9
+"""Of the requests: with the shopper's token; half of the others with none, half forged."""
+Headers = tuple[tuple[str, str], ...]
 
 
 @dataclass(frozen=True)
@@ -85,10 +92,27 @@ def grpc_headers(path: str, authority: str, method: str = "POST") -> tuple[tuple
 class Maker:
     """Draws cases for one gateway from `rng`."""
 
-    def __init__(self, rng: random.Random, catalog: Catalog, authority: str) -> None:
+    def __init__(
+        self, rng: random.Random, catalog: Catalog, authority: str, signed_in: Headers
+    ) -> None:
         self.rng = rng
         self.catalog = catalog
         self.authority = authority
+        self.signed_in = signed_in
+
+    def caller(self) -> Headers:
+        """Who the request is from: mostly the signed-in shopper, else no one or a forgery."""
+        roll = self.rng.random()
+        if roll < SIGNED_IN_SHARE:
+            return self.signed_in
+        if roll < (1 + SIGNED_IN_SHARE) / 2:
+            return ()
+        # Never empty: HTTP/1.1 clients refuse a header value that ends in a space.
+        forged = ".".join(self.rng.randbytes(12).hex() for _ in range(3))
+        return (("authorization", f"Bearer {forged}"),)
+
+    def grpc_headers(self, path: str, method: str = "POST") -> Headers:
+        return grpc_headers(path, self.authority, method) + self.caller()
 
     # --- drawing targets and bodies ---
 
@@ -144,7 +168,7 @@ class Maker:
         path: str,
         chunks: tuple[bytes, ...],
     ) -> Case:
-        request = H2Request(grpc_headers(path, self.authority), chunks)
+        request = H2Request(self.grpc_headers(path), chunks)
         return self.case(number, family, variant, path, request, True)
 
     # --- the families ---
@@ -212,7 +236,7 @@ class Maker:
                 "application/grpc-web+json",
             )
         )
-        headers = (("content-type", content_type),) if content_type else ()
+        headers = ((("content-type", content_type),) if content_type else ()) + self.caller()
         variant = f"{kind}, content-type {content_type or 'none'}"
         request = Http1Request("POST", path, headers, body)
         return self.case(number, "JSON", variant, path, request, False)
@@ -223,11 +247,11 @@ class Maker:
         body = frame(self.message(method)) if verb not in ("GET", "HEAD") else b""
         if self.rng.random() < 0.5:
             variant = f"HTTP/2 {verb} with gRPC content-type"
-            headers = grpc_headers(method.path, self.authority, verb)
+            headers = self.grpc_headers(method.path, verb)
             h2 = H2Request(headers, (body,) if body else ())
             return self.case(number, "wrong verb", variant, method.path, h2, True)
         content_type = self.rng.choice((GRPC, "application/json", "application/grpc-web", None))
-        headers = (("content-type", content_type),) if content_type else ()
+        headers = ((("content-type", content_type),) if content_type else ()) + self.caller()
         variant = f"HTTP/1.1 {verb}, content-type {content_type or 'none'}"
         request = Http1Request(verb, method.path, headers, body)
         return self.case(number, "wrong verb", variant, method.path, request, False)
@@ -236,7 +260,7 @@ class Maker:
         method = self.unary()
         path = method.path
         body = frame(self.message(method))
-        base = grpc_headers(path, self.authority)
+        base = self.grpc_headers(path)
         variants = self.h2_variants(path, base, body)
         variant = self.rng.choice(sorted(variants))
         request = variants[variant]
@@ -312,10 +336,16 @@ FAMILIES: dict[str, tuple[float, Callable[[Maker, int], Case]]] = {
 
 
 def draw_cases(
-    rng: random.Random, catalog: Catalog, authority: str, count: int, families: list[str]
+    rng: random.Random,
+    catalog: Catalog,
+    authority: str,
+    count: int,
+    families: list[str],
+    signed_in: Headers = (),
 ) -> list[Case]:
-    """`count` cases from `families` (in their shares), numbered from 1."""
-    maker = Maker(rng, catalog, authority)
+    """`count` cases from `families` (in their shares), numbered from 1; `signed_in` is the
+    metadata of a signed-in shopper, which most of them carry."""
+    maker = Maker(rng, catalog, authority, signed_in)
     weights = [FAMILIES[f][0] for f in families]
     chosen = rng.choices(families, weights, k=count)
     return [FAMILIES[family][1](maker, number) for number, family in enumerate(chosen, 1)]

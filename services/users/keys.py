@@ -5,11 +5,11 @@ mode 0700, holds:
 
 - `signing-keys.json` (0600): the current and the previous private key (P-256, PEM), written
   whole as one `KeyRing` document. One file, so a rotation is one atomic rename.
-- `jwks.json` (0644): their public halves as a JSON Web Key Set (RFC 7517), current first: the
-  document a gateway verifies tokens with (Envoy's jwt_authn `local_jwks` with a filename).
-  Envoy reads that file when it loads its configuration, not when the file changes: after a
-  rotation the gateway must reload its configuration (or fetch GetJwks as a `remote_jwks`;
-  a raw JWKS over HTTP GET would need an additional RPC returning google.api.HttpBody).
+- `jwks.json` (0600 too: the gateway that reads it runs as the same user, and a Kubernetes
+  ConfigMap made of it sets its own mode): their public halves as a JSON Web Key Set (RFC
+  7517), current first: the document a gateway verifies tokens with (Envoy's jwt_authn
+  `local_jwks` with a filename). Envoy reads that file when it loads its configuration, not
+  when the file changes: after a rotation the gateway restarts (`shopmesh keys rotate`).
 - `.lock`: serialises writers (a users process starting, a rotation).
 
 Files are replaced atomically (temporary file, fsync, rename): readers see the old document
@@ -24,13 +24,10 @@ those tokens may be alive (the current key is younger than an access token's lif
 minute), unless forced (a leaked key). A running users process notices a rotation on its next
 sign-in (the file's inode changes) and signs with the new key from then on.
 
-On Kubernetes several pods cannot share this directory. There the rotation command would run
-outside the pods (as `shopmesh` does for certificates): the ring goes into a Secret mounted as
-this directory in users, `jwks.json` into a ConfigMap mounted in the gateway (or the gateway
-fetches GetJwks over HTTP through its own transcoder as a `remote_jwks`). The kubelet updates
-mounted Secrets and ConfigMaps atomically but with a delay of up to a minute or so, and the
-users pods may see the new key before the gateway does; a rotation there would first publish
-the next key in the JWKS, then switch the signer after the propagation delay.
+On Kubernetes several pods cannot share this directory. There the keys are made outside the
+pods (`shopmesh k8s issue-keys`, as for certificates): the directory becomes a Secret mounted
+read-only here in users, `jwks.json` a ConfigMap mounted in the gateway (k8s/README.md says
+how to rotate there: the JWKS reaches the gateways before the new key reaches users).
 """
 
 from __future__ import annotations
@@ -65,7 +62,6 @@ RING_VERSION = 1
 # the rotation lands.
 ROTATION_LEEWAY = timedelta(minutes=1)
 _PRIVATE_FILE = 0o600
-_PUBLIC_FILE = 0o644
 _PRIVATE_DIRECTORY = 0o700
 
 
@@ -206,7 +202,7 @@ class KeyDirectory:
     def _publish(self, ring: KeyRing) -> None:
         document = ring.jwks_json().encode()
         if not self.jwks_file.exists() or self.jwks_file.read_bytes() != document:
-            write_atomically(self.jwks_file, document, _PUBLIC_FILE)
+            write_atomically(self.jwks_file, document, _PRIVATE_FILE)
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:

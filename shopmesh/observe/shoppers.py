@@ -1,10 +1,17 @@
 """The shopper mix of `shopmesh load`: which public RPC the next call is, and with what request.
 
 Shoppers browse the catalog (ListProducts page by page, GetProduct), sign up (CreateUser with a
-unique email), check out (PlaceOrder, mostly with cards that pay, some that are declined, now
-and then the one-off POSTER-LTD), read their orders back (GetOrder, ListOrders) and cancel
-some confirmed ones (CancelOrder). What they know is small and bounded: the SKUs seen with
-their stock, and a pool of the latest accounts with a few of their orders each.
+unique email and a password), sign in (SignIn: a new account, or a returning one), check out
+(PlaceOrder, mostly with cards that pay, some that are declined, now and then the one-off
+POSTER-LTD), read their orders back (GetOrder, ListOrders), cancel some confirmed ones
+(CancelOrder) and now and then renew their session (RenewToken). What they know is small and
+bounded: the SKUs seen with their stock, the accounts signed up but not yet signed in, and a
+pool of the latest signed-in accounts with their session and a few of their orders each.
+
+An account enters the pool once signed in, and every call that needs a signed-in caller
+(PlaceOrder, GetOrder, ListOrders, CancelOrder) carries its shopper's access token. A shopper
+whose token is about to expire renews it before its next such call, so runs longer than a
+token's life stay signed in.
 
 Every random draw happens in `next_call`, which the scheduler calls in schedule order, so the
 sequence of intents is a function of the seed. An intent that lacks what it needs (an order to
@@ -14,9 +21,11 @@ sent also depend on which answers have arrived by then.
 
 from __future__ import annotations
 
+import asyncio
 import random
+import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -25,10 +34,13 @@ from grpc import aio
 from shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from shop.orders.v1 import orders_pb2, orders_pb2_grpc
 from shop.users.v1 import users_pb2, users_pb2_grpc
+from shopmesh.envoy.signin import bearer_metadata
 
 LIST_PRODUCTS = "inventory.ListProducts"
 GET_PRODUCT = "inventory.GetProduct"
 CREATE_USER = "users.CreateUser"
+SIGN_IN = "users.SignIn"
+RENEW_TOKEN = "users.RenewToken"
 PLACE_ORDER = "orders.PlaceOrder"
 GET_ORDER = "orders.GetOrder"
 LIST_ORDERS = "orders.ListOrders"
@@ -37,7 +49,9 @@ CANCEL_ORDER = "orders.CancelOrder"
 MIX: tuple[tuple[str, int], ...] = (
     (LIST_PRODUCTS, 20),
     (GET_PRODUCT, 25),
-    (CREATE_USER, 10),
+    (CREATE_USER, 8),
+    (SIGN_IN, 8),
+    (RENEW_TOKEN, 2),
     (PLACE_ORDER, 20),
     (GET_ORDER, 10),
     (LIST_ORDERS, 8),
@@ -56,6 +70,10 @@ LIMITED_SKU = "POSTER-LTD"
 LIMITED_SHARE = 0.05
 POOL_SIZE = 32
 ORDERS_KEPT = 4
+RENEW_MARGIN = 60.0
+"""Seconds before its access token expires that a shopper renews it (more than any call's
+deadline, so the old token outlives the calls sent with it meanwhile)."""
+Metadata = Sequence[tuple[str, str]]
 
 
 class UsersCalls(Protocol):
@@ -64,6 +82,14 @@ class UsersCalls(Protocol):
     def CreateUser(
         self, request: users_pb2.CreateUserRequest, *, timeout: float | None = None
     ) -> Awaitable[users_pb2.CreateUserResponse]: ...
+
+    def SignIn(
+        self, request: users_pb2.SignInRequest, *, timeout: float | None = None
+    ) -> Awaitable[users_pb2.SignInResponse]: ...
+
+    def RenewToken(
+        self, request: users_pb2.RenewTokenRequest, *, timeout: float | None = None
+    ) -> Awaitable[users_pb2.RenewTokenResponse]: ...
 
 
 class InventoryCalls(Protocol):
@@ -79,22 +105,39 @@ class InventoryCalls(Protocol):
 
 
 class OrdersCalls(Protocol):
-    """What the mix calls of shop.orders.v1.OrdersService."""
+    """What the mix calls of shop.orders.v1.OrdersService: every call as a signed-in shopper
+    (`metadata`, its access token)."""
 
     def PlaceOrder(
-        self, request: orders_pb2.PlaceOrderRequest, *, timeout: float | None = None
+        self,
+        request: orders_pb2.PlaceOrderRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata | None = None,
     ) -> Awaitable[orders_pb2.PlaceOrderResponse]: ...
 
     def GetOrder(
-        self, request: orders_pb2.GetOrderRequest, *, timeout: float | None = None
+        self,
+        request: orders_pb2.GetOrderRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata | None = None,
     ) -> Awaitable[orders_pb2.GetOrderResponse]: ...
 
     def ListOrders(
-        self, request: orders_pb2.ListOrdersRequest, *, timeout: float | None = None
+        self,
+        request: orders_pb2.ListOrdersRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata | None = None,
     ) -> Awaitable[orders_pb2.ListOrdersResponse]: ...
 
     def CancelOrder(
-        self, request: orders_pb2.CancelOrderRequest, *, timeout: float | None = None
+        self,
+        request: orders_pb2.CancelOrderRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata | None = None,
     ) -> Awaitable[orders_pb2.CancelOrderResponse]: ...
 
 
@@ -129,13 +172,48 @@ class Call:
     """PlaceOrder's payment token, so outcomes can be told apart by card."""
 
 
+@dataclass(frozen=True)
+class SignUp:
+    """An account the load created, not signed in yet."""
+
+    email: str
+    password: str
+
+
 @dataclass
 class Shopper:
-    """An account the load created, with a few of its orders (the latest first to go)."""
+    """A signed-in account the load created: its session (renewed `RENEW_MARGIN` seconds
+    before its access token expires, by the event loop's clock) and a few of its orders (the
+    latest first to go)."""
 
+    account: SignUp
     user_id: str
+    access_token: str
+    refresh_token: str
+    renew_at: float
+    renewing: bool = False
     orders: deque[str] = field(default_factory=lambda: deque(maxlen=ORDERS_KEPT))
     confirmed: deque[str] = field(default_factory=lambda: deque(maxlen=ORDERS_KEPT))
+
+    @property
+    def metadata(self) -> Metadata:
+        """The request metadata of a call made as this shopper."""
+        return bearer_metadata(self.access_token)
+
+    def signed_in(self, session: users_pb2.Session) -> None:
+        self.access_token = session.access_token
+        self.refresh_token = session.refresh_token
+        self.renew_at = renew_at(session)
+
+    def due_for_renewal(self) -> bool:
+        return not self.renewing and asyncio.get_running_loop().time() >= self.renew_at
+
+
+def renew_at(session: users_pb2.Session) -> float:
+    """When, on the event loop's clock, to renew `session`'s access token: `RENEW_MARGIN`
+    seconds before its expiry (a wall-clock time, from the server)."""
+    left = session.access_token_expire_time.ToMicroseconds() / 1e6 - time.time()
+    return asyncio.get_running_loop().time() + left - RENEW_MARGIN
 
 
 def order_outcome(order: orders_pb2.Order) -> str:
@@ -156,6 +234,7 @@ class Shoppers:
         self._serial = 0
         self._stock: dict[str, int] = {}
         self._page_token = ""
+        self._signed_up: deque[SignUp] = deque(maxlen=POOL_SIZE)
         self._pool: deque[Shopper] = deque(maxlen=POOL_SIZE)
         self._methods = [method for method, _ in MIX]
         self._weights = [weight for _, weight in MIX]
@@ -168,25 +247,41 @@ class Shoppers:
         if intent == CANCEL_ORDER:
             with_confirmed = [s for s in self._pool if s.confirmed]
             if with_confirmed:
-                return self._cancel_order(self._rng.choice(with_confirmed))
+                return self._as(self._rng.choice(with_confirmed), self._cancel_order)
             intent = PLACE_ORDER
         if intent == GET_ORDER:
             with_orders = [s for s in self._pool if s.orders]
             if with_orders:
-                return self._get_order(self._rng.choice(with_orders))
+                return self._as(self._rng.choice(with_orders), self._get_order)
             intent = PLACE_ORDER
-        if intent in (PLACE_ORDER, LIST_ORDERS) and not self._pool:
+        if intent == RENEW_TOKEN:
+            renewable = [s for s in self._pool if not s.renewing]
+            if renewable:
+                return self._renew_token(self._rng.choice(renewable))
+            intent = SIGN_IN
+        if intent == SIGN_IN and not self._signed_up and not self._pool:
             intent = CREATE_USER
+        if intent in (PLACE_ORDER, LIST_ORDERS) and not self._pool:
+            intent = SIGN_IN if self._signed_up else CREATE_USER
         if intent in (PLACE_ORDER, GET_PRODUCT) and not self._stock:
             intent = LIST_PRODUCTS
+        if intent == PLACE_ORDER:
+            return self._as(self._shopper(), self._place_order)
+        if intent == LIST_ORDERS:
+            return self._as(self._shopper(), self._list_orders)
         plan = {
             LIST_PRODUCTS: self._list_products,
             GET_PRODUCT: self._get_product,
             CREATE_USER: self._create_user,
-            PLACE_ORDER: self._place_order,
-            LIST_ORDERS: self._list_orders,
+            SIGN_IN: self._sign_in,
         }[intent]
         return plan()
+
+    def _as(self, shopper: Shopper, plan: Callable[[Shopper], Call]) -> Call:
+        """`plan(shopper)`, unless its access token is about to expire: then it renews it."""
+        if shopper.due_for_renewal():
+            return self._renew_token(shopper)
+        return plan(shopper)
 
     def _next_serial(self) -> int:
         self._serial += 1
@@ -222,18 +317,64 @@ class Shoppers:
 
     def _create_user(self) -> Call:
         serial = self._next_serial()
+        account = SignUp(
+            email=f"shopper-{self._run_id}-{serial}@example.com",
+            password=f"load {self._run_id} password {serial}",
+        )
         request = users_pb2.CreateUserRequest(
             request_id=f"load-{self._run_id}-u{serial}",
-            email=f"shopper-{self._run_id}-{serial}@example.com",
+            email=account.email,
             display_name=f"Shopper {serial}",
+            password=account.password,
         )
 
         async def send(deadline: float) -> str:
-            response = await self._stubs.users.CreateUser(request, timeout=deadline)
-            self._pool.append(Shopper(response.user.user_id))
+            await self._stubs.users.CreateUser(request, timeout=deadline)
+            self._signed_up.append(account)
             return "OK"
 
         return Call(CREATE_USER, send)
+
+    def _sign_in(self) -> Call:
+        # A new account first (taken now, so no other call signs it in too), else one of the
+        # pool signs in again, as a returning shopper would.
+        returning = None if self._signed_up else self._shopper()
+        account = self._signed_up.popleft() if returning is None else returning.account
+        request = users_pb2.SignInRequest(email=account.email, password=account.password)
+
+        async def send(deadline: float) -> str:
+            session = (await self._stubs.users.SignIn(request, timeout=deadline)).session
+            if returning is not None:
+                returning.signed_in(session)
+            else:
+                self._pool.append(
+                    Shopper(
+                        account,
+                        session.user_id,
+                        session.access_token,
+                        session.refresh_token,
+                        renew_at(session),
+                    )
+                )
+            return "OK"
+
+        return Call(SIGN_IN, send)
+
+    def _renew_token(self, shopper: Shopper) -> Call:
+        # One renewal at a time: a refresh token works once, and presenting it twice revokes
+        # the whole session.
+        shopper.renewing = True
+        request = users_pb2.RenewTokenRequest(refresh_token=shopper.refresh_token)
+
+        async def send(deadline: float) -> str:
+            try:
+                response = await self._stubs.users.RenewToken(request, timeout=deadline)
+            finally:
+                shopper.renewing = False
+            shopper.signed_in(response.session)
+            return "OK"
+
+        return Call(RENEW_TOKEN, send)
 
     def _items(self) -> list[orders_pb2.OrderItem]:
         if self._rng.random() < LIMITED_SHARE:
@@ -245,8 +386,7 @@ class Shoppers:
         chosen = dict.fromkeys(self._rng.choices(skus, weights, k=self._rng.randint(1, 2)))
         return [orders_pb2.OrderItem(sku=sku, quantity=self._rng.randint(1, 2)) for sku in chosen]
 
-    def _place_order(self) -> Call:
-        shopper = self._shopper()
+    def _place_order(self, shopper: Shopper) -> Call:
         token = self._rng.choices(self._tokens, self._token_weights)[0]
         request = orders_pb2.PlaceOrderRequest(
             idempotency_key=f"load-{self._run_id}-o{self._next_serial()}",
@@ -256,7 +396,10 @@ class Shoppers:
         )
 
         async def send(deadline: float) -> str:
-            order = (await self._stubs.orders.PlaceOrder(request, timeout=deadline)).order
+            response = await self._stubs.orders.PlaceOrder(
+                request, timeout=deadline, metadata=shopper.metadata
+            )
+            order = response.order
             shopper.orders.append(order.order_id)
             if order.status == orders_pb2.ORDER_STATUS_CONFIRMED:
                 shopper.confirmed.append(order.order_id)
@@ -268,16 +411,18 @@ class Shoppers:
         request = orders_pb2.GetOrderRequest(order_id=self._rng.choice(shopper.orders))
 
         async def send(deadline: float) -> str:
-            await self._stubs.orders.GetOrder(request, timeout=deadline)
+            await self._stubs.orders.GetOrder(request, timeout=deadline, metadata=shopper.metadata)
             return "OK"
 
         return Call(GET_ORDER, send)
 
-    def _list_orders(self) -> Call:
-        request = orders_pb2.ListOrdersRequest(user_id=self._shopper().user_id, page_size=10)
+    def _list_orders(self, shopper: Shopper) -> Call:
+        request = orders_pb2.ListOrdersRequest(user_id=shopper.user_id, page_size=10)
 
         async def send(deadline: float) -> str:
-            await self._stubs.orders.ListOrders(request, timeout=deadline)
+            await self._stubs.orders.ListOrders(
+                request, timeout=deadline, metadata=shopper.metadata
+            )
             return "OK"
 
         return Call(LIST_ORDERS, send)
@@ -289,7 +434,9 @@ class Shoppers:
         request = orders_pb2.CancelOrderRequest(order_id=order_id, reason="changed my mind")
 
         async def send(deadline: float) -> str:
-            await self._stubs.orders.CancelOrder(request, timeout=deadline)
+            await self._stubs.orders.CancelOrder(
+                request, timeout=deadline, metadata=shopper.metadata
+            )
             return "OK"
 
         return Call(CANCEL_ORDER, send)

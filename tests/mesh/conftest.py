@@ -1,6 +1,7 @@
 """Fixtures of the tests that run real Envoy processes: single Envoys a test renders itself
 (`envoys`), and the whole mesh (`mesh`, shared by one module's tests, always stopped) with
-clients through its gateway (`mesh_clients`). The machinery is in tests/support."""
+clients through its gateway (`mesh_clients`) and a shopper signed in to it (`shopper`). The
+machinery is in tests/support."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 import pytest_asyncio
 
 from shopmesh.local.mesh import RunningMesh
-from tests.support.clients import MeshClients, gateway_clients
+from tests.support.clients import MeshClients, Shopper, gateway_clients
 from tests.support.envoy import EnvoyProcess, StartEnvoy, start_envoy, stop_envoy
 from tests.support.mesh import running_mesh
 
@@ -44,6 +45,15 @@ async def mesh() -> AsyncIterator[RunningMesh]:
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def shopper(mesh: RunningMesh) -> Shopper:
+    """One account signed in to the module's mesh, for the tests whose calls need a signed-in
+    caller but not a fresh one (signing up and in costs two Argon2id hashes). Its access token
+    outlives any module's tests (ACCESS_TOKEN_LIFETIME, 15 minutes)."""
+    async with gateway_clients(mesh) as clients:
+        return await clients.create_user()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def traced_mesh() -> AsyncIterator[RunningMesh]:
     """The whole mesh tracing every call from outside, its apps logging every call they serve
     (SHOPMESH_LOG_LEVEL=DEBUG), shared by one module's tests."""
@@ -57,6 +67,13 @@ async def edge_tls_mesh() -> AsyncIterator[RunningMesh]:
     shared by one module's tests."""
     async with running_mesh(edge_tls=True, dashboard=False) as running:
         yield running
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def traced_shopper(traced_mesh: RunningMesh) -> Shopper:
+    """One account signed in to the module's traced mesh (as `shopper` is to `mesh`)."""
+    async with gateway_clients(traced_mesh) as clients:
+        return await clients.create_user()
 
 
 @pytest_asyncio.fixture(loop_scope="module")

@@ -24,7 +24,7 @@ from shopmesh.envoy.edge import ADAPTIVE_CONCURRENCY_ENABLED, RATE_LIMIT_ENABLED
 from shopmesh.envoy.metrics import method_stat
 from shopmesh.local.mesh import RunningMesh
 from tests.support.calls import Outcome, bounded, call_raw, checkout, summary
-from tests.support.clients import MeshClients
+from tests.support.clients import MeshClients, Shopper
 from tests.support.polling import CALL_TIMEOUT
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -44,7 +44,12 @@ def frame(message: bytes, compressed: int = 0) -> bytes:
 
 
 def grpc_request(
-    mesh: RunningMesh, path: str, chunks: Sequence[bytes], method: str, te: bool
+    mesh: RunningMesh,
+    path: str,
+    chunks: Sequence[bytes],
+    method: str,
+    te: bool,
+    metadata: Sequence[tuple[str, str]],
 ) -> H2Request:
     return H2Request(
         headers=(
@@ -54,17 +59,24 @@ def grpc_request(
             (":authority", mesh.gateway_address),
             ("content-type", "application/grpc"),
             *((("te", "trailers"),) if te else ()),
+            *metadata,
         ),
         chunks=tuple(chunks),
     )
 
 
 async def raw_grpc(
-    mesh: RunningMesh, path: str, chunks: Sequence[bytes], method: str = "POST", te: bool = True
+    mesh: RunningMesh,
+    path: str,
+    chunks: Sequence[bytes],
+    method: str = "POST",
+    te: bool = True,
+    metadata: Sequence[tuple[str, str]] = (),
 ) -> Reply:
-    """One gRPC call over raw HTTP/2 whose body is exactly `chunks` (DATA frames)."""
+    """One gRPC call over raw HTTP/2 whose body is exactly `chunks` (DATA frames); a protected
+    method needs a shopper's `metadata` (the gateway checks the token before the body)."""
     host, port = mesh.gateway_address.rsplit(":", 1)
-    request = grpc_request(mesh, path, chunks, method, te)
+    request = grpc_request(mesh, path, chunks, method, te, metadata)
     return await exchange(host, int(port), request, CALL_TIMEOUT)
 
 
@@ -121,10 +133,10 @@ MALFORMED = {
 
 @pytest.mark.parametrize("chunks", MALFORMED.values(), ids=MALFORMED.keys())
 async def test_a_unary_call_without_one_whole_message_is_refused_at_the_edge(
-    mesh: RunningMesh, chunks: list[bytes]
+    mesh: RunningMesh, shopper: Shopper, chunks: list[bytes]
 ) -> None:
     before = await upstream_requests(mesh, "orders")
-    reply = await raw_grpc(mesh, PLACE_ORDER, chunks)
+    reply = await raw_grpc(mesh, PLACE_ORDER, chunks, metadata=shopper.metadata)
     assert reply.end is End.ANSWERED, reply.describe()
     assert reply.grpc_status == grpc.StatusCode.INVALID_ARGUMENT.value[0], reply.describe()
     assert reasons(reply) == ["MALFORMED_MESSAGE"]
@@ -133,11 +145,11 @@ async def test_a_unary_call_without_one_whole_message_is_refused_at_the_edge(
 
 
 async def test_malformed_calls_beside_checkouts_fail_no_checkout(
-    mesh: RunningMesh, mesh_clients: MeshClients
+    mesh: RunningMesh, mesh_clients: MeshClients, shopper: Shopper
 ) -> None:
-    """The issue's outage: 3-byte and empty PlaceOrders at 12/s beside 10 checkouts/s. Before,
+    """The issue's outage: 3-byte and empty PlaceOrders at 12/s beside 10 checkouts/s, all
+    signed in (so the malformed ones pass the token check and reach the framing check). Before,
     each held one of the gateway's upstream slots until PlaceOrder's 10 s timeout."""
-    user = await mesh_clients.create_user()
     admin = mesh.admin("gateway")
     before = await admin.stats()
     seconds = 4.0
@@ -154,10 +166,10 @@ async def test_malformed_calls_beside_checkouts_fail_no_checkout(
 
     async def bad(index: int) -> None:
         chunks = [b"\x00\x00\x00"] if index % 2 else []
-        malformed.append(await raw_grpc(mesh, PLACE_ORDER, chunks))
+        malformed.append(await raw_grpc(mesh, PLACE_ORDER, chunks, metadata=shopper.metadata))
 
     async def good(_: int) -> None:
-        checkouts.append(await checkout(mesh_clients, user.user_id))
+        checkouts.append(await checkout(mesh_clients, shopper))
 
     # The adaptive concurrency controller off: this is about what malformed calls cost the
     # others, not about how many checkouts at once orders takes (a controller re-measuring
@@ -308,19 +320,18 @@ async def test_one_client_cannot_take_the_tokens_of_the_others(mesh: RunningMesh
 
 
 async def test_checkouts_beyond_capacity_are_refused_with_a_reason_and_never_reach_orders(
-    mesh: RunningMesh, mesh_clients: MeshClients
+    mesh: RunningMesh, mesh_clients: MeshClients, shopper: Shopper
 ) -> None:
     """With the rate limit off (it would refuse first), far more checkouts at once than orders
     can take: the adaptive concurrency controller refuses some (RESOURCE_EXHAUSTED OVERLOADED,
     with a retry delay, not UNAVAILABLE, which clients and the mesh retry); what it refuses
     never reaches orders, and what it admits completes."""
     admin = mesh.admin("gateway")
-    user = await mesh_clients.create_user()
     before = await admin.stats()
     await admin.runtime_modify({RATE_LIMIT_ENABLED: "0"})
     try:
         outcomes = await bounded(
-            160, 64, lambda _: checkout(mesh_clients, user.user_id, within=3 * CALL_TIMEOUT)
+            160, 64, lambda _: checkout(mesh_clients, shopper, within=3 * CALL_TIMEOUT)
         )
     finally:
         await admin.runtime_modify({RATE_LIMIT_ENABLED: "100"})

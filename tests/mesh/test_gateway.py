@@ -14,7 +14,7 @@ import re
 import subprocess
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,10 +30,11 @@ from shop.inventory.v1 import inventory_pb2
 from shop.notifications.v1 import notifications_pb2
 from shop.payments.v1 import payments_pb2
 from shop.users.v1 import users_pb2
+from shopmesh.envoy.signin import bearer_metadata
 from shopmesh.local.mesh import RunningMesh
 from shopmesh.topology import load_topology
-from tests.support.calls import call_raw
-from tests.support.clients import MeshClients
+from tests.support.calls import Outcome, call_raw
+from tests.support.clients import PASSWORD, MeshClients, Shopper
 from tests.support.databases import count_rows
 from tests.support.grpcurl import GRPCURL_STATUS_EXIT_BASE, Grpcurl
 from tests.support.http import CURL, HttpResponse, curl_json, grpc_path, post_json
@@ -115,6 +116,10 @@ class Journey:
     grpcurl: Grpcurl
     called: set[tuple[str, str]]
 
+    def sign_in(self, access_token: str) -> None:
+        """Send `access_token` with every call from now on (-H authorization: Bearer ...)."""
+        self.grpcurl = self.grpcurl.signed_in(bearer_metadata(access_token))
+
     async def __call__(self, service: str, method: str, data: Mapping[str, Any]) -> Any:
         self.called.add((service, method))
         return await self.grpcurl.call(service, method_of(service, method), data)
@@ -173,13 +178,27 @@ async def test_grpcurl_invokes_every_public_rpc(grpcurl: Grpcurl) -> None:
     created = await call(
         "users",
         "CreateUser",
-        {"request_id": unique("req"), "email": email, "display_name": "Ada Lovelace"},
+        {
+            "request_id": unique("req"),
+            "email": email,
+            "display_name": "Ada Lovelace",
+            "password": PASSWORD,
+        },
     )
     user = created["user"]
     assert user["email"] == email
     assert user["display_name"] == "Ada Lovelace"
     assert user["user_id"]
     assert user["create_time"]
+    session = (await call("users", "SignIn", {"email": email, "password": PASSWORD}))["session"]
+    assert session["user_id"] == user["user_id"]
+    renewed = (await call("users", "RenewToken", {"refresh_token": session["refresh_token"]}))[
+        "session"
+    ]
+    assert renewed["user_id"] == user["user_id"]
+    assert json.loads((await call("users", "GetJwks", {}))["jwks_json"])["keys"]
+    # From here on every call is the signed-in shopper's, as the README shows.
+    call.sign_in(renewed["access_token"])
     assert (await call("users", "GetUser", {"user_id": user["user_id"]}))["user"] == user
 
     first_page = await call("inventory", "ListProducts", {"page_size": 2})
@@ -203,7 +222,7 @@ async def test_grpcurl_invokes_every_public_rpc(grpcurl: Grpcurl) -> None:
     # route timeout (envoy/mesh.yaml), so only the client's -max-time ends it.
     default_timeout = TOPOLOGY.policies["notifications"].route.route_timeout.total_seconds()
     watch_time = default_timeout + 1
-    watch = await start_watch(grpcurl, user["user_id"], watch_time)
+    watch = await start_watch(call.grpcurl, user["user_id"], watch_time)
     watch_started = time.monotonic()
     try:
         await watch.headers_received(within=CALL_TIMEOUT)
@@ -401,6 +420,7 @@ async def test_no_method_beyond_the_exposed_ones_is_routed(
 # --- JSON through gRPC-JSON transcoding ----------------------------------------------------
 
 CREATE_USER = grpc_path(EXPOSED["users"], "CreateUser")
+SIGN_IN = grpc_path(EXPOSED["users"], "SignIn")
 GET_USER = grpc_path(EXPOSED["users"], "GetUser")
 
 
@@ -413,7 +433,9 @@ def detail(error: Mapping[str, Any], type_url: str) -> Any:
 async def test_json_create_user_answers_200_with_json(mesh: RunningMesh) -> None:
     email = f"{unique('grace')}@example.com"
     created = await post_json(
-        mesh.gateway_address, CREATE_USER, {"email": email, "displayName": "Grace Hopper"}
+        mesh.gateway_address,
+        CREATE_USER,
+        {"email": email, "displayName": "Grace Hopper", "password": PASSWORD},
     )
 
     assert created.status == 200, created
@@ -421,7 +443,16 @@ async def test_json_create_user_answers_200_with_json(mesh: RunningMesh) -> None
     assert user["email"] == email
     assert user["displayName"] == "Grace Hopper"
     assert user["userId"]
-    fetched = await post_json(mesh.gateway_address, GET_USER, {"user_id": user["userId"]})
+    signed_in = await post_json(
+        mesh.gateway_address, SIGN_IN, {"email": email, "password": PASSWORD}
+    )
+    assert signed_in.status == 200, signed_in
+    fetched = await post_json(
+        mesh.gateway_address,
+        GET_USER,
+        {"user_id": user["userId"]},
+        dict(bearer_metadata(signed_in.json()["session"]["accessToken"])),
+    )
     assert fetched.status == 200, fetched
     assert fetched.json() == {"user": user}
 
@@ -469,8 +500,12 @@ async def test_json_invalid_request_is_400_with_status_and_field_violations(
     assert all(violation["description"] for violation in violations)
 
 
-async def test_json_unknown_user_is_404_with_error_info(mesh: RunningMesh) -> None:
-    response = await post_json(mesh.gateway_address, GET_USER, {"user_id": "usr_missing"})
+async def test_json_unknown_user_is_404_with_error_info(
+    mesh: RunningMesh, shopper: Shopper
+) -> None:
+    response = await post_json(
+        mesh.gateway_address, GET_USER, {"user_id": "usr_missing"}, dict(shopper.metadata)
+    )
 
     error = assert_json_status(response, 404, grpc.StatusCode.NOT_FOUND, "USER_NOT_FOUND")
     assert detail(error, ERROR_INFO)["metadata"] == {"user_id": "usr_missing"}
@@ -512,7 +547,9 @@ async def test_json_unexposed_method_is_404_with_a_json_status(mesh: RunningMesh
 # --- local rate limit ----------------------------------------------------------------------
 
 
-async def test_rate_limit_answers_resource_exhausted_beyond_the_bucket(mesh: RunningMesh) -> None:
+async def test_rate_limit_answers_resource_exhausted_beyond_the_bucket(
+    mesh: RunningMesh, shopper: Shopper
+) -> None:
     # One client: its own bucket, smaller than the shared one, is the first to run dry.
     limit = mesh.topology.gateway.per_client_rate_limit
     assert limit.max_tokens <= mesh.topology.gateway.local_rate_limit.max_tokens
@@ -528,6 +565,10 @@ async def test_rate_limit_answers_resource_exhausted_beyond_the_bucket(mesh: Run
     json_refusals: list[HttpResponse] = []
     json_admitted = 0
 
+    def get_user() -> Awaitable[Outcome]:
+        serialized = request.SerializeToString()
+        return call_raw(channel, GET_USER, serialized, metadata=shopper.metadata)
+
     async with aio.insecure_channel(mesh.gateway_address) as channel:
         started = time.monotonic()
         sent = 0
@@ -535,12 +576,15 @@ async def test_rate_limit_answers_resource_exhausted_beyond_the_bucket(mesh: Run
         while (
             grpc.StatusCode.RESOURCE_EXHAUSTED not in grpc_outcomes or not json_refusals
         ) and sent < budget:
-            calls = [
-                call_raw(channel, GET_USER, request.SerializeToString()) for _ in range(concurrency)
-            ]
+            calls = [get_user() for _ in range(concurrency)]
             codes, response = await asyncio.gather(
                 asyncio.gather(*calls),
-                post_json(mesh.gateway_address, GET_USER, {"user_id": request.user_id}),
+                post_json(
+                    mesh.gateway_address,
+                    GET_USER,
+                    {"user_id": request.user_id},
+                    dict(shopper.metadata),
+                ),
             )
             sent += concurrency + 1
             for outcome in codes:
@@ -573,8 +617,9 @@ async def test_rate_limit_answers_resource_exhausted_beyond_the_bucket(mesh: Run
 
     # The bucket refills by itself: later callers get through again.
     async def admitted_again() -> bool:
-        async with aio.insecure_channel(mesh.gateway_address) as channel:
-            code = (await call_raw(channel, GET_USER, request.SerializeToString())).code
-            return code == grpc.StatusCode.NOT_FOUND
+        async with aio.insecure_channel(mesh.gateway_address) as fresh:
+            serialized = request.SerializeToString()
+            outcome = await call_raw(fresh, GET_USER, serialized, metadata=shopper.metadata)
+            return outcome.code == grpc.StatusCode.NOT_FOUND
 
     await eventually(admitted_again, within=2 * fill_seconds + CALL_TIMEOUT, what="a refill")

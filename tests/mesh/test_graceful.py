@@ -32,7 +32,7 @@ import pytest
 
 from shopmesh.local.mesh import RunningMesh
 from tests.support.calls import checkout, get_product, running_load, summary, timed
-from tests.support.clients import MeshClients, channel, egress
+from tests.support.clients import MeshClients, Shopper, channel, egress
 from tests.support.observe import host_flags, stats_of
 from tests.support.polling import eventually
 
@@ -55,17 +55,15 @@ async def removed(mesh: RunningMesh, caller: str) -> bool:
 
 
 async def test_sigterm_to_one_replica_under_load_loses_no_request(
-    mesh: RunningMesh, mesh_clients: MeshClients
+    mesh: RunningMesh, mesh_clients: MeshClients, shopper: Shopper
 ) -> None:
-    users = [(await mesh_clients.create_user()).user_id for _ in range(CHECKOUT_IN_FLIGHT)]
-    turn = iter(range(LIMIT))
     sidecar = await stats_of(mesh, STOPPING)
     try:
         async with (
             channel(egress(mesh, "orders-0")) as target,
             running_load(lambda: timed(get_product(target)), PRODUCT_IN_FLIGHT, LIMIT) as products,
             running_load(
-                lambda: checkout(mesh_clients, users[next(turn) % len(users)]),
+                lambda: checkout(mesh_clients, shopper),
                 CHECKOUT_IN_FLIGHT,
                 LIMIT,
             ) as checkouts,

@@ -168,14 +168,14 @@ async def test_every_sidecar_writes_json_access_logs_with_method_and_status(
 ) -> None:
     """One call to each service through the gateway (inventory until both replicas served
     one); every sidecar's log then has a JSON line naming the method and its gRPC status."""
+    shopper = await mesh_clients.create_user()
     async with channel(mesh.gateway_address) as target:
         for _ in range(2 * len(mesh.replicas("inventory"))):
             await timed(get_product(target))
-        await timed(get_payment(target, "pay_missing"))
-        await timed(get_user(target, "u_missing"))
-        user = (await mesh_clients.create_user()).user_id
-        await mesh_clients.notifications_of(user)
-    await mesh_clients.place_order(user)
+        await timed(get_payment(target, "pay_missing", metadata=shopper.metadata))
+        await timed(get_user(target, "u_missing", metadata=shopper.metadata))
+        await mesh_clients.notifications_of(shopper)
+    await mesh_clients.place_order(shopper)
 
     def inbound_entries(pod: str) -> list[dict[str, Any]]:
         return [

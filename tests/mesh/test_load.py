@@ -18,7 +18,7 @@ PAID = {"tok_visa", "tok_mastercard"}
 DECLINED = {"tok_chargeDeclined", "tok_insufficientFunds"}
 SHORTAGE = "REJECTED:INSUFFICIENT_STOCK"
 """POSTER-LTD (a stock of 1) sells once; later orders of it are short, whatever the card."""
-SEED = 9
+SEED = 83
 """A seed whose 60 calls hold every RPC of the mix and both kinds of card at least twice, at
 latencies from a fraction to several times this mesh's (checked with the unit tests' fake), so
 that each still appears when a few calls are skipped or fall back to another RPC."""

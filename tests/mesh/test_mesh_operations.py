@@ -31,7 +31,7 @@ from shopmesh.pki import LocalPki
 from shopmesh.topology import GATEWAY
 from tests.support.calls import call_raw
 from tests.support.cli import shopmesh_ok
-from tests.support.clients import MeshClients
+from tests.support.clients import MeshClients, Shopper
 from tests.support.databases import count_rows
 from tests.support.polling import CALL_TIMEOUT, eventually
 
@@ -72,11 +72,10 @@ def payments_of(mesh: RunningMesh, order_id: str) -> int:
 
 
 async def test_cli_abort_fault_leaves_checkouts_pending_until_cleared(
-    mesh: RunningMesh, mesh_clients: MeshClients
+    mesh: RunningMesh, mesh_clients: MeshClients, shopper: Shopper
 ) -> None:
     payments = mesh.replicas("payments")[0]
     pids = envoy_pids(mesh)
-    user = await mesh_clients.create_user()
     key = f"order-{uuid.uuid4().hex}"
     injected_before = (await mesh.admin(payments.name).stats()).get(FAULTS_INJECTED, 0)
     try:
@@ -84,7 +83,7 @@ async def test_cli_abort_fault_leaves_checkouts_pending_until_cleared(
         assert "100% of calls fail with status 14" in said
 
         with pytest.raises(aio.AioRpcError) as failure:
-            await mesh_clients.place_order(user.user_id, idempotency_key=key)
+            await mesh_clients.place_order(shopper, idempotency_key=key)
         # orders keeps the order at its payment step and says so (orders.proto, PlaceOrder).
         assert failure.value.code() == grpc.StatusCode.UNAVAILABLE
         info = error_info(failure.value)
@@ -93,7 +92,9 @@ async def test_cli_abort_fault_leaves_checkouts_pending_until_cleared(
         assert info.metadata["step"] == "CHARGE_PAYMENT"
         order_id = info.metadata["order_id"]
         pending = await mesh_clients.orders.GetOrder(
-            orders_pb2.GetOrderRequest(order_id=order_id), timeout=CALL_TIMEOUT
+            orders_pb2.GetOrderRequest(order_id=order_id),
+            timeout=CALL_TIMEOUT,
+            metadata=shopper.metadata,
         )
         assert pending.order.status == orders_pb2.ORDER_STATUS_PENDING
         assert payments_of(mesh, order_id) == 0
@@ -109,7 +110,7 @@ async def test_cli_abort_fault_leaves_checkouts_pending_until_cleared(
 
     # Retrying with the same key resumes the very same order (or finds it already resumed
     # by orders' recovery), charged exactly once.
-    confirmed = await mesh_clients.place_order(user.user_id, idempotency_key=key)
+    confirmed = await mesh_clients.place_order(shopper, idempotency_key=key)
     assert confirmed.order_id == order_id
     assert confirmed.status == orders_pb2.ORDER_STATUS_CONFIRMED
     assert payments_of(mesh, order_id) == 1
@@ -117,7 +118,7 @@ async def test_cli_abort_fault_leaves_checkouts_pending_until_cleared(
 
 
 async def test_cli_delay_fault_slows_calls_until_cleared(
-    mesh: RunningMesh, mesh_clients: MeshClients
+    mesh: RunningMesh, mesh_clients: MeshClients, shopper: Shopper
 ) -> None:
     delay = 0.4
     pids = envoy_pids(mesh)
@@ -126,7 +127,9 @@ async def test_cli_delay_fault_slows_calls_until_cleared(
     async def get_payment(deadline: float = CALL_TIMEOUT) -> tuple[grpc.StatusCode, float]:
         started = time.monotonic()
         try:
-            await mesh_clients.payments.GetPayment(request, timeout=deadline)
+            await mesh_clients.payments.GetPayment(
+                request, timeout=deadline, metadata=shopper.metadata
+            )
         except aio.AioRpcError as error:
             return error.code(), time.monotonic() - started
         return grpc.StatusCode.OK, time.monotonic() - started
@@ -186,16 +189,17 @@ TRAFFIC_SKUS = (*["STICKER-01"] * 5, "NOTEBOOK-01")
 
 @dataclass
 class CheckoutTraffic:
-    """Checkouts through the gateway, back to back, until stopped (bounded in count)."""
+    """Checkouts through the gateway by one shopper, back to back, until stopped (bounded in
+    count)."""
 
     clients: MeshClients
+    shopper: Shopper
     limit: int
     confirmed: int = 0
     failures: list[str] = field(default_factory=list)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def worker(self) -> None:
-        user = await self.clients.create_user()
         placed = 0
         while not self.stop.is_set() and self.confirmed + len(self.failures) < self.limit:
             # The two products with the most stock (1000 and 200), in that proportion: even
@@ -203,7 +207,7 @@ class CheckoutTraffic:
             sku = TRAFFIC_SKUS[placed % len(TRAFFIC_SKUS)]
             placed += 1
             try:
-                order = await self.clients.place_order(user.user_id, items=[(sku, 1)])
+                order = await self.clients.place_order(self.shopper, items=[(sku, 1)])
             except aio.AioRpcError as error:
                 self.failures.append(f"{error.code().name}: {error.details()}")
                 continue
@@ -223,14 +227,14 @@ class CheckoutTraffic:
 
 
 async def test_certificates_rotate_twice_under_checkout_traffic_without_a_failed_call(
-    mesh: RunningMesh, mesh_clients: MeshClients
+    mesh: RunningMesh, mesh_clients: MeshClients, shopper: Shopper
 ) -> None:
     pids = envoy_pids(mesh)
     identities = mesh.topology.identities
     old = {identity: current_serial(mesh, identity) for identity in identities}
     payments = mesh.replicas("payments")[0]
     assert handshake_serial(mesh, payments, "orders") == old["payments"]
-    traffic = CheckoutTraffic(mesh_clients, limit=1100)
+    traffic = CheckoutTraffic(mesh_clients, shopper, limit=1100)
     between: dict[str, int] = {}
 
     workers = [asyncio.create_task(traffic.worker()) for _ in range(4)]

@@ -12,7 +12,7 @@ import pytest_asyncio
 from shop.notifications.v1 import notifications_pb2
 from shop.orders.v1 import orders_pb2
 from shopmesh.local.mesh import RunningMesh
-from tests.support.clients import MeshClients
+from tests.support.clients import MeshClients, Shopper
 from tests.support.mesh import running_mesh
 from tests.support.observe import Stats, pod_fault, stats_of
 from tests.support.polling import CALL_TIMEOUT, eventually
@@ -50,18 +50,21 @@ async def test_piled_up_events_are_delivered_once_in_order_in_fewer_calls(
     # Every call reaching notifications is refused UNAVAILABLE: the events pile up pending.
     await pod_fault(mesh, NOTIFICATIONS, abort_percent=100, abort_grpc_status=14)
     try:
-        placed: dict[str, list[orders_pb2.Order]] = {}
-        for _ in range(USERS):
-            user = await mesh_clients.create_user()
-            placed[user.user_id] = [
-                await mesh_clients.place_order(user.user_id) for _ in range(ORDERS_PER_USER)
-            ]
+        # Fresh shoppers: each one's notifications are counted.
+        shoppers = [await mesh_clients.create_user() for _ in range(USERS)]
+        placed: list[tuple[Shopper, list[orders_pb2.Order]]] = [
+            (shopper, [await mesh_clients.place_order(shopper) for _ in range(ORDERS_PER_USER)])
+            for shopper in shoppers
+        ]
         # Every other order is cancelled: its CONFIRMED and CANCELLED events wait together.
-        cancelled = {order.order_id for orders in placed.values() for order in orders[::2]}
-        for order_id in cancelled:
-            await mesh_clients.orders.CancelOrder(
-                orders_pb2.CancelOrderRequest(order_id=order_id), timeout=CALL_TIMEOUT
-            )
+        cancelled = {order.order_id for _, orders in placed for order in orders[::2]}
+        for shopper, orders in placed:
+            for order in orders[::2]:
+                await mesh_clients.orders.CancelOrder(
+                    orders_pb2.CancelOrderRequest(order_id=order.order_id),
+                    timeout=CALL_TIMEOUT,
+                    metadata=shopper.metadata,
+                )
         assert await served(stats) == 0
     finally:
         await pod_fault(mesh, NOTIFICATIONS)
@@ -70,15 +73,15 @@ async def test_piled_up_events_are_delivered_once_in_order_in_fewer_calls(
     listed: dict[str, list[notifications_pb2.Notification]] = {}
 
     async def all_delivered() -> bool:
-        for user_id in placed:
-            listed[user_id] = await mesh_clients.notifications_of(user_id)
+        for shopper in shoppers:
+            listed[shopper.user_id] = await mesh_clients.notifications_of(shopper)
         return sum(len(notes) for notes in listed.values()) >= events
 
     await eventually(all_delivered, within=CALL_TIMEOUT, what=f"{events} notifications")
 
-    for user_id, orders in placed.items():
+    for shopper, orders in placed:
         # Newest first: reversed, the order they were stored in.
-        stored = [(n.order_id, n.event_type) for n in reversed(listed[user_id])]
+        stored = [(n.order_id, n.event_type) for n in reversed(listed[shopper.user_id])]
         expected = {(o.order_id, CONFIRMED) for o in orders} | {
             (o.order_id, CANCELLED) for o in orders if o.order_id in cancelled
         }

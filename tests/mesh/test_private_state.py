@@ -67,9 +67,9 @@ async def test_the_state_directory_is_private_to_its_user(
 async def test_checkouts_leave_no_payment_token_in_the_payments_database(
     mesh: RunningMesh, mesh_clients: MeshClients
 ) -> None:
-    user = await mesh_clients.create_user()
+    shopper = await mesh_clients.create_user()
     for token in ("tok_visa", "tok_mastercard", "tok_chargeDeclined"):
-        await mesh_clients.place_order(user.user_id, payment_token=token)
+        await mesh_clients.place_order(shopper, payment_token=token)
     payments = mesh.paths.database("payments")
     assert {token: files_containing(payments, token.encode()) for token in TEST_TOKENS} == {
         token: [] for token in TEST_TOKENS

@@ -108,7 +108,7 @@ async def test_prometheus_gets_a_request_rate_per_service_from_the_written_confi
     assert written == scrape_config(mesh.layout)
     config = tmp_path / "prometheus.yml"
     config.write_text(yaml.safe_dump(scrape_config(mesh.layout, SCRAPE_INTERVAL)))
-    user = await mesh_clients.create_user()
+    shopper = await mesh_clients.create_user()
     rates: dict[str, float] = {}
 
     async with running_prometheus(config, tmp_path) as url:
@@ -120,7 +120,7 @@ async def test_prometheus_gets_a_request_rate_per_service_from_the_written_confi
 
         await eventually(every_target_up, STARTUP_SECONDS, "every Envoy to be scraped")
         async with running_load(
-            lambda: checkout(mesh_clients, user.user_id), in_flight=1, limit=MAX_CHECKOUTS
+            lambda: checkout(mesh_clients, shopper), in_flight=1, limit=MAX_CHECKOUTS
         ):
 
             async def every_service_rated() -> bool:

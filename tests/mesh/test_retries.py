@@ -26,7 +26,7 @@ from shopmesh.envoy.faults import Fault
 from shopmesh.local import faults
 from shopmesh.local.mesh import RunningMesh
 from tests.support.calls import Outcome, bounded, checkout, summary
-from tests.support.clients import MeshClients
+from tests.support.clients import MeshClients, Shopper
 from tests.support.databases import charges_per_order
 from tests.support.observe import access_log, stats_of
 from tests.support.polling import eventually
@@ -40,9 +40,8 @@ UNAVAILABLE = grpc.StatusCode.UNAVAILABLE.value[0]
 
 
 async def test_checkouts_survive_30_percent_unavailable_at_payments(
-    mesh: RunningMesh, mesh_clients: MeshClients
+    mesh: RunningMesh, mesh_clients: MeshClients, shopper: Shopper
 ) -> None:
-    users = [(await mesh_clients.create_user()).user_id for _ in range(IN_FLIGHT)]
     orders_sidecar = await stats_of(mesh, "orders-0")
     payments_sidecar = await stats_of(mesh, "payments-0")
 
@@ -52,7 +51,7 @@ async def test_checkouts_survive_30_percent_unavailable_at_payments(
     try:
 
         async def one(index: int) -> Outcome:
-            return await checkout(mesh_clients, users[index % IN_FLIGHT])
+            return await checkout(mesh_clients, shopper)
 
         outcomes = await bounded(CHECKOUTS, IN_FLIGHT, one)
     finally:
@@ -82,13 +81,12 @@ async def test_checkouts_survive_30_percent_unavailable_at_payments(
 
 
 async def test_unavailable_from_a_grpcio_app_is_retried_by_envoy(
-    mesh: RunningMesh, mesh_clients: MeshClients
+    mesh: RunningMesh, mesh_clients: MeshClients, shopper: Shopper
 ) -> None:
     """With every charge aborted, the orders app (grpcio) answers PlaceOrder UNAVAILABLE
     (reason ORDER_PENDING, the order kept at its step); the gateway must see that status in
     the response headers and retry it num_retries times before giving up. The same key then
     completes the order once payments is back, charging it once."""
-    user = (await mesh_clients.create_user()).user_id
     retries = mesh.topology.policies["orders"].route.retry.num_retries
     gateway = await stats_of(mesh, "gateway")
     key = "grpcio-unavailable-retried"
@@ -96,7 +94,7 @@ async def test_unavailable_from_a_grpcio_app_is_retried_by_envoy(
 
     await faults.inject(mesh, "payments", Fault.of(abort_percent=100, grpc_status="UNAVAILABLE"))
     try:
-        pending = await checkout(mesh_clients, user, key=key)
+        pending = await checkout(mesh_clients, shopper, key=key)
     finally:
         await faults.clear(mesh, "payments")
 
@@ -135,6 +133,6 @@ async def test_unavailable_from_a_grpcio_app_is_retried_by_envoy(
     assert gateway_entries[0]["attempts"] == len(app_entries) > 1
     assert [entry["grpc_status"] for entry in app_entries] == [UNAVAILABLE] * (retries + 1)
 
-    confirmed = await checkout(mesh_clients, user, key=key)
+    confirmed = await checkout(mesh_clients, shopper, key=key)
     assert confirmed.ok, confirmed
     assert charges_per_order(mesh.pod("payments-0").db_path)[confirmed.order_id] == 1

@@ -24,7 +24,7 @@ from shopmesh.observe.stats import between, sample
 from shopmesh.topology import GATEWAY
 from tests.support.calls import STICKER, Outcome, bounded, checkout, running_load, summary
 from tests.support.cli import shopmesh, shopmesh_ok
-from tests.support.clients import MeshClients
+from tests.support.clients import MeshClients, Shopper
 from tests.support.golden import histograms_merged
 from tests.support.http import post_json
 from tests.support.mesh import running_mesh, short_temp_dir
@@ -49,13 +49,12 @@ async def mesh() -> AsyncIterator[RunningMesh]:
 
 
 async def test_a_declined_card_is_a_business_outcome_that_keeps_the_success_rate(
-    mesh: RunningMesh, mesh_clients: MeshClients
+    mesh: RunningMesh, mesh_clients: MeshClients, shopper: Shopper
 ) -> None:
-    user = await mesh_clients.create_user()
     before = await sample(mesh)
-    paid = [await checkout(mesh_clients, user.user_id) for _ in range(PAID)]
+    paid = [await checkout(mesh_clients, shopper) for _ in range(PAID)]
     for _ in range(DECLINED):
-        await mesh_clients.place_order(user.user_id, payment_token="tok_chargeDeclined")
+        await mesh_clients.place_order(shopper, payment_token="tok_chargeDeclined")
     await histograms_merged(mesh)
     stats = between(before, await sample(mesh))
 
@@ -89,15 +88,14 @@ async def test_json_calls_through_the_gateway_are_counted_by_their_grpc_status(
 
 
 async def test_a_fault_shows_as_the_services_failures_and_its_callers_retries(
-    mesh: RunningMesh, mesh_clients: MeshClients
+    mesh: RunningMesh, mesh_clients: MeshClients, shopper: Shopper
 ) -> None:
-    user = await mesh_clients.create_user()
     before = await sample(mesh)
     await faults.inject(mesh, "payments", Fault.of(abort_percent=ABORT_PERCENT))
     try:
 
         async def one(_: int) -> Outcome:
-            return await checkout(mesh_clients, user.user_id)
+            return await checkout(mesh_clients, shopper)
 
         outcomes = await bounded(CHECKOUTS, 2, one)
         after = await sample(mesh)
@@ -125,13 +123,12 @@ async def test_a_fault_shows_as_the_services_failures_and_its_callers_retries(
 
 
 async def test_stat_prints_the_window_as_json_while_checkouts_run_into_a_fault(
-    mesh: RunningMesh, mesh_clients: MeshClients
+    mesh: RunningMesh, mesh_clients: MeshClients, shopper: Shopper
 ) -> None:
-    user = await mesh_clients.create_user()
     await faults.inject(mesh, "payments", Fault.of(abort_percent=ABORT_PERCENT))
     try:
         async with running_load(
-            lambda: checkout(mesh_clients, user.user_id), in_flight=2, limit=CLI_CHECKOUTS
+            lambda: checkout(mesh_clients, shopper), in_flight=2, limit=CLI_CHECKOUTS
         ):
             printed = await shopmesh_ok(
                 "stat",

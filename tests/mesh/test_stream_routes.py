@@ -146,17 +146,19 @@ async def quiet_watch_then_order(
     envoy = await start_envoy(compressed_gateway(mesh, directory, override_idle), directory)
     try:
         port = await envoy.listener_port("ingress")
-        user = await mesh_clients.create_user()
+        # A fresh shopper: the first notification it is told of is the order placed below.
+        shopper = await mesh_clients.create_user()
         async with aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             stub = notifications_pb2_grpc.NotificationsServiceStub(channel)
             call = stub.WatchNotifications(
-                notifications_pb2.WatchNotificationsRequest(user_id=user.user_id)
+                notifications_pb2.WatchNotificationsRequest(user_id=shopper.user_id),
+                metadata=shopper.metadata,
             )
             # Headers come once the subscription exists (the contract says so).
             await asyncio.wait_for(call.initial_metadata(), timeout=10)
             # Not synchronization: the silence itself is what is under test.
             await asyncio.sleep(3 * IDLE_TIMEOUT)
-            order = await mesh_clients.place_order(user.user_id)
+            order = await mesh_clients.place_order(shopper)
             try:
                 message = await asyncio.wait_for(call.read(), timeout=10)
             except aio.AioRpcError as error:

@@ -28,7 +28,7 @@ from shopmesh.envoy.faults import Fault
 from shopmesh.local import faults
 from shopmesh.local.mesh import RunningMesh
 from tests.support.calls import checkout, get_payment, get_user, timed
-from tests.support.clients import MeshClients, channel
+from tests.support.clients import MeshClients, Shopper, channel
 from tests.support.http import post_json
 from tests.support.observe import stats_of
 
@@ -40,7 +40,7 @@ NO_DEADLINE = None
 
 
 async def test_upstream_slower_than_its_per_try_timeout_ends_deadline_exceeded_in_budget(
-    mesh: RunningMesh,
+    mesh: RunningMesh, shopper: Shopper
 ) -> None:
     """users answers after 1.5 s, beyond its 1 s per-try timeout: every attempt is cut off
     and retried, and once the retries are spent the caller gets DEADLINE_EXCEEDED, within the
@@ -52,7 +52,8 @@ async def test_upstream_slower_than_its_per_try_timeout_ends_deadline_exceeded_i
     await faults.inject(mesh, "users", Fault.of(delay_ms=1500))
     try:
         async with channel(mesh.gateway_address) as target:
-            outcome = await timed(get_user(target, "u_missing", timeout=NO_DEADLINE))
+            missing = get_user(target, "u_missing", NO_DEADLINE, shopper.metadata)
+            outcome = await timed(missing)
     finally:
         await faults.clear(mesh, "users")
 
@@ -67,7 +68,7 @@ async def test_upstream_slower_than_its_per_try_timeout_ends_deadline_exceeded_i
 
 
 async def test_route_timeout_bounds_calls_without_or_with_a_longer_deadline(
-    mesh: RunningMesh,
+    mesh: RunningMesh, shopper: Shopper
 ) -> None:
     """payments answers after 2.5 s, beyond its per-try timeout, so retries would go on; its
     8 s route timeout ends the call for a client without a deadline and caps a client's 30 s
@@ -77,8 +78,8 @@ async def test_route_timeout_bounds_calls_without_or_with_a_longer_deadline(
     try:
         async with channel(mesh.gateway_address) as target:
             unbounded, longer = await asyncio.gather(
-                timed(get_payment(target, "pay_missing", timeout=NO_DEADLINE)),
-                timed(get_payment(target, "pay_missing", timeout=30)),
+                timed(get_payment(target, "pay_missing", NO_DEADLINE, shopper.metadata)),
+                timed(get_payment(target, "pay_missing", 30, shopper.metadata)),
             )
     finally:
         await faults.clear(mesh, "payments")
@@ -90,7 +91,9 @@ async def test_route_timeout_bounds_calls_without_or_with_a_longer_deadline(
         assert outcome.detail == "downstream duration timeout", outcome
 
 
-async def test_shorter_client_grpc_timeout_is_honoured_by_envoy(mesh: RunningMesh) -> None:
+async def test_shorter_client_grpc_timeout_is_honoured_by_envoy(
+    mesh: RunningMesh, shopper: Shopper
+) -> None:
     """A JSON client sends `grpc-timeout: 300m` and keeps no deadline of its own: Envoy itself
     ends the call at 300 ms with DEADLINE_EXCEEDED instead of waiting out the slow users."""
     await faults.inject(mesh, "users", Fault.of(delay_ms=1500))
@@ -99,7 +102,7 @@ async def test_shorter_client_grpc_timeout_is_honoured_by_envoy(mesh: RunningMes
             mesh.gateway_address,
             "/shop.users.v1.UsersService/GetUser",
             {"user_id": "u_missing"},
-            {"grpc-timeout": "300m"},
+            {"grpc-timeout": "300m", **dict(shopper.metadata)},
         )
     finally:
         await faults.clear(mesh, "users")
@@ -116,15 +119,14 @@ async def test_shorter_client_grpc_timeout_is_honoured_by_envoy(mesh: RunningMes
 
 
 async def test_slow_payment_within_its_budget_still_confirms_the_checkout(
-    mesh: RunningMesh, mesh_clients: MeshClients
+    mesh: RunningMesh, mesh_clients: MeshClients, shopper: Shopper
 ) -> None:
     """Each charge takes 1.2 s, inside payments' 2 s per-try timeout: the checkout waits for
     it. The gateway's budget for PlaceOrder has to contain the saga's own calls; cutting
     each PlaceOrder attempt at the default 1 s made every such checkout fail."""
-    user = (await mesh_clients.create_user()).user_id
     await faults.inject(mesh, "payments", Fault.of(delay_ms=1200))
     try:
-        outcome = await checkout(mesh_clients, user)
+        outcome = await checkout(mesh_clients, shopper)
     finally:
         await faults.clear(mesh, "payments")
 

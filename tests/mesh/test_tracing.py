@@ -26,7 +26,7 @@ from shopmesh.local.mesh import COLLECTOR, RunningMesh
 from shopmesh.local.ports import free_ports
 from shopmesh.observe.traces import TraceReader, failed, grpc_status, is_attempt
 from tests.support.cli import shopmesh, shopmesh_command, shopmesh_ok
-from tests.support.clients import MeshClients, gateway_clients
+from tests.support.clients import MeshClients, Shopper, gateway_clients
 from tests.support.collector import running_collector
 from tests.support.grpcurl import Grpcurl
 from tests.support.mesh import running_mesh, short_temp_dir
@@ -63,16 +63,15 @@ HOSTILE_HEADERS = (
 )
 
 
-async def traced_checkout(clients: MeshClients) -> tuple[orders_pb2.Order, str]:
-    """A new user places one order; the order and the trace id the gateway returned."""
-    user = await clients.create_user()
+async def traced_checkout(clients: MeshClients, shopper: Shopper) -> tuple[orders_pb2.Order, str]:
+    """`shopper` places one order; the order and the trace id the gateway returned."""
     request = orders_pb2.PlaceOrderRequest(
         idempotency_key=f"order-{uuid.uuid4().hex}",
-        user_id=user.user_id,
+        user_id=shopper.user_id,
         items=[orders_pb2.OrderItem(sku="STICKER-01", quantity=1)],
         payment_token="tok_visa",
     )
-    call = clients.orders.PlaceOrder(request, timeout=CALL_TIMEOUT)
+    call = clients.orders.PlaceOrder(request, timeout=CALL_TIMEOUT, metadata=shopper.metadata)
     response = await call
     return response.order, trace_id_of(await call.initial_metadata())
 
@@ -82,12 +81,12 @@ def by_id(spans: list[SpanRecord]) -> dict[str, SpanRecord]:
 
 
 async def test_a_checkout_is_one_trace_with_every_hop(
-    traced_mesh: RunningMesh, traced_clients: MeshClients
+    traced_mesh: RunningMesh, traced_clients: MeshClients, traced_shopper: Shopper
 ) -> None:
     # Reflection first: its spans, if there were any, would be exported before the checkout's.
     listed = await Grpcurl(traced_mesh.gateway_address).run("orders", "list")
     assert "shop.orders.v1.OrdersService" in listed.stdout, listed.explain()
-    order, trace_id = await traced_checkout(traced_clients)
+    order, trace_id = await traced_checkout(traced_clients, traced_shopper)
     assert order.status == orders_pb2.ORDER_STATUS_CONFIRMED
     spans = await trace_of(
         traced_mesh, trace_id, CHECKOUT_SERVICES, (*SAGA_STEPS, "outbox deliver")
@@ -119,7 +118,7 @@ async def test_a_checkout_is_one_trace_with_every_hop(
 
 
 async def test_a_retried_call_shows_every_attempt(
-    traced_mesh: RunningMesh, traced_clients: MeshClients
+    traced_mesh: RunningMesh, traced_clients: MeshClients, traced_shopper: Shopper
 ) -> None:
     """With payments failing 30 % of calls, checkouts are placed (at most 30: all of them
     without a retry has odds of 0.7^30) until one needed a retry of Charge; its trace shows
@@ -128,7 +127,7 @@ async def test_a_retried_call_shows_every_attempt(
     await faults.inject(traced_mesh, "payments", Fault.of(abort_percent=30))
     try:
         for _ in range(30):
-            order, trace_id = await traced_checkout(traced_clients)
+            order, trace_id = await traced_checkout(traced_clients, traced_shopper)
             assert order.status == orders_pb2.ORDER_STATUS_CONFIRMED
             spans = await trace_of(traced_mesh, trace_id, CHECKOUT_SERVICES, SAGA_STEPS)
             egress = next(s for s in spans if s.service == "orders-sidecar" and s.name == charge)
@@ -152,11 +151,11 @@ async def test_a_retried_call_shows_every_attempt(
 
 
 async def test_every_hop_logs_the_trace_id(
-    traced_mesh: RunningMesh, traced_clients: MeshClients
+    traced_mesh: RunningMesh, traced_clients: MeshClients, traced_shopper: Shopper
 ) -> None:
     """Every Envoy's access log and every app's log has lines with the checkout's trace id,
     and the whole checkout shares one request id."""
-    _, trace_id = await traced_checkout(traced_clients)
+    _, trace_id = await traced_checkout(traced_clients, traced_shopper)
     await trace_of(traced_mesh, trace_id, CHECKOUT_SERVICES)
     paths = traced_mesh.paths
     services = {pod.service for pod in traced_mesh.pods.values()}
@@ -191,7 +190,7 @@ async def test_every_hop_logs_the_trace_id(
 
 
 async def test_an_outside_caller_cannot_join_a_trace(
-    traced_mesh: RunningMesh, traced_clients: MeshClients
+    traced_mesh: RunningMesh, traced_clients: MeshClients, traced_shopper: Shopper
 ) -> None:
     """Tracing headers from outside are dropped at the gateway: the call gets a fresh trace."""
     request = users_pb2.CreateUserRequest(
@@ -209,17 +208,15 @@ async def test_an_outside_caller_cannot_join_a_trace(
     assert root.service == "gateway"
 
     # Nor can it carry baggage in: what orders stores of a checkout's origin is its own.
-    user = await traced_clients.create_user()
     placed = orders_pb2.PlaceOrderRequest(
         idempotency_key=f"order-{uuid.uuid4().hex}",
-        user_id=user.user_id,
+        user_id=traced_shopper.user_id,
         items=[orders_pb2.OrderItem(sku="STICKER-01", quantity=1)],
         payment_token="tok_visa",
     )
+    hostile = (*HOSTILE_HEADERS, *traced_shopper.metadata)
     order = (
-        await traced_clients.orders.PlaceOrder(
-            placed, metadata=HOSTILE_HEADERS, timeout=CALL_TIMEOUT
-        )
+        await traced_clients.orders.PlaceOrder(placed, metadata=hostile, timeout=CALL_TIMEOUT)
     ).order
     with sqlite3.connect(traced_mesh.paths.database("orders")) as db:
         (stored,) = db.execute(
@@ -235,24 +232,25 @@ async def test_with_sampling_at_zero_nothing_is_traced() -> None:
     process has flushed on its way down."""
     async with running_mesh(sampling=0.0) as mesh:
         async with gateway_clients(mesh) as clients:
-            user = await clients.create_user()
-            order = await clients.place_order(user.user_id)
-            await clients.wait_for_notification(user.user_id, order.order_id)
-            request = users_pb2.GetUserRequest(user_id=user.user_id)
-            await clients.users.GetUser(request, metadata=HOSTILE_HEADERS, timeout=CALL_TIMEOUT)
+            shopper = await clients.create_user()
+            order = await clients.place_order(shopper)
+            await clients.wait_for_notification(shopper, order.order_id)
+            hostile = (*HOSTILE_HEADERS, *shopper.metadata)
+            request = users_pb2.GetUserRequest(user_id=shopper.user_id)
+            await clients.users.GetUser(request, metadata=hostile, timeout=CALL_TIMEOUT)
             missing = users_pb2.GetUserRequest(user_id="usr_missing")
             with pytest.raises(grpc.aio.AioRpcError):
-                await clients.users.GetUser(missing, metadata=HOSTILE_HEADERS, timeout=5)
+                await clients.users.GetUser(missing, metadata=hostile, timeout=5)
         await mesh.stop()
         assert mesh.paths.traces.exists(), "the collector did not run"
         assert reader(mesh).count() == 0
 
 
 async def test_the_trace_commands_show_a_checkout(
-    traced_mesh: RunningMesh, traced_clients: MeshClients
+    traced_mesh: RunningMesh, traced_clients: MeshClients, traced_shopper: Shopper
 ) -> None:
     """`shopmesh traces` lists it, and `shopmesh trace` (by id, --order, --last) draws it."""
-    order, trace_id = await traced_checkout(traced_clients)
+    order, trace_id = await traced_checkout(traced_clients, traced_shopper)
     await trace_of(traced_mesh, trace_id, CHECKOUT_SERVICES, (*SAGA_STEPS, "outbox deliver"))
     state = ("--state-dir", str(traced_mesh.state_dir))
 
@@ -272,7 +270,7 @@ async def test_the_trace_commands_show_a_checkout(
 
 
 async def test_tap_streams_the_calls_through_a_service(
-    traced_mesh: RunningMesh, traced_clients: MeshClients
+    traced_mesh: RunningMesh, traced_clients: MeshClients, traced_shopper: Shopper
 ) -> None:
     """`shopmesh tap payments --method Charge` prints each Charge payments served, with the
     caller's SPIFFE ID and the trace id, and ends after --max calls."""
@@ -296,7 +294,7 @@ async def test_tap_streams_the_calls_through_a_service(
         traces: list[str] = []
         # The tap starts at the end of the logs: keep checking out until it has seen two.
         while tap.returncode is None and len(traces) < 20:
-            traces.append((await traced_checkout(traced_clients))[1])
+            traces.append((await traced_checkout(traced_clients, traced_shopper))[1])
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(tap.wait(), 0.5)
         output, errors = await asyncio.wait_for(tap.communicate(), CALL_TIMEOUT)
@@ -334,7 +332,8 @@ async def test_spans_go_to_the_users_own_collector() -> None:
                 assert listed.returncode == 1
                 assert "--otlp-endpoint" in listed.stderr
                 async with gateway_clients(mesh) as clients:
-                    order, trace_id = await traced_checkout(clients)
+                    shopper = await clients.create_user()
+                    order, trace_id = await traced_checkout(clients, shopper)
 
                 async def arrived() -> bool:
                     services = {span.service for span in theirs.spans(trace_id)}

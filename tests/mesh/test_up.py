@@ -21,7 +21,7 @@ from shopmesh.local.errors import MeshError
 from shopmesh.local.mesh import COLLECTOR, LOGS, RunningMesh
 from shopmesh.local.status import mesh_status
 from shopmesh.topology import GATEWAY
-from tests.support.clients import MeshClients
+from tests.support.clients import MeshClients, Shopper
 from tests.support.mesh import running_mesh
 from tests.support.observe import upstream_health
 from tests.support.paths import TOPOLOGY
@@ -61,11 +61,11 @@ async def test_gateway_sees_every_replica_healthy(mesh: RunningMesh) -> None:
 async def test_checkout_through_the_gateway_is_confirmed_and_notified(
     mesh_clients: MeshClients,
 ) -> None:
-    user, order = await mesh_clients.checkout(items=[("STICKER-01", 2)])
+    shopper, order = await mesh_clients.checkout(items=[("STICKER-01", 2)])
 
     assert order.status == orders_pb2.ORDER_STATUS_CONFIRMED
     assert order.total.minor_units == 2 * 299
-    notification = await mesh_clients.wait_for_notification(user.user_id, order.order_id)
+    notification = await mesh_clients.wait_for_notification(shopper, order.order_id)
     assert notification.event_type == notifications_pb2.ORDER_EVENT_TYPE_CONFIRMED
 
 
@@ -106,7 +106,7 @@ async def test_fault_is_set_on_every_replica_and_cleared(mesh: RunningMesh) -> N
 
 
 async def test_injected_abort_fails_calls_until_cleared(
-    mesh: RunningMesh, mesh_clients: MeshClients
+    mesh: RunningMesh, mesh_clients: MeshClients, shopper: Shopper
 ) -> None:
     # payments has one replica, which outlier detection never ejects: once the fault is
     # cleared the very next call succeeds.
@@ -116,13 +116,13 @@ async def test_injected_abort_fails_calls_until_cleared(
             mesh, "payments", Fault.of(abort_percent=100, grpc_status="RESOURCE_EXHAUSTED")
         )
         with pytest.raises(aio.AioRpcError) as failure:
-            await mesh_clients.payments.GetPayment(request, timeout=10)
+            await mesh_clients.payments.GetPayment(request, timeout=10, metadata=shopper.metadata)
         assert failure.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     finally:
         await faults.clear(mesh, "payments")
 
     with pytest.raises(aio.AioRpcError) as answered:
-        await mesh_clients.payments.GetPayment(request, timeout=10)
+        await mesh_clients.payments.GetPayment(request, timeout=10, metadata=shopper.metadata)
     assert answered.value.code() == grpc.StatusCode.NOT_FOUND
 
 

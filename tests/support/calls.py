@@ -19,10 +19,11 @@ from shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from shop.orders.v1 import orders_pb2
 from shop.payments.v1 import payments_pb2, payments_pb2_grpc
 from shop.users.v1 import users_pb2, users_pb2_grpc
-from tests.support.clients import MeshClients
+from tests.support.clients import MeshClients, Shopper
 from tests.support.polling import CALL_TIMEOUT, eventually
 
 T = TypeVar("T")
+Metadata = tuple[tuple[str, str], ...]
 
 MALFORMED = b"\x0a\x05ab"
 """A request body no message type decodes: field 1, length-delimited, 5 bytes long, but only
@@ -69,11 +70,16 @@ def _raw(message: bytes) -> bytes:
 
 
 async def call_raw(
-    target: aio.Channel, path: str, message: bytes = b"", within: float = CALL_TIMEOUT
+    target: aio.Channel,
+    path: str,
+    message: bytes = b"",
+    within: float = CALL_TIMEOUT,
+    metadata: Metadata = (),
 ) -> Outcome:
-    """Call any gRPC path with an already serialized request (empty by default)."""
+    """Call any gRPC path with an already serialized request (empty by default); through the
+    gateway, a protected method needs a shopper's `metadata`."""
     method = target.unary_unary(path, request_serializer=_raw, response_deserializer=_raw)
-    return await timed(method(message, timeout=within))
+    return await timed(method(message, timeout=within, metadata=metadata))
 
 
 def method_path(method: MethodDescriptor) -> str:
@@ -86,22 +92,27 @@ async def _one(message: bytes) -> AsyncIterator[bytes]:
 
 
 async def call_raw_any(
-    target: aio.Channel, method: MethodDescriptor, message: bytes, within: float = CALL_TIMEOUT
+    target: aio.Channel,
+    method: MethodDescriptor,
+    message: bytes,
+    within: float = CALL_TIMEOUT,
+    metadata: Metadata = (),
 ) -> None:
-    """Call `method`, of whatever kind, with one already serialized request, reading every
-    response; raises AioRpcError when the call fails."""
+    """Call `method`, of whatever kind, with one already serialized request (and `metadata`),
+    reading every response; raises AioRpcError when the call fails."""
     path = method_path(method)
+    options: dict[str, Any] = {"timeout": within, "metadata": metadata}
     if method.client_streaming:
         stream = target.stream_stream(path, request_serializer=_raw, response_deserializer=_raw)
-        async for _ in stream(_one(message), timeout=within):
+        async for _ in stream(_one(message), **options):
             pass
     elif method.server_streaming:
         responses = target.unary_stream(path, request_serializer=_raw, response_deserializer=_raw)
-        async for _ in responses(message, timeout=within):
+        async for _ in responses(message, **options):
             pass
     else:
         await target.unary_unary(path, request_serializer=_raw, response_deserializer=_raw)(
-            message, timeout=within
+            message, **options
         )
 
 
@@ -173,14 +184,14 @@ def summary(outcomes: Iterable[Outcome]) -> dict[str, int]:
 
 
 async def checkout(
-    clients: MeshClients, user_id: str, key: str | None = None, within: float = CALL_TIMEOUT
+    clients: MeshClients, shopper: Shopper, key: str | None = None, within: float = CALL_TIMEOUT
 ) -> Outcome:
-    """One PlaceOrder through the gateway (one sticker, a card that charges), never retried
-    by the client; OK only if the order came back CONFIRMED (otherwise `detail` is the order
+    """One PlaceOrder through the gateway as `shopper` (one sticker, a card that charges), never
+    retried by the client; OK only if the order came back CONFIRMED (otherwise `detail` is the order
     status or the error's ErrorInfo reason)."""
     started = time.monotonic()
     try:
-        order = await clients.place_order(user_id, idempotency_key=key, within=within)
+        order = await clients.place_order(shopper, idempotency_key=key, within=within)
     except aio.AioRpcError as error:
         return failed(error, started)
     elapsed = time.monotonic() - started
@@ -199,16 +210,26 @@ def get_product(
 
 
 def get_payment(
-    target: aio.Channel, payment_id: str, timeout: float | None = CALL_TIMEOUT
+    target: aio.Channel,
+    payment_id: str,
+    timeout: float | None = CALL_TIMEOUT,
+    metadata: Metadata = (),
 ) -> Awaitable[Any]:
-    """PaymentsService.GetPayment(payment_id) (an awaitable call)."""
+    """PaymentsService.GetPayment(payment_id) (an awaitable call); through the gateway, as the
+    shopper whose `metadata` it sends."""
     stub = payments_pb2_grpc.PaymentsServiceStub(target)
-    return stub.GetPayment(payments_pb2.GetPaymentRequest(payment_id=payment_id), timeout=timeout)
+    request = payments_pb2.GetPaymentRequest(payment_id=payment_id)
+    return stub.GetPayment(request, timeout=timeout, metadata=metadata)
 
 
 def get_user(
-    target: aio.Channel, user_id: str, timeout: float | None = CALL_TIMEOUT
+    target: aio.Channel,
+    user_id: str,
+    timeout: float | None = CALL_TIMEOUT,
+    metadata: Metadata = (),
 ) -> Awaitable[Any]:
-    """UsersService.GetUser(user_id) (an awaitable call)."""
+    """UsersService.GetUser(user_id) (an awaitable call); through the gateway, as the shopper
+    whose `metadata` it sends."""
     stub = users_pb2_grpc.UsersServiceStub(target)
-    return stub.GetUser(users_pb2.GetUserRequest(user_id=user_id), timeout=timeout)
+    request = users_pb2.GetUserRequest(user_id=user_id)
+    return stub.GetUser(request, timeout=timeout, metadata=metadata)

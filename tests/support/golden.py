@@ -132,11 +132,11 @@ async def capture(mesh: RunningMesh) -> dict[str, Any]:
     """The traffic of the fixture between two raw samples; the fault stays on in the second."""
     client: dict[str, list[Outcome]] = collections.defaultdict(list)
     async with gateway_clients(mesh) as clients:
-        user = await clients.create_user()
+        shopper = await clients.create_user()
         before = await raw_sample(mesh)
         for token, count in (("tok_visa", CHECKOUTS), ("tok_chargeDeclined", DECLINED)):
             for _ in range(count):
-                order = clients.place_order(user.user_id, payment_token=token)
+                order = clients.place_order(shopper, payment_token=token)
                 client[f"PlaceOrder {token}"].append(await timed(order))
         for _ in range(PRODUCT_READS):
             client["GetProduct"].append(await timed(get_product(clients.channel)))
@@ -146,7 +146,7 @@ async def capture(mesh: RunningMesh) -> dict[str, Any]:
         await faults.inject(mesh, "payments", Fault.of(abort_percent=ABORT_PERCENT))
         try:
             for _ in range(FAULTY_CHECKOUTS):
-                client["PlaceOrder with fault"].append(await checkout(clients, user.user_id))
+                client["PlaceOrder with fault"].append(await checkout(clients, shopper))
             await histograms_merged(mesh)
             after = await raw_sample(mesh)
         finally:

@@ -4,9 +4,10 @@ files): its JSON output and exit status read back into values a test can check."
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,12 +78,14 @@ PLAINTEXT = ("-plaintext",)
 @dataclass(frozen=True)
 class Grpcurl:
     """The grpcurl binary aimed at the gateway; `authority` picks the service's virtual host,
-    which is what routes server reflection (envoy/README.md)."""
+    which is what routes server reflection (envoy/README.md). Every call sends `headers` (-H):
+    a signed-in shopper's `authorization: Bearer <token>` (`signed_in`)."""
 
     target: str
     transport: tuple[str, ...] = PLAINTEXT
     """How it connects: -plaintext, TLS trusting a CA (`-cacert CA`), or, empty, TLS trusting
     the system's CAs."""
+    headers: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def to(cls, gateway: GatewayTarget) -> Grpcurl:
@@ -91,6 +94,10 @@ class Grpcurl:
             return cls(gateway.address)
         return cls(gateway.address, ("-cacert", str(gateway.ca)))
 
+    def signed_in(self, metadata: Sequence[tuple[str, str]]) -> Grpcurl:
+        """The same grpcurl sending a shopper's metadata (its access token) with every call."""
+        return dataclasses.replace(self, headers=tuple(metadata))
+
     def command(
         self, authority: str | None, *args: str, max_time: float = CALL_TIMEOUT
     ) -> list[str]:
@@ -98,6 +105,8 @@ class Grpcurl:
         options = [*self.transport, "-format-error", "-max-time", f"{max_time:g}"]
         if authority is not None:
             options += ["-authority", authority]
+        for name, value in self.headers:
+            options += ["-H", f"{name}: {value}"]
         return [str(GRPCURL), *options, *args]
 
     async def run(

@@ -79,9 +79,21 @@ def test_bad_framings_break_the_grpc_length_prefix() -> None:
     assert FRAMINGS["two messages"](rng, message) == ((b"\0\0\0\0\x05" + message) * 2,)
 
 
+SIGNED_IN = (("authorization", "Bearer fuzz-shopper"),)
+
+
 def draw(seed: int, count: int) -> list[Case]:
     targets = catalog(load_topology(MESH_FILE), DESCRIPTOR_SET)
-    return draw_cases(random.Random(seed), targets, "127.0.0.1:1", count, list(FAMILIES))
+    return draw_cases(random.Random(seed), targets, "127.0.0.1:1", count, list(FAMILIES), SIGNED_IN)
+
+
+def test_most_cases_carry_the_shoppers_token_and_some_none_or_a_forged_one() -> None:
+    # Without the token the gateway refuses protected methods before reading their bodies.
+    callers = [dict(case.request.headers).get("authorization") for case in draw(7, 1000)]
+    signed_in = callers.count(SIGNED_IN[0][1])
+    assert 850 <= signed_in <= 950, signed_in
+    assert callers.count(None) > 20
+    assert sum(1 for c in callers if c not in (None, SIGNED_IN[0][1])) > 20
 
 
 def test_a_seed_draws_the_same_cases_and_every_family() -> None:

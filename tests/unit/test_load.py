@@ -10,8 +10,9 @@ import asyncio
 import dataclasses
 import json
 import selectors
+import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -24,6 +25,7 @@ from shop.inventory.v1 import inventory_pb2
 from shop.orders.v1 import orders_pb2
 from shop.users.v1 import users_pb2
 from shopmesh.cli import main
+from shopmesh.envoy.signin import bearer_metadata
 from shopmesh.gatewayclient import GatewayTarget
 from shopmesh.observe.load import LoadRun, LoadSettings, LoadSummary, quantile
 from shopmesh.observe.shoppers import LIMITED_SKU, MIX, PAYMENT_TOKENS, Stubs
@@ -33,6 +35,7 @@ CATALOG = {"BOTTLE-01": 75, "CAP-01": 40, "MUG-01": 100, LIMITED_SKU: 1, "STICKE
 DECLINED = {"tok_chargeDeclined", "tok_insufficientFunds"}
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
+Metadata = Sequence[tuple[str, str]] | None
 
 
 class _JumpingSelector(selectors.SelectSelector):
@@ -68,15 +71,29 @@ class FakeShop:
     """The gateway's RPCs the mix calls, as the stubs have them (a call returns an awaitable),
     answering like the shop would after `latency(method)` seconds (unknown users, orders not
     confirmed, a sold-out poster and declined cards included), DEADLINE_EXCEEDED past the
-    call's timeout, or the status `fail(method)` gives. It logs every call as it starts."""
+    call's timeout, or the status `fail(method)` gives. It logs every call as it starts.
+
+    It signs accounts in as the gateway and users would: orders' methods need the access token
+    of a session SignIn or RenewToken issued, unexpired (`token_lifetime` seconds of the loop's
+    clock), and answer only for its user's own orders; a refresh token works once."""
 
     def __init__(
         self,
         latency: Callable[[str], float] = lambda method: 0.001,
         fail: Callable[[str], grpc.StatusCode | None] = lambda method: None,
+        token_lifetime: float = 900.0,
     ) -> None:
         self.latency = latency
         self.fail = fail
+        self.token_lifetime = token_lifetime
+        self.accounts: dict[str, tuple[str, str]] = {}
+        """email -> (password, user id)"""
+        self.access: dict[str, tuple[str, float]] = {}
+        """access token -> (user id, when it expires on the loop's clock)"""
+        self.refresh: dict[str, str] = {}
+        """unused refresh token -> user id"""
+        self.owners: dict[str, str] = {}
+        """order id -> user id"""
         self.calls: list[tuple[float, str, Any]] = []
         self.deadlines: list[float | None] = []
         self.on_call: Callable[[int], None] = lambda count: None
@@ -127,27 +144,102 @@ class FakeShop:
     ) -> Awaitable[users_pb2.CreateUserResponse]:
         return self._call("users.CreateUser", request, timeout, self._create_user)
 
+    def SignIn(
+        self, request: users_pb2.SignInRequest, *, timeout: float | None = None
+    ) -> Awaitable[users_pb2.SignInResponse]:
+        return self._call("users.SignIn", request, timeout, self._sign_in)
+
+    def RenewToken(
+        self, request: users_pb2.RenewTokenRequest, *, timeout: float | None = None
+    ) -> Awaitable[users_pb2.RenewTokenResponse]:
+        return self._call("users.RenewToken", request, timeout, self._renew_token)
+
     def PlaceOrder(
-        self, request: orders_pb2.PlaceOrderRequest, *, timeout: float | None = None
+        self,
+        request: orders_pb2.PlaceOrderRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = None,
     ) -> Awaitable[orders_pb2.PlaceOrderResponse]:
-        return self._call("orders.PlaceOrder", request, timeout, self._place_order)
-
-    def GetOrder(
-        self, request: orders_pb2.GetOrderRequest, *, timeout: float | None = None
-    ) -> Awaitable[orders_pb2.GetOrderResponse]:
-        return self._call("orders.GetOrder", request, timeout, self._get_order)
-
-    def ListOrders(
-        self, request: orders_pb2.ListOrdersRequest, *, timeout: float | None = None
-    ) -> Awaitable[orders_pb2.ListOrdersResponse]:
         return self._call(
-            "orders.ListOrders", request, timeout, lambda _: orders_pb2.ListOrdersResponse()
+            "orders.PlaceOrder",
+            request,
+            timeout,
+            lambda r: self._place_order(r, self._caller(metadata, r.user_id)),
         )
 
+    def GetOrder(
+        self,
+        request: orders_pb2.GetOrderRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = None,
+    ) -> Awaitable[orders_pb2.GetOrderResponse]:
+        return self._call(
+            "orders.GetOrder", request, timeout, lambda r: self._get_order(r, metadata)
+        )
+
+    def ListOrders(
+        self,
+        request: orders_pb2.ListOrdersRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = None,
+    ) -> Awaitable[orders_pb2.ListOrdersResponse]:
+        def answer(request: orders_pb2.ListOrdersRequest) -> orders_pb2.ListOrdersResponse:
+            self._caller(metadata, request.user_id)
+            return orders_pb2.ListOrdersResponse()
+
+        return self._call("orders.ListOrders", request, timeout, answer)
+
     def CancelOrder(
-        self, request: orders_pb2.CancelOrderRequest, *, timeout: float | None = None
+        self,
+        request: orders_pb2.CancelOrderRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = None,
     ) -> Awaitable[orders_pb2.CancelOrderResponse]:
-        return self._call("orders.CancelOrder", request, timeout, self._cancel_order)
+        return self._call(
+            "orders.CancelOrder", request, timeout, lambda r: self._cancel_order(r, metadata)
+        )
+
+    def _caller(self, metadata: Metadata, user_id: str | None = None) -> str:
+        """The signed-in caller of `metadata` (UNAUTHENTICATED without a valid token), who
+        must be `user_id` if one is given (PERMISSION_DENIED)."""
+        tokens = [
+            token
+            for token, (_, expires) in self.access.items()
+            if tuple(metadata or ()) == bearer_metadata(token) and now() < expires
+        ]
+        if not tokens:
+            raise self.refuse(grpc.StatusCode.UNAUTHENTICATED)
+        caller = self.access[tokens[0]][0]
+        if user_id is not None and user_id != caller:
+            raise self.refuse(grpc.StatusCode.PERMISSION_DENIED)
+        return caller
+
+    def _session(self, user_id: str) -> users_pb2.Session:
+        serial = len(self.access)
+        access, refresh = f"access-{serial}", f"refresh-{serial}"
+        self.access[access] = (user_id, now() + self.token_lifetime)
+        self.refresh[refresh] = user_id
+        session = users_pb2.Session(access_token=access, refresh_token=refresh, user_id=user_id)
+        session.access_token_expire_time.FromMicroseconds(
+            int((time.time() + self.token_lifetime) * 1e6)
+        )
+        return session
+
+    def _sign_in(self, request: users_pb2.SignInRequest) -> users_pb2.SignInResponse:
+        password, user_id = self.accounts.get(request.email, ("", ""))
+        if not password or password != request.password:
+            raise self.refuse(grpc.StatusCode.UNAUTHENTICATED)
+        return users_pb2.SignInResponse(session=self._session(user_id))
+
+    def _renew_token(self, request: users_pb2.RenewTokenRequest) -> users_pb2.RenewTokenResponse:
+        user_id = self.refresh.pop(request.refresh_token, "")
+        if not user_id:
+            raise self.refuse(grpc.StatusCode.UNAUTHENTICATED)
+        return users_pb2.RenewTokenResponse(session=self._session(user_id))
 
     def _products(
         self, request: inventory_pb2.ListProductsRequest
@@ -172,10 +264,14 @@ class FakeShop:
         self.emails.add(request.email)
         user = users_pb2.User(user_id=f"usr_{request.request_id}", email=request.email)
         self.users.add(user.user_id)
+        self.accounts[request.email] = (request.password, user.user_id)
         return users_pb2.CreateUserResponse(user=user)
 
-    def _place_order(self, request: orders_pb2.PlaceOrderRequest) -> orders_pb2.PlaceOrderResponse:
+    def _place_order(
+        self, request: orders_pb2.PlaceOrderRequest, caller: str
+    ) -> orders_pb2.PlaceOrderResponse:
         order = orders_pb2.Order(order_id=f"ord_{request.idempotency_key}")
+        self.owners[order.order_id] = caller
         poster = any(item.sku == LIMITED_SKU for item in request.items)
         if request.user_id not in self.users:
             order.rejection_reason = "USER_NOT_FOUND"
@@ -193,14 +289,18 @@ class FakeShop:
         self.orders[order.order_id] = order.status
         return orders_pb2.PlaceOrderResponse(order=order)
 
-    def _get_order(self, request: orders_pb2.GetOrderRequest) -> orders_pb2.GetOrderResponse:
-        if request.order_id not in self.orders:
+    def _get_order(
+        self, request: orders_pb2.GetOrderRequest, metadata: Metadata
+    ) -> orders_pb2.GetOrderResponse:
+        if self.owners.get(request.order_id) != self._caller(metadata):
             raise self.refuse(grpc.StatusCode.NOT_FOUND)
         return orders_pb2.GetOrderResponse(order=orders_pb2.Order(order_id=request.order_id))
 
     def _cancel_order(
-        self, request: orders_pb2.CancelOrderRequest
+        self, request: orders_pb2.CancelOrderRequest, metadata: Metadata
     ) -> orders_pb2.CancelOrderResponse:
+        if self.owners.get(request.order_id) != self._caller(metadata):
+            raise self.refuse(grpc.StatusCode.NOT_FOUND)
         if self.orders.get(request.order_id) != orders_pb2.ORDER_STATUS_CONFIRMED:
             raise self.refuse(grpc.StatusCode.FAILED_PRECONDITION)
         self.orders[request.order_id] = orders_pb2.ORDER_STATUS_CANCELLED
@@ -366,7 +466,7 @@ def test_every_call_uses_only_what_the_shoppers_learnt() -> None:
     # of orders that are not confirmed (or already cancelled), a reused email.
     shop = FakeShop(latency=lambda method: 0.05)
 
-    summary = run_virtual(load_run(shop, rate=50, duration=8.0, seed=7))
+    summary = run_virtual(load_run(shop, rate=50, duration=8.0, seed=8))
 
     assert {code for rpc in summary.rpcs for code in rpc.codes} == {"OK"}
     outcomes = {outcome for o in summary.checkouts.values() for outcome in o}
@@ -374,6 +474,30 @@ def test_every_call_uses_only_what_the_shoppers_learnt() -> None:
     assert by_method(summary)["orders.CancelOrder"].count > 0
     tokens = Counter(r.payment_token for _, m, r in shop.calls if m == "orders.PlaceOrder")
     assert tokens["tok_visa"] > tokens["tok_mastercard"] > tokens["tok_chargeDeclined"]
+
+
+def test_shoppers_sign_in_before_their_calls_and_send_their_own_token() -> None:
+    shop = FakeShop(latency=lambda method: 0.05)
+
+    summary = run_virtual(load_run(shop, rate=50, duration=8.0, seed=11))
+
+    # The fake refuses orders' calls without a valid token of the right user.
+    assert {code for rpc in summary.rpcs for code in rpc.codes} == {"OK"}
+    methods = shop.methods()
+    assert methods.index("users.SignIn") < methods.index("orders.PlaceOrder")
+    assert by_method(summary)["users.RenewToken"].count > 0
+
+
+def test_a_run_longer_than_a_token_lives_renews_the_tokens_in_time() -> None:
+    # Tokens of 65 s, renewed 60 s before they expire, in a ten-minute run: shoppers stay in
+    # the pool longer than that (without the renewals, UNAUTHENTICATED after 65 s).
+    shop = FakeShop(latency=lambda method: 0.05, token_lifetime=65.0)
+
+    summary = run_virtual(load_run(shop, rate=5, duration=600.0, seed=12))
+
+    assert {code for rpc in summary.rpcs for code in rpc.codes} == {"OK"}
+    late_orders = [started for started, method, _ in shop.calls if method == "orders.PlaceOrder"]
+    assert max(late_orders) > 500
 
 
 def test_a_snapshot_during_the_run_is_live_and_json_friendly() -> None:

@@ -61,7 +61,7 @@ def test_a_new_key_directory_is_private_and_publishes_one_key(tmp_path: Path) ->
     assert modes == {
         "keys": "0o700",
         "signing-keys.json": "0o600",
-        "jwks.json": "0o644",
+        "jwks.json": "0o600",
         ".lock": "0o600",
     }
     published = json.loads(keys.jwks_file.read_text())["keys"]
