@@ -341,6 +341,9 @@ def test_gateway_offers_reflection_and_health_per_service_virtual_host(local: Re
     paths = gateway_paths(local.configs["gateway.yaml"], "users")
     assert paths == {
         "/shop.users.v1.UsersService/CreateUser",
+        "/shop.users.v1.UsersService/SignIn",
+        "/shop.users.v1.UsersService/RenewToken",
+        "/shop.users.v1.UsersService/GetJwks",
         "/shop.users.v1.UsersService/GetUser",
         "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
         "/grpc.health.v1.Health/Check",
@@ -399,8 +402,10 @@ def test_grpc_stats_counts_what_passed_the_refusals_and_includes_injected_faults
         "envoy.filters.http.router",
     ]
     assert filter_names(local.configs["gateway.yaml"], "ingress") == [
+        "envoy.filters.http.header_mutation.caller",
         "envoy.filters.http.local_ratelimit.per_client",
         "envoy.filters.http.local_ratelimit",
+        "envoy.filters.http.jwt_authn",
         "envoy.filters.http.buffer",
         "envoy.filters.http.lua",
         "envoy.filters.http.grpc_json_transcoder",

@@ -19,7 +19,6 @@ from typing import Any, TypedDict
 import grpc
 import jwt
 import pytest
-import pytest_asyncio
 from cryptography.hazmat.primitives.asymmetric import ec
 from grpc import aio
 
@@ -94,12 +93,6 @@ async def list_orders(
         request, timeout=CALL_TIMEOUT, metadata=metadata
     )
     return response
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def shopper(mesh: RunningMesh) -> Shopper:
-    async with gateway_clients(mesh) as clients:
-        return await clients.create_user()
 
 
 def bad_tokens(mesh: RunningMesh, user_id: str) -> dict[str, tuple[str | None, str]]:
