@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A checkout through the kind cluster's gateway with grpcurl (server reflection, no proto files):
-# create a user, place an order for a mug paid with a test card, and check it is CONFIRMED.
+# sign up, sign in, place an order for a mug paid with a test card, and check it is CONFIRMED.
 # Usage: scripts/kind-smoke.sh   (make kind-smoke, after make kind-up)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,18 +28,24 @@ trap 'rm -f "$reply"' EXIT
 
 echo "==> CreateUser through $GATEWAY"
 "$GRPCURL" -plaintext -authority users \
-    -d "{\"request_id\": \"$run_id\", \"email\": \"$run_id@example.com\", \"display_name\": \"Smoke\"}" \
+    -d "{\"request_id\": \"$run_id\", \"email\": \"$run_id@example.com\", \"display_name\": \"Smoke\", \"password\": \"$run_id\"}" \
     "$GATEWAY" shop.users.v1.UsersService/CreateUser >"$reply" ||
     die "CreateUser through the gateway at $GATEWAY failed: is the cluster up (make kind-up)?"
 user_id="$(field "$reply" user user_id)"
 echo "    user $user_id"
+
+echo "==> SignIn"
+"$GRPCURL" -plaintext -authority users \
+    -d "{\"email\": \"$run_id@example.com\", \"password\": \"$run_id\"}" \
+    "$GATEWAY" shop.users.v1.UsersService/SignIn >"$reply" || die "SignIn failed"
+token="$(field "$reply" session access_token)"
 
 echo "==> PlaceOrder"
 order="{\"idempotency_key\": \"$run_id\", \"user_id\": \"$user_id\", \
 \"items\": [{\"sku\": \"MUG-01\", \"quantity\": 1}], \"payment_token\": \"tok_visa\"}"
 # A dependency still starting answers UNAVAILABLE (ORDER_PENDING); the same key is safe to retry.
 for attempt in 1 2 3 4 5; do
-    if "$GRPCURL" -plaintext -authority orders -max-time 15 -d "$order" \
+    if "$GRPCURL" -plaintext -authority orders -max-time 15 -H "authorization: Bearer $token" -d "$order" \
         "$GATEWAY" shop.orders.v1.OrdersService/PlaceOrder >"$reply"; then
         break
     fi

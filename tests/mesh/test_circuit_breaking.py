@@ -22,6 +22,7 @@ import pytest
 from shopmesh.envoy.faults import Fault
 from shopmesh.local import faults
 from shopmesh.local.mesh import RunningMesh
+from tests.support.callers import as_user
 from tests.support.calls import Outcome, bounded, get_payment, get_product, summary, timed
 from tests.support.clients import channel, egress
 from tests.support.observe import stats_of
@@ -33,6 +34,8 @@ DELAY_MS = 1000
 FAST = 0.5
 """Seconds within which a call that is not delayed (or fails fast) must end."""
 PRODUCT_CALLS = 20
+SHOPPER = as_user("usr_0123456789abcdef0123456789abcdef")
+"""The caller orders names when it calls on a shopper's behalf."""
 
 
 async def test_excess_calls_to_a_slow_upstream_fail_fast_while_others_stay_healthy(
@@ -43,13 +46,15 @@ async def test_excess_calls_to_a_slow_upstream_fail_fast_while_others_stay_healt
     async with channel(egress(mesh, "orders-0")) as target:
         # One call first, so the sidecar's connection to payments exists: without it every
         # call would queue for the connection and max_pending_requests would trip instead.
-        warm_up = await timed(get_payment(target, "pay_missing"))
+        warm_up = await timed(get_payment(target, "pay_missing", metadata=SHOPPER))
         assert warm_up.code is grpc.StatusCode.NOT_FOUND, warm_up
         orders = await stats_of(mesh, "orders-0")
         await faults.inject(mesh, "payments", Fault.of(delay_ms=DELAY_MS))
         try:
             payments_calls = [
-                asyncio.create_task(timed(get_payment(target, f"pay_missing_{index}")))
+                asyncio.create_task(
+                    timed(get_payment(target, f"pay_missing_{index}", metadata=SHOPPER))
+                )
                 for index in range(limit + EXCESS)
             ]
             # While payments is saturated: inventory, behind the same sidecar, answers at once.

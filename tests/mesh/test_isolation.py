@@ -32,6 +32,7 @@ from shopmesh.envoy.render import render_all
 from shopmesh.k8s.layout import KubernetesLayout
 from shopmesh.local.mesh import RunningMesh
 from shopmesh.local.process import ManagedProcess
+from tests.support.callers import as_user
 from tests.support.calls import call_raw, get_payment, get_product, get_user, timed
 from tests.support.clients import MeshClients, channel, egress
 from tests.support.observe import access_log, stats_of
@@ -43,6 +44,8 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 LOOPBACK = "127.0.0.1"
 USERS = "/shop.users.v1.UsersService"
 UNKNOWN_SERVICE = "/shop.shipping.v1.ShippingService/Ship"
+SHOPPER = as_user("usr_0123456789abcdef0123456789abcdef")
+"""The caller orders names when it calls on a shopper's behalf."""
 
 
 def pid(process: ManagedProcess | None) -> int:
@@ -133,8 +136,9 @@ async def test_egress_routes_by_grpc_service_name(mesh: RunningMesh) -> None:
     orders = await stats_of(mesh, "orders-0")
     inventory = await stats_of(mesh, "inventory-0")
     async with channel(egress(mesh, "orders-0")) as target:
-        # Upstreams of orders reach their apps: users answers for itself, with its own reason.
-        missing_user = await timed(get_user(target, "u_missing"))
+        # Upstreams of orders reach their apps: users answers for itself, with its own reason
+        # (as orders calls it, for a shopper).
+        missing_user = await timed(get_user(target, "u_missing", metadata=SHOPPER))
         product = await timed(get_product(target))
         # A method of an upstream that orders is not granted: routed, then refused by users.
         create_user = await timed(
