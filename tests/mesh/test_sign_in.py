@@ -9,7 +9,9 @@ with a key the JWKS does not list, and unsigned (`alg: none`)."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import http.client
 import json
 import time
 import uuid
@@ -25,6 +27,7 @@ from grpc import aio
 from services.common.caller import CALLER_HEADER
 from services.users.keys import KeyDirectory
 from services.users.sessions import SIGN_IN_THROTTLED
+from services.users.throttle import DEFAULT_LIMITS
 from services.users.tokens import ACCESS_TOKEN_LIFETIME, ALGORITHM, AUDIENCE, ISSUER
 from shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from shop.notifications.v1 import notifications_pb2
@@ -35,7 +38,7 @@ from shopmesh.envoy.signin import bearer_metadata
 from shopmesh.local import signing
 from shopmesh.local.mesh import RunningMesh
 from tests.support.callers import refusal
-from tests.support.clients import MeshClients, Shopper, gateway_clients
+from tests.support.clients import PASSWORD, MeshClients, Shopper, gateway_clients
 from tests.support.errors import expect_error_info
 from tests.support.http import post_json
 from tests.support.observe import access_log
@@ -44,6 +47,7 @@ from tests.support.polling import CALL_TIMEOUT, eventually
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 LIST_ORDERS = "/shop.orders.v1.OrdersService/ListOrders"
+SIGN_IN = "/shop.users.v1.UsersService/SignIn"
 
 
 def claims(user_id: str, **changes: Any) -> dict[str, Any]:
@@ -295,6 +299,46 @@ async def test_repeated_wrong_passwords_slow_sign_in_down(
         await mesh_clients.sign_in(shopper.user.email)
     info = expect_error_info(caught.value, grpc.StatusCode.RESOURCE_EXHAUSTED)
     assert info.reason == SIGN_IN_THROTTLED, info
+
+
+def sign_in_from(mesh: RunningMesh, source: str, email: str, password: str) -> tuple[int, Any]:
+    """SignIn over JSON from the loopback address `source`: the HTTP status and the body."""
+    host, port = mesh.gateway_address.rsplit(":", 1)
+    connection = http.client.HTTPConnection(
+        host, int(port), timeout=CALL_TIMEOUT, source_address=(source, 0)
+    )
+    try:
+        body = json.dumps({"email": email, "password": password})
+        connection.request("POST", SIGN_IN, body, {"content-type": "application/json"})
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        connection.close()
+
+
+async def test_wrong_passwords_from_one_address_slow_down_every_account_it_tries(
+    mesh: RunningMesh, mesh_clients: MeshClients
+) -> None:
+    shopper = await mesh_clients.create_user()  # its account has no failures of its own
+    # users sees the caller's own address through the gateway (x-envoy-external-address), so
+    # guesses spread over many accounts from one address are throttled too; from another
+    # loopback address, so that the rest of the module can sign in.
+    source = "127.0.0.2"
+    statuses = []
+    for attempt in range(DEFAULT_LIMITS.address.free_failures + 1):
+        email = f"guess-{attempt}-{uuid.uuid4().hex[:8]}@example.com"
+        status, _ = await asyncio.to_thread(sign_in_from, mesh, source, email, "a guess!")
+        statuses.append(status)
+    assert statuses[0] == 401
+    status, body = await asyncio.to_thread(sign_in_from, mesh, source, shopper.user.email, PASSWORD)
+    assert (status, [d["reason"] for d in body["details"] if "reason" in d]) == (
+        429,
+        [SIGN_IN_THROTTLED],
+    ), statuses
+    # Another address is not held back by this one's failures.
+    assert (await asyncio.to_thread(sign_in_from, mesh, "127.0.0.3", shopper.user.email, PASSWORD))[
+        0
+    ] == 200
 
 
 async def test_a_token_of_the_previous_key_works_after_a_rotation(

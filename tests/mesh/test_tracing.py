@@ -336,8 +336,11 @@ async def test_spans_go_to_the_users_own_collector() -> None:
                     order, trace_id = await traced_checkout(clients, shopper)
 
                 async def arrived() -> bool:
+                    # Every service's spans, and the one naming the order (spans arrive in
+                    # batches, each process on its own schedule).
                     services = {span.service for span in theirs.spans(trace_id)}
-                    return set(CHECKOUT_SERVICES) <= services
+                    found = theirs.of_order(order.order_id)
+                    return set(CHECKOUT_SERVICES) <= services and found is not None
 
                 await eventually(arrived, TRACE_DEADLINE, "the spans at the user's collector")
                 assert theirs.of_order(order.order_id) == trace_id
