@@ -80,7 +80,7 @@ system-deps: ## Install the Debian packages the tests use (shellcheck, curl, pro
 	fi
 
 test: $(GEN_STAMP) $(DEV_STAMP) system-deps ## Run every test (unit, integration, contract, mesh, k8s)
-	$(BIN)/pytest
+	$(BIN)/pytest --durations=25
 
 unit: $(GEN_STAMP) $(DEV_STAMP) ## Run the unit tests only
 	$(BIN)/pytest tests/unit
