@@ -138,12 +138,13 @@ restart: $(GEN_STAMP) ## Start a stopped pod again: make restart NAME=inventory-
 	@test -n "$(NAME)" || { echo "usage: make restart NAME=<pod>|gateway"; exit 2; }
 	$(SHOPMESH) restart --state-dir $(STATE_DIR) $(NAME)
 
-lint: $(GEN_STAMP) $(TS_STAMP) $(DEV_STAMP) ## buf lint + format check, ruff, mypy --strict
+lint: $(GEN_STAMP) $(TS_STAMP) $(DEV_STAMP) ## buf lint + format check, ruff, mypy --strict, tsc (TypeScript)
 	$(BIN)/buf lint
 	$(BIN)/buf format --diff --exit-code
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(WITH_NODE) node_modules/.bin/tsc -p clients/node
 
 fmt: $(DEV_STAMP) ## Format protos and Python in place
 	$(BIN)/buf format --write
