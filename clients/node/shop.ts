@@ -149,10 +149,11 @@ async function visit(argv: string[]): Promise<void> {
     // Watch first: every notification created after the stream's headers arrive is delivered.
     // Its deadline covers placing the order and the wait for its notification.
     const timeoutMs = CALL_TIMEOUT_MS + options.wait * 1000;
-    watch = new Watch((signal, onHeader) =>
+    const watching = new Watch((signal, onHeader) =>
       notifications.watchNotifications({}, { signal, onHeader, timeoutMs }),
     );
-    await step("WatchNotifications", () => watch!.subscribed);
+    watch = watching;
+    await step("WatchNotifications", () => watching.subscribed);
     console.log("watching notifications");
 
     const { order } = await step("PlaceOrder", () =>
@@ -170,7 +171,7 @@ async function visit(argv: string[]): Promise<void> {
     console.log(`order ${order.orderId} ${status}${outcome}, total ${money(order.total)}`);
 
     const notification = await step("WatchNotifications", () =>
-      watch!.notificationFor(order.orderId, options.wait * 1000),
+      watching.notificationFor(order.orderId, options.wait * 1000),
     );
     console.log(`notification ${show(notification)}`);
   } finally {
