@@ -1,7 +1,8 @@
 """The exposed API as descriptors: the contracts' descriptor set with every service and method
 that `gateway.exposes` leaves out removed, and its source info (the comments) renumbered so
-that every comment still belongs to the element it was written for. Messages stay whole: a
-type may be shared by exposed and unexposed methods, and a type calls nothing."""
+that every comment still belongs to the element it was written for. Messages stay whole (a
+type may be shared by exposed and unexposed methods, and a type calls nothing), but for their
+fields' JSON names (_drop_json_names)."""
 
 from __future__ import annotations
 
@@ -73,6 +74,8 @@ def exposed_file(
             if method.name in methods:
                 new_method[s, m] = len(copy.method)
                 copy.method.add().CopyFrom(method)
+    for message in kept.message_type:
+        _drop_json_names(message)
     del kept.source_code_info.location[:]
     for location in file.source_code_info.location:
         path = list(location.path)
@@ -89,6 +92,16 @@ def exposed_file(
         copy_location.CopyFrom(location)
         copy_location.path[:] = path
     return kept
+
+
+def _drop_json_names(message: descriptor_pb2.DescriptorProto) -> None:
+    """Leave each field's JSON name to the client, as the apps' own reflection (grpcio's) does:
+    grpcurl prints the JSON names it is given, so with protoc's `displayName` its output would
+    change from `display_name` under the scripts that read it (`session.access_token`)."""
+    for field in message.field:
+        field.ClearField("json_name")
+    for nested in message.nested_type:
+        _drop_json_names(nested)
 
 
 def exposed_api(

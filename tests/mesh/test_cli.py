@@ -101,7 +101,7 @@ def test_up_status_down(state_dir: Path) -> None:
     assert started.returncode == 0, started.stderr
     assert "mesh up in" in started.stdout
     gateway = gateway_port(state_dir)
-    assert f"-authority users 127.0.0.1:{gateway} list" in started.stdout
+    assert f"-plaintext 127.0.0.1:{gateway} list" in started.stdout
     assert f"http://127.0.0.1:{gateway}/shop.orders.v1.OrdersService/ListOrders" in started.stdout
     pids = recorded_pids(state_dir)
     assert all(running(pid) for pid in pids)
