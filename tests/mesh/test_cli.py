@@ -112,6 +112,10 @@ def test_up_status_down(state_dir: Path) -> None:
     assert "SERVING" in status.stdout
     assert "dashboard" in status.stdout
     assert "serving" in status.stdout
+    # The gateway's reflection service: its own process, SERVING on its socket.
+    assert [
+        line for line in status.stdout.splitlines() if "reflection" in line and "SERVING" in line
+    ]
 
     again = shopmesh("up", "--state-dir", str(state_dir), *FREE_PORTS)
     assert again.returncode == 1
