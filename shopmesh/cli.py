@@ -205,15 +205,15 @@ def connection_help(target: GatewayTarget, state_dir: Path) -> str:
     return "\n".join(
         [
             "",
-            "gRPC with server reflection (no proto files): -authority picks the service",
-            f"  {g} -authority users {gateway} list",
-            f"  {g} -authority orders {gateway} describe shop.orders.v1.OrdersService",
-            f"  {g} -authority users -d {shlex.quote(user)} \\\n"
+            "gRPC with server reflection (no proto files):",
+            f"  {g} {gateway} list",
+            f"  {g} {gateway} describe shop.orders.v1.OrdersService",
+            f"  {g} -d {shlex.quote(user)} \\\n"
             f"      {gateway} shop.users.v1.UsersService/CreateUser",
             "Sign in; every call but browsing, sign-up and sign-in sends the access token:",
-            f"  TOKEN=$({g} -authority users -d {shlex.quote(json.dumps(credentials))} \\\n"
+            f"  TOKEN=$({g} -d {shlex.quote(json.dumps(credentials))} \\\n"
             f"      {gateway} shop.users.v1.UsersService/SignIn | {token})",
-            f'  {g} -authority orders -H "authorization: Bearer $TOKEN" \\\n'
+            f'  {g} -H "authorization: Bearer $TOKEN" \\\n'
             f"      -d {shlex.quote(order)} \\\n"
             f"      {gateway} shop.orders.v1.OrdersService/PlaceOrder",
             "",

@@ -10,6 +10,7 @@ everything lives under one state directory (`StateDir`, default ./var):
     run/<pod>/egress.sock        the sidecar's egress listener (the app's only way out)
     run/<process>.pid            one pidfile per process
     run/collector.sock           the trace collector's OTLP/gRPC socket
+    run/reflection.sock          the gateway's reflection service (shopmesh.reflection)
     admin/<envoy>.sock           each Envoy's admin endpoint; the directory is 0700
     log/<process>.log            app and Envoy output; log/<pod>.access.log, gateway.access.log:
                                  the JSON access logs
@@ -121,6 +122,8 @@ class Layout(Protocol):
     def edge_certificate(self) -> EdgeCertificate | None: ...  # None: a plaintext gateway
     def gateway_health(self) -> Endpoint: ...
     def descriptor_set(self) -> Path: ...
+    # Where the gateway's reflection service listens (shopmesh.reflection).
+    def reflection_socket(self) -> Path: ...
     def database(self, service: str) -> Path: ...
     # The keys that sign access tokens (read by the sign-in issuer's app), and the JWKS that
     # publishes them (read by the gateway).
@@ -202,6 +205,11 @@ class StateDir:
     def collector_socket(self) -> Path:
         """Where the mesh's trace collector receives OTLP/gRPC."""
         return self.run / "collector.sock"
+
+    @property
+    def reflection_socket(self) -> Path:
+        """Where the gateway's reflection service listens (shopmesh.reflection)."""
+        return self.run / "reflection.sock"
 
     @property
     def traces(self) -> Path:
@@ -296,7 +304,7 @@ class LocalLayout:
         longest = max(
             [self.state.egress_socket(pod.name) for pod in self.pods()]
             + [self.state.admin_socket(envoy) for envoy in [*self.ports, GATEWAY]]
-            + [self.state.collector_socket],
+            + [self.state.collector_socket, self.state.reflection_socket],
             key=lambda path: len(str(path).encode()),
         )
         if len(str(longest).encode()) > MAX_SOCKET_PATH:
@@ -355,6 +363,9 @@ class LocalLayout:
 
     def descriptor_set(self) -> Path:
         return self.descriptor
+
+    def reflection_socket(self) -> Path:
+        return self.state.reflection_socket
 
     def database(self, service: str) -> Path:
         return self.state.database(service)

@@ -251,19 +251,26 @@ def metrics_listener(layout: Layout, envoy: str) -> Json:
     )
 
 
-def admin_cluster(layout: Layout, envoy: str) -> Json:
-    """This Envoy's own admin endpoint, as a cluster the metrics listener routes to."""
-    return {
-        "name": ADMIN,
+def socket_cluster(name: str, path: Path, connect_timeout: timedelta, http2: bool = False) -> Json:
+    """A cluster of one process beside this Envoy, listening on the Unix socket `path`
+    (speaking HTTP/2, for gRPC, with `http2`)."""
+    cluster: Json = {
+        "name": name,
         "type": "STATIC",
-        "connect_timeout": "1s",
+        "connect_timeout": duration(connect_timeout),
         "load_assignment": {
-            "cluster_name": ADMIN,
-            "endpoints": [
-                {"lb_endpoints": [{"endpoint": {"address": unix(layout.admin_socket(envoy))}}]}
-            ],
+            "cluster_name": name,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": unix(path)}}]}],
         },
     }
+    if http2:
+        cluster["typed_extension_protocol_options"] = http2_options()
+    return cluster
+
+
+def admin_cluster(layout: Layout, envoy: str) -> Json:
+    """This Envoy's own admin endpoint, as a cluster the metrics listener routes to."""
+    return socket_cluster(ADMIN, layout.admin_socket(envoy), timedelta(seconds=1))
 
 
 def bootstrap(

@@ -1,9 +1,12 @@
 """The edge gateway: HTTP/2 (gRPC) and HTTP/1.1 (JSON through gRPC-JSON transcoding) in,
 plaintext or, when the layout names an edge certificate, TLS (ALPN picks the protocol); rate
 limited, only the methods `gateway.exposes` lists routed, mTLS to the sidecars as the
-`gateway` identity; and its own `health` listener (`GET /healthz`)."""
+`gateway` identity, server reflection to the reflection service beside it (a Unix socket);
+and its own `health` listener (`GET /healthz`)."""
 
 from __future__ import annotations
+
+from datetime import timedelta
 
 from shopmesh.envoy.builders import (
     HEALTH,
@@ -14,6 +17,7 @@ from shopmesh.envoy.builders import (
     edge_tls,
     http_connection_manager,
     listener,
+    socket_cluster,
     tcp,
     typed,
 )
@@ -49,6 +53,9 @@ from shopmesh.layout import Layout
 from shopmesh.topology import GATEWAY, REFLECTION_PATHS, Topology
 
 GATEWAY_HEALTH_PATH = "/healthz"
+REFLECTION = "reflection"
+"""The cluster of the reflection service beside the gateway (its Unix socket)."""
+REFLECTION_CONNECT_TIMEOUT = timedelta(seconds=1)
 
 
 def public_paths(topology: Topology) -> list[str]:
@@ -62,28 +69,36 @@ def public_paths(topology: Topology) -> list[str]:
     ]
 
 
+def reflection_routes(topology: Topology) -> list[Json]:
+    """Server reflection (v1alpha and v1) to the reflection service beside the gateway, which
+    answers for the whole exposed API (shopmesh.reflection), when the topology offers it."""
+    if not topology.gateway.reflection:
+        return []
+    return [
+        {
+            "name": path.split("/")[1],
+            "match": grpc_call_match(path),
+            # A reflection session is a bidirectional stream: no timeout, no retries.
+            "route": {"cluster": REFLECTION, "timeout": "0s"},
+            "tracing": untraced(),
+        }
+        for path in REFLECTION_PATHS
+    ]
+
+
 def gateway_routes(topology: Topology) -> Json:
-    """One virtual host per exposed service, chosen by :authority (`grpcurl -authority users`):
-    its public methods, plus reflection and health when the topology offers them, so grpcurl
-    can `list` and `describe` each service without proto files. The default virtual host
-    routes every public method (gRPC and JSON clients need no authority). Every route matches
-    with grpc_call_match: a gRPC POST to exactly its path."""
+    """The default virtual host routes every public method (gRPC and JSON clients need no
+    authority) and server reflection, so grpcurl can `list`, `describe` and call them without
+    proto files. One virtual host per exposed service, chosen by :authority (`grpcurl
+    -authority users`), routes its public methods, reflection (the same: every reflection
+    stream reaches the reflection service) and its health check when the topology offers it.
+    Every route matches with grpc_call_match: a gRPC POST to exactly its path."""
     exposes = topology.gateway.exposes
     one_message = {*public_paths(topology), HEALTH_CHECK_PATH}
     virtual_hosts: list[Json] = []
     for service, methods in exposes.items():
         routes = upstream_routes(topology, service, methods, grpc_call_match)
-        if topology.gateway.reflection:
-            routes += [
-                {
-                    "name": f"{service}.reflection",
-                    "match": grpc_call_match(path),
-                    # A reflection session is a bidirectional stream: no timeout, no retries.
-                    "route": {"cluster": cluster_name(service), "timeout": "0s"},
-                    "tracing": untraced(),
-                }
-                for path in REFLECTION_PATHS
-            ]
+        routes += reflection_routes(topology)
         if topology.gateway.health:
             routes.append(
                 {
@@ -105,6 +120,7 @@ def gateway_routes(topology: Topology) -> Json:
         for service, methods in exposes.items()
         for route in upstream_routes(topology, service, methods, grpc_call_match)
     ]
+    public += reflection_routes(topology)
     virtual_hosts.append(
         {
             "name": "public",
@@ -222,6 +238,10 @@ def render_gateway(topology: Topology, layout: Layout, tracing: Tracing | None =
         *(upstream_cluster(topology, layout, s, GATEWAY) for s in topology.gateway.exposes),
         *traced_clusters,
     ]
+    if topology.gateway.reflection:
+        clusters.append(
+            socket_cluster(REFLECTION, layout.reflection_socket(), REFLECTION_CONNECT_TIMEOUT, True)
+        )
     listeners = [ingress, gateway_health_listener(layout)]
     return bootstrap(
         GATEWAY, GATEWAY, layout, listeners, clusters, runtime_layers, limits.max_connections

@@ -17,12 +17,11 @@ from shopmesh.envoy.builders import (
     Json,
     bootstrap,
     common_tls,
-    duration,
-    http2_options,
     http_connection_manager,
     listener,
     path_exact,
     single_route_listener,
+    socket_cluster,
     tcp,
     typed,
     unix,
@@ -40,19 +39,11 @@ from shopmesh.envoy.upstream import (
 )
 from shopmesh.layout import Layout, Pod
 from shopmesh.pki import IdentityFiles
-from shopmesh.topology import (
-    GATEWAY,
-    HEALTH_SERVICE,
-    REFLECTION_PATHS,
-    REFLECTION_SERVICE,
-    Topology,
-)
+from shopmesh.topology import HEALTH_SERVICE, Topology
 
 LOCAL_APP = "local_app"
 INBOUND = "inbound"
 EGRESS = "egress"
-REFLECTION_PREFIX = f"/{REFLECTION_SERVICE}/"
-"""The server-reflection methods the gateway may call on a service (grpcurl list/describe)."""
 REQUEST_HEADERS_TIMEOUT = "10s"
 """How long the inbound waits for a request's headers once they begin (a caller's Envoy sends
 them at once): a connection cannot hold a stream open by trickling them."""
@@ -83,8 +74,9 @@ def exact_paths(paths: Iterable[str]) -> Json:
 def rbac_filter(topology: Topology, service: str) -> Json:
     """Allow each caller exactly the methods the topology grants it (naming a signed-in caller
     only if it may pass one on: caller_permission); health checks from every
-    mesh identity; server reflection from the gateway when it offers reflection. Everything
-    else is denied (refusal_replies: PERMISSION_DENIED with an ErrorInfo)."""
+    mesh identity. Everything else is denied (refusal_replies: PERMISSION_DENIED with an
+    ErrorInfo): server reflection too, which the gateway answers itself (shopmesh.reflection),
+    so no caller needs the app's own (it is for calls straight to the app's socket)."""
     policies: Json = {}
     for caller, methods in topology.callers(service).items():
         methods_of = exact_paths(service_paths(topology, service, methods))
@@ -98,13 +90,6 @@ def rbac_filter(topology: Topology, service: str) -> Json:
         "permissions": [exact_paths([HEALTH_CHECK_PATH])],
         "principals": [{"authenticated": {"principal_name": {"prefix": topology.spiffe_prefix}}}],
     }
-    if topology.gateway.reflection:
-        policies["gateway-reflection"] = {
-            "permissions": [exact_paths(REFLECTION_PATHS)],
-            "principals": [
-                {"authenticated": {"principal_name": {"exact": topology.spiffe_id(GATEWAY)}}}
-            ],
-        }
     return {
         "name": "envoy.filters.http.rbac",
         "typed_config": typed(
@@ -141,8 +126,7 @@ def refusal_replies() -> Json:
 
 def fault_filter() -> Json:
     """Injected aborts and delays, off until `shopmesh fault` sets the runtime keys. Health
-    checks are exempt so a fault exercises retries instead of ejecting the host, and so is
-    reflection, so grpcurl keeps working during a fault demo."""
+    checks are exempt so a fault exercises retries instead of ejecting the host."""
     return {
         "name": "envoy.filters.http.fault",
         "typed_config": typed(
@@ -153,8 +137,11 @@ def fault_filter() -> Json:
                 "percentage": {"numerator": 0, "denominator": "HUNDRED"},
             },
             headers=[
-                {"name": ":path", "string_match": {"prefix": prefix}, "invert_match": True}
-                for prefix in (f"/{HEALTH_SERVICE}/", REFLECTION_PREFIX)
+                {
+                    "name": ":path",
+                    "string_match": {"prefix": f"/{HEALTH_SERVICE}/"},
+                    "invert_match": True,
+                }
             ],
             abort_percent_runtime=ABORT_PERCENT,
             abort_grpc_status_runtime=ABORT_GRPC_STATUS,
@@ -165,18 +152,7 @@ def fault_filter() -> Json:
 
 
 def local_app_cluster(layout: Layout, pod: Pod, connect_timeout: timedelta) -> Json:
-    return {
-        "name": LOCAL_APP,
-        "type": "STATIC",
-        "connect_timeout": duration(connect_timeout),
-        "typed_extension_protocol_options": http2_options(),
-        "load_assignment": {
-            "cluster_name": LOCAL_APP,
-            "endpoints": [
-                {"lb_endpoints": [{"endpoint": {"address": unix(layout.app_socket(pod))}}]}
-            ],
-        },
-    }
+    return socket_cluster(LOCAL_APP, layout.app_socket(pod), connect_timeout, http2=True)
 
 
 def stream_routes(topology: Topology, service: str) -> list[Json]:

@@ -1,5 +1,6 @@
-"""The Kubernetes objects of the edge gateway: ServiceAccount, Service, Deployment (Envoy, and
-an init container that brings the contracts' descriptor set from the service image), PDB and
+"""The Kubernetes objects of the edge gateway: ServiceAccount, Service, Deployment (Envoy, its
+reflection service from the service image on a Unix socket in an emptyDir they share, and an
+init container that brings the contracts' descriptor set from the service image), PDB and
 NetworkPolicies."""
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from shopmesh.k8s.objects import (
     resources,
     service_account,
 )
+from shopmesh.reflection.api import reflection_args
 from shopmesh.topology import GATEWAY, Topology
 
 
@@ -41,6 +43,22 @@ def descriptors_init(layout: KubernetesLayout) -> Json:
         "resources": resources("10m", "16Mi", "100m", "32Mi"),
         "securityContext": container_security(),
         "volumeMounts": [mount("descriptors", layout.descriptor.parent)],
+    }
+
+
+def reflection_container(topology: Topology, layout: KubernetesLayout) -> Json:
+    """The reflection service of `gateway.exposes` (shopmesh.reflection), from the descriptor
+    set in its own image; its only way in is the socket the gateway's Envoy connects to. No
+    probe: the kubelet's gRPC probe needs a TCP port, and it has none; when it exits, the
+    kubelet starts it again, and reflection answers UNAVAILABLE meanwhile."""
+    return {
+        "name": "reflection",
+        "image": APP_IMAGE,
+        "imagePullPolicy": "IfNotPresent",
+        "args": reflection_args(topology, layout.reflection_socket(), layout.descriptor_in_image),
+        "resources": resources("10m", "64Mi", "500m", "128Mi"),
+        "securityContext": container_security(),
+        "volumeMounts": [mount("sockets", layout.socket_dir)],
     }
 
 
@@ -73,6 +91,8 @@ def gateway_container(layout: KubernetesLayout) -> Json:
         "securityContext": container_security(),
         "volumeMounts": [
             *envoy_mounts(layout),
+            # The reflection service's socket.
+            mount("sockets", layout.socket_dir),
             mount("descriptors", layout.descriptor.parent, read_only=True),
             # The JWKS the gateway verifies access tokens with (`shopmesh k8s issue-keys`).
             mount("jwks", layout.jwks().parent, read_only=True),
@@ -81,6 +101,7 @@ def gateway_container(layout: KubernetesLayout) -> Json:
 
 
 def gateway_deployment(topology: Topology, layout: KubernetesLayout) -> Json:
+    reflection = topology.gateway.reflection
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -102,8 +123,12 @@ def gateway_deployment(topology: Topology, layout: KubernetesLayout) -> Json:
                     "terminationGracePeriodSeconds": 30,
                     "securityContext": pod_security(),
                     "initContainers": [descriptors_init(layout)],
-                    "containers": [gateway_container(layout)],
+                    "containers": [
+                        gateway_container(layout),
+                        *([reflection_container(topology, layout)] if reflection else []),
+                    ],
                     "volumes": [
+                        {"name": "sockets", "emptyDir": {"sizeLimit": "1Mi"}},
                         {"name": "descriptors", "emptyDir": {"sizeLimit": "16Mi"}},
                         {"name": "jwks", "configMap": {"name": layout.jwks_config_map}},
                         *envoy_volumes(layout, GATEWAY),

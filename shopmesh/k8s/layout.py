@@ -111,6 +111,10 @@ class KubernetesLayout:
     def descriptor_set(self) -> Path:
         return self.descriptor
 
+    def reflection_socket(self) -> Path:
+        # In the gateway's pod, the emptyDir its Envoy and reflection containers share.
+        return self.socket_dir / "reflection.sock"
+
     def database(self, service: str) -> Path:
         return self.data_dir / f"{service}.db"
 

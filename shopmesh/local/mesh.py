@@ -24,6 +24,7 @@ from shopmesh.local.errors import MeshError
 from shopmesh.local.handles import GatewayHandle, PodHandle
 from shopmesh.local.health import check_health, health_channel, http_ok, serving
 from shopmesh.local.process import ManagedProcess, spawn
+from shopmesh.local.reflection import REFLECTION, reflection_serves
 from shopmesh.local.state import MeshState, read_state
 from shopmesh.local.wait import until
 from shopmesh.topology import GATEWAY, Topology, TopologyError, load_topology
@@ -70,6 +71,8 @@ class RunningMesh:
         self.logs: ManagedProcess | None = None
         self.collector: ManagedProcess | None = None
         self.dashboard: ManagedProcess | None = None
+        self.reflection: ManagedProcess | None = None
+        """The gateway's reflection service (None if the topology offers no reflection)."""
         for record in state.processes.values():
             if record.pid is not None:
                 self._attach_process(ManagedProcess(record, self.paths.log(record.name)))
@@ -144,12 +147,12 @@ class RunningMesh:
         return self.gateway.admin if envoy == GATEWAY else self.pod(envoy).admin
 
     def processes(self) -> list[ManagedProcess]:
-        """Every started process: apps, sidecars, the gateway, the log keeper, the collector
-        and the dashboard."""
+        """Every started process: apps, sidecars, the gateway and its reflection service, the
+        log keeper, the collector and the dashboard."""
         found: list[ManagedProcess] = []
         for pod in self.pods.values():
             found.extend(p for p in (pod.app, pod.sidecar) if p is not None)
-        others = (self.gateway.process, self.logs, self.collector, self.dashboard)
+        others = (self.gateway.process, self.reflection, self.logs, self.collector, self.dashboard)
         found.extend(p for p in others if p is not None)
         return found
 
@@ -177,6 +180,8 @@ class RunningMesh:
             self.collector = process
         elif process.kind == DASHBOARD:
             self.dashboard = process
+        elif process.kind == REFLECTION:
+            self.reflection = process
         else:
             pod = self.pods[process.name.rpartition(".")[0]]
             if process.kind == APP:
@@ -238,6 +243,17 @@ class RunningMesh:
         watched = [p for p in (self.dashboard,) if p is not None and p.alive()]
         await until(lambda: dashboard_serves(link), "the dashboard to serve", deadline, watched)
 
+    async def start_reflection(self, deadline: float) -> None:
+        """Start the gateway's reflection service unless it runs; return once it serves."""
+        if REFLECTION not in self.state.processes:
+            raise MeshError("this mesh offers no reflection (gateway.reflection is false)")
+        if not _running(self.reflection):
+            self.spawn(REFLECTION)
+        watched = [p for p in (self.reflection,) if p is not None and p.alive()]
+        await until(
+            lambda: reflection_serves(self.paths), "the reflection service", deadline, watched
+        )
+
     async def start_gateway(self, deadline: float) -> None:
         if not _running(self.gateway.process):
             self.spawn(GATEWAY)
@@ -252,9 +268,9 @@ class RunningMesh:
         await self.start_gateway(deadline)
 
     async def restart(self, name: str, within: float = 30.0) -> list[str]:
-        """Start again whatever of pod `name` (or the gateway, the log keeper `logs`, the
-        `collector` or the `dashboard`) is not running, and wait until it serves; returns the
-        processes started (none if everything ran)."""
+        """Start again whatever of pod `name` (or the gateway, its `reflection` service, the
+        log keeper `logs`, the `collector` or the `dashboard`) is not running, and wait until
+        it serves; returns the processes started (none if everything ran)."""
         deadline = time.monotonic() + within
         before = {process.name: process.pid for process in self.processes() if process.alive()}
         if name == GATEWAY:
@@ -264,6 +280,8 @@ class RunningMesh:
                 self.spawn(LOGS)
         elif name == COLLECTOR:
             await self.start_collector(deadline)
+        elif name == REFLECTION:
+            await self.start_reflection(deadline)
         elif name == DASHBOARD:
             await self.start_dashboard(deadline)
         else:
@@ -332,6 +350,10 @@ class RunningMesh:
                 )
         for envoy in [*self.pods, GATEWAY]:
             await until(self.admin(envoy).ready, f"{envoy} ready", deadline)
+        if REFLECTION in self.state.processes:
+            await until(
+                lambda: reflection_serves(self.paths), "the reflection service", deadline, processes
+            )
         callers = [pod.name for pod in self.pods.values() if pod.calls] + [GATEWAY]
         for caller in callers:
             await until(
@@ -345,9 +367,10 @@ class RunningMesh:
         """Stop everything: the dashboard first (it may be sending load), then the apps
         (SIGINT: they finish in-flight calls, still reachable through their sidecars, and skip
         the drain period — with the whole mesh going down there is no other replica to move
-        traffic to), callers before the services they call; then every Envoy, then the
-        collector and the log keeper. Stragglers get SIGKILL. Sockets, pidfiles and mesh.json
-        go; data, certs and logs stay. Safe to call twice, and after a failed start."""
+        traffic to), callers before the services they call; then every Envoy and the gateway's
+        reflection service, then the collector and the log keeper. Stragglers get SIGKILL.
+        Sockets, pidfiles and mesh.json go; data, certs and logs stay. Safe to call twice,
+        and after a failed start."""
         if self.dashboard is not None:
             await self.dashboard.terminate(ENVOY_STOP_SECONDS)
         for wave in reversed(self.topology.start_waves()):
@@ -356,7 +379,7 @@ class RunningMesh:
                 *(app.terminate(_app_stop_seconds(app), signal.SIGINT) for app in apps)
             )
         envoys = [p.sidecar for p in self.pods.values() if p.sidecar is not None]
-        envoys += [p for p in (self.gateway.process,) if p is not None]
+        envoys += [p for p in (self.gateway.process, self.reflection) if p is not None]
         await asyncio.gather(*(envoy.terminate(ENVOY_STOP_SECONDS) for envoy in envoys))
         # Last: it receives what the apps and Envoys flush as they stop.
         for keeper in (self.collector, self.logs):

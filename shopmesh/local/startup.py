@@ -63,6 +63,7 @@ from shopmesh.local.ports import free_ports, require_free
 from shopmesh.local.private import make_private, private_umask
 from shopmesh.local.process import ManagedProcess
 from shopmesh.local.prometheus import write_scrape_config
+from shopmesh.local.reflection import REFLECTION, reflection_record
 from shopmesh.local.signing import ensure_signing_keys
 from shopmesh.local.state import LegacyState, MeshState, ProcessRecord, read_state
 from shopmesh.local.wait import until
@@ -197,7 +198,8 @@ def process_records(
 ) -> dict[str, ProcessRecord]:
     """Every process of the mesh, with its command and environment: the log keeper, the trace
     collector (unless spans go to the user's at `external`), the dashboard (on
-    `dashboard_port`, unless None), an app and a sidecar per pod, and the gateway."""
+    `dashboard_port`, unless None), an app and a sidecar per pod, the gateway and its
+    reflection service (if the topology offers reflection)."""
     topology, paths = layout.topology, layout.state
     settings = AppSettings(
         log_level=options.log_level,
@@ -223,6 +225,8 @@ def process_records(
         records.append(ProcessRecord(sidecar_process(pod.name), SIDECAR, sidecar, {}))
     gateway = envoy_command(envoy, paths.envoy_config(GATEWAY), log_level=options.envoy_log_level)
     records.append(ProcessRecord(GATEWAY, GATEWAY, gateway, {}))
+    if topology.gateway.reflection:
+        records.append(reflection_record(options.python, layout))
     return {record.name: record for record in records}
 
 
@@ -269,7 +273,7 @@ def prepare(options: MeshOptions) -> tuple[LocalLayout, MeshState, Path]:
 
 async def start_all(mesh: RunningMesh, deadline: float) -> None:
     """Start the log keeper and the collector, every pod in call-graph order, then the
-    gateway and the dashboard; return once all are healthy."""
+    gateway, its reflection service and the dashboard; return once all are healthy."""
     mesh.spawn(LOGS)
     # Nothing is traced before the gateway serves, so the collector starts alongside the pods
     # (its imports take a good part of a second) and only has to listen by the end.
@@ -299,7 +303,16 @@ async def start_all(mesh: RunningMesh, deadline: float) -> None:
             await healthy[service].wait()
         mesh.spawn(DASHBOARD)
 
+    async def reflection() -> None:
+        # It needs nothing but its descriptor set, and need only serve once the gateway does:
+        # started as the dashboard is, once the first wave serves.
+        for service in waves[0]:
+            await healthy[service].wait()
+        await mesh.start_reflection(deadline)
+
     async with asyncio.TaskGroup() as group:
+        if REFLECTION in mesh.state.processes:
+            group.create_task(reflection())
         if collector:
             group.create_task(mesh.start_collector(deadline))
         for service in wave_of:

@@ -14,6 +14,7 @@ from shopmesh.local.dashboard import DASHBOARD, DashboardLink, dashboard_link, d
 from shopmesh.local.handles import PodHandle
 from shopmesh.local.health import SERVING, check_health, health_channel
 from shopmesh.local.mesh import COLLECTOR, LOGS, RunningMesh, unhealthy_upstreams
+from shopmesh.local.reflection import REFLECTION, reflection_health
 from shopmesh.topology import GATEWAY
 
 
@@ -76,6 +77,15 @@ async def _gateway(mesh: RunningMesh) -> ProcessStatus:
     return ProcessStatus(GATEWAY, GATEWAY, gateway.pid, alive, ready, healthy, detail)
 
 
+async def _reflection(mesh: RunningMesh) -> ProcessStatus:
+    process = mesh.reflection
+    alive = process is not None and process.alive()
+    health = await reflection_health(mesh.paths) if alive else "stopped"
+    socket = str(mesh.paths.reflection_socket.relative_to(mesh.state_dir))
+    pid = process.pid if process is not None else None
+    return ProcessStatus(REFLECTION, REFLECTION, pid, alive, health, health == SERVING, socket)
+
+
 def _log_keeper(mesh: RunningMesh) -> ProcessStatus:
     alive = mesh.logs is not None and mesh.logs.alive()
     pid = mesh.logs.pid if mesh.logs is not None else None
@@ -107,13 +117,16 @@ async def _dashboard(mesh: RunningMesh, link: DashboardLink, itself: bool) -> Pr
 
 
 async def mesh_status(mesh: RunningMesh, *, from_dashboard: bool = False) -> list[ProcessStatus]:
-    """Every app, sidecar, the gateway, the dashboard (unless started without), the trace
+    """Every app, sidecar, the gateway and its reflection service (unless the topology offers
+    none), the dashboard (unless started without), the trace
     collector (unless spans go to the user's) and the log keeper: pid, alive, health.
     `from_dashboard`: the dashboard asks, and does not ask itself whether it serves."""
     rows = []
     for pod in mesh.pods.values():
         rows += [_app(mesh, pod), _sidecar(pod)]
     rows.append(_gateway(mesh))
+    if REFLECTION in mesh.state.processes:
+        rows.append(_reflection(mesh))
     link = dashboard_link(mesh.state)
     if link is not None:
         rows.append(_dashboard(mesh, link, from_dashboard))

@@ -12,8 +12,11 @@ GATEWAY = "gateway"
 
 HEALTH_SERVICE = "grpc.health.v1.Health"
 REFLECTION_SERVICE = "grpc.reflection.v1alpha.ServerReflection"
-REFLECTION_PATHS: tuple[str, ...] = (f"/{REFLECTION_SERVICE}/ServerReflectionInfo",)
-"""Every gRPC path of server reflection (its one bidirectional-streaming method)."""
+REFLECTION_SERVICES: tuple[str, ...] = (REFLECTION_SERVICE, "grpc.reflection.v1.ServerReflection")
+"""Server reflection as grpcurl 1.8 and grpcio-reflection speak it (v1alpha), and v1: the same
+messages under a new name."""
+REFLECTION_PATHS: tuple[str, ...] = tuple(f"/{s}/ServerReflectionInfo" for s in REFLECTION_SERVICES)
+"""Every gRPC path of server reflection (its one bidirectional-streaming method, per version)."""
 
 
 class TopologyError(ValueError):
@@ -165,7 +168,8 @@ class Gateway:
 
     exposes: Mapping[str, tuple[str, ...]]
     reflection: bool
-    """Route server reflection to each service, chosen by :authority (one virtual host each)."""
+    """Answer server reflection for the whole exposed API (shopmesh.reflection, beside the
+    gateway), whatever the :authority."""
     health: bool
     """Route grpc.health.v1.Health/Check to each service, chosen by :authority."""
     local_rate_limit: LocalRateLimit

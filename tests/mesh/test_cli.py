@@ -101,7 +101,7 @@ def test_up_status_down(state_dir: Path) -> None:
     assert started.returncode == 0, started.stderr
     assert "mesh up in" in started.stdout
     gateway = gateway_port(state_dir)
-    assert f"-authority users 127.0.0.1:{gateway} list" in started.stdout
+    assert f"-plaintext 127.0.0.1:{gateway} list" in started.stdout
     assert f"http://127.0.0.1:{gateway}/shop.orders.v1.OrdersService/ListOrders" in started.stdout
     pids = recorded_pids(state_dir)
     assert all(running(pid) for pid in pids)
@@ -112,6 +112,10 @@ def test_up_status_down(state_dir: Path) -> None:
     assert "SERVING" in status.stdout
     assert "dashboard" in status.stdout
     assert "serving" in status.stdout
+    # The gateway's reflection service: its own process, SERVING on its socket.
+    assert [
+        line for line in status.stdout.splitlines() if "reflection" in line and "SERVING" in line
+    ]
 
     again = shopmesh("up", "--state-dir", str(state_dir), *FREE_PORTS)
     assert again.returncode == 1

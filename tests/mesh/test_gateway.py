@@ -9,6 +9,7 @@ this module; the expectations (what is exposed, the rate limit) come from the to
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import re
 import subprocess
@@ -24,6 +25,7 @@ import pytest
 from google.protobuf import descriptor_pb2, json_format
 from google.protobuf.message import Message
 from grpc import aio
+from grpc_reflection.v1alpha import reflection_pb2
 
 from shop.common.v1 import money_pb2
 from shop.inventory.v1 import inventory_pb2
@@ -49,8 +51,6 @@ EXPOSED = {service: TOPOLOGY.services[service].grpc_service for service in TOPOL
 ERROR_INFO = "type.googleapis.com/google.rpc.ErrorInfo"
 BAD_REQUEST = "type.googleapis.com/google.rpc.BadRequest"
 ERROR_DOMAIN = "shop.example"
-REFLECTION_SERVICE = "grpc.reflection.v1alpha.ServerReflection"
-HEALTH_SERVICE = "grpc.health.v1.Health"
 
 
 @pytest.fixture(scope="module")
@@ -67,43 +67,112 @@ def method_of(service: str, method: str) -> str:
     return f"{EXPOSED[service]}/{method}"
 
 
-# --- grpcurl: reflection through the gateway, by authority ---------------------------------
+# --- grpcurl: reflection of the whole exposed API, with or without -authority ---------------
 
 
-@pytest.mark.parametrize("service", list(EXPOSED))
-async def test_grpcurl_lists_the_service_chosen_by_authority(
-    grpcurl: Grpcurl, service: str
+def contract_comment(symbol: str) -> str:
+    """The first line of the leading comment of `pkg.Service.Method` in gen/shop.pb."""
+    files = descriptor_pb2.FileDescriptorSet.FromString(DESCRIPTOR_SET.read_bytes())
+    service_name, method_name = symbol.rsplit(".", 1)
+    for file in files.file:
+        for s, service in enumerate(file.service):
+            if f"{file.package}.{service.name}" != service_name:
+                continue
+            m = [method.name for method in service.method].index(method_name)
+            for location in file.source_code_info.location:
+                if list(location.path) == [6, s, 2, m]:
+                    return location.leading_comments.strip().splitlines()[0]
+    raise AssertionError(f"no comment on {symbol} in {DESCRIPTOR_SET}")
+
+
+@pytest.mark.parametrize("authority", [None, "payments"], ids=["no-authority", "payments"])
+async def test_grpcurl_lists_exactly_the_exposed_services(
+    grpcurl: Grpcurl, authority: str | None
 ) -> None:
-    result = await grpcurl.run(service, "list")
+    result = await grpcurl.run(authority, "list")
 
     assert result.returncode == 0, result.explain()
-    listed = set(result.stdout.split())
-    assert EXPOSED[service] in listed
-    assert {HEALTH_SERVICE, REFLECTION_SERVICE} <= listed
-    # Each virtual host reaches its own service's app only.
-    assert {name for name in listed if name.startswith("shop.")} == {EXPOSED[service]}
+    # One reflection service answers for the whole API, whichever virtual host: not the app
+    # of -authority payments (whose reflection lists Charge, health and reflection).
+    assert sorted(result.stdout.split()) == sorted(EXPOSED.values())
+
+
+@pytest.mark.parametrize("authority", [None, "payments"], ids=["no-authority", "payments"])
+async def test_an_unexposed_method_is_not_advertised(
+    grpcurl: Grpcurl, authority: str | None
+) -> None:
+    payments = EXPOSED["payments"]
+
+    methods = await grpcurl.run(authority, "list", payments)
+    charge = await grpcurl.run(authority, "describe", f"{payments}.Charge")
+
+    assert methods.returncode == 0, methods.explain()
+    assert methods.stdout.split() == [
+        f"{payments}.{method}" for method in TOPOLOGY.gateway.exposes["payments"]
+    ]
+    assert charge.returncode != 0
+    assert f"Symbol not found: {payments}.Charge" in charge.stderr, charge.explain()
+
+
+async def test_grpcurl_describe_shows_the_contract_comments(grpcurl: Grpcurl) -> None:
+    place_order = f"{EXPOSED['orders']}.PlaceOrder"
+
+    described = await grpcurl.run(None, "describe", place_order)
+
+    assert described.returncode == 0, described.explain()
+    assert f"{place_order} is a method:" in described.stdout
+    assert f"// {contract_comment(place_order)}" in described.stdout, described.stdout
 
 
 @pytest.mark.parametrize("service", list(EXPOSED))
 async def test_grpcurl_describes_every_exposed_method(grpcurl: Grpcurl, service: str) -> None:
-    described = await grpcurl.run(service, "describe", EXPOSED[service])
+    described = await grpcurl.run(None, "describe", EXPOSED[service])
 
     assert described.returncode == 0, described.explain()
     assert f"{EXPOSED[service]} is a service:" in described.stdout
-    for method in TOPOLOGY.gateway.exposes[service]:
-        found = re.search(rf"rpc {method} \( \.(\S+) \) returns", described.stdout)
-        assert found, described.stdout
+    rpcs = re.findall(r"^\s*rpc (\w+) \( \.(\S+) \) returns", described.stdout, re.MULTILINE)
+    assert sorted(method for method, _ in rpcs) == sorted(TOPOLOGY.gateway.exposes[service])
+    for _, request_type in rpcs:
         # Messages resolve too: grpcurl builds requests from them, with no proto file.
-        request = await grpcurl.run(service, "describe", found[1])
-        assert f"{found[1]} is a message:" in request.stdout, request.explain()
+        request = await grpcurl.run(None, "describe", request_type)
+        assert f"{request_type} is a message:" in request.stdout, request.explain()
 
 
-async def test_grpcurl_without_authority_gets_no_reflection(grpcurl: Grpcurl) -> None:
-    # The default virtual host routes public methods only: reflection needs -authority.
-    result = await grpcurl.run(None, "list")
+async def test_reflection_v1_answers_as_v1alpha_does(mesh: RunningMesh) -> None:
+    # grpcurl 1.8 speaks v1alpha only: a client of v1, whose messages are v1alpha's.
+    async with aio.insecure_channel(mesh.gateway_address) as channel:
+        reflect = channel.stream_stream(
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+            response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+        )
+        get_payment = f"{EXPOSED['payments']}.GetPayment"
+        requests = [
+            reflection_pb2.ServerReflectionRequest(list_services=""),
+            reflection_pb2.ServerReflectionRequest(file_containing_symbol=get_payment),
+        ]
+        listed, found = [response async for response in reflect(iter(requests), timeout=5)]
 
-    assert result.returncode != 0
-    assert "does not support the reflection API" in result.stderr, result.explain()
+    assert sorted(s.name for s in listed.list_services_response.service) == sorted(EXPOSED.values())
+    assert found.original_request == requests[1]
+    first = found.file_descriptor_response.file_descriptor_proto[0]
+    assert descriptor_pb2.FileDescriptorProto.FromString(first).name == (
+        "shop/payments/v1/payments.proto"
+    )
+
+
+async def test_methods_reflection_found_are_called_without_authority(
+    grpcurl: Grpcurl, shopper: Shopper
+) -> None:
+    # What grpcurl learnt by reflection is enough: no -authority, no proto file.
+    products = await grpcurl.call(None, method_of("inventory", "ListProducts"), {"page_size": 1})
+    signed_in = grpcurl.signed_in(shopper.metadata)
+    orders = await signed_in.call(
+        None, method_of("orders", "ListOrders"), {"user_id": shopper.user_id}
+    )
+
+    assert len(products["products"]) == 1
+    assert orders.get("orders", []) == []
 
 
 # --- grpcurl: every public RPC -----------------------------------------------------------
@@ -122,7 +191,8 @@ class Journey:
 
     async def __call__(self, service: str, method: str, data: Mapping[str, Any]) -> Any:
         self.called.add((service, method))
-        return await self.grpcurl.call(service, method_of(service, method), data)
+        # No -authority: the default virtual host routes every public method.
+        return await self.grpcurl.call(None, method_of(service, method), data)
 
 
 @dataclass
@@ -161,7 +231,7 @@ class Watch:
 async def start_watch(grpcurl: Grpcurl, user_id: str, max_time: float) -> Watch:
     request = json.dumps({"user_id": user_id})
     command = [
-        *grpcurl.command("notifications", "-v", "-d", request, max_time=max_time),
+        *grpcurl.command(None, "-v", "-d", request, max_time=max_time),
         grpcurl.target,
         method_of("notifications", "WatchNotifications"),
     ]
@@ -365,9 +435,10 @@ async def test_internal_rpc_is_unimplemented_at_the_gateway_and_never_runs(
     path = grpc_path(EXPOSED[internal.service], internal.method)
     request_json = json_format.MessageToDict(internal.request, preserving_proto_field_name=True)
 
-    # grpcurl resolves the method by reflection (it is in the contract), the gateway has no
-    # route for it: UNIMPLEMENTED, from Envoy.
-    result = await grpcurl.run(
+    # grpcurl resolves the method from the contracts (reflection at the gateway does not
+    # advertise it), the gateway has no route for it: UNIMPLEMENTED, from Envoy.
+    with_contracts = dataclasses.replace(grpcurl, protoset=DESCRIPTOR_SET)
+    result = await with_contracts.run(
         internal.service, method_of(internal.service, internal.method), data=request_json
     )
     code, error = result.status()

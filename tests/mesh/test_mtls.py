@@ -246,9 +246,15 @@ async def test_gateway_reaches_only_public_methods(sidecar: Sidecar) -> None:
     )
 
 
-async def test_gateway_may_use_server_reflection(sidecar: Sidecar) -> None:
-    gateway = sidecar.credentials["gateway"]
-    assert await call(mtls_channel(sidecar, gateway), REFLECTION_INFO) == grpc.StatusCode.OK
+async def test_no_caller_reaches_the_apps_own_reflection(sidecar: Sidecar) -> None:
+    # The gateway answers reflection itself (shopmesh.reflection): the app's lists every
+    # method, internal ones too, and is for calls straight to its socket only.
+    for identity in ("gateway", "orders"):
+        assert await refusal(sidecar, identity, REFLECTION_INFO) == (
+            grpc.StatusCode.PERMISSION_DENIED,
+            "CALLER_NOT_ALLOWED",
+        )
+    assert sidecar.app.paths == []
 
 
 @pytest.mark.parametrize(
@@ -264,7 +270,7 @@ async def test_gateway_may_use_server_reflection(sidecar: Sidecar) -> None:
     ],
 )
 async def test_only_an_exactly_granted_path_passes_rbac(sidecar: Sidecar, path: str) -> None:
-    # As the gateway, granted GetPayment, health and reflection: RBAC matches the whole
+    # As the gateway, granted GetPayment and health: RBAC matches the whole
     # (normalized) path, so neither a prefix, a query string nor `..` lets another through.
     assert await refusal(sidecar, "gateway", path) == (
         grpc.StatusCode.PERMISSION_DENIED,

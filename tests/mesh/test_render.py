@@ -279,12 +279,8 @@ def test_inbound_rbac_grants_each_caller_exactly_its_methods(local: Rendered) ->
         f"{service}/GetPayment",
     }
     assert allowed_paths(policies["caller-gateway"]) == {f"{service}/GetPayment"}
-    assert set(policies) == {
-        "caller-orders",
-        "caller-gateway",
-        "mesh-health-checks",
-        "gateway-reflection",
-    }
+    # No reflection grant: the gateway answers reflection itself (shopmesh.reflection).
+    assert set(policies) == {"caller-orders", "caller-gateway", "mesh-health-checks"}
     principal = policies["caller-orders"]["principals"][0]["authenticated"]["principal_name"]
     assert principal == {"exact": "spiffe://shop.local/ns/shop/sa/orders"}
 
@@ -319,6 +315,12 @@ def test_resilience_policy_reaches_the_upstream_cluster_and_route(local: Rendere
     )
 
 
+REFLECTION_PATHS = {
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+}
+
+
 def gateway_paths(config: Json, virtual_host: str) -> set[str]:
     ingress = http_manager(by_name(config["static_resources"]["listeners"], "ingress"))
     host = by_name(ingress["route_config"]["virtual_hosts"], virtual_host)
@@ -332,12 +334,12 @@ def test_gateway_routes_only_exposed_methods(local: Rendered) -> None:
         for service, methods in TOPOLOGY.gateway.exposes.items()
         for method in methods
     }
-    assert gateway_paths(config, "public") == expected
+    assert gateway_paths(config, "public") == expected | REFLECTION_PATHS
     assert "/shop.payments.v1.PaymentsService/Charge" not in gateway_paths(config, "payments")
     assert "/shop.notifications.v1.NotificationsService/PublishOrderEvent" not in expected
 
 
-def test_gateway_offers_reflection_and_health_per_service_virtual_host(local: Rendered) -> None:
+def test_gateway_offers_health_per_service_virtual_host(local: Rendered) -> None:
     paths = gateway_paths(local.configs["gateway.yaml"], "users")
     assert paths == {
         "/shop.users.v1.UsersService/CreateUser",
@@ -345,8 +347,22 @@ def test_gateway_offers_reflection_and_health_per_service_virtual_host(local: Re
         "/shop.users.v1.UsersService/RenewToken",
         "/shop.users.v1.UsersService/GetJwks",
         "/shop.users.v1.UsersService/GetUser",
-        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
         "/grpc.health.v1.Health/Check",
+        *REFLECTION_PATHS,
+    }
+
+
+def test_every_virtual_host_sends_reflection_to_the_reflection_service(local: Rendered) -> None:
+    config = local.configs["gateway.yaml"]
+    ingress = http_manager(by_name(config["static_resources"]["listeners"], "ingress"))
+    for host in ingress["route_config"]["virtual_hosts"]:
+        routes = [r for r in host["routes"] if r["match"]["path"] in REFLECTION_PATHS]
+        assert {r["match"]["path"] for r in routes} == REFLECTION_PATHS, host["name"]
+        assert {r["route"]["cluster"] for r in routes} == {"reflection"}
+    cluster = by_name(config["static_resources"]["clusters"], "reflection")
+    (endpoint,) = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]
+    assert endpoint["endpoint"]["address"] == {
+        "pipe": {"path": str(local.layout.reflection_socket())}
     }
 
 

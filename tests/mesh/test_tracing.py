@@ -84,7 +84,7 @@ async def test_a_checkout_is_one_trace_with_every_hop(
     traced_mesh: RunningMesh, traced_clients: MeshClients, traced_shopper: Shopper
 ) -> None:
     # Reflection first: its spans, if there were any, would be exported before the checkout's.
-    listed = await Grpcurl(traced_mesh.gateway_address).run("orders", "list")
+    listed = await Grpcurl(traced_mesh.gateway_address).run(None, "list")
     assert "shop.orders.v1.OrdersService" in listed.stdout, listed.explain()
     order, trace_id = await traced_checkout(traced_clients, traced_shopper)
     assert order.status == orders_pb2.ORDER_STATUS_CONFIRMED

@@ -60,9 +60,9 @@ class Shopper:
 class MeshClients:
     """gRPC stubs of every public service through the gateway, and checkout helpers.
 
-    `channel` uses the gateway's default virtual host (every public method, no reflection);
+    `channel` uses the gateway's default virtual host (every public method, and reflection);
     `authority(service)` gives a channel whose :authority selects that service's own virtual
-    host (its public methods, reflection and health)."""
+    host (its public methods, reflection and its health check)."""
 
     gateway: str
     channel: aio.Channel

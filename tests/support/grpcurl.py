@@ -9,6 +9,7 @@ import json
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -77,15 +78,18 @@ PLAINTEXT = ("-plaintext",)
 
 @dataclass(frozen=True)
 class Grpcurl:
-    """The grpcurl binary aimed at the gateway; `authority` picks the service's virtual host,
-    which is what routes server reflection (envoy/README.md). Every call sends `headers` (-H):
-    a signed-in shopper's `authorization: Bearer <token>` (`signed_in`)."""
+    """The grpcurl binary aimed at the gateway; `authority`, if not None, picks a service's
+    virtual host (none is needed: the default one routes every public method and reflection,
+    envoy/README.md). Every call sends `headers` (-H): a signed-in shopper's
+    `authorization: Bearer <token>` (`signed_in`)."""
 
     target: str
     transport: tuple[str, ...] = PLAINTEXT
     """How it connects: -plaintext, TLS trusting a CA (`-cacert CA`), or, empty, TLS trusting
     the system's CAs."""
     headers: tuple[tuple[str, str], ...] = ()
+    protoset: Path | None = None
+    """A descriptor set to find methods in (-protoset) instead of server reflection."""
 
     @classmethod
     def to(cls, gateway: GatewayTarget) -> Grpcurl:
@@ -105,6 +109,8 @@ class Grpcurl:
         options = [*self.transport, "-format-error", "-max-time", f"{max_time:g}"]
         if authority is not None:
             options += ["-authority", authority]
+        if self.protoset is not None:
+            options += ["-protoset", str(self.protoset)]
         for name, value in self.headers:
             options += ["-H", f"{name}: {value}"]
         return [str(GRPCURL), *options, *args]
@@ -136,7 +142,11 @@ class Grpcurl:
         )
 
     async def call(
-        self, authority: str, method: str, data: Mapping[str, Any], max_time: float = CALL_TIMEOUT
+        self,
+        authority: str | None,
+        method: str,
+        data: Mapping[str, Any],
+        max_time: float = CALL_TIMEOUT,
     ) -> Any:
         """Invoke `method` (`pkg.Service/Method`) and return its JSON response."""
         return (await self.run(authority, method, data=data, max_time=max_time)).json()
