@@ -105,9 +105,9 @@ def test_hops_between_envoys_and_from_clients_send_keepalives(rendered: dict[str
             options = cluster["typed_extension_protocol_options"]
             (protocol,) = options.values()
             http2 = protocol["explicit_http_config"]["http2_protocol_options"]
-            expected = (
-                {} if cluster["name"] == "local_app" else {"connection_keepalive": HTTP2_KEEPALIVE}
-            )
+            # Unix sockets to a local process (an app, the reflection service): no keepalive.
+            local = cluster["name"] in ("local_app", "reflection")
+            expected = {} if local else {"connection_keepalive": HTTP2_KEEPALIVE}
             assert http2 == expected, (name, cluster["name"])
 
 

@@ -19,6 +19,7 @@ from shopmesh.local import certs, faults
 from shopmesh.local.dashboard import DASHBOARD
 from shopmesh.local.errors import MeshError
 from shopmesh.local.mesh import COLLECTOR, LOGS, RunningMesh
+from shopmesh.local.reflection import REFLECTION
 from shopmesh.local.status import mesh_status
 from shopmesh.topology import GATEWAY
 from tests.support.clients import MeshClients, Shopper
@@ -34,7 +35,13 @@ async def test_every_process_is_up_and_healthy(mesh: RunningMesh) -> None:
     rows = await mesh_status(mesh)
 
     expected = {f"{pod}.{kind}" for pod in mesh.pods for kind in ("app", "sidecar")}
-    assert {row.name for row in rows} == expected | {GATEWAY, COLLECTOR, LOGS, DASHBOARD}
+    assert {row.name for row in rows} == expected | {
+        GATEWAY,
+        REFLECTION,
+        COLLECTOR,
+        LOGS,
+        DASHBOARD,
+    }
     unhealthy = [row for row in rows if not (row.alive and row.healthy)]
     assert unhealthy == []
     assert {row.health for row in rows if row.kind == "app"} == {"SERVING"}

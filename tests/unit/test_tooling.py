@@ -99,12 +99,12 @@ def test_the_connection_help_of_a_tls_gateway_trusts_the_mesh_ca(tmp_path: Path)
     tls = connection_help(GatewayTarget("127.0.0.1:8443", ca), DEFAULT_STATE_DIR)
     plaintext = connection_help(GatewayTarget("127.0.0.1:8080"), DEFAULT_STATE_DIR)
 
-    assert f"grpcurl -cacert {ca} -authority users 127.0.0.1:8443 list" in tls
+    assert f"grpcurl -cacert {ca} 127.0.0.1:8443 list" in tls
     assert f"curl -s --cacert {ca} -X POST" in tls
     assert "https://127.0.0.1:8443/shop.inventory.v1.InventoryService/ListProducts" in tls
     assert "-plaintext" not in tls
     assert "http://" not in tls
-    assert "grpcurl -plaintext -authority users 127.0.0.1:8080 list" in plaintext
+    assert "grpcurl -plaintext 127.0.0.1:8080 list" in plaintext
     assert "--cacert" not in plaintext
 
 
