@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from shopmesh.envoy.builders import Json, typed
+from shopmesh.envoy.upstream import cluster_name
 from shopmesh.topology import Topology
 
 GRPC_WEB = "envoy.filters.http.grpc_web"
@@ -67,6 +68,7 @@ def cors_policy(topology: Topology) -> Json:
         allow_headers=ALLOWED_REQUEST_HEADERS,
         expose_headers=EXPOSED_HEADERS,
         max_age="600",
+        forward_not_matching_preflights=False,
     )
     return {CORS: policy}
 
@@ -81,10 +83,10 @@ def _off(filters: list[str]) -> Json:
 
 def storefront_routes(topology: Topology, directory: Path, checks: list[str]) -> list[Json]:
     """GET of each storefront file, answered by the gateway itself from `directory`; with
-    CORS on, the preflight of any path (the CORS filter answers an allowed origin's; a refused
-    one gets a 403 without CORS headers, which the browser reads as a refusal). `checks` are
-    the filters a call's checks live in (the content type's, the concurrency controller's):
-    off on these routes, which carry no call."""
+    CORS on, the preflight of any path (the CORS filter answers it: with CORS headers for an
+    allowed origin, without for another, which the browser reads as a refusal). `checks` are
+    the filters of a call's checks (the content type's first, then the concurrency
+    controller's): off on these routes, which carry no call."""
     routes: list[Json] = [
         {
             "name": f"storefront{path}",
@@ -102,6 +104,9 @@ def storefront_routes(topology: Topology, directory: Path, checks: list[str]) ->
         for path, (file, media_type) in STOREFRONT_FILES.items()
     ]
     if topology.gateway.cors_allowed_origins:
+        # The CORS filter answers every preflight itself (forward_not_matching_preflights off),
+        # but only on a route that forwards: it stands aside on a direct response. Nothing
+        # reaches the cluster: another OPTIONS meets the content-type check (kept on) first.
         routes.append(
             {
                 "name": "cors.preflight",
@@ -109,8 +114,8 @@ def storefront_routes(topology: Topology, directory: Path, checks: list[str]) ->
                     "prefix": "/",
                     "headers": [{"name": ":method", "string_match": {"exact": "OPTIONS"}}],
                 },
-                "direct_response": {"status": 403},
-                "typed_per_filter_config": _off(checks),
+                "route": {"cluster": cluster_name(next(iter(topology.gateway.exposes)))},
+                "typed_per_filter_config": _off(checks[1:]),
             }
         )
     return routes

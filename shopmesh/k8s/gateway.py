@@ -1,9 +1,10 @@
 """The Kubernetes objects of the edge gateway: ServiceAccount, Service, Deployment (Envoy, and
-an init container that brings the contracts' descriptor set from the service image), PDB and
-NetworkPolicies."""
+init containers that bring the contracts' descriptor set and the storefront's files from the
+service image), PDB and NetworkPolicies."""
 
 from __future__ import annotations
 
+from shopmesh.envoy.browser import STOREFRONT_FILES
 from shopmesh.k8s.layout import KubernetesLayout
 from shopmesh.k8s.objects import (
     APP_IMAGE,
@@ -44,6 +45,25 @@ def descriptors_init(layout: KubernetesLayout) -> Json:
     }
 
 
+def storefront_init(layout: KubernetesLayout) -> Json:
+    """The storefront is build output (web/dist): the Dockerfile builds it into the service
+    image, so it always matches the contracts the services were built from, and the manifests
+    (and their offline checks) need no build."""
+    return {
+        "name": "storefront",
+        "image": APP_IMAGE,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["cp"],
+        "args": [
+            *(str(layout.storefront_in_image / file) for file, _ in STOREFRONT_FILES.values()),
+            str(layout.storefront()),
+        ],
+        "resources": resources("10m", "16Mi", "100m", "32Mi"),
+        "securityContext": container_security(),
+        "volumeMounts": [mount("storefront", layout.storefront())],
+    }
+
+
 def gateway_container(layout: KubernetesLayout) -> Json:
     health = layout.health_port
     return {
@@ -74,6 +94,7 @@ def gateway_container(layout: KubernetesLayout) -> Json:
         "volumeMounts": [
             *envoy_mounts(layout),
             mount("descriptors", layout.descriptor.parent, read_only=True),
+            mount("storefront", layout.storefront(), read_only=True),
             # The JWKS the gateway verifies access tokens with (`shopmesh k8s issue-keys`).
             mount("jwks", layout.jwks().parent, read_only=True),
         ],
@@ -101,10 +122,11 @@ def gateway_deployment(topology: Topology, layout: KubernetesLayout) -> Json:
                     "enableServiceLinks": False,
                     "terminationGracePeriodSeconds": 30,
                     "securityContext": pod_security(),
-                    "initContainers": [descriptors_init(layout)],
+                    "initContainers": [descriptors_init(layout), storefront_init(layout)],
                     "containers": [gateway_container(layout)],
                     "volumes": [
                         {"name": "descriptors", "emptyDir": {"sizeLimit": "16Mi"}},
+                        {"name": "storefront", "emptyDir": {"sizeLimit": "16Mi"}},
                         {"name": "jwks", "configMap": {"name": layout.jwks_config_map}},
                         *envoy_volumes(layout, GATEWAY),
                     ],

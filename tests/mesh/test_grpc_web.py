@@ -19,6 +19,7 @@ from shop.users.v1 import users_pb2
 from shopmesh.local.mesh import RunningMesh
 from tests.support import grpcweb
 from tests.support.clients import MeshClients, Shopper
+from tests.support.cors import preflight
 from tests.support.http import grpc_path
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -189,3 +190,11 @@ async def test_a_server_stream_delivers_over_grpc_web(
         if m is not None
     ]
     assert notified == [order.order_id for order in orders]
+
+
+async def test_without_allowed_origins_no_answer_carries_cors_headers(mesh: RunningMesh) -> None:
+    status, headers = await asyncio.to_thread(preflight, mesh, "https://shop.example.com")
+
+    # Refused as any request that is neither gRPC nor JSON; nothing answers for CORS.
+    assert status == 415
+    assert not [name for name in headers if name.startswith("access-control-")]
