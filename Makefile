@@ -35,8 +35,8 @@ GATEWAY_PORT ?= 8080
 DASHBOARD_PORT ?= 8090
 LOG_LEVEL ?= $(or $(SHOPMESH_LOG_LEVEL),INFO)
 
-.PHONY: help venv venv-dev system-deps generate ts test unit integration contract run lint fmt \
-	breaking clean up down status logs fault restart bench fuzz screenshot kind-up kind-smoke kind-down
+.PHONY: help venv venv-dev system-deps generate ts web test unit integration contract run lint fmt \
+	breaking clean up down status logs fault restart bench fuzz screenshot screenshot-storefront kind-up kind-smoke kind-down
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -85,6 +85,19 @@ $(TS_STAMP): $(NPM_STAMP) $(GEN_STAMP) $(PROTOS) buf.gen.yaml scripts/generate_t
 
 ts: $(TS_STAMP) ## Generate TypeScript from proto/ into gen/ts (npm ci, then buf generate)
 
+# The storefront (web/): the page and its stylesheet as they are, the TypeScript bundled by
+# esbuild into one file; web/dist is build output, which the gateway serves at /.
+WEB_DIST := web/dist
+WEB_STAMP := $(WEB_DIST)/.stamp
+$(WEB_STAMP): $(TS_STAMP) $(wildcard web/src/*.ts) web/index.html web/style.css
+	@mkdir -p $(WEB_DIST)
+	$(WITH_NODE) node_modules/.bin/esbuild web/src/main.ts --bundle --minify --format=esm \
+		--target=es2022 --legal-comments=none --log-level=warning --outfile=$(WEB_DIST)/app.js
+	cp web/index.html web/style.css $(WEB_DIST)/
+	@touch $@
+
+web: $(WEB_STAMP) ## Build the storefront into web/dist (TypeScript bundled by esbuild)
+
 # Debian packages the tests use beyond .venv: shellcheck (the kind scripts), curl (JSON through
 # the gateway), prometheus (scrapes the mesh in tests/mesh/test_prometheus.py; its promtool
 # checks the Kubernetes scrape config), chromium (the dashboard's page in a real headless
@@ -101,7 +114,7 @@ system-deps: ## Install the Debian packages the tests use (shellcheck, curl, pro
 		{ echo "could not install$$missing: install them with your package manager, then rerun"; exit 1; }; \
 	fi
 
-test: $(GEN_STAMP) $(TS_STAMP) $(DEV_STAMP) system-deps ## Run every test (unit, integration, contract, mesh, k8s)
+test: $(GEN_STAMP) $(TS_STAMP) $(WEB_STAMP) $(DEV_STAMP) system-deps ## Run every test (unit, integration, contract, mesh, k8s)
 	$(BIN)/pytest --durations=25
 
 unit: $(GEN_STAMP) $(DEV_STAMP) ## Run the unit tests only
@@ -116,7 +129,7 @@ contract: $(GEN_STAMP) $(DEV_STAMP) ## Run the contract tests only (buf lint, fo
 run: $(GEN_STAMP) ## Run every service without the mesh, on its standalone_port (Ctrl-C stops)
 	$(SHOPMESH) run --log-level $(LOG_LEVEL)
 
-up: $(GEN_STAMP) $(TS_STAMP) ## Start the mesh (apps, sidecars, gateway, dashboard); prints where to connect
+up: $(GEN_STAMP) $(TS_STAMP) $(WEB_STAMP) ## Start the mesh (apps, sidecars, gateway, dashboard); prints where to connect
 	$(SHOPMESH) up --state-dir $(STATE_DIR) --dashboard-port $(DASHBOARD_PORT) --gateway-port $(GATEWAY_PORT) --log-level $(LOG_LEVEL)
 
 down: ## Stop the mesh: no process left, sockets removed, data kept
@@ -134,7 +147,7 @@ fault: $(GEN_STAMP) ## Inject faults: make fault SERVICE=payments ARGS='--abort-
 	@test -n "$(SERVICE)" || { echo "usage: make fault SERVICE=<service> ARGS='--abort-percent N --status CODE | --delay-ms N | --clear'"; exit 2; }
 	$(SHOPMESH) fault --state-dir $(STATE_DIR) $(SERVICE) $(ARGS)
 
-restart: $(GEN_STAMP) ## Start a stopped pod again: make restart NAME=inventory-1 (or gateway)
+restart: $(GEN_STAMP) $(WEB_STAMP) ## Start a stopped pod again: make restart NAME=inventory-1 (or gateway)
 	@test -n "$(NAME)" || { echo "usage: make restart NAME=<pod>|gateway"; exit 2; }
 	$(SHOPMESH) restart --state-dir $(STATE_DIR) $(NAME)
 
@@ -145,6 +158,7 @@ lint: $(GEN_STAMP) $(TS_STAMP) $(DEV_STAMP) ## buf lint + format check, ruff, my
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(WITH_NODE) node_modules/.bin/tsc -p clients/node
+	$(WITH_NODE) node_modules/.bin/tsc -p web
 
 fmt: $(DEV_STAMP) ## Format protos and Python in place
 	$(BIN)/buf format --write
@@ -172,6 +186,9 @@ fuzz: $(GEN_STAMP) $(DEV_STAMP) ## Fuzz the gateway: 10,000 hostile requests und
 screenshot: $(GEN_STAMP) $(DEV_STAMP) system-deps ## docs/dashboard.png: the dashboard under load and a fault, in headless chromium
 	$(BIN)/python -m scripts.screenshot
 
+screenshot-storefront: $(GEN_STAMP) $(WEB_STAMP) $(DEV_STAMP) system-deps ## docs/storefront.png: the storefront after a checkout and a decline, in headless chromium
+	$(BIN)/python -m scripts.screenshot_storefront
+
 kind-up: $(GEN_STAMP) ## Create a kind cluster running the mesh (needs docker, kind, kubectl; OBSERVABILITY=1 adds tracing; k8s/README.md)
 	bash scripts/kind-up.sh
 
@@ -182,4 +199,4 @@ kind-down: ## Delete the kind cluster and its certificates
 	bash scripts/kind-down.sh
 
 clean: ## Remove generated code, the venv and local data
-	rm -rf gen node_modules $(VENV) var .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf gen node_modules web/dist $(VENV) var .pytest_cache .mypy_cache .ruff_cache *.egg-info

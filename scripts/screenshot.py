@@ -85,6 +85,7 @@ async def screenshot(out: Path, width: int, height: int, rate: int, settle_ms: i
                 state_dir=state_dir,
                 topology=ROOT / "envoy" / "mesh.yaml",
                 descriptor=ROOT / "gen" / "shop.pb",
+                storefront=ROOT / "web" / "dist",
                 envoy_log_level="warning",
             )
         )

@@ -21,6 +21,7 @@ everything lives under one state directory (`StateDir`, default ./var):
     data/signing-keys/           users' access-token signing keys and jwks.json, which the gateway
                                  verifies tokens with (services/users/keys.py)
     data/traces.db               the spans of the last traces (shopmesh.collector)
+    storefront/                  the storefront's files (web/dist, `make web`) the gateway serves
     envoy/<pod>.yaml             rendered Envoy configs, and mesh.yaml as the mesh was started
     prometheus.yml               a Prometheus scrape configuration for every Envoy's metrics
 
@@ -124,6 +125,7 @@ class Layout(Protocol):
     def descriptor_set(self) -> Path: ...
     # Where the gateway's reflection service listens (shopmesh.reflection).
     def reflection_socket(self) -> Path: ...
+    def storefront(self) -> Path: ...  # the storefront's files (shopmesh.envoy.browser)
     def database(self, service: str) -> Path: ...
     # The keys that sign access tokens (read by the sign-in issuer's app), and the JWKS that
     # publishes them (read by the gateway).
@@ -235,6 +237,12 @@ class StateDir:
     def signing_keys(self) -> Path:
         """The access-token signing keys and their JWKS (services/users/keys.py)."""
         return self.data / "signing-keys"
+
+    @property
+    def storefront(self) -> Path:
+        """The storefront's files, copied from web/dist when the mesh starts: Envoy reads them
+        when it loads its configuration, so a rebuild changes nothing under a running gateway."""
+        return self.root / "storefront"
 
     def make_directories(self, pods: list[Pod]) -> None:
         """Create every directory the processes and rendered configs refer to (Envoy refuses a
@@ -366,6 +374,9 @@ class LocalLayout:
 
     def reflection_socket(self) -> Path:
         return self.state.reflection_socket
+
+    def storefront(self) -> Path:
+        return self.state.storefront
 
     def database(self, service: str) -> Path:
         return self.state.database(service)

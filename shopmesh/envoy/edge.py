@@ -29,9 +29,9 @@ from shopmesh.envoy.replies import (
     http_status,
     json_reply,
     response_flags,
+    trailers_only,
 )
 from shopmesh.envoy.signin import REFUSED_TOKEN, token_refusals
-from shopmesh.envoy.upstream import deadline_replies
 from shopmesh.topology import LocalRateLimit, Topology
 
 INGRESS = "ingress"
@@ -48,8 +48,12 @@ CONCURRENCY_UPDATE_INTERVAL = "0.25s"
 """How often the adaptive controller re-computes its limit from the latencies it sampled."""
 
 
+GRPC_WEB_CONTENT_TYPES = r"application/grpc-web(-text)?(\+proto)?"
+"""The gRPC-Web content types the grpc_web filter turns into gRPC."""
+
+
 def grpc_call_match(path: str) -> Json:
-    """The route match of a public method, whatever protocol the call came in: gRPC, or JSON,
+    """The route match of a gRPC method, whatever protocol the call came in: gRPC, or JSON,
     which the transcoder has turned into gRPC before routing. A POST of gRPC to exactly
     `path`: Envoy's `path` match alone ignores the query string (`GetProduct?x` would reach the
     app, which answers UNIMPLEMENTED) and admits any verb and body (the app resets a PUT: a
@@ -62,6 +66,23 @@ def grpc_call_match(path: str) -> Json:
             {"name": ":path", "string_match": {"exact": path}},
         ],
     }
+
+
+def public_call_match(path: str) -> Json:
+    """The route match of an exposed method: grpc_call_match's, or the same POST of gRPC-Web.
+
+    gRPC-Web by its content type (what `grpc: {}` matches, or a gRPC-Web one): the route is
+    chosen before the grpc_web filter runs (to know which filters the route turns on), while
+    the call is still gRPC-Web, and is not chosen again once the filter has made it gRPC.
+    Reflection and health keep grpc_call_match: reflection is a bidirectional stream, which
+    gRPC-Web cannot carry."""
+    match = grpc_call_match(path)
+    del match["grpc"]
+    content_type = rf"application/grpc(\+.+)?|{GRPC_WEB_CONTENT_TYPES}"
+    match["headers"].append(
+        {"name": "content-type", "string_match": {"safe_regex": {"regex": content_type}}}
+    )
+    return match
 
 
 def refusals(topology: Topology) -> dict[str, Refusal]:
@@ -78,7 +99,8 @@ def refusals(topology: Topology) -> dict[str, Refusal]:
             "UNSUPPORTED_MEDIA_TYPE",
             code_pb2.INVALID_ARGUMENT,
             415,
-            "send gRPC (content-type: application/grpc) or JSON (content-type: application/json)",
+            "send gRPC (content-type: application/grpc), gRPC-Web (application/grpc-web+proto"
+            " or application/grpc-web-text) or JSON (application/json)",
         ),
         Refusal(
             "MALFORMED_REQUEST",
@@ -157,7 +179,12 @@ def refusal_replies(topology: Topology) -> list[Json]:
             },
         },
         *(grpc_reply(refusal, match) for refusal, match in recognised),
-        *deadline_replies()["mappers"],
+        # Envoy's own words for each timeout (as deadline_replies keeps them for the
+        # sidecars' gRPC callers), in a reply a gRPC-Web caller reads as well.
+        trailers_only(response_flags("UT"), code_pb2.DEADLINE_EXCEEDED, "upstream request timeout"),
+        trailers_only(
+            response_flags("DT"), code_pb2.DEADLINE_EXCEEDED, "downstream duration timeout"
+        ),
     ]
 
 

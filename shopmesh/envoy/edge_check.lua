@@ -6,8 +6,9 @@
 --   REPLIES[reason] = {status=..., grpc_status=..., message=..., details=..., json=...}
 --   MAX_REQUEST_BYTES (mesh.yaml gateway.limits.max_request_bytes)
 --
--- content_type: a JSON caller must say it sends JSON, since the transcoder would read any
---   other body as JSON; and a JSON body must not announce more than MAX_REQUEST_BYTES.
+-- content_type: a gRPC caller must send gRPC (gRPC-Web arrives here as gRPC: the grpc_web
+--   filter runs first); a JSON caller must say it sends JSON, since the transcoder would read
+--   any other body as JSON; and a JSON body must not announce more than MAX_REQUEST_BYTES.
 -- one_message: a unary gRPC call must carry exactly one whole length-prefixed message. A body
 --   that ends early is never answered by the Python server, so each such call would hold an
 --   upstream slot until the route timeout; a second message is refused the same way.
@@ -45,10 +46,15 @@ end
 local function check_content_type(handle)
   local headers = handle:headers()
   local content_type = headers:get("content-type") or ""
-  if content_type:sub(1, 16) == "application/grpc" then
+  -- gRPC is application/grpc or application/grpc+<codec>. The grpc_web filter before this one
+  -- has made gRPC-Web gRPC; what still names grpc-web here is a kind it does not convert
+  -- (grpc-web+json): refused in gRPC's way, which such a caller reads.
+  if content_type == "application/grpc" or content_type:sub(1, 17) == "application/grpc+" then
     return
   end
-  if not is_json(content_type) then
+  if content_type:sub(1, 16) == "application/grpc" then
+    refuse(handle, "UNSUPPORTED_MEDIA_TYPE", true)
+  elseif not is_json(content_type) then
     refuse(handle, "UNSUPPORTED_MEDIA_TYPE", false)
   elseif (tonumber(headers:get("content-length") or "0") or 0) > MAX_REQUEST_BYTES then
     -- The transcoder streams JSON into gRPC: no buffer on the way would refuse it.

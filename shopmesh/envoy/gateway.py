@@ -1,4 +1,5 @@
-"""The edge gateway: HTTP/2 (gRPC) and HTTP/1.1 (JSON through gRPC-JSON transcoding) in,
+"""The edge gateway: HTTP/2 (gRPC) and HTTP/1.1 (JSON through gRPC-JSON transcoding; gRPC-Web
+and the storefront's page, shopmesh.envoy.browser) in,
 plaintext or, when the layout names an edge certificate, TLS (ALPN picks the protocol); rate
 limited, only the methods `gateway.exposes` lists routed, mTLS to the sidecars as the
 `gateway` identity, server reflection to the reflection service beside it (a Unix socket);
@@ -8,6 +9,13 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from shopmesh.envoy.browser import (
+    MAX_STOREFRONT_FILE_BYTES,
+    cors_filters,
+    cors_policy,
+    grpc_web_filter,
+    storefront_routes,
+)
 from shopmesh.envoy.builders import (
     HEALTH,
     HEALTH_CHECK_PATH,
@@ -22,12 +30,15 @@ from shopmesh.envoy.builders import (
     typed,
 )
 from shopmesh.envoy.edge import (
+    ADAPTIVE_CONCURRENCY,
     INGRESS,
+    LUA,
     adaptive_concurrency_filter,
     edge_check_filter,
     edge_manager_options,
     grpc_call_match,
     per_route_filters,
+    public_call_match,
     rate_limit_filters,
     refusal_replies,
     size_limit_filter,
@@ -86,18 +97,20 @@ def reflection_routes(topology: Topology) -> list[Json]:
     ]
 
 
-def gateway_routes(topology: Topology) -> Json:
-    """The default virtual host routes every public method (gRPC and JSON clients need no
-    authority) and server reflection, so grpcurl can `list`, `describe` and call them without
-    proto files. One virtual host per exposed service, chosen by :authority (`grpcurl
-    -authority users`), routes its public methods, reflection (the same: every reflection
-    stream reaches the reflection service) and its health check when the topology offers it.
-    Every route matches with grpc_call_match: a gRPC POST to exactly its path."""
+def gateway_routes(topology: Topology, layout: Layout) -> Json:
+    """The default virtual host routes every public method (gRPC, gRPC-Web and JSON clients
+    need no authority) and server reflection, so grpcurl can `list`, `describe` and call them
+    without proto files; it also serves the storefront's files (browser.storefront_routes).
+    One virtual host per exposed service, chosen by :authority (`grpcurl -authority users`),
+    routes its public methods, reflection (the same: every reflection stream reaches the
+    reflection service) and its health check when the topology offers it. Every route matches
+    a POST to exactly its path: of gRPC or gRPC-Web for a public method (public_call_match), of
+    gRPC for reflection and health (grpc_call_match)."""
     exposes = topology.gateway.exposes
     one_message = {*public_paths(topology), HEALTH_CHECK_PATH}
     virtual_hosts: list[Json] = []
     for service, methods in exposes.items():
-        routes = upstream_routes(topology, service, methods, grpc_call_match)
+        routes = upstream_routes(topology, service, methods, public_call_match)
         routes += reflection_routes(topology)
         if topology.gateway.health:
             routes.append(
@@ -118,19 +131,24 @@ def gateway_routes(topology: Topology) -> Json:
     public = [
         route
         for service, methods in exposes.items()
-        for route in upstream_routes(topology, service, methods, grpc_call_match)
+        for route in upstream_routes(topology, service, methods, public_call_match)
     ]
     public += reflection_routes(topology)
     virtual_hosts.append(
         {
             "name": "public",
             "domains": ["*"],
-            "routes": per_route_filters(public, topology, one_message),
+            "routes": [
+                *per_route_filters(public, topology, one_message),
+                *storefront_routes(topology, layout.storefront(), [LUA, ADAPTIVE_CONCURRENCY]),
+            ],
+            "typed_per_filter_config": cors_policy(topology),
         }
     )
     return {
         "name": INGRESS,
         "virtual_hosts": virtual_hosts,
+        "max_direct_response_body_size_bytes": MAX_STOREFRONT_FILE_BYTES,
         # gRPC requires `te: trailers`, and the Python server resets a call without it: a reset
         # a client that left it out would have counted against the replica. Every route is gRPC.
         "request_headers_to_add": [
@@ -197,8 +215,9 @@ def render_gateway(topology: Topology, layout: Layout, tracing: Tracing | None =
     limits = topology.gateway.limits
     manager = http_connection_manager(
         INGRESS,
-        gateway_routes(topology),
-        # First, a caller named from outside is removed (only a verified token names one).
+        gateway_routes(topology, layout),
+        # First gRPC-Web becomes gRPC (browser.py), and CORS answers preflights when on.
+        # Then a caller named from outside is removed (only a verified token names one).
         # Then the cheapest refusals: the rate limits before anything reads a body, the access
         # token where the route needs one, then the body's size, its content type and gRPC
         # framing (JSON is checked for its content type only, before the transcoder turns it
@@ -207,6 +226,8 @@ def render_gateway(topology: Topology, layout: Layout, tracing: Tracing | None =
         # (http_local_rate_limit.rate_limited, jwt_authn.denied,
         # adaptive_concurrency...rq_blocked), and an unrouted method as http.ingress.no_route.
         [
+            grpc_web_filter(),
+            *cors_filters(topology),
             caller_removal_filter(),
             *rate_limit_filters(topology, INGRESS),
             jwt_filter(topology, layout),

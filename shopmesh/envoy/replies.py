@@ -18,6 +18,9 @@ from google.rpc import error_details_pb2, status_pb2
 from services.common.errors import ERROR_DOMAIN
 from shopmesh.envoy.builders import Json, typed
 
+GRPC_MESSAGE_SAFE = " !#$&'()*+,/:;=?@[]~"
+"""What grpc-message carries as it is; the rest is percent-encoded, as gRPC requires."""
+
 
 @dataclass(frozen=True)
 class Refusal:
@@ -52,7 +55,7 @@ class Refusal:
 
     def grpc_message(self) -> str:
         """The message as a `grpc-message` trailer: percent-encoded, as gRPC requires."""
-        return quote(self.message, safe=" !#$&'()*+,/:;=?@[]~")
+        return quote(self.message, safe=GRPC_MESSAGE_SAFE)
 
     def json_body(self) -> Json:
         """The JSON google.rpc.Status the transcoder renders the apps' own errors as."""
@@ -147,18 +150,33 @@ def _header(key: str, value: str) -> Json:
     return {"header": {"key": key, "value": value}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
 
 
-def grpc_reply(refusal: Refusal, match: Json) -> Json:
-    """The mapper of `refusal` to a gRPC caller: a trailers-only reply whose trailers are these
-    (grpc-status-details-bin repeats code and message, as clients check)."""
+def trailers_only(match: Json, code: int, message: str, details_bin: str | None = None) -> Json:
+    """The mapper of the local replies `match` finds to a gRPC or gRPC-Web caller: a
+    trailers-only reply of grpc-status `code`, grpc-message `message` and, when given,
+    grpc-status-details-bin.
+
+    Built for the gRPC-Web caller as much: Envoy decides whether a local reply is gRPC by the
+    request's content type before the grpc_web filter has made the call gRPC, so its replies
+    to gRPC-Web are plain HTTP. Hence a 200 (a gRPC-Web client reads an HTTP error status
+    instead of grpc-status) and no body, the message in grpc-message: a reply with a body the
+    grpc_web filter would take for a non-gRPC answer and replace its grpc-status by UNKNOWN."""
+    # A header value here is a format string: its percent signs are doubled.
+    encoded = quote(message, safe=GRPC_MESSAGE_SAFE).replace("%", "%%")
+    headers = [_header("grpc-status", str(code)), _header("grpc-message", encoded)]
+    if details_bin is not None:
+        headers.append(_header("grpc-status-details-bin", details_bin))
     return {
         "filter": match,
-        "headers_to_add": [
-            _header("grpc-status", str(refusal.grpc_code)),
-            _header("grpc-status-details-bin", refusal.details_bin()),
-        ],
-        # Envoy makes a gRPC reply's grpc-message of its body.
-        "body_format_override": {"text_format_source": {"inline_string": refusal.message}},
+        "status_code": 200,
+        "headers_to_add": headers,
+        "body_format_override": {"text_format_source": {"inline_string": ""}},
     }
+
+
+def grpc_reply(refusal: Refusal, match: Json) -> Json:
+    """The mapper of `refusal` to a gRPC or gRPC-Web caller (grpc-status-details-bin repeats
+    code and message, as clients check)."""
+    return trailers_only(match, refusal.grpc_code, refusal.message, refusal.details_bin())
 
 
 def json_reply(refusal: Refusal, match: Json) -> Json:

@@ -1,10 +1,11 @@
 """The Kubernetes objects of the edge gateway: ServiceAccount, Service, Deployment (Envoy, its
-reflection service from the service image on a Unix socket in an emptyDir they share, and an
-init container that brings the contracts' descriptor set from the service image), PDB and
-NetworkPolicies."""
+reflection service from the service image on a Unix socket in an emptyDir they share, and init
+containers that bring the contracts' descriptor set and the storefront's files from the service
+image), PDB and NetworkPolicies."""
 
 from __future__ import annotations
 
+from shopmesh.envoy.browser import STOREFRONT_FILES
 from shopmesh.k8s.layout import KubernetesLayout
 from shopmesh.k8s.objects import (
     APP_IMAGE,
@@ -62,6 +63,25 @@ def reflection_container(topology: Topology, layout: KubernetesLayout) -> Json:
     }
 
 
+def storefront_init(layout: KubernetesLayout) -> Json:
+    """The storefront is build output (web/dist): the Dockerfile builds it into the service
+    image, so it always matches the contracts the services were built from, and the manifests
+    (and their offline checks) need no build."""
+    return {
+        "name": "storefront",
+        "image": APP_IMAGE,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["cp"],
+        "args": [
+            *(str(layout.storefront_in_image / file) for file, _ in STOREFRONT_FILES.values()),
+            str(layout.storefront()),
+        ],
+        "resources": resources("10m", "16Mi", "100m", "32Mi"),
+        "securityContext": container_security(),
+        "volumeMounts": [mount("storefront", layout.storefront())],
+    }
+
+
 def gateway_container(layout: KubernetesLayout) -> Json:
     health = layout.health_port
     return {
@@ -94,6 +114,7 @@ def gateway_container(layout: KubernetesLayout) -> Json:
             # The reflection service's socket.
             mount("sockets", layout.socket_dir),
             mount("descriptors", layout.descriptor.parent, read_only=True),
+            mount("storefront", layout.storefront(), read_only=True),
             # The JWKS the gateway verifies access tokens with (`shopmesh k8s issue-keys`).
             mount("jwks", layout.jwks().parent, read_only=True),
         ],
@@ -122,7 +143,7 @@ def gateway_deployment(topology: Topology, layout: KubernetesLayout) -> Json:
                     "enableServiceLinks": False,
                     "terminationGracePeriodSeconds": 30,
                     "securityContext": pod_security(),
-                    "initContainers": [descriptors_init(layout)],
+                    "initContainers": [descriptors_init(layout), storefront_init(layout)],
                     "containers": [
                         gateway_container(layout),
                         *([reflection_container(topology, layout)] if reflection else []),
@@ -130,6 +151,7 @@ def gateway_deployment(topology: Topology, layout: KubernetesLayout) -> Json:
                     "volumes": [
                         {"name": "sockets", "emptyDir": {"sizeLimit": "1Mi"}},
                         {"name": "descriptors", "emptyDir": {"sizeLimit": "16Mi"}},
+                        {"name": "storefront", "emptyDir": {"sizeLimit": "16Mi"}},
                         {"name": "jwks", "configMap": {"name": layout.jwks_config_map}},
                         *envoy_volumes(layout, GATEWAY),
                     ],

@@ -36,6 +36,10 @@ class KubernetesLayout:
     jwks_config_map: str = "jwks"
     descriptor_in_image: Path = Path("/app/descriptors/shop.pb")
     """Where the Dockerfile puts the contracts' descriptor set, for the gateway's transcoder."""
+    storefront_dir: Path = Path("/etc/shopmesh/storefront")
+    """The gateway's emptyDir the storefront's files are copied into from the image."""
+    storefront_in_image: Path = Path("/app/storefront")
+    """Where the Dockerfile puts the storefront it builds (web/, `make web`)."""
     inbound_port: int = 15443
     health_port: int = 15021
     metrics_port: int = 15090
@@ -114,6 +118,9 @@ class KubernetesLayout:
     def reflection_socket(self) -> Path:
         # In the gateway's pod, the emptyDir its Envoy and reflection containers share.
         return self.socket_dir / "reflection.sock"
+
+    def storefront(self) -> Path:
+        return self.storefront_dir
 
     def database(self, service: str) -> Path:
         return self.data_dir / f"{service}.db"

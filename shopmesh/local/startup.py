@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from shopmesh.appenv import AppSettings, pod_environment
+from shopmesh.envoy.browser import STOREFRONT_FILES
 from shopmesh.envoy.command import envoy_command
 from shopmesh.envoy.render import render_all, write_configs
 from shopmesh.layout import (
@@ -72,6 +73,7 @@ from shopmesh.pki import LEAF_TTL, PkiError
 from shopmesh.topology import GATEWAY, Topology, TopologyError, load_topology
 
 DEFAULT_DESCRIPTOR = Path("gen/shop.pb")
+DEFAULT_STOREFRONT = Path("web/dist")
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,8 @@ class MeshOptions:
     topology: Path = DEFAULT_TOPOLOGY
     descriptor: Path = DEFAULT_DESCRIPTOR
     """gen/shop.pb (make generate): checks the topology and feeds the gateway's transcoder."""
+    storefront: Path = DEFAULT_STOREFRONT
+    """web/dist (make web): the storefront's files, which the gateway serves at `/`."""
     envoy: Path | None = None
     """The Envoy binary; default: the one beside this Python (.venv/bin/envoy), else PATH."""
     python: Path = Path(sys.executable)
@@ -138,6 +142,12 @@ def preflight(options: MeshOptions) -> tuple[Topology, Path]:
     if not options.descriptor.is_file():
         raise MeshError(
             f"{options.descriptor} is missing: run `make generate` (or `make up`, which does)"
+        )
+    missing = [f for f, _ in STOREFRONT_FILES.values() if not (options.storefront / f).is_file()]
+    if missing:
+        raise MeshError(
+            f"the storefront is not built ({', '.join(missing)} missing in {options.storefront}):"
+            " run `make web` (or `make up`, which does)"
         )
     if importlib.util.find_spec("shop") is None:
         raise MeshError("the generated `shop` package is not installed: run `make generate`")
@@ -230,6 +240,13 @@ def process_records(
     return {record.name: record for record in records}
 
 
+def copy_storefront(built: Path, served: Path) -> None:
+    """The storefront's files as this mesh's gateway serves them (StateDir.storefront)."""
+    served.mkdir(exist_ok=True)
+    for file, _ in STOREFRONT_FILES.values():
+        shutil.copyfile(built / file, served / file)
+
+
 def prepare(options: MeshOptions) -> tuple[LocalLayout, MeshState, Path]:
     """Everything before the first process starts: checks, ports, certificates, configs."""
     topology, envoy = preflight(options)
@@ -251,6 +268,7 @@ def prepare(options: MeshOptions) -> tuple[LocalLayout, MeshState, Path]:
                 paths.certs, topology.spiffe_ids, options.certificate_ttl, layout.edge_names
             )
             ensure_signing_keys(paths)
+            copy_storefront(options.storefront, paths.storefront)
         except (LayoutError, PkiError) as error:
             raise MeshError(str(error)) from None
         except OSError as error:

@@ -150,6 +150,7 @@ def parse_topology(
         limits=edge_limits,
         adaptive_concurrency=adaptive_concurrency,
         sign_in=_parse_sign_in(gateway_section.section("sign_in"), methods, exposes, services),
+        cors_allowed_origins=_parse_cors(gateway_section.section("cors")),
     )
     gateway_section.done()
 
@@ -219,6 +220,20 @@ def _refuse_unexposed(
         unexposed = set(methods) - set(exposes.get(service, ()))
         if unexposed:
             section.fail(key, f"{service}: {', '.join(sorted(unexposed))} not exposed")
+
+
+_ORIGIN = re.compile(r"^https?://[a-z0-9.-]+(:[0-9]{1,5})?$")
+"""A browser origin: scheme, host and port, no path, no wildcard."""
+
+
+def _parse_cors(section: Section) -> tuple[str, ...]:
+    """The origins other than the gateway's own whose pages may call it (a wildcard never:
+    any page a shopper opens could then call with their token, if it had one)."""
+    origins = section.text_list(
+        "allowed_origins", _ORIGIN, "origins such as https://shop.example.com (never *)"
+    )
+    section.done()
+    return origins
 
 
 def _parse_sign_in(

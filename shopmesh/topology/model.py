@@ -178,6 +178,9 @@ class Gateway:
     limits: EdgeLimits
     adaptive_concurrency: AdaptiveConcurrency
     sign_in: SignIn
+    cors_allowed_origins: tuple[str, ...]
+    """Origins besides the gateway's own whose pages may call it over gRPC-Web (CORS); none:
+    the storefront is served by the gateway itself, from its own origin."""
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ from shopmesh.pki import (
     IdentityFiles,
 )
 from shopmesh.topology import GATEWAY
-from tests.support.envoy import stand_in_jwks
+from tests.support.envoy import stand_in_jwks, stand_in_storefront
 from tests.support.k8s import Json, Rendered, all_containers, is_envoy, pod_spec
 from tests.support.paths import ROOT, TOPOLOGY
 
@@ -116,6 +116,8 @@ def materialise(workload: Json, root: Path) -> list[str]:
         # What `shopmesh k8s issue-keys` writes, as the jwks ConfigMap holds it.
         issued = stand_in_jwks(root / "issued-keys") / JWKS_FILE
         (root / str(LAYOUT.jwks()).lstrip("/")).write_bytes(issued.read_bytes())
+        # What the storefront init container copies from the image.
+        stand_in_storefront(root / str(LAYOUT.storefront()).lstrip("/"))
     return mounts
 
 

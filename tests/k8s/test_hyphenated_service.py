@@ -28,6 +28,7 @@ from tests.support.envoy import (
     issue_identities,
     local_layout,
     stand_in_jwks,
+    stand_in_storefront,
     validate,
 )
 from tests.support.paths import MESH_FILE
@@ -73,6 +74,7 @@ def test_kubernetes_configs_pass_envoy_validation(tmp_path: Path) -> None:
         tls_dir=tmp_path / "tls",
         descriptor=tmp_path / "d.pb",
         jwks_dir=stand_in_jwks(tmp_path / "jwks"),
+        storefront_dir=stand_in_storefront(tmp_path / "storefront"),
     )
     layout.descriptor.write_bytes(contracts_descriptor_set(TOPOLOGY))
     ca = CertificateAuthority.create("test CA", datetime.timedelta(days=1))

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from shopmesh.envoy.browser import STOREFRONT_FILES
 from shopmesh.envoy.builders import Json
 from shopmesh.envoy.render import render_all, write_configs
 from shopmesh.envoy.sidecar import render_sidecar
@@ -31,7 +32,12 @@ from shopmesh.layout import (
 from shopmesh.local.signing import ensure_signing_keys
 from shopmesh.pki import CertificateAuthority, LocalPki
 from shopmesh.topology import GATEWAY, load_topology
-from tests.support.envoy import contracts_descriptor_set, stand_in_jwks, validate
+from tests.support.envoy import (
+    contracts_descriptor_set,
+    stand_in_jwks,
+    stand_in_storefront,
+    validate,
+)
 from tests.support.paths import DESCRIPTOR_SET, MESH_FILE, TOPOLOGY
 
 LOCAL_FILES = [f"{pod.name}.yaml" for pod in local_pods(TOPOLOGY)] + ["gateway.yaml"]
@@ -72,6 +78,7 @@ def local(tmp_path_factory: pytest.TempPathFactory) -> Rendered:
     layout = LocalLayout(state, TOPOLOGY, "127.0.0.1", ports, GATEWAY_PORTS, descriptor)
     state.make_directories(layout.pods())
     ensure_signing_keys(state)
+    stand_in_storefront(state.storefront)
     return render_into(layout, root / "envoy")
 
 
@@ -85,6 +92,7 @@ def kubernetes(tmp_path_factory: pytest.TempPathFactory) -> Rendered:
         tls_dir=root / "tls",
         descriptor=root / "shop.pb",
         jwks_dir=stand_in_jwks(root / "jwks"),
+        storefront_dir=stand_in_storefront(root / "storefront"),
     )
     layout.descriptor.write_bytes(contracts_descriptor_set(TOPOLOGY))
     ca = CertificateAuthority.create("test CA", datetime.timedelta(days=1))
@@ -334,7 +342,8 @@ def test_gateway_routes_only_exposed_methods(local: Rendered) -> None:
         for service, methods in TOPOLOGY.gateway.exposes.items()
         for method in methods
     }
-    assert gateway_paths(config, "public") == expected | REFLECTION_PATHS
+    # Besides them, reflection and the storefront's files (GET, answered by the gateway itself).
+    assert gateway_paths(config, "public") == expected | REFLECTION_PATHS | set(STOREFRONT_FILES)
     assert "/shop.payments.v1.PaymentsService/Charge" not in gateway_paths(config, "payments")
     assert "/shop.notifications.v1.NotificationsService/PublishOrderEvent" not in expected
 
@@ -418,6 +427,7 @@ def test_grpc_stats_counts_what_passed_the_refusals_and_includes_injected_faults
         "envoy.filters.http.router",
     ]
     assert filter_names(local.configs["gateway.yaml"], "ingress") == [
+        "envoy.filters.http.grpc_web",
         "envoy.filters.http.header_mutation.caller",
         "envoy.filters.http.local_ratelimit.per_client",
         "envoy.filters.http.local_ratelimit",

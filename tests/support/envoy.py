@@ -19,6 +19,7 @@ from google.protobuf import descriptor_pb2
 from services.common.clock import utc_now
 from services.users.keys import KeyDirectory
 from shopmesh.envoy.admin import AdminClient, AdminUnreachable
+from shopmesh.envoy.browser import STOREFRONT_FILES
 from shopmesh.envoy.command import envoy_command, validate_command
 from shopmesh.envoy.render import dump
 from shopmesh.envoy.sidecar import render_sidecar
@@ -154,6 +155,15 @@ def stand_in_jwks(directory: Path) -> Path:
     return directory
 
 
+def stand_in_storefront(directory: Path) -> Path:
+    """The storefront's files, each a stand-in (web/dist holds the built ones): a gateway
+    config naming them validates."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for file, _ in STOREFRONT_FILES.values():
+        (directory / file).write_text(f"stand-in {file}\n")
+    return directory
+
+
 def local_layout(
     topology: Topology, root: Path, ports: Mapping[str, PodPorts] | None = None
 ) -> LocalLayout:
@@ -168,6 +178,7 @@ def local_layout(
     )
     state.make_directories(layout.pods())
     ensure_signing_keys(state)  # the JWKS the gateway's config names
+    stand_in_storefront(state.storefront)
     return layout
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from shopmesh.local.mesh import RunningMesh
 from shopmesh.local.startup import MeshOptions, up
-from tests.support.paths import DESCRIPTOR_SET, ENVOY, MESH_FILE
+from tests.support.paths import DESCRIPTOR_SET, ENVOY, MESH_FILE, STOREFRONT
 
 MESH_STARTUP_DEADLINE = 60.0
 """Generous for a loaded CI machine; a warm start takes one to two seconds."""
@@ -42,6 +42,7 @@ async def running_mesh(**options: Any) -> AsyncIterator[RunningMesh]:
         "state_dir": state_dir,
         "topology": MESH_FILE,
         "descriptor": DESCRIPTOR_SET,
+        "storefront": STOREFRONT,
         "envoy": ENVOY,
         "startup_timeout": MESH_STARTUP_DEADLINE,
         "grace_seconds": 2.0,

@@ -11,6 +11,8 @@ ROOT = Path(__file__).resolve().parents[2]
 MESH_FILE = ROOT / "envoy" / "mesh.yaml"
 DESCRIPTOR_SET = ROOT / "gen" / "shop.pb"
 """Written by `make generate`, which every test target runs first."""
+STOREFRONT = ROOT / "web" / "dist"
+"""Written by `make web`, which `make test` runs first."""
 BIN = Path(sys.executable).parent
 ENVOY = BIN / "envoy"
 SHOPMESH = BIN / "shopmesh"

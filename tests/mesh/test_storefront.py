@@ -1,0 +1,71 @@
+"""The storefront in a real headless browser (Debian's chromium, driven by Playwright) over the
+real mesh, served by the gateway at `/` and calling it over gRPC-Web: a new shopper signs up,
+buys two products with tok_visa and sees the order CONFIRMED and its notification arrive on
+the live watch; a declined card shows why; an invalid email shows its field message beside
+the field (from BadRequest)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from playwright.async_api import Page, expect
+
+from shopmesh.local.mesh import RunningMesh
+from tests.support.browser import chromium
+from tests.support.storefront import WAIT_MS, add_to_cart, check_out, sign_up
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+async def open_storefront(page: Page, mesh: RunningMesh) -> None:
+    response = await page.goto(f"http://{mesh.gateway_address}/")
+    assert response is not None
+    assert response.status == 200
+    assert response.headers["content-type"].startswith("text/html")
+    await expect(page.locator("article.product").first).to_be_visible(timeout=WAIT_MS)
+
+
+async def test_a_shopper_buys_two_products_and_is_notified(mesh: RunningMesh) -> None:
+    async with chromium() as browser:
+        page = await browser.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        await open_storefront(page, mesh)
+        sticker = page.locator('article.product[data-sku="STICKER-01"]')
+        await expect(sticker.locator(".price")).to_have_text(re.compile(r"^\$\d+\.\d\d$"))
+        await expect(sticker.locator(".stock")).to_have_text(re.compile(r"^\d+ in stock$"))
+        await sign_up(page)
+
+        await add_to_cart(page, "STICKER-01")
+        await add_to_cart(page, "HOODIE-01")
+        result = await check_out(page, "tok_visa")
+        assert "CONFIRMED" in result, result
+        order_id = result.split()[1]
+        notification = page.locator(f'#notifications li[data-order-id="{order_id}"]')
+        await expect(notification).to_be_visible(timeout=WAIT_MS)
+        await expect(page.locator(f'#orders tr[data-order-id="{order_id}"]')).to_contain_text(
+            "CONFIRMED", timeout=WAIT_MS
+        )
+
+        await add_to_cart(page, "STICKER-01")
+        declined = await check_out(page, "tok_chargeDeclined")
+        assert "declined" in declined.lower(), declined
+        assert "CARD_DECLINED" in declined, declined
+        assert errors == []
+
+
+async def test_an_invalid_email_shows_its_field_message(mesh: RunningMesh) -> None:
+    async with chromium() as browser:
+        page = await browser.new_page()
+        await open_storefront(page, mesh)
+        form = page.locator("#sign-up")
+        await form.locator('input[name="email"]').fill("not-an-email")
+        await form.locator('input[name="display_name"]').fill("Ada")
+        await form.locator('input[name="password"]').fill("a long enough password")
+        await form.locator('button[type="submit"]').click()
+
+        beside = form.locator('.field-error[data-field="email"]')
+        await expect(beside).to_contain_text("email address", timeout=WAIT_MS)
+        await expect(form.locator('input[name="email"]')).to_have_attribute("aria-invalid", "true")
+        await expect(page.locator("#signed-in")).to_be_hidden()
