@@ -7,20 +7,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
-from playwright.async_api import Page, async_playwright
+from playwright.async_api import Page
 
+from scripts.shots import ROOT, chromium_missing, mesh_and_page, save
 from shopmesh.local.dashboard import dashboard_link
-from shopmesh.local.startup import MeshOptions, up
 from shopmesh.observe.traces import TraceReader, waterfall_rows
-from tests.support.browser import CHROMIUM, CHROMIUM_ARGS
 from tests.support.traces import CHECKOUT_SERVICES
 
-ROOT = Path(__file__).resolve().parents[1]
 WAIT_MS = 60_000
 
 
@@ -78,35 +74,11 @@ def retried_checkout(traces: TraceReader) -> str:
 
 
 async def screenshot(out: Path, width: int, height: int, rate: int, settle_ms: int) -> None:
-    state_dir = Path(tempfile.mkdtemp(prefix="smshot-", dir="/tmp"))
-    try:
-        mesh = await up(
-            MeshOptions(
-                state_dir=state_dir,
-                topology=ROOT / "envoy" / "mesh.yaml",
-                descriptor=ROOT / "gen" / "shop.pb",
-                storefront=ROOT / "web" / "dist",
-                envoy_log_level="warning",
-            )
-        )
-        try:
-            link = dashboard_link(mesh.state)
-            assert link is not None
-            async with async_playwright() as playwright:
-                browser = await playwright.chromium.launch(
-                    executable_path=CHROMIUM, args=CHROMIUM_ARGS
-                )
-                try:
-                    page = await browser.new_page(viewport={"width": width, "height": height})
-                    await drive(page, link.url, TraceReader(mesh.paths.traces), rate, settle_ms)
-                    out.parent.mkdir(parents=True, exist_ok=True)
-                    await page.screenshot(path=out, full_page=True)
-                finally:
-                    await browser.close()
-        finally:
-            await mesh.stop()
-    finally:
-        shutil.rmtree(state_dir, ignore_errors=True)
+    async with mesh_and_page(width, height) as (mesh, page):
+        link = dashboard_link(mesh.state)
+        assert link is not None
+        await drive(page, link.url, TraceReader(mesh.paths.traces), rate, settle_ms)
+        await save(page, out)
 
 
 def main() -> int:
@@ -119,8 +91,7 @@ def main() -> int:
         "--settle", type=float, default=6.0, help="Seconds of load under the fault before."
     )
     args = parser.parse_args()
-    if not CHROMIUM.is_file():
-        print("chromium not found: apt-get install chromium (make system-deps)", file=sys.stderr)
+    if chromium_missing():
         return 1
     asyncio.run(screenshot(args.out, args.width, args.height, args.rate, int(args.settle * 1000)))
     print(f"wrote {args.out}")

@@ -7,59 +7,27 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
-from playwright.async_api import async_playwright, expect
+from playwright.async_api import expect
 
-from shopmesh.local.startup import MeshOptions, up
-from tests.support.browser import CHROMIUM, CHROMIUM_ARGS
+from scripts.shots import ROOT, chromium_missing, mesh_and_page, save
 from tests.support.storefront import WAIT_MS, add_to_cart, check_out, sign_up
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 async def screenshot(out: Path, width: int, height: int) -> None:
-    state_dir = Path(tempfile.mkdtemp(prefix="smshot-", dir="/tmp"))
-    try:
-        mesh = await up(
-            MeshOptions(
-                state_dir=state_dir,
-                topology=ROOT / "envoy" / "mesh.yaml",
-                descriptor=ROOT / "gen" / "shop.pb",
-                storefront=ROOT / "web" / "dist",
-                envoy_log_level="warning",
-                dashboard=False,
-            )
-        )
-        try:
-            async with async_playwright() as playwright:
-                browser = await playwright.chromium.launch(
-                    executable_path=CHROMIUM, args=CHROMIUM_ARGS
-                )
-                try:
-                    page = await browser.new_page(viewport={"width": width, "height": height})
-                    await page.goto(f"http://{mesh.gateway_address}/")
-                    await sign_up(page)
-                    await add_to_cart(page, "STICKER-01", 2)
-                    await add_to_cart(page, "HOODIE-01")
-                    await check_out(page, "tok_visa")
-                    await expect(page.locator("#notifications li strong").first).to_be_visible(
-                        timeout=WAIT_MS
-                    )
-                    await add_to_cart(page, "MUG-01")
-                    await check_out(page, "tok_chargeDeclined")
-                    await add_to_cart(page, "POSTER-LTD")
-                    out.parent.mkdir(parents=True, exist_ok=True)
-                    await page.screenshot(path=out, full_page=True)
-                finally:
-                    await browser.close()
-        finally:
-            await mesh.stop()
-    finally:
-        shutil.rmtree(state_dir, ignore_errors=True)
+    async with mesh_and_page(width, height, dashboard=False) as (mesh, page):
+        await page.goto(f"http://{mesh.gateway_address}/")
+        await sign_up(page)
+        await add_to_cart(page, "STICKER-01", 2)
+        await add_to_cart(page, "HOODIE-01")
+        await check_out(page, "tok_visa")
+        await expect(page.locator("#notifications li strong").first).to_be_visible(timeout=WAIT_MS)
+        await add_to_cart(page, "MUG-01")
+        await check_out(page, "tok_chargeDeclined")
+        await add_to_cart(page, "POSTER-LTD")
+        await save(page, out)
 
 
 def main() -> int:
@@ -68,8 +36,7 @@ def main() -> int:
     parser.add_argument("--width", type=int, default=1280)
     parser.add_argument("--height", type=int, default=900)
     args = parser.parse_args()
-    if not CHROMIUM.is_file():
-        print("chromium not found: apt-get install chromium (make system-deps)", file=sys.stderr)
+    if chromium_missing():
         return 1
     asyncio.run(screenshot(args.out, args.width, args.height))
     print(f"wrote {args.out}")
