@@ -92,30 +92,27 @@ def http_status(status: int, stat_prefix: str) -> Json:
     }
 
 
-def code_details(details: str) -> Json:
-    """Matches Envoy's response code details, for a reply that sets no response flag."""
+def _cel(expression: str) -> Json:
+    """A local-reply filter of one CEL expression over the reply."""
     return {
         "extension_filter": {
             "name": "envoy.access_loggers.extension_filters.cel",
             "typed_config": typed(
                 "envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter",
-                expression=f"response.code_details == '{details}'",
+                expression=expression,
             ),
         }
     }
+
+
+def code_details(details: str) -> Json:
+    """Matches Envoy's response code details, for a reply that sets no response flag."""
+    return _cel(f"response.code_details == '{details}'")
 
 
 def code_details_prefix(prefix: str) -> Json:
     """Matches Envoy's response code details that start with `prefix`."""
-    return {
-        "extension_filter": {
-            "name": "envoy.access_loggers.extension_filters.cel",
-            "typed_config": typed(
-                "envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter",
-                expression=f"response.code_details.startsWith('{prefix}')",
-            ),
-        }
-    }
+    return _cel(f"response.code_details.startsWith('{prefix}')")
 
 
 def any_of(filters: Sequence[Json]) -> Json:
