@@ -7,6 +7,7 @@ caller (UNAUTHENTICATED SIGN_IN_REQUIRED without one); publishing is orders' cal
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Mapping
 from datetime import datetime
 from typing import Any
@@ -83,6 +84,16 @@ class NotificationsServicer(pb_grpc.NotificationsServiceServicer):
     def __init__(self, notifications: Notifications, hub: NotificationHub) -> None:
         self._notifications = notifications
         self.hub = hub
+        # One event per open WatchNotifications call, set once grpcio has finished the call.
+        self._open_watches: set[asyncio.Event] = set()
+
+    async def end_watches(self) -> None:
+        """Close the hub and wait until every watch call has ended. Stopping the server right
+        after the hub closes could close a connection while a stream's final status is still
+        queued, and its watcher would see UNAVAILABLE instead of the end of the stream."""
+        self.hub.close()
+        for done in list(self._open_watches):
+            await done.wait()
 
     async def PublishOrderEvent(
         self, request: pb.PublishOrderEventRequest, context: aio.ServicerContext[Any, Any]
@@ -129,6 +140,15 @@ class NotificationsServicer(pb_grpc.NotificationsServiceServicer):
         """See notifications.proto. Ends when the client cancels (the subscription is closed by
         the `with`) or when the hub closes on shutdown."""
         watched = validate_watch(require_caller(context), request.user_id)
+        done = asyncio.Event()
+        self._open_watches.add(done)
+
+        def finished(_: aio.ServicerContext[Any, Any]) -> None:
+            self._open_watches.discard(done)
+            done.set()
+
+        # grpc-stubs declares the callback type as a class rather than a Protocol.
+        context.add_done_callback(finished)  # type: ignore[arg-type]
         with self.hub.subscribe(watched) as subscription:
             # The contract promises: once headers arrive, nothing created later is missed.
             await context.send_initial_metadata(())
