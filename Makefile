@@ -169,7 +169,7 @@ breaking: $(DEV_STAMP) ## buf breaking against BREAKING_AGAINST (default: the ma
 	$(BIN)/buf breaking --against '$(BREAKING_AGAINST)'
 	@echo "buf breaking: proto/ against $(BREAKING_AGAINST): no breaking change (FILE rules)"
 
-bench: $(GEN_STAMP) ## Benchmark the mesh (h2load; installs Debian nghttp2-client if missing)
+bench: $(GEN_STAMP) $(WEB_STAMP) ## Benchmark the mesh (h2load; installs Debian nghttp2-client if missing)
 	@command -v h2load >/dev/null || { \
 		echo "h2load not found: installing Debian nghttp2-client (apt-get update && apt-get install)"; \
 		sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
@@ -180,10 +180,10 @@ bench: $(GEN_STAMP) ## Benchmark the mesh (h2load; installs Debian nghttp2-clien
 		  "brew install nghttp2) and rerun make bench"; exit 1; }; }
 	$(BIN)/python -m scripts.bench $(BENCH_ARGS)
 
-fuzz: $(GEN_STAMP) $(DEV_STAMP) ## Fuzz the gateway: 10,000 hostile requests under the rate limit, checked (FUZZ_ARGS='--count N --seed S')
+fuzz: $(GEN_STAMP) $(WEB_STAMP) $(DEV_STAMP) ## Fuzz the gateway: 10,000 hostile requests under the rate limit, checked (FUZZ_ARGS='--count N --seed S')
 	$(BIN)/python -m scripts.fuzz $(FUZZ_ARGS)
 
-screenshot: $(GEN_STAMP) $(DEV_STAMP) system-deps ## docs/dashboard.png: the dashboard under load and a fault, in headless chromium
+screenshot: $(GEN_STAMP) $(WEB_STAMP) $(DEV_STAMP) system-deps ## docs/dashboard.png: the dashboard under load and a fault, in headless chromium
 	$(BIN)/python -m scripts.screenshot
 
 screenshot-storefront: $(GEN_STAMP) $(WEB_STAMP) $(DEV_STAMP) system-deps ## docs/storefront.png: the storefront after a checkout and a decline, in headless chromium

@@ -17,10 +17,10 @@ from rich.console import Console
 
 import scripts.bench
 from scripts.account import sign_up
-from scripts.bench.checkout import bench_checkout
+from scripts.bench.capacity import bench_capacity
 from scripts.bench.disk import DiskFigures, bench_disk, render_disk
 from scripts.bench.h2load import ROUNDS, BenchError
-from scripts.bench.overload import Overload, bench_overload, seed_stock
+from scripts.bench.overload import Overload, bench_overload, rate_limits_off, seed_stock
 from scripts.bench.overload_report import render_overload
 from scripts.bench.relay import (
     RelayRun,
@@ -29,13 +29,22 @@ from scripts.bench.relay import (
     relay_problems,
     render_relay,
 )
-from scripts.bench.report import Figures, envoy_memory, machine, problems, render, tools
-from scripts.bench.settings import CALLER, DESCRIPTOR, MESH_FILE
+from scripts.bench.report import Figures, machine, problems, render, tools
+from scripts.bench.settings import CALLEE, CALLER, DESCRIPTOR, MESH_FILE
+from scripts.bench.sidecar import (
+    FIXED_RATE,
+    Cores,
+    bench_fixed_rate,
+    bench_memory,
+    bench_pinned,
+)
+from scripts.bench.targets import render_targets, targets
 from scripts.bench.tracing import TracedRun, bench_tracing, render_tracing
-from scripts.bench.unary import bench_unary, mesh_logs
+from scripts.bench.unary import bench_unary, mesh_logs, prepare_h2load
 from shopmesh.local.errors import MeshError
 from shopmesh.local.mesh import RunningMesh
 from shopmesh.local.startup import MeshOptions, find_envoy, up
+from shopmesh.topology import GATEWAY
 
 BENCH_LOG_BYTES = 512 * 1024 * 1024
 """Tens of thousands of calls make tens of MiB of access log, above the usual cap."""
@@ -106,25 +115,31 @@ async def bench(args: argparse.Namespace, root: Path) -> Figures:
     try:
         if "GetUser" not in mesh.topology.services["orders"].calls.get("users", ()):
             raise BenchError(f"{MESH_FILE} no longer lets orders call users.GetUser")
-        about += await tools(find_envoy())
-        gateway = mesh.gateway_address
+        envoy = find_envoy()
+        about += await tools(envoy)
         # Its access token lives 15 minutes, far beyond the parts that use it (a few minutes);
         # h2load reads the user straight from users' sockets, without it.
-        shopper = await sign_up(gateway, "bench")
-        h2load_seconds = (2 * ROUNDS + 2) * args.seconds
-        print(f"h2load: GetUser direct and through two sidecars (~{h2load_seconds:.0f} s) ...")
-        unary = await bench_unary(mesh, shopper.user_id, root, args.seconds)
-        print(f"{args.orders} checkouts through the gateway ...", flush=True)
-        checkout = await bench_checkout(gateway, shopper, args.orders, args.workers)
-        capacity = checkout.orders / checkout.seconds
-        print(f"outbox relay lag at {capacity:.0f} checkouts/s (~10 s) ...", flush=True)
-        relay = await bench_relay(mesh, shopper, capacity)
-        # Its own estimate, with the rate limits off: the checkouts above met them.
-        print("overload: capacity steps, then 5x it, rate limits off (~50 s) ...", flush=True)
-        overload = await bench_overload(mesh)
-        memory = envoy_memory(mesh)
+        shopper = await sign_up(mesh.gateway_address, "bench")
+        h2load = await prepare_h2load(mesh, shopper.user_id, root)
+        rounds = 2 * ROUNDS * args.seconds
+        print(f"h2load: GetUser direct and through two sidecars, flat out (~{rounds:.0f} s) ...")
+        unary = await bench_unary(mesh, h2load, args.seconds)
+        print(f"h2load: both paths at {FIXED_RATE:.0f} req/s, Envoy CPU (~{rounds:.0f} s) ...")
+        fixed = await bench_fixed_rate(mesh, h2load, args.seconds)
+        cores = Cores.of_this_machine()
+        pinned = None
+        if cores is not None:
+            print(f"h2load: flat out, the app alone on CPU {cores.app} (~{rounds:.0f} s) ...")
+            pinned = await bench_pinned(mesh, h2load, cores, args.seconds)
+        print("Envoy memory, next to a bare Envoy ...", flush=True)
+        memory = await bench_memory(mesh, h2load, envoy, root)
+        print(f"{args.orders} checkouts through the gateway, rate limits off ...", flush=True)
+        capacity = await bench_capacity(mesh, shopper, args.orders, args.workers)
+        print(f"outbox relay lag at {capacity.rate:.0f} checkouts/s (~10 s) ...", flush=True)
+        async with rate_limits_off(mesh.admin(GATEWAY)):
+            relay = await bench_relay(mesh, shopper, capacity.rate)
         stats = await mesh.admin(CALLER).stats()
-        logs = await mesh_logs(mesh, *unary.mesh_calls)
+        logs = await mesh_logs(mesh, *h2load.calls(mesh.pod(CALLER).egress_socket))
     finally:
         await stop_surely(mesh)
     foreign = foreign_share(cpu_before, CpuSample.now(), time.monotonic() - started)
@@ -133,17 +148,21 @@ async def bench(args: argparse.Namespace, root: Path) -> Figures:
         startup=mesh.state.up_seconds or 0.0,
         pods=len(mesh.pods),
         unary=unary,
+        fixed=fixed,
+        pinned=pinned,
+        memory=memory,
+        capacity=capacity,
         logs=logs,
+        frame_size=h2load.frame_size,
+        direct_calls=h2load.calls(mesh.pod(CALLEE).app_socket),
+        mesh_calls=h2load.calls(mesh.pod(CALLER).egress_socket),
         retries=stats.get("cluster.svc_users.upstream_rq_retry", 0),
         # Envoy 1.40 counts requests refused by max_requests as active (not pending) overflows.
         overflows=stats.get("cluster.svc_users.upstream_rq_active_overflow", 0)
         + stats.get("cluster.svc_users.upstream_rq_pending_overflow", 0),
-        checkout=checkout,
-        memory=memory,
         seconds=args.seconds,
         foreign_cpu=foreign,
         relay=relay,
-        overload=overload,
     )
 
 
@@ -227,8 +246,16 @@ def main() -> None:
         if isinstance(figures, Figures):
             render(figures, console)
             render_relay(figures.relay, console)
-            failures = render_overload(figures.overload, console)
-            for problem in problems(figures) + relay_problems(figures.relay) + failures:
+            found = targets(
+                figures.unary,
+                figures.fixed,
+                figures.pinned,
+                figures.memory,
+                figures.capacity,
+                time.monotonic() - started,
+            )
+            render_targets(found, console)
+            for problem in problems(figures) + relay_problems(figures.relay):
                 console.print(f"WARNING: {problem}")
         elif isinstance(figures, RelayRun):
             console.print(

@@ -27,8 +27,6 @@ ROUNDS = 3
 """Flat-out runs per path, alternating between the paths; the median counts."""
 MIN_REQUESTS = 500
 MAX_REQUESTS = 100_000
-LATENCY_LOAD = 0.25
-"""Latency is measured at this share of the direct path's maximum rate."""
 
 
 class BenchError(RuntimeError):
@@ -154,12 +152,19 @@ class H2Load:
         return sum(r.requests for r in results), sum(r.failed for r in results)
 
     async def run(
-        self, socket: Path, requests: int, shape: Shape, expected_seconds: float
+        self,
+        socket: Path,
+        requests: int,
+        shape: Shape,
+        expected_seconds: float,
+        cpu: int | None = None,
     ) -> LoadResult:
-        """`requests` GetUser calls into `socket` offered as `shape` says; h2load is killed
-        if the run takes far longer than `expected_seconds`."""
+        """`requests` GetUser calls into `socket` offered as `shape` says, by an h2load pinned
+        to `cpu` if given; h2load is killed if the run takes far longer than
+        `expected_seconds`."""
         log = self.work / f"h2load-{sum(map(len, self.results.values())) + 1}.tsv"
         argv = [
+            *([] if cpu is None else ["taskset", "--cpu-list", str(cpu)]),
             "h2load",
             f"--requests={requests}",
             *shape.arguments(),
@@ -194,14 +199,16 @@ class H2Load:
         self.results.setdefault(socket, []).append(result)
         return result
 
-    async def warm_up(self, socket: Path) -> LoadResult:
+    async def warm_up(self, socket: Path, cpu: int | None = None) -> LoadResult:
         """Connections, caches and a first estimate of the path's maximum rate."""
-        return await self.run(socket, WARM_UP_REQUESTS, Shape.saturating(), expected_seconds=10)
+        return await self.run(socket, WARM_UP_REQUESTS, Shape.saturating(), 10, cpu)
 
-    async def flat_out(self, socket: Path, warm: LoadResult, seconds: float) -> LoadResult:
+    async def flat_out(
+        self, socket: Path, warm: LoadResult, seconds: float, cpu: int | None = None
+    ) -> LoadResult:
         """A run sized to last about `seconds` at the warm-up's rate."""
         requests = min(MAX_REQUESTS, max(MIN_REQUESTS, round(warm.rate * seconds)))
-        return await self.run(socket, requests, Shape.saturating(), requests / warm.rate)
+        return await self.run(socket, requests, Shape.saturating(), requests / warm.rate, cpu)
 
     async def at_rate(self, socket: Path, shape: Shape, seconds: float) -> LoadResult:
         assert shape.rate is not None

@@ -25,7 +25,7 @@ def _machine_busy() -> float:
     return (sum(fields[:8]) - fields[3] - fields[4]) / TICKS
 
 
-def _process_cpu(pid: int) -> float:
+def process_cpu(pid: int) -> float:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except FileNotFoundError:
@@ -62,7 +62,7 @@ class Sample:
     @classmethod
     def now(cls, mesh: RunningMesh) -> Sample:
         pids = [p.pid for p in mesh.processes() if p.pid is not None]
-        mesh_cpu = sum(_process_cpu(pid) for pid in pids)
+        mesh_cpu = sum(process_cpu(pid) for pid in pids)
         return cls(_machine_busy(), _self_cpu(), mesh_cpu, _io_stalled())
 
 

@@ -17,14 +17,15 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from scripts.bench.checkout import Checkout
-from scripts.bench.h2load import LATENCY_LOAD, ROUNDS, WARM_UP_REQUESTS, Shape, run_tool
-from scripts.bench.unary import MeshLogs, Unary
-from shopmesh.local.mesh import RunningMesh
-from shopmesh.topology import GATEWAY
+from scripts.bench.capacity import Capacity
+from scripts.bench.h2load import ROUNDS, WARM_UP_REQUESTS, Shape, run_tool
+from scripts.bench.open_loop import percentile
+from scripts.bench.settings import CALLEE, CALLER
+from scripts.bench.sidecar import FIXED_RATE, FixedRate, Memory, Pinned
+from scripts.bench.unary import Maximum, MeshLogs, Unary
+from shopmesh.envoy.edge import RATE_LIMIT_ENABLED
 
 if TYPE_CHECKING:
-    from scripts.bench.overload import Overload
     from scripts.bench.relay import RelayLag
 
 FOREIGN_CPU_LIMIT = 0.05
@@ -32,22 +33,6 @@ FOREIGN_CPU_LIMIT = 0.05
 
 
 # --- machine, memory, report ----------------------------------------------------------------
-
-
-def memory_kib(pid: int) -> tuple[int, int]:
-    """(VmRSS, VmHWM) of a process in KiB, from /proc/<pid>/status."""
-    values: dict[str, int] = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            values[key] = int(value.split()[0])
-    return values["VmRSS"], values["VmHWM"]
-
-
-def envoy_memory(mesh: RunningMesh) -> dict[str, tuple[int, int]]:
-    pids = {name: pod.sidecar.pid if pod.sidecar else None for name, pod in mesh.pods.items()}
-    pids[GATEWAY] = mesh.gateway.pid
-    return {name: memory_kib(pid) for name, pid in pids.items() if pid is not None}
 
 
 def machine() -> list[tuple[str, str]]:
@@ -88,16 +73,24 @@ class Figures:
     startup: float
     pods: int
     unary: Unary
+    fixed: FixedRate
+    pinned: Pinned | None
+    memory: Memory
+    capacity: Capacity
     logs: MeshLogs
+    frame_size: int
+    """Bytes of one complete GetUserResponse gRPC frame."""
+    direct_calls: tuple[int, int]
+    """(calls, failed) h2load sent straight at the app, over every run."""
+    mesh_calls: tuple[int, int]
+    """(calls, failed) h2load sent into the caller's egress, over every run."""
     retries: int
     overflows: int
-    checkout: Checkout
-    memory: dict[str, tuple[int, int]]
     seconds: float
+    """Each h2load run's length."""
     foreign_cpu: float
     """Share of the machine's CPU time that processes outside the benchmark used during it."""
     relay: RelayLag
-    overload: Overload
 
 
 def signed_ms(value: float) -> str:
@@ -113,9 +106,12 @@ def two_columns(rows: Sequence[tuple[str, str]], right: bool = False) -> Table:
     return table
 
 
+def statuses(counts: Counter[str]) -> str:
+    return ", ".join(f"{code}: {n}" for code, n in sorted(counts.items())) or "none"
+
+
 def render(figures: Figures, console: Console) -> None:
     """Print every figure as tables."""
-    unary, checkout = figures.unary, figures.checkout
     console.print("[bold]Machine and tools[/bold]")
     console.print(
         two_columns(
@@ -126,9 +122,13 @@ def render(figures: Figures, console: Console) -> None:
             ]
         )
     )
+    render_unary(figures, console)
+    render_memory(figures.memory, console)
+    render_capacity(figures.capacity, console)
 
-    d, m = unary.direct_at_rate, unary.mesh_at_rate
-    assert unary.paced.rate is not None
+
+def render_unary(figures: Figures, console: Console) -> None:
+    unary, fixed, pinned = figures.unary, figures.fixed, figures.pinned
     console.print("[bold]Unary users.GetUser (a SQLite read), h2load over Unix sockets[/bold]")
     table = Table(box=box.SIMPLE)
     table.add_column("")
@@ -139,27 +139,37 @@ def render(figures: Figures, console: Console) -> None:
         f"max throughput (median of {ROUNDS})",
         f"{unary.direct_max.rate:.0f} req/s",
         f"{unary.mesh_max.rate:.0f} req/s",
-        f"ratio {unary.mesh_max.rate / unary.direct_max.rate:.2f}",
+        f"ratio {unary.ratio:.2f}",
     )
     table.add_row("  rounds ranged", unary.direct_max.spread(), unary.mesh_max.spread(), "")
+    if pinned is not None:
+        direct = Maximum(pinned.direct)
+        through = Maximum(pinned.mesh)
+        table.add_row(
+            f"max, app alone on CPU {pinned.cores.app}",
+            f"{direct.rate:.0f} req/s",
+            f"{through.rate:.0f} req/s",
+            f"ratio {pinned.ratio:.2f}",
+        )
+        table.add_row("  rounds ranged", direct.spread(), through.spread(), "")
     for name, share in (("p50", 0.5), ("p99", 0.99)):
         table.add_row(
-            f"{name} at {unary.paced.rate:.0f} req/s ({LATENCY_LOAD:.0%})",
-            ms(d.percentile(share)),
-            ms(m.percentile(share)),
-            signed_ms(m.percentile(share) - d.percentile(share)),
+            f"{name} at {FIXED_RATE:.0f} req/s (median of {ROUNDS})",
+            ms(fixed.percentile(False, share)),
+            ms(fixed.percentile(True, share)),
+            signed_ms(fixed.added_ms(share)),
         )
     table.add_row(
         "calls sent / failed",
-        "{} / {}".format(*unary.direct_calls),
-        "{} / {}".format(*unary.mesh_calls),
+        "{} / {}".format(*figures.direct_calls),
+        "{} / {}".format(*figures.mesh_calls),
         "",
     )
     console.print(table)
-
-    def statuses(counts: Counter[str]) -> str:
-        return ", ".join(f"{code}: {n}" for code, n in sorted(counts.items())) or "none"
-
+    cpu = ", ".join(
+        f"{pod} {fixed.cpu(pod):.3f} (idle: {fixed.cpu(pod, idle=True):.3f})"
+        for pod in (CALLER, CALLEE)
+    )
     console.print("[bold]How the unary figures were measured[/bold]")
     console.print(
         two_columns(
@@ -171,14 +181,27 @@ def render(figures: Figures, console: Console) -> None:
                     f"path ({unary.direct_max.requests} / {unary.mesh_max.requests} calls)",
                 ),
                 (
-                    f"latency at {LATENCY_LOAD:.0%} of direct max",
-                    f"{unary.paced.describe()}; {d.requests} calls per path",
+                    "pinned",
+                    "users app alone on one CPU; both Envoys, h2load (taskset) and every other "
+                    "mesh process on the other"
+                    if pinned
+                    else "skipped: fewer than 2 CPUs",
+                ),
+                (
+                    f"latency at {FIXED_RATE:.0f} req/s",
+                    f"{fixed.shape.describe()}; {ROUNDS} alternating rounds of "
+                    f"{fixed.rounds[0].direct.requests} calls per path",
+                ),
+                (
+                    "Envoy CPU-s per 1,000 requests",
+                    f"{cpu}; utime + stime from /proc during the mesh runs at "
+                    f"{FIXED_RATE:.0f} req/s (idle: the same Envoys during the direct runs)",
                 ),
                 (
                     "OK calls (h2load: HTTP 2xx)",
-                    f"every OK answer is the same {unary.frame_size}-byte GetUserResponse "
-                    "frame, an error has none: h2load's DATA bytes count them (throughput "
-                    "counts only OK calls)",
+                    f"every OK answer is the same {figures.frame_size}-byte "
+                    "GetUserResponse frame, an error has none: h2load's DATA bytes count them "
+                    "(throughput counts only OK calls)",
                 ),
                 ("grpc-status at orders' egress", statuses(figures.logs.caller)),
                 ("grpc-status at users' inbound", statuses(figures.logs.callee)),
@@ -190,36 +213,69 @@ def render(figures: Figures, console: Console) -> None:
         )
     )
 
+
+def render_memory(memory: Memory, console: Console) -> None:
     console.print(
-        "[bold]Checkout: PlaceOrder through the gateway[/bold] "
-        "(saga: user, price, reserve, charge, commit)"
+        f"[bold]Envoy memory after the run[/bold] ({memory.sharing} Envoys share the binary's "
+        "file-backed pages)"
+    )
+    table = Table(box=box.SIMPLE)
+    table.add_column("envoy")
+    table.add_column("RSS", justify="right")
+    table.add_column("anonymous", justify="right")
+    table.add_column("anonymous / bare", justify="right")
+    rows = [("bare (1 listener, 1 cluster)", memory.bare), *memory.sidecars.items()]
+    for name, figures in rows:
+        table.add_row(
+            name,
+            f"{figures.rss_kib / 1024:.1f} MiB",
+            f"{figures.anonymous_kib / 1024:.1f} MiB",
+            f"{figures.anonymous_kib / memory.bare.anonymous_kib:.2f}x",
+        )
+    console.print(table)
+
+
+def render_capacity(capacity: Capacity, console: Console) -> None:
+    closed, paced = capacity.closed, capacity.paced
+    console.print(
+        "[bold]Checkout: PlaceOrder through the gateway[/bold] (saga: user, price, reserve, "
+        f"charge, commit; gateway rate limits off: {RATE_LIMIT_ENABLED} = "
+        f"{capacity.rate_limit[0]}, then {capacity.rate_limit[-1]})"
     )
     console.print(
         two_columns(
             [
-                ("orders (concurrent workers)", f"{checkout.orders} ({checkout.workers})"),
-                ("throughput", f"{checkout.orders / checkout.seconds:.1f} orders/s"),
-                ("p50", ms(checkout.percentile(0.5))),
-                ("p99", ms(checkout.percentile(0.99))),
-                ("outcomes", ", ".join(f"{k}: {v}" for k, v in checkout.outcomes.most_common())),
+                ("closed loop: orders (concurrent workers)", f"{closed.orders} ({closed.workers})"),
+                ("  throughput", f"{capacity.rate:.1f} orders/s"),
+                ("  p50 / p99", f"{ms(closed.percentile(0.5))} / {ms(closed.percentile(0.99))}"),
+                ("  outcomes", ", ".join(f"{k}: {v}" for k, v in closed.outcomes.most_common())),
+                (
+                    f"open loop at {paced.rate:.1f}/s for {paced.seconds:.0f} s",
+                    f"{len(paced.calls)} calls",
+                ),
+                (
+                    "  p50 / p99",
+                    f"{ms(percentile([c.latency_ms for c in paced.admitted], 0.5))} / "
+                    f"{ms(paced.admitted_p99())}",
+                ),
+                ("  outcomes", ", ".join(f"{k}: {v}" for k, v in paced.outcomes().most_common())),
             ],
             right=True,
         )
     )
-
-    console.print("[bold]Envoy memory after the run[/bold]")
-    memory = Table(box=box.SIMPLE)
-    memory.add_column("envoy")
-    memory.add_column("VmRSS", justify="right")
-    memory.add_column("peak (VmHWM)", justify="right")
-    for name, (rss, peak) in figures.memory.items():
-        memory.add_row(name, f"{rss / 1024:.1f} MiB", f"{peak / 1024:.1f} MiB")
-    console.print(memory)
+    console.print("[bold]Where a checkout's CPU goes[/bold] (closed loop, per checkout)")
+    table = Table(box=box.SIMPLE)
+    table.add_column("process")
+    table.add_column("CPU ms", justify="right")
+    for name, value in sorted(capacity.cpu_ms.items(), key=lambda item: -item[1]):
+        table.add_row(name, f"{value:.2f}")
+    table.add_row("[bold]all[/bold]", f"[bold]{sum(capacity.cpu_ms.values()):.2f}[/bold]")
+    console.print(table)
 
 
 def problems(figures: Figures) -> list[str]:
     """What makes the figures less than clean: failed calls, or logs that disagree."""
-    unary, logs, checkout = figures.unary, figures.logs, figures.checkout
+    logs, closed = figures.logs, figures.capacity.closed
     found = []
     # Not the load average: it trails the last minute, which may hold an earlier run.
     if figures.foreign_cpu > FOREIGN_CPU_LIMIT:
@@ -227,17 +283,19 @@ def problems(figures: Figures) -> list[str]:
             f"the machine was busy: other processes used {figures.foreign_cpu:.0%} of the CPU "
             "time during the run, which skews every figure"
         )
-    for path, (calls, failed) in (("direct", unary.direct_calls), ("mesh", unary.mesh_calls)):
+    for path, (calls, failed) in (("direct", figures.direct_calls), ("mesh", figures.mesh_calls)):
         if failed:
             found.append(
                 f"{failed} of {calls} GetUser calls ({path}) failed; the latencies include them"
             )
     logged_failures = logs.caller.total() - logs.caller["0"]
-    if (logs.caller.total(), logged_failures) != unary.mesh_calls:
+    if (logs.caller.total(), logged_failures) != figures.mesh_calls:
         found.append(
             f"orders' egress logged {logs.caller.total()} h2load calls, {logged_failures} "
-            f"failed; h2load counted {unary.mesh_calls[0]}, {unary.mesh_calls[1]} failed"
+            f"failed; h2load counted {figures.mesh_calls[0]}, {figures.mesh_calls[1]} failed"
         )
-    if checkout.outcomes["ORDER_STATUS_CONFIRMED"] != checkout.orders:
-        found.append(f"not every order was confirmed: {dict(checkout.outcomes)}")
+    if closed.outcomes["ORDER_STATUS_CONFIRMED"] != closed.orders:
+        found.append(f"not every order was confirmed: {dict(closed.outcomes)}")
+    if figures.capacity.paced.generator_bound:
+        found.append("the open-loop checkout generator fell behind its schedule")
     return found

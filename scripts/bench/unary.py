@@ -12,15 +12,7 @@ from pathlib import Path
 
 from grpc import aio
 
-from scripts.bench.h2load import (
-    LATENCY_LOAD,
-    ROUNDS,
-    BenchError,
-    H2Load,
-    LoadResult,
-    Shape,
-    grpc_frame,
-)
+from scripts.bench.h2load import ROUNDS, BenchError, H2Load, LoadResult, grpc_frame
 from scripts.bench.settings import CALL_TIMEOUT, CALLEE, CALLER, GET_USER, H2LOAD_AUTHORITY
 from services.common.caller import on_behalf_of
 from shop.users.v1 import users_pb2
@@ -52,16 +44,14 @@ class Maximum:
 
 @dataclass(frozen=True)
 class Unary:
+    """The maximum throughput of both paths, unpinned."""
+
     direct_max: Maximum
     mesh_max: Maximum
-    paced: Shape
-    direct_at_rate: LoadResult
-    mesh_at_rate: LoadResult
-    frame_size: int
-    direct_calls: tuple[int, int]
-    """(calls, failed) straight at the app, over every h2load run."""
-    mesh_calls: tuple[int, int]
-    """(calls, failed) into the caller's egress, over every h2load run."""
+
+    @property
+    def ratio(self) -> float:
+        return self.mesh_max.rate / self.direct_max.rate
 
 
 def _raw(message: bytes) -> bytes:
@@ -77,7 +67,8 @@ async def get_user_raw(address: str, request: bytes, caller: str) -> bytes:
         return response
 
 
-async def bench_unary(mesh: RunningMesh, user_id: str, work: Path, seconds: float) -> Unary:
+async def prepare_h2load(mesh: RunningMesh, user_id: str, work: Path) -> H2Load:
+    """An H2Load sending the GetUser request of `user_id`, once both paths answered it alike."""
     request = users_pb2.GetUserRequest(user_id=user_id).SerializeToString()
     direct = mesh.pod(CALLEE).app_socket
     through = mesh.pod(CALLER).egress_socket
@@ -92,28 +83,20 @@ async def bench_unary(mesh: RunningMesh, user_id: str, work: Path, seconds: floa
         raise BenchError(f"GetUser did not return user {user_id}")
     body = work / "get_user.bin"
     body.write_bytes(grpc_frame(request))
-    h2load = H2Load(body, len(grpc_frame(response)), work, user_id)
+    return H2Load(body, len(grpc_frame(response)), work, user_id)
 
+
+async def bench_unary(mesh: RunningMesh, h2load: H2Load, seconds: float) -> Unary:
+    """Alternating flat-out rounds of both paths, so that drifting background load on the
+    machine hits both alike."""
+    direct = mesh.pod(CALLEE).app_socket
+    through = mesh.pod(CALLER).egress_socket
     warm = {path: await h2load.warm_up(path) for path in (direct, through)}
-    # Alternating rounds, so that drifting background load on the machine hits both paths alike.
     rounds: dict[Path, list[LoadResult]] = {direct: [], through: []}
     for _ in range(ROUNDS):
         for path, results in rounds.items():
             results.append(await h2load.flat_out(path, warm[path], seconds))
-    direct_max = Maximum(rounds[direct])
-    paced = Shape.paced(LATENCY_LOAD * direct_max.rate)
-    direct_at_rate = await h2load.at_rate(direct, paced, seconds)
-    mesh_at_rate = await h2load.at_rate(through, paced, seconds)
-    return Unary(
-        direct_max,
-        Maximum(rounds[through]),
-        paced,
-        direct_at_rate,
-        mesh_at_rate,
-        h2load.frame_size,
-        h2load.calls(direct),
-        h2load.calls(through),
-    )
+    return Unary(Maximum(rounds[direct]), Maximum(rounds[through]))
 
 
 def grpc_statuses(access_log: Path, listener: str) -> Counter[str]:
