@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from scripts.account import Shopper
 from scripts.bench.checkout import Checkout, bench_checkout
-from scripts.bench.machine_load import process_cpu
+from scripts.bench.machine_load import cpu_used
 from scripts.bench.open_loop import Run, generator
 from scripts.bench.overload import rate_limits_off
 from shopmesh.local.mesh import RunningMesh
@@ -34,7 +34,7 @@ class Capacity:
 
     @property
     def rate(self) -> float:
-        return self.closed.outcomes["ORDER_STATUS_CONFIRMED"] / self.closed.seconds
+        return self.closed.confirmed_rate
 
 
 async def bench_capacity(
@@ -43,13 +43,12 @@ async def bench_capacity(
     gateway = mesh.gateway_address
     processes = {p.name: p.pid for p in mesh.processes() if p.pid is not None}
     async with rate_limits_off(mesh.admin(GATEWAY)) as rate_limit:
-        before = {name: process_cpu(pid) for name, pid in processes.items()}
-        closed = await bench_checkout(gateway, shopper, orders, workers)
+        with cpu_used(processes) as used:
+            closed = await bench_checkout(gateway, shopper, orders, workers)
+        # The warm-up orders (one per worker) ran inside the block too.
         done = closed.orders + closed.workers
-        cpu_ms = {
-            name: (process_cpu(pid) - before[name]) * 1000 / done for name, pid in processes.items()
-        }
-        rate = closed.outcomes["ORDER_STATUS_CONFIRMED"] / closed.seconds
+        cpu_ms = {name: seconds * 1000 / done for name, seconds in used.items()}
+        rate = closed.confirmed_rate
         print(
             f"checkouts at a third of {rate:.0f}/s, open loop ({LATENCY_SECONDS:.0f} s) ...",
             flush=True,

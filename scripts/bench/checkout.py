@@ -35,6 +35,11 @@ class Checkout:
         rank = max(1, math.ceil(share * len(self.latencies_ms)))
         return self.latencies_ms[rank - 1]
 
+    @property
+    def confirmed_rate(self) -> float:
+        """Confirmed orders per second."""
+        return self.outcomes["ORDER_STATUS_CONFIRMED"] / self.seconds
+
 
 async def bench_checkout(gateway: str, shopper: Shopper, orders: int, workers: int) -> Checkout:
     """`orders` PlaceOrder calls through the gateway as `shopper` from `workers` concurrent

@@ -5,8 +5,10 @@ shared cores either of the last two moves the mesh's latency more than the gatew
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +35,15 @@ def process_cpu(pid: int) -> float:
     # After the parenthesized command name: state is field 3, utime and stime 14 and 15.
     fields = stat.rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+@contextlib.contextmanager
+def cpu_used(pids: Mapping[str, int]) -> Iterator[dict[str, float]]:
+    """The CPU seconds each named process used during the block, filled in when it ends."""
+    before = {name: process_cpu(pid) for name, pid in pids.items()}
+    used: dict[str, float] = {}
+    yield used
+    used.update({name: process_cpu(pid) - before[name] for name, pid in pids.items()})
 
 
 def _self_cpu() -> float:

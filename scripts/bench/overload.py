@@ -325,7 +325,7 @@ async def bench_overload(mesh: RunningMesh) -> Overload:
             print(f"gateway rate limits off: {RATE_LIMIT_ENABLED} = {rate_limit[0]}", flush=True)
             print(f"estimate: {ESTIMATE_ORDERS} closed-loop checkouts ...", flush=True)
             closed = await bench_checkout(gateway, shopper, ESTIMATE_ORDERS, ESTIMATE_WORKERS)
-            estimate = closed.outcomes[CONFIRMED] / closed.seconds
+            estimate = closed.confirmed_rate
             if estimate <= 0:
                 raise BenchError("the closed-loop checkout estimate was 0 orders/s")
             earlier = set(await list_orders(channel, shopper))

@@ -23,7 +23,7 @@ from pathlib import Path
 import yaml
 
 from scripts.bench.h2load import ROUNDS, BenchError, H2Load, LoadResult, Shape
-from scripts.bench.machine_load import process_cpu
+from scripts.bench.machine_load import cpu_used
 from scripts.bench.settings import CALLEE, CALLER
 from shopmesh.envoy.command import envoy_command
 from shopmesh.local.mesh import RunningMesh
@@ -162,12 +162,9 @@ async def bench_fixed_rate(mesh: RunningMesh, h2load: H2Load, seconds: float) ->
         envoys[pod] = sidecar.pid
 
     async def run(path: Path) -> tuple[LoadResult, dict[str, float]]:
-        before = {pod: process_cpu(pid) for pod, pid in envoys.items()}
-        result = await h2load.at_rate(path, shape, seconds)
-        per_thousand = 1000 / result.requests
-        return result, {
-            pod: (process_cpu(pid) - before[pod]) * per_thousand for pod, pid in envoys.items()
-        }
+        with cpu_used(envoys) as used:
+            result = await h2load.at_rate(path, shape, seconds)
+        return result, {pod: cpu * 1000 / result.requests for pod, cpu in used.items()}
 
     rounds = []
     for _ in range(ROUNDS):
