@@ -224,6 +224,8 @@ class _GroupCommit:
     def submit(self, change: Callable[[sqlite3.Connection], T]) -> Future[T]:
         """Queue `change`; the future gets its result once its batch has committed."""
         write = _Write(change)
+        # Running from the start, as write() promises: its future can no longer be cancelled.
+        write.done.set_running_or_notify_cancel()
         with self._lock:
             self._queue.append(write)
             idle = not self._draining
@@ -246,16 +248,12 @@ class _GroupCommit:
                 if not batch:
                     self._draining = False
                     return
-            # As an executor does, skip a write cancelled before it started (write() shields
-            # its future, so none is); once running, its future cannot be cancelled.
-            self._commit([write for write in batch if write.done.set_running_or_notify_cancel()])
+            self._commit(batch)
 
     def _commit(self, batch: Sequence[_Write]) -> None:
         """Run `batch` in one transaction and settle every write of it that ran: a change that
         raised gets its exception; the others their results once COMMIT has returned, or the
         error that ended the transaction."""
-        if not batch:
-            return
         connection = self._connection
         try:
             connection.execute("BEGIN IMMEDIATE")
