@@ -11,7 +11,7 @@ import sqlite3
 import stat
 import sys
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, closing, contextmanager
 from pathlib import Path
 
@@ -95,6 +95,17 @@ async def writer_held(database: Database) -> AsyncIterator[None]:
         release.set()
         async with asyncio.timeout(WAIT):
             await holding
+
+
+async def _queued_together(
+    database: Database, changes: Sequence[Callable[[sqlite3.Connection], object]]
+) -> list[object]:
+    """Submit `changes` while the writer is held, so that all of them are queued when the
+    next batch starts; returns what each write returned or raised, in order."""
+    async with writer_held(database):
+        queued = [asyncio.create_task(database.write(change)) for change in changes]
+    async with asyncio.timeout(WAIT):
+        return await asyncio.gather(*queued, return_exceptions=True)
 
 
 @contextmanager
@@ -291,25 +302,20 @@ async def test_a_write_on_an_idle_database_commits_alone(database: Database) -> 
 
 
 async def test_writes_queued_behind_a_running_batch_share_one_commit(database: Database) -> None:
-    async with writer_held(database):
-        queued = [asyncio.create_task(database.write(_insert(f"item{n}"))) for n in range(10)]
-    async with asyncio.timeout(WAIT):
-        await asyncio.gather(*queued)
+    outcomes = await _queued_together(database, [_insert(f"item{n}") for n in range(10)])
 
+    assert outcomes == [None] * 10
     # The held write's batch, then one batch for all ten.
     assert database.write_stats == WriteStats(commits=2, changes=11)
     assert await database.read(_count("items")) == 10
 
 
 async def test_a_batch_takes_at_most_max_batch_writes(database: Database) -> None:
-    async with writer_held(database):
-        queued = [
-            asyncio.create_task(database.write(_insert(f"item{n:03}")))
-            for n in range(MAX_BATCH + 1)
-        ]
-    async with asyncio.timeout(WAIT):
-        await asyncio.gather(*queued)
+    outcomes = await _queued_together(
+        database, [_insert(f"item{n:03}") for n in range(MAX_BATCH + 1)]
+    )
 
+    assert outcomes == [None] * (MAX_BATCH + 1)
     assert database.write_stats == WriteStats(commits=3, changes=MAX_BATCH + 2)
     assert await database.read(_count("items")) == MAX_BATCH + 1
 
@@ -323,10 +329,7 @@ async def test_each_write_of_a_batch_gets_its_own_result(database: Database) -> 
         return insert
 
     names = [f"item{n}" for n in range(5)]
-    async with writer_held(database):
-        queued = [asyncio.create_task(database.write(insert_and_count(name))) for name in names]
-    async with asyncio.timeout(WAIT):
-        results = await asyncio.gather(*queued)
+    results = await _queued_together(database, [insert_and_count(name) for name in names])
 
     # In the order they were queued, each seeing the writes of its batch before it.
     assert results == [(name, n + 1) for n, name in enumerate(names)]
@@ -346,12 +349,9 @@ async def test_a_raising_write_fails_alone_and_the_rest_of_its_batch_commits(
         _insert("plate")(db)
         return bool(db.execute("SELECT count(*) FROM items WHERE id = 'cup'").fetchone()[0])
 
-    async with writer_held(database):
-        before = asyncio.create_task(database.write(_insert("mug")))
-        failing = asyncio.create_task(database.write(insert_then_fail))
-        after = asyncio.create_task(database.write(sees_the_cup))
-    async with asyncio.timeout(WAIT):
-        mug, cup, plate = await asyncio.gather(before, failing, after, return_exceptions=True)
+    mug, cup, plate = await _queued_together(
+        database, [_insert("mug"), insert_then_fail, sees_the_cup]
+    )
 
     assert mug is None
     assert cup is failure
@@ -371,16 +371,10 @@ async def test_a_failed_commit_fails_every_write_of_its_batch(database: Database
         )
     )
 
-    async with writer_held(database):
-        queued = [
-            asyncio.create_task(database.write(_insert("mug"))),
-            asyncio.create_task(
-                database.write(lambda db: db.execute("INSERT INTO notes VALUES ('ghost')"))
-            ),
-            asyncio.create_task(database.write(_insert("cup"))),
-        ]
-    async with asyncio.timeout(WAIT):
-        outcomes = await asyncio.gather(*queued, return_exceptions=True)
+    def note_on_a_ghost(db: sqlite3.Connection) -> None:
+        db.execute("INSERT INTO notes VALUES ('ghost')")
+
+    outcomes = await _queued_together(database, [_insert("mug"), note_on_a_ghost, _insert("cup")])
 
     assert [type(outcome) for outcome in outcomes] == [sqlite3.IntegrityError] * 3
     assert {str(outcome) for outcome in outcomes} == {"FOREIGN KEY constraint failed"}
@@ -402,12 +396,9 @@ async def test_a_write_that_rolls_back_the_whole_transaction_fails_those_before_
         )
     )
 
-    async with writer_held(database):
-        queued = [
-            asyncio.create_task(database.write(_insert(name))) for name in ["mug", "ghost", "cup"]
-        ]
-    async with asyncio.timeout(WAIT):
-        mug, ghost, cup = await asyncio.gather(*queued, return_exceptions=True)
+    mug, ghost, cup = await _queued_together(
+        database, [_insert(name) for name in ["mug", "ghost", "cup"]]
+    )
 
     assert isinstance(ghost, sqlite3.IntegrityError)
     assert str(ghost) == "no ghosts"
