@@ -5,15 +5,28 @@ Each service owns one SQLite file (WAL, synchronous=FULL) and no other service o
 file is created 0600 (SQLite gives its -wal and -shm files the database's mode): what a
 service stores is nobody else's to read, whoever starts it and with whatever umask.
 
-- Writes run on ONE writer connection on one dedicated thread, each `fn` inside its own
-  `BEGIN IMMEDIATE ... COMMIT` (ROLLBACK if it raises). One writer per database means writes
-  never contend with each other inside a process, and a later group commit (or a Postgres
-  backend) plugs in here without touching domain code.
+- Writes run on ONE writer connection on one dedicated thread, with group commit: the writer
+  takes every write queued while its previous batch was running (at most MAX_BATCH) and runs
+  them in ONE `BEGIN IMMEDIATE ... COMMIT`, so they share one fsync. Each `fn` runs in its own
+  SAVEPOINT: released if it returns, rolled back to (and released) if it raises, so a write
+  that raises leaves the others of its batch intact, and none of them sees what it did. A
+  `write()` returns only after its batch's COMMIT has returned; if the COMMIT fails, every
+  write of the batch fails with that error (none is acknowledged). A write on an idle database
+  starts at once: nothing waits to collect a batch. One writer per database also means writes
+  never contend with each other inside a process. `write_stats` counts commits and writes, so
+  tests and benchmarks see how many writes shared each fsync.
 - Reads run on a small pool of reader connections on their own threads, each `fn` inside a
   deferred `BEGIN ... COMMIT`: a multi-statement read sees one consistent snapshot, and WAL lets
   it proceed while the writer holds the write lock or waits on an fsync.
 - `fn` runs on a database thread: it gets a `sqlite3.Connection` (rows are `sqlite3.Row`), must
   be a plain function, and must not touch the event loop.
+- A write's `fn` shares its transaction with the other writes of its batch, so it must leave
+  the transaction alone: no BEGIN, COMMIT, END, ROLLBACK, SAVEPOINT or RELEASE statements, and
+  no PRAGMA that holds for the rest of a transaction (defer_foreign_keys). A deferred
+  constraint it violates fails the COMMIT, hence its whole batch; and whatever ends the
+  transaction inside one `fn` (RAISE(ROLLBACK) or ON CONFLICT ROLLBACK in a schema, a full
+  disk) fails the writes of the batch that ran before it, while those after it go to the next
+  batch. No store's `fn` does any of this. An `fn` runs once: nothing retries it.
 
 Schema versions: `migrations[i]` is a SQL script taking the schema from version i to i + 1
 (or, for what SQL cannot compute, a function of the writer connection); PRAGMA user_version
@@ -29,11 +42,14 @@ import contextlib
 import os
 import queue
 import sqlite3
+import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 Migration = str | Callable[[sqlite3.Connection], None]
@@ -45,9 +61,23 @@ migration's transaction)."""
 DEFAULT_READERS = 4
 # How long a writer waits for another process's write lock before failing "database is locked".
 BUSY_TIMEOUT_MS = 5000
+# The most writes one COMMIT takes. Bounded so a batch holds the write lock (which another
+# process on the file, e.g. inventory's second replica, waits for) a bounded time, and one
+# failed COMMIT fails a bounded number of writes.
+MAX_BATCH = 64
 _WAL_SWITCH_SECONDS = 5.0
 PRIVATE_FILE = 0o600
 PRIVATE_DIRECTORY = 0o700
+
+
+@dataclass(frozen=True)
+class WriteStats:
+    """What a Database's writer has committed since it was opened (migrations aside)."""
+
+    commits: int
+    """COMMITs that succeeded: one per batch of writes."""
+    changes: int
+    """Writes acknowledged by those COMMITs (a batch's writes that raised are not counted)."""
 
 
 class Database:
@@ -72,6 +102,7 @@ class Database:
         for reader in readers:
             self._readers.put(reader)
         self._write_thread = write_thread
+        self._writes = _GroupCommit(writer, write_thread)
         self._read_threads = read_threads
         self._closed = False
 
@@ -116,21 +147,27 @@ class Database:
         return await loop.run_in_executor(self._read_threads, self._run_read, query)
 
     async def write(self, change: Callable[[sqlite3.Connection], T]) -> T:
-        """Run `change(connection)` in one `BEGIN IMMEDIATE` transaction on the writer thread:
-        committed if it returns (its result is returned), rolled back if it raises.
+        """Run `change(connection)` in a `BEGIN IMMEDIATE` transaction on the writer thread
+        (shared with the writes queued beside it, see the module docstring): committed if it
+        returns (its result is returned once the COMMIT has returned), rolled back if it raises.
 
         Once called, the write runs to its end even if the caller is cancelled, and the
         cancellation waits for that end: whoever cancelled the caller (and any lock the caller
         holds) never races with a write still in flight.
         """
         self._check_open()
-        written = asyncio.wrap_future(self._write_thread.submit(self._run_write, change))
+        written = asyncio.wrap_future(self._writes.submit(change))
         try:
             # Shielded: cancelling the caller must not cancel a write that has not started.
             return await asyncio.shield(written)
         except asyncio.CancelledError:
             await _wait_for_end(written)
             raise
+
+    @property
+    def write_stats(self) -> WriteStats:
+        """Commits and acknowledged writes so far: how well writes share their fsyncs."""
+        return self._writes.stats()
 
     async def close(self) -> None:
         """Finish the writes already submitted, then close every connection (idempotent)."""
@@ -157,9 +194,137 @@ class Database:
         finally:
             self._readers.put(connection)
 
-    def _run_write(self, change: Callable[[sqlite3.Connection], T]) -> T:
-        with _transaction(self._writer, "BEGIN IMMEDIATE"):
-            return change(self._writer)
+
+@dataclass(eq=False)
+class _Write:
+    """One `write()` call: its change, what the change returned (kept until the COMMIT), and
+    the future its caller waits on."""
+
+    change: Callable[[sqlite3.Connection], Any]
+    done: Future[Any] = field(default_factory=Future)
+    result: Any = None
+
+
+class _GroupCommit:
+    """The writer connection's queue of writes, committed in batches on the writer thread."""
+
+    # One name for every change's savepoint: each is released before the next one starts.
+    _SAVEPOINT = "shopmesh_write"
+
+    def __init__(self, connection: sqlite3.Connection, thread: ThreadPoolExecutor) -> None:
+        self._connection = connection
+        self._thread = thread
+        # Guards the queue, the flag and the stats: writes are queued on the event loop and
+        # taken on the writer thread.
+        self._lock = threading.Lock()
+        self._queue: deque[_Write] = deque()
+        self._draining = False
+        self._stats = WriteStats(commits=0, changes=0)
+
+    def submit(self, change: Callable[[sqlite3.Connection], T]) -> Future[T]:
+        """Queue `change`; the future gets its result once its batch has committed."""
+        write = _Write(change)
+        # Running from the start, as write() promises: its future can no longer be cancelled.
+        write.done.set_running_or_notify_cancel()
+        with self._lock:
+            self._queue.append(write)
+            idle = not self._draining
+            self._draining = True
+        # One drain at a time; a write queued while it runs waits for it and joins the next
+        # batch. (After close() nothing submits: the executor would refuse.)
+        if idle:
+            self._thread.submit(self._drain)
+        return write.done
+
+    def stats(self) -> WriteStats:
+        with self._lock:
+            return self._stats
+
+    def _drain(self) -> None:
+        """Commit batches until the queue is empty (on the writer thread)."""
+        while True:
+            with self._lock:
+                batch = [self._queue.popleft() for _ in range(min(len(self._queue), MAX_BATCH))]
+                if not batch:
+                    self._draining = False
+                    return
+            self._commit(batch)
+
+    def _commit(self, batch: Sequence[_Write]) -> None:
+        """Run `batch` in one transaction and settle every write of it that ran: a change that
+        raised gets its exception; the others their results once COMMIT has returned, or the
+        error that ended the transaction."""
+        connection = self._connection
+        try:
+            connection.execute("BEGIN IMMEDIATE")
+        except BaseException as error:
+            for write in batch:
+                write.done.set_exception(error)
+            return
+        waiting = deque(batch)
+        ran: list[_Write] = []
+        try:
+            while waiting:
+                ran.append(write := waiting.popleft())
+                self._run_change(write)
+            connection.execute("COMMIT")
+        except BaseException as error:
+            failure = _roll_back(connection, error)
+            for write in ran:
+                if not write.done.done():
+                    write.done.set_exception(failure)
+            # The writes that never ran lose nothing: they go first into the next batch. At
+            # least one write of this batch ran, so every batch settles at least one.
+            self._requeue(waiting)
+            return
+        returned = [write for write in ran if not write.done.done()]
+        with self._lock:
+            self._stats = WriteStats(
+                commits=self._stats.commits + 1, changes=self._stats.changes + len(returned)
+            )
+        for write in returned:
+            write.done.set_result(write.result)
+
+    def _run_change(self, write: _Write) -> None:
+        """Run one change in its own savepoint: kept for the COMMIT if it returns; rolled back
+        to the savepoint, its exception given to its caller, if it raises. Raises when the
+        transaction itself did not survive the change."""
+        connection = self._connection
+        connection.execute(f"SAVEPOINT {self._SAVEPOINT}")
+        try:
+            write.result = write.change(connection)
+        except BaseException as error:
+            if not connection.in_transaction:
+                # SQLite rolled the whole transaction back (RAISE(ROLLBACK), a full disk):
+                # the batch fails with the change's error.
+                raise
+            connection.execute(f"ROLLBACK TO {self._SAVEPOINT}")
+            connection.execute(f"RELEASE {self._SAVEPOINT}")
+            write.done.set_exception(error)
+            return
+        if not connection.in_transaction:
+            raise RuntimeError(
+                "a write ended its transaction itself: a change must not run BEGIN, COMMIT, "
+                "END, ROLLBACK, SAVEPOINT or RELEASE (see services.common.database)"
+            )
+        connection.execute(f"RELEASE {self._SAVEPOINT}")
+
+    def _requeue(self, writes: Iterable[_Write]) -> None:
+        with self._lock:
+            self._queue.extendleft(reversed(list(writes)))
+
+
+def _roll_back(connection: sqlite3.Connection, error: BaseException) -> BaseException:
+    """ROLLBACK what is left of a failed transaction. Returns the error to report: `error`, or
+    ROLLBACK's own (its context is `error`) if that fails too, so the writer thread carries on
+    to the next batch either way."""
+    if not connection.in_transaction:
+        return error
+    try:
+        connection.execute("ROLLBACK")
+    except BaseException as rollback_error:
+        return rollback_error
+    return error
 
 
 async def _wait_for_end(written: asyncio.Future[T]) -> None:

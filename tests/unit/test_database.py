@@ -1,19 +1,24 @@
 """The shared store API (services.common.database): migrations, durability settings, read and
-write transactions, and reads that never wait for a write."""
+write transactions, reads that never wait for a write, and group commit (writes queued behind a
+running batch share one COMMIT)."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import sqlite3
 import stat
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import closing, contextmanager
+import sys
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, closing, contextmanager
 from pathlib import Path
 
 import pytest
 
-from services.common.database import Database
+from services.common.database import MAX_BATCH, Database, WriteStats
+from tests.support.paths import ROOT
 
 MIGRATIONS = [
     "CREATE TABLE items (id TEXT PRIMARY KEY, name TEXT NOT NULL);",
@@ -63,6 +68,44 @@ def _count(table: str) -> Callable[[sqlite3.Connection], int]:
         return total
 
     return count
+
+
+def _names(db: sqlite3.Connection) -> list[str]:
+    return [row["id"] for row in db.execute("SELECT id FROM items ORDER BY id")]
+
+
+@asynccontextmanager
+async def writer_held(database: Database) -> AsyncIterator[None]:
+    """Hold the writer thread inside a first write (which changes nothing) until the block
+    ends: every write submitted inside the block queues behind it, for the next batch."""
+    started, release = threading.Event(), threading.Event()
+
+    def hold(db: sqlite3.Connection) -> None:
+        started.set()
+        if not release.wait(WAIT):
+            raise TimeoutError("the test never released the writer")
+
+    holding = asyncio.create_task(database.write(hold))
+    try:
+        assert await asyncio.to_thread(started.wait, WAIT), "the writer never started"
+        yield
+        # Let the tasks created in the block start: each queues its write before it waits.
+        await asyncio.sleep(0)
+    finally:
+        release.set()
+        async with asyncio.timeout(WAIT):
+            await holding
+
+
+async def _queued_together(
+    database: Database, changes: Sequence[Callable[[sqlite3.Connection], object]]
+) -> list[object]:
+    """Submit `changes` while the writer is held, so that all of them are queued when the
+    next batch starts; returns what each write returned or raised, in order."""
+    async with writer_held(database):
+        queued = [asyncio.create_task(database.write(change)) for change in changes]
+    async with asyncio.timeout(WAIT):
+        return await asyncio.gather(*queued, return_exceptions=True)
 
 
 @contextmanager
@@ -246,3 +289,188 @@ async def test_a_closed_database_refuses_calls(path: Path) -> None:
         await database.read(_count("items"))
     with pytest.raises(RuntimeError, match="closed"):
         await database.write(_insert("mug"))
+
+
+# --- group commit ----------------------------------------------------------------------------
+
+
+async def test_a_write_on_an_idle_database_commits_alone(database: Database) -> None:
+    await database.write(_insert("mug"))
+
+    assert database.write_stats == WriteStats(commits=1, changes=1)
+    assert await database.read(_count("items")) == 1
+
+
+async def test_writes_queued_behind_a_running_batch_share_one_commit(database: Database) -> None:
+    outcomes = await _queued_together(database, [_insert(f"item{n}") for n in range(10)])
+
+    assert outcomes == [None] * 10
+    # The held write's batch, then one batch for all ten.
+    assert database.write_stats == WriteStats(commits=2, changes=11)
+    assert await database.read(_count("items")) == 10
+
+
+async def test_a_batch_takes_at_most_max_batch_writes(database: Database) -> None:
+    outcomes = await _queued_together(
+        database, [_insert(f"item{n:03}") for n in range(MAX_BATCH + 1)]
+    )
+
+    assert outcomes == [None] * (MAX_BATCH + 1)
+    assert database.write_stats == WriteStats(commits=3, changes=MAX_BATCH + 2)
+    assert await database.read(_count("items")) == MAX_BATCH + 1
+
+
+async def test_each_write_of_a_batch_gets_its_own_result(database: Database) -> None:
+    def insert_and_count(name: str) -> Callable[[sqlite3.Connection], tuple[str, int]]:
+        def insert(db: sqlite3.Connection) -> tuple[str, int]:
+            _insert(name)(db)
+            return name, _count("items")(db)
+
+        return insert
+
+    names = [f"item{n}" for n in range(5)]
+    results = await _queued_together(database, [insert_and_count(name) for name in names])
+
+    # In the order they were queued, each seeing the writes of its batch before it.
+    assert results == [(name, n + 1) for n, name in enumerate(names)]
+    assert database.write_stats == WriteStats(commits=2, changes=6)
+
+
+async def test_a_raising_write_fails_alone_and_the_rest_of_its_batch_commits(
+    database: Database,
+) -> None:
+    failure = KeyError("boom")
+
+    def insert_then_fail(db: sqlite3.Connection) -> None:
+        _insert("cup")(db)
+        raise failure
+
+    def sees_the_cup(db: sqlite3.Connection) -> bool:
+        _insert("plate")(db)
+        return bool(db.execute("SELECT count(*) FROM items WHERE id = 'cup'").fetchone()[0])
+
+    mug, cup, plate = await _queued_together(
+        database, [_insert("mug"), insert_then_fail, sees_the_cup]
+    )
+
+    assert mug is None
+    assert cup is failure
+    assert plate is False  # the plate's change did not see the cup
+    assert await database.read(_names) == ["mug", "plate"]
+    # The trigger's rows of the cup went with it.
+    assert await database.read(_count("events")) == 2
+    assert database.write_stats == WriteStats(commits=2, changes=3)
+
+
+async def test_a_failed_commit_fails_every_write_of_its_batch(database: Database) -> None:
+    # A deferred foreign key is checked at COMMIT, so one bad note fails the whole batch there.
+    await database.write(
+        lambda db: db.execute(
+            "CREATE TABLE notes (item_id TEXT NOT NULL"
+            " REFERENCES items(id) DEFERRABLE INITIALLY DEFERRED)"
+        )
+    )
+
+    def note_on_a_ghost(db: sqlite3.Connection) -> None:
+        db.execute("INSERT INTO notes VALUES ('ghost')")
+
+    outcomes = await _queued_together(database, [_insert("mug"), note_on_a_ghost, _insert("cup")])
+
+    assert [type(outcome) for outcome in outcomes] == [sqlite3.IntegrityError] * 3
+    assert {str(outcome) for outcome in outcomes} == {"FOREIGN KEY constraint failed"}
+    assert await database.read(_count("items")) == 0
+    assert database.write_stats == WriteStats(commits=2, changes=2)
+    # The writer rolled the failed batch back and carries on.
+    await database.write(_insert("plate"))
+    assert await database.read(_names) == ["plate"]
+
+
+async def test_a_write_that_rolls_back_the_whole_transaction_fails_those_before_it(
+    database: Database,
+) -> None:
+    # RAISE(ROLLBACK) ends the batch's transaction, savepoints and all.
+    await database.write(
+        lambda db: db.execute(
+            "CREATE TRIGGER no_ghosts BEFORE INSERT ON items WHEN new.id = 'ghost'"
+            " BEGIN SELECT RAISE(ROLLBACK, 'no ghosts'); END"
+        )
+    )
+
+    mug, ghost, cup = await _queued_together(
+        database, [_insert(name) for name in ["mug", "ghost", "cup"]]
+    )
+
+    assert isinstance(ghost, sqlite3.IntegrityError)
+    assert str(ghost) == "no ghosts"
+    # The mug's write was rolled back with the ghost's, so it is not acknowledged; the cup's
+    # had not run yet: it went to the next batch.
+    assert mug is ghost
+    assert cup is None
+    assert await database.read(_names) == ["cup"]
+    assert database.write_stats == WriteStats(commits=3, changes=3)
+
+
+async def test_a_write_that_ends_its_transaction_itself_is_refused(database: Database) -> None:
+    def commit_early(db: sqlite3.Connection) -> None:
+        _insert("mug")(db)
+        db.execute("COMMIT")
+
+    with pytest.raises(RuntimeError, match="must not run BEGIN, COMMIT"):
+        await database.write(commit_early)
+
+    await database.write(_insert("cup"))
+    assert await database.read(_count("items")) == 2
+
+
+async def test_a_cancelled_write_queued_behind_a_batch_waits_for_its_commit(
+    database: Database,
+) -> None:
+    async with writer_held(database):
+        waiting = asyncio.create_task(database.write(_insert("mug")))
+        await asyncio.sleep(0)  # let the task start: it queues the write before it waits
+        waiting.cancel()
+        for _ in range(3):
+            await asyncio.sleep(0)
+        # Cancelled, but its write has not run: the task does not end before it has.
+        assert not waiting.done()
+    async with asyncio.timeout(WAIT):
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+    assert await database.read(_names) == ["mug"]
+    assert database.write_stats == WriteStats(commits=2, changes=2)
+
+
+async def test_close_commits_the_writes_queued_before_it(path: Path) -> None:
+    database = await Database.open(path, MIGRATIONS)
+    async with writer_held(database):
+        queued = [asyncio.create_task(database.write(_insert(f"item{n}"))) for n in range(3)]
+        await asyncio.sleep(0)  # let the tasks queue their writes
+        closing_down = asyncio.create_task(database.close())
+    async with asyncio.timeout(WAIT):
+        await asyncio.gather(*queued, closing_down)
+
+    with closing(sqlite3.connect(path)) as connection:
+        assert connection.execute("SELECT count(*) FROM items").fetchone()[0] == 3
+
+
+async def test_acknowledged_writes_survive_the_process_being_killed(path: Path) -> None:
+    # 200 writes in flight; the writer kills itself (SIGKILL) after the 20th acknowledgement.
+    writer = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tests.support.killed_writer",
+        str(path),
+        "200",
+        "20",
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(WAIT):
+        printed, _ = await writer.communicate()
+
+    assert writer.returncode == -signal.SIGKILL
+    acknowledged = {int(number) for number in printed.split()}
+    assert len(acknowledged) == 20
+    with closing(sqlite3.connect(path)) as connection:
+        stored = {number for (number,) in connection.execute("SELECT id FROM acknowledged")}
+    assert acknowledged <= stored
