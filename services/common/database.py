@@ -108,12 +108,24 @@ class Database:
 
     @classmethod
     async def open(
-        cls, path: Path | str, migrations: Sequence[Migration], *, readers: int = DEFAULT_READERS
+        cls,
+        path: Path | str,
+        migrations: Sequence[Migration],
+        *,
+        readers: int = DEFAULT_READERS,
+        durable: bool = True,
     ) -> Database:
         """Open (creating if needed) the database at `path` and apply pending `migrations`.
 
         Several processes may open one new file at once (inventory replicas share one): the
         file is migrated exactly once.
+
+        `durable` (the default, and what every service needs): synchronous=FULL, a COMMIT that
+        returned survives power loss; the saga, the outbox and every acknowledged RPC rely on
+        it. `durable=False` is for data that may be lost but not corrupted (the trace
+        collector's spans): synchronous=NORMAL, which in WAL mode fsyncs only at checkpoints,
+        so the last commits before a power loss (not a process crash) may be gone, and the
+        file is never corrupt.
         """
         if str(path) == ":memory:":
             # Every connection to ":memory:" is a database of its own: readers would see none
@@ -128,7 +140,7 @@ class Database:
         opened: list[sqlite3.Connection] = []
         try:
             writer = await loop.run_in_executor(
-                write_thread, _open_writer, path, migrations, opened
+                write_thread, _open_writer, path, migrations, durable, opened
             )
             reader_connections = [
                 await loop.run_in_executor(read_threads, _open_reader, path, opened)
@@ -364,14 +376,18 @@ def _connect(path: Path, opened: list[sqlite3.Connection]) -> sqlite3.Connection
 
 
 def _open_writer(
-    path: Path, migrations: Sequence[Migration], opened: list[sqlite3.Connection]
+    path: Path,
+    migrations: Sequence[Migration],
+    durable: bool,
+    opened: list[sqlite3.Connection],
 ) -> sqlite3.Connection:
     path.parent.mkdir(mode=PRIVATE_DIRECTORY, parents=True, exist_ok=True)
     os.close(os.open(path, os.O_RDWR | os.O_CREAT, PRIVATE_FILE))
     connection = _connect(path, opened)
     _enable_wal(connection)
     # FULL: a committed transaction survives power loss, which the saga and outbox rely on.
-    connection.execute("PRAGMA synchronous=FULL")
+    # NORMAL (not durable): no fsync per commit, only at checkpoints (see `Database.open`).
+    connection.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
     connection.execute("PRAGMA foreign_keys=ON")
     if _migrate(connection, path, migrations):
         connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")

@@ -29,7 +29,7 @@ class SpanRecord:
     attributes: dict[str, Any]
 
     def attributes_json(self) -> str:
-        return json.dumps(self.attributes, sort_keys=True, default=str)
+        return _ATTRIBUTES_JSON.encode(self.attributes)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -45,6 +45,10 @@ class SpanRecord:
             "status": {"code": self.status_code, "message": self.status_message},
             "attributes": self.attributes,
         }
+
+
+# Built once: json.dumps with options builds a new encoder on every call.
+_ATTRIBUTES_JSON = json.JSONEncoder(sort_keys=True, default=str)
 
 
 def plain(value: common_pb2.AnyValue) -> Any:

@@ -1,6 +1,12 @@
 """The collector's SQLite file: the spans of the last `max_traces` traces, written through
-the services' store API (one writer thread, never on the event loop). Readers (`shopmesh
-traces`, the dashboard) open the file on their own: shopmesh.observe.traces."""
+the services' store API (one writer thread, never on the event loop), not durable: a power
+loss may cost the last spans received, never the file. Readers (`shopmesh traces`, the
+dashboard) open the file on their own: shopmesh.observe.traces.
+
+An export is one write of a few statements, whatever its spans: the span counts of its
+traces in one query, its spans inserted per trace (a span sent twice is ignored, so not
+counted), every trace's row upserted at once, and the traces counted, to drop the oldest, only
+when one of them is new."""
 
 from __future__ import annotations
 
@@ -65,7 +71,9 @@ class SpanStore:
     async def open(
         cls, path: Path, max_traces: int, max_spans: int = MAX_SPANS_PER_TRACE
     ) -> SpanStore:
-        return cls(await Database.open(path, MIGRATIONS, readers=1), max_traces, max_spans)
+        # Traces are worth less than an fsync per export (see the module docstring).
+        database = await Database.open(path, MIGRATIONS, readers=1, durable=False)
+        return cls(database, max_traces, max_spans)
 
     async def close(self) -> None:
         await self._db.close()
@@ -79,27 +87,16 @@ class SpanStore:
             by_trace.setdefault(span.trace_id, []).append(span)
 
         def add(db: sqlite3.Connection) -> None:
+            counts = _span_counts(db, list(by_trace))
+            traces = []
             for trace_id, received in by_trace.items():
-                db.execute(
-                    "INSERT INTO traces (trace_id, first_received_ns, last_received_ns)"
-                    " VALUES (?, ?, ?) ON CONFLICT (trace_id)"
-                    " DO UPDATE SET last_received_ns = excluded.last_received_ns",
-                    (trace_id, now, now),
-                )
-                (kept,) = db.execute(
-                    "SELECT span_count FROM traces WHERE trace_id = ?", (trace_id,)
-                ).fetchone()
-                room = max(self.max_spans - kept, 0)
-                stored = db.executemany(
-                    "INSERT OR IGNORE INTO spans VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [_row(span) for span in received[:room]],
-                ).rowcount
-                db.execute(
-                    "UPDATE traces SET span_count = span_count + ?,"
-                    " dropped_spans = dropped_spans + ? WHERE trace_id = ?",
-                    (stored, len(received) - min(room, len(received)), trace_id),
-                )
-            self._drop_oldest(db)
+                fitting = received[: max(self.max_spans - counts.get(trace_id, 0), 0)]
+                stored = db.executemany(_INSERT_SPAN, map(_row, fitting)).rowcount if fitting else 0
+                traces.append((trace_id, now, now, stored, len(received) - len(fitting)))
+            db.executemany(_UPSERT_TRACE, traces)
+            # Only a new trace can take the count past max_traces.
+            if len(counts) < len(by_trace):
+                self._drop_oldest(db)
 
         await self._db.write(add)
 
@@ -116,6 +113,29 @@ class SpanStore:
         ]
         db.executemany("DELETE FROM spans WHERE trace_id = ?", [(t,) for t in oldest])
         db.executemany("DELETE FROM traces WHERE trace_id = ?", [(t,) for t in oldest])
+
+
+_INSERT_SPAN = "INSERT OR IGNORE INTO spans VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_UPSERT_TRACE = (
+    "INSERT INTO traces (trace_id, first_received_ns, last_received_ns, span_count,"
+    " dropped_spans) VALUES (?, ?, ?, ?, ?) ON CONFLICT (trace_id) DO UPDATE SET"
+    " last_received_ns = excluded.last_received_ns,"
+    " span_count = span_count + excluded.span_count,"
+    " dropped_spans = dropped_spans + excluded.dropped_spans"
+)
+# Well under SQLite's limit of bound parameters in one statement.
+_IDS_PER_QUERY = 500
+
+
+def _span_counts(db: sqlite3.Connection, trace_ids: Sequence[str]) -> dict[str, int]:
+    """How many spans each of `trace_ids` already has; a new trace is absent."""
+    counts: dict[str, int] = {}
+    for start in range(0, len(trace_ids), _IDS_PER_QUERY):
+        chunk = trace_ids[start : start + _IDS_PER_QUERY]
+        marks = ", ".join("?" * len(chunk))
+        query = f"SELECT trace_id, span_count FROM traces WHERE trace_id IN ({marks})"
+        counts.update((row[0], row[1]) for row in db.execute(query, chunk))
+    return counts
 
 
 def _row(span: SpanRecord) -> tuple[object, ...]:

@@ -160,6 +160,15 @@ async def test_writes_are_durable_wal_with_foreign_keys(database: Database) -> N
     assert await database.write(settings) == ("wal", 2, 1)  # 2 is FULL
 
 
+async def test_a_database_opened_not_durable_syncs_only_at_checkpoints(path: Path) -> None:
+    database = await Database.open(path, MIGRATIONS, durable=False)
+    try:
+        synchronous = await database.write(lambda db: db.execute("PRAGMA synchronous").fetchone())
+    finally:
+        await database.close()
+    assert synchronous[0] == 1  # NORMAL
+
+
 async def test_reopening_an_up_to_date_database_changes_nothing(path: Path) -> None:
     first = await Database.open(path, MIGRATIONS)
     await first.write(lambda db: db.execute("INSERT INTO items VALUES ('mug', 'Mug')"))
