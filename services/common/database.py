@@ -260,7 +260,14 @@ class _GroupCommit:
                 if not batch:
                     self._draining = False
                     return
-            self._commit(batch)
+            try:
+                self._commit(batch)
+            except BaseException as error:
+                # _commit settles its batch itself; this is the backstop for a bug in it, so
+                # that no caller waits forever and the writer goes on with the next batch.
+                for write in batch:
+                    if not write.done.done():
+                        write.done.set_exception(error)
 
     def _commit(self, batch: Sequence[_Write]) -> None:
         """Run `batch` in one transaction and settle every write of it that ran: a change that
