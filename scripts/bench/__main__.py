@@ -131,8 +131,12 @@ async def bench(args: argparse.Namespace, root: Path) -> Figures:
         if cores is not None:
             print(f"h2load: flat out, the app alone on CPU {cores.app} (~{rounds:.0f} s) ...")
             pinned = await bench_pinned(mesh, h2load, cores, args.seconds)
-        print("Envoy memory, next to a bare Envoy ...", flush=True)
-        memory = await bench_memory(mesh, h2load, envoy, root)
+        print(
+            f"Envoy memory, then a bare Envoy at {FIXED_RATE:.0f} req/s"
+            f" (~{args.seconds:.0f} s) ...",
+            flush=True,
+        )
+        memory = await bench_memory(mesh, h2load, envoy, root, args.seconds)
         print(f"{args.orders} checkouts through the gateway, rate limits off ...", flush=True)
         capacity = await bench_capacity(mesh, shopper, args.orders, args.workers)
         print(f"outbox relay lag at {capacity.rate:.0f} checkouts/s (~10 s) ...", flush=True)

@@ -289,6 +289,9 @@ def bare_bootstrap(work: Path, upstream: Path) -> dict[str, object]:
 @dataclass(frozen=True)
 class Memory:
     bare: EnvoyMemory
+    bare_cpu: float
+    """The bare Envoy's CPU seconds per 1,000 requests at FIXED_RATE, one plaintext hop and no
+    filter but the router: the floor, on this machine, under the sidecars' CPU figures."""
     sidecars: dict[str, EnvoyMemory]
     """Every sidecar and the gateway, by pod."""
     sharing: int
@@ -301,8 +304,11 @@ class Memory:
         )
 
 
-async def bench_memory(mesh: RunningMesh, h2load: H2Load, envoy: Path, work: Path) -> Memory:
-    """A bare Envoy carries the same warm-up calls a sidecar did, then every Envoy's memory."""
+async def bench_memory(
+    mesh: RunningMesh, h2load: H2Load, envoy: Path, work: Path, seconds: float
+) -> Memory:
+    """A bare Envoy carries the same warm-up calls a sidecar did, then every Envoy's memory;
+    then the bare Envoy carries FIXED_RATE for `seconds`, for its CPU per 1,000 requests."""
     config = work / "bare.yaml"
     config.write_text(yaml.safe_dump(bare_bootstrap(work, mesh.pod(CALLEE).app_socket)))
     with (work / "bare-envoy.log").open("wb") as log:
@@ -327,7 +333,10 @@ async def bench_memory(mesh: RunningMesh, h2load: H2Load, envoy: Path, work: Pat
         }
         if mesh.gateway.pid is not None:
             sidecars["gateway"] = envoy_memory_of(mesh.gateway.pid)
-        return Memory(envoy_memory_of(process.pid), sidecars, sharing_the_binary(process.pid))
+        bare, sharing = envoy_memory_of(process.pid), sharing_the_binary(process.pid)
+        with cpu_used({"bare": process.pid}) as used:
+            result = await h2load.at_rate(listener, Shape.paced(FIXED_RATE), seconds)
+        return Memory(bare, used["bare"] * 1000 / result.requests, sidecars, sharing)
     finally:
         if process.returncode is None:
             process.terminate()

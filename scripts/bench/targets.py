@@ -58,7 +58,7 @@ def targets(
             "1. sidecar CPU per 1,000 requests, each Envoy on the path",
             f"<= {SIDECAR_CPU_PER_THOUSAND:.2f} CPU-s",
             ", ".join(f"{pod} {value:.3f} ({fixed.cpu_spread(pod)})" for pod, value in cpu.items())
-            + f" at {FIXED_RATE:.0f} req/s",
+            + f" at {FIXED_RATE:.0f} req/s (a bare Envoy here: {memory.bare_cpu:.3f})",
             max(cpu.values()) <= SIDECAR_CPU_PER_THOUSAND,
         ),
         Target(
