@@ -1,12 +1,12 @@
 """`python -m scripts.bench.collector`: the CPU the mesh's trace collector spends per span,
 offline (no mesh, no Envoy), on export requests shaped like a checkout's.
 
-A checkout through the gateway is one trace of 47 spans: Envoy's (the gateway's edge span,
+A checkout through the gateway is one trace of 41 spans: Envoy's (the gateway's edge span,
 each sidecar's inbound and egress spans and every upstream attempt, all attributes strings)
-and the Python SDK's (a server span per call served, a client span per call made, the saga's
-steps and the outbox relay, attributes of their own). They reach the collector the way the
-mesh sends them: each Envoy exports every `ENVOY_FLUSH_SPANS` spans (Envoy's
-`tracing.opentelemetry.min_flush_spans`), each app every flush interval (its
+and the Python SDK's (a server span per call served, the saga's steps and the outbox relay,
+attributes of their own; a call made is orders' sidecar's egress span, under the step). They
+reach the collector the way the mesh sends them: each Envoy exports every `ENVOY_FLUSH_SPANS`
+spans (Envoy's `tracing.opentelemetry.min_flush_spans`), each app every flush interval (its
 BatchSpanProcessor: `--rate` checkouts' worth of spans every half second).
 
 Two measurements, on the same requests:
@@ -52,7 +52,7 @@ ENVOY_FLUSH_SPANS = 5
 """Envoy's OpenTelemetry tracer sends its spans once it holds this many (its default)."""
 FLUSH_SECONDS = 0.5
 """The mesh's flush interval of the apps' exporters (shopmesh.envoy.tracing)."""
-SPANS_PER_CHECKOUT = 47
+SPANS_PER_CHECKOUT = 41
 EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 START_SECONDS = 30.0
 CALL_SECONDS = 30.0
@@ -260,24 +260,10 @@ class Checkouts:
                     at,
                     {"order.id": order_id, "saga.step": step},
                 )
-            name, _, method = path.rpartition("/")
-            call = self._span(
-                trace_id,
-                work.span_id,
-                f"/{path}",
-                CLIENT,
-                at,
-                {
-                    "rpc.grpc.status_code": 0,
-                    "rpc.method": method,
-                    "rpc.service": name,
-                    "rpc.system": "grpc",
-                },
-            )
-            orders.pending.extend([work, call])
+            orders.pending.append(work)
             cluster = f"svc_{callee}"
             egress = self._envoy_hop(
-                trace_id, call.span_id, "orders-0", "egress", path, cluster, at
+                trace_id, work.span_id, "orders-0", "egress", path, cluster, at
             )
             pod = f"{callee}-0"
             inbound = self._envoy_hop(trace_id, egress, pod, "inbound", path, "local_app", at)

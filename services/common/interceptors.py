@@ -2,7 +2,8 @@
 requests that do not decode.
 
 Handlers stay "request -> domain call -> response": the deadline a caller set and its
-`x-request-id` are recorded here and applied to every downstream call made while serving it,
+`x-request-id` are recorded here and applied to every downstream call made while serving it
+(with the trace context of the span current when the call is made),
 a DomainError raised anywhere below a handler becomes a gRPC status with google.rpc rich
 details, and a request whose bytes are not its message is INVALID_ARGUMENT MALFORMED_REQUEST
 (services.common.decoding).
@@ -28,7 +29,12 @@ from services.common.decoding import MALFORMED_REQUEST, Undecodable, malformed_r
 from services.common.errors import DomainError
 from services.common.logs import ThrottledLog
 from services.common.status import internal_status, to_grpc_status
-from services.common.telemetry import REQUEST_ID, request_id, set_request_id
+from services.common.telemetry import (
+    REQUEST_ID,
+    inject_trace_context,
+    request_id,
+    set_request_id,
+)
 
 log = logging.getLogger(__name__)
 
@@ -320,7 +326,8 @@ async def _abort(context: aio.ServicerContext[Any, Any], status: grpc.Status) ->
 class CallContextClientInterceptor(aio.UnaryUnaryClientInterceptor):
     """Gives every outgoing call the shorter of its own timeout and what is left of the
     incoming request's deadline (calls made outside a request get DEFAULT_CALL_TIMEOUT), and
-    the request id of the work it is part of."""
+    the request id and trace context of the work it is part of (no span of its own: the
+    sidecar's egress span is the call's)."""
 
     async def intercept_unary_unary(
         self,
@@ -336,6 +343,7 @@ class CallContextClientInterceptor(aio.UnaryUnaryClientInterceptor):
         current = request_id()
         if current and not metadata.get_all(REQUEST_ID):
             metadata.add(REQUEST_ID, current)
+        inject_trace_context(metadata)
         details = aio.ClientCallDetails(
             client_call_details.method,
             effective,

@@ -1,5 +1,5 @@
-"""OpenTelemetry in every service: a span per RPC served and made (the gRPC instrumentation),
-spans of the service's own work (`tracer`), and what ties them to the mesh's traces.
+"""OpenTelemetry in every service: a span per RPC served (the gRPC instrumentation), spans of
+the service's own work (`tracer`), and what ties them to the mesh's traces.
 
 Tracing is on when an OTLP endpoint is configured (`OTEL_EXPORTER_OTLP_ENDPOINT`, which the
 mesh sets); the standard OTEL_* variables configure the rest: OTEL_SERVICE_NAME,
@@ -10,7 +10,10 @@ OTEL_BSP_SCHEDULE_DELAY, OTEL_EXPORTER_OTLP_INSECURE. Without an endpoint the AP
 W3C trace context (`traceparent`) comes in with each call and goes out with each call made
 while serving it. So does `x-request-id`: Envoy keeps its tracing decision in that header, so a
 sidecar that never starts a trace traces exactly the calls of a sampled request, and the logs
-of every hop share one request id.
+of every hop share one request id. A call made gets no span of its own in the app: the
+sidecar's `egress` span and its `attempt` spans already record it, so the trace context goes
+out as it is (`inject_trace_context`) and the egress span is a child of the app's current span
+(a saga step, the outbox relay's delivery, the call being served).
 """
 
 from __future__ import annotations
@@ -23,11 +26,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from grpc import aio
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
-from opentelemetry.instrumentation.grpc import (
-    aio_client_interceptors,
-    aio_server_interceptor,
-    filters,
-)
+from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider, sampling
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
@@ -102,9 +101,15 @@ def server_interceptors() -> list[aio.ServerInterceptor]:
     return [aio_server_interceptor(filter_=filters.negate(chatter))]
 
 
-def client_interceptors() -> list[aio.ClientInterceptor]:
-    """A client span per outgoing RPC; injects its `traceparent`."""
-    return list(aio_client_interceptors())
+def inject_trace_context(metadata: aio.Metadata) -> None:
+    """Put the current span's trace context on an outgoing call's `metadata`: `traceparent`,
+    `tracestate` if it has any, and what else the configured propagators carry (OTel's own
+    `propagate.inject`, as the gRPC instrumentation's client interceptor did, without its
+    span). Nothing without a valid current span, so making a call never starts a trace."""
+    headers: dict[str, str] = {}
+    propagate.inject(headers)
+    for key, value in headers.items():
+        metadata[key] = value
 
 
 def request_id() -> str | None:

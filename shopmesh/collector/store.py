@@ -52,7 +52,7 @@ MIGRATIONS = [
 DEFAULT_MAX_TRACES = 1000
 """Traces a collector keeps unless told (the oldest are dropped first)."""
 MAX_SPANS_PER_TRACE = 2000
-"""A checkout is about 50 spans; an order stuck for an hour adds a recovery attempt's spans to
+"""A checkout is about 40 spans; an order stuck for an hour adds a recovery attempt's spans to
 its trace every few seconds, which this bounds."""
 
 

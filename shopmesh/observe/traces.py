@@ -19,7 +19,7 @@ T = TypeVar("T")
 ERROR = 2
 """OTLP's status code of a failed span."""
 CLIENT = 3
-"""OTLP's span kind of a call made (an Envoy upstream attempt, an app's outgoing call)."""
+"""OTLP's span kind of a call made (an Envoy's attempt at an upstream; apps make none)."""
 ENVOY_COMPONENT = "proxy"
 """The `component` attribute Envoy puts on its spans."""
 

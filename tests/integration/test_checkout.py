@@ -317,15 +317,18 @@ async def test_order_pending_on_an_unreachable_dependency_is_resumed_when_it_ret
 
 
 class HangingUsers(users_pb2_grpc.UsersServiceServicer):
-    """A users service that never answers GetUser, recording the deadline each call came with."""
+    """A users service that never answers GetUser, recording the deadline and the metadata
+    each call came with."""
 
     def __init__(self) -> None:
         self.time_remaining: list[float | None] = []
+        self.metadata: list[dict[str, str | bytes]] = []
 
     async def GetUser(
         self, request: users_pb2.GetUserRequest, context: aio.ServicerContext[Any, Any]
     ) -> users_pb2.GetUserResponse:
         self.time_remaining.append(context.time_remaining())
+        self.metadata.append(dict(context.invocation_metadata() or ()))
         await asyncio.Event().wait()
         raise AssertionError("unreachable")
 
@@ -337,9 +340,10 @@ class HangingUsers(users_pb2_grpc.UsersServiceServicer):
     CreateUser = SignIn = RenewToken = GetJwks = _not_part_of_this_double
 
 
-async def test_short_client_deadline_is_deadline_exceeded_and_reaches_downstream(
-    services: ServiceRunner, channels: Channels, fast_orders: None
-) -> None:
+async def start_with_hanging_users(
+    services: ServiceRunner, channels: Channels
+) -> tuple[Shop, HangingUsers]:
+    """The shop with users swapped for a HangingUsers."""
     hanging = HangingUsers()
 
     async def build_hanging_users(config: ServiceConfig) -> App:
@@ -353,7 +357,13 @@ async def test_short_client_deadline_is_deadline_exceeded_and_reaches_downstream
             ]
         )
 
-    shop = await start_shop(services, channels, replace={"users": build_hanging_users})
+    return await start_shop(services, channels, replace={"users": build_hanging_users}), hanging
+
+
+async def test_short_client_deadline_is_deadline_exceeded_and_reaches_downstream(
+    services: ServiceRunner, channels: Channels, fast_orders: None
+) -> None:
+    shop, hanging = await start_with_hanging_users(services, channels)
     started = time.monotonic()
 
     with pytest.raises(aio.AioRpcError) as raised:
@@ -365,3 +375,26 @@ async def test_short_client_deadline_is_deadline_exceeded_and_reaches_downstream
     remaining = hanging.time_remaining[0]
     assert remaining is not None
     assert remaining <= 0.5
+
+
+async def test_a_call_orders_makes_carries_the_trace_and_request_id_of_the_call_it_serves(
+    services: ServiceRunner, channels: Channels, fast_orders: None
+) -> None:
+    """What orders' sidecar needs to make its egress span a child in the checkout's trace."""
+    shop, hanging = await start_with_hanging_users(services, channels)
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    request_id = "3f0c9a52-81a7-4c82-8c03-64f9e2b0ee7c"
+    metadata = (
+        ("traceparent", f"00-{trace_id}-00f067aa0ba902b7-01"),
+        ("x-request-id", request_id),
+        *as_user("usr_1"),
+    )
+
+    with pytest.raises(aio.AioRpcError):
+        await shop.orders.PlaceOrder(place_request("usr_1"), timeout=0.5, metadata=metadata)
+
+    (received,) = hanging.metadata
+    version, received_trace, parent, flags = str(received["traceparent"]).split("-")
+    assert (version, received_trace, flags) == ("00", trace_id, "01")
+    assert len(parent) == 16
+    assert received["x-request-id"] == request_id

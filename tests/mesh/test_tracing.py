@@ -1,6 +1,7 @@
-"""Tracing through the real mesh: one checkout is one trace with every hop in it, a retried call
-shows each attempt, every hop's logs carry the trace id, an outside caller cannot force or join
-a trace, and with sampling at 0 nothing is traced."""
+"""Tracing through the real mesh: one checkout is one trace with every hop in it (a call an app
+makes is its sidecar's egress span, under the app's span that made it), a retried call shows
+each attempt, every hop's logs carry the trace id, an outside caller cannot force or join a
+trace, and with sampling at 0 nothing is traced."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from shopmesh.local import faults
 from shopmesh.local.errors import MeshError
 from shopmesh.local.mesh import COLLECTOR, RunningMesh
 from shopmesh.local.ports import free_ports
-from shopmesh.observe.traces import TraceReader, failed, grpc_status, is_attempt
+from shopmesh.observe.traces import CLIENT, TraceReader, failed, grpc_status, is_attempt
 from tests.support.cli import shopmesh, shopmesh_command, shopmesh_ok
 from tests.support.clients import MeshClients, Shopper, gateway_clients
 from tests.support.collector import running_collector
@@ -51,6 +52,15 @@ SAGA_STEPS = (
     "saga CHARGE_PAYMENT",
     "saga COMMIT_RESERVATION",
 )
+CALLS_MADE = (
+    ("saga VALIDATE_USER", "egress /shop.users.v1.UsersService/GetUser"),
+    ("saga PRICE_ITEMS", "egress /shop.inventory.v1.InventoryService/GetProduct"),
+    ("saga RESERVE_STOCK", "egress /shop.inventory.v1.InventoryService/ReserveStock"),
+    ("saga CHARGE_PAYMENT", "egress /shop.payments.v1.PaymentsService/Charge"),
+    ("saga COMMIT_RESERVATION", "egress /shop.inventory.v1.InventoryService/CommitReservation"),
+    ("outbox deliver", "egress /shop.notifications.v1.NotificationsService/PublishOrderEvents"),
+)
+"""The calls orders makes in a checkout of one item: the span making each, and the sidecar's."""
 SERVER = 2
 """OTLP's span kind of a call served."""
 HOSTILE_TRACE_ID = "ab" * 16
@@ -88,8 +98,9 @@ async def test_a_checkout_is_one_trace_with_every_hop(
     assert "shop.orders.v1.OrdersService" in listed.stdout, listed.explain()
     order, trace_id = await traced_checkout(traced_clients, traced_shopper)
     assert order.status == orders_pb2.ORDER_STATUS_CONFIRMED
+    egress_names = [egress for _, egress in CALLS_MADE]
     spans = await trace_of(
-        traced_mesh, trace_id, CHECKOUT_SERVICES, (*SAGA_STEPS, "outbox deliver")
+        traced_mesh, trace_id, CHECKOUT_SERVICES, (*SAGA_STEPS, "outbox deliver", *egress_names)
     )
 
     assert reader(traced_mesh).of_order(order.order_id) == trace_id
@@ -108,6 +119,14 @@ async def test_a_checkout_is_one_trace_with_every_hop(
         assert (attempt.service, attempt.name) == (f"{span.service}-sidecar", "attempt local_app")
         inbound = spans_by_id[attempt.parent_span_id]
         assert (inbound.service, inbound.name) == (attempt.service, f"inbound {span.name}")
+    # A call an app makes has no span in the app: its sidecar's egress span is the call, a
+    # child of the app's span that made it.
+    assert not [span for span in spans if span.service in APPS and span.kind == CLIENT]
+    egress = [span for span in spans if span.name.startswith("egress ")]
+    made = [(spans_by_id[span.parent_span_id].name, span.name) for span in egress]
+    assert sorted(made) == sorted(CALLS_MADE)
+    assert {span.service for span in egress} == {"orders-sidecar"}
+    assert {spans_by_id[span.parent_span_id].service for span in egress} == {"orders"}
     steps = [span for span in spans if span.name.startswith("saga ")]
     assert [span.name for span in steps] == list(SAGA_STEPS)
     assert all(span.attributes["order.id"] == order.order_id for span in steps)
