@@ -292,6 +292,8 @@ class Memory:
     bare_cpu: float
     """The bare Envoy's CPU seconds per 1,000 requests at FIXED_RATE, one plaintext hop and no
     filter but the router: the floor, on this machine, under the sidecars' CPU figures."""
+    bare_run: LoadResult
+    """The calls through the bare Envoy at FIXED_RATE: what one hop adds at the least."""
     sidecars: dict[str, EnvoyMemory]
     """Every sidecar and the gateway, by pod."""
     sharing: int
@@ -336,7 +338,7 @@ async def bench_memory(
         bare, sharing = envoy_memory_of(process.pid), sharing_the_binary(process.pid)
         with cpu_used({"bare": process.pid}) as used:
             result = await h2load.at_rate(listener, Shape.paced(FIXED_RATE), seconds)
-        return Memory(bare, used["bare"] * 1000 / result.requests, sidecars, sharing)
+        return Memory(bare, used["bare"] * 1000 / result.requests, result, sidecars, sharing)
     finally:
         if process.returncode is None:
             process.terminate()
