@@ -20,6 +20,7 @@ from services.inventory.catalog import seed_catalog
 from shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from shop.inventory.v1.inventory_pb2 import ReservationItem
 from shopmesh.local.health import health_check
+from tests.support.calls import RELEASED_NOTHING, answered, release_nothing, summary, timed
 from tests.support.db_locks import WriteWatch, serves_while_a_write_waits
 from tests.support.errors import expect_error_info
 from tests.support.services import ServiceRunner
@@ -293,6 +294,20 @@ async def test_empty_ids_are_invalid(inventory: InventoryServiceAsyncStub) -> No
         (grpc.StatusCode.INVALID_ARGUMENT, ["order_id"]),
         (grpc.StatusCode.INVALID_ARGUMENT, ["order_id"]),
     ]
+
+
+async def test_release_naming_no_order_is_answered_without_touching_the_database(
+    server: RunningService,
+    channels: Callable[[str], aio.Channel],
+    services: ServiceRunner,
+    database_writes: WriteWatch,
+) -> None:
+    # What the mesh tests that play the orders app send inventory (tests.support.calls).
+    outcome = await timed(release_nothing(channels(server.address)))
+
+    assert summary([outcome]) == {RELEASED_NOTHING: 1}
+    assert answered(outcome)
+    assert database_writes.calls(services.config("inventory").db_path) == 0
 
 
 # --- lifecycle -----------------------------------------------------------------------------------
