@@ -307,6 +307,16 @@ async def test_events_reach_notifications_exactly_once_across_its_outage(shop: S
     assert len(await shop.notifications_of(user_id)) == 3
 
 
+async def settled(shop: Shop, user_id: str, order_id: str) -> orders_pb2.GetOrderResponse:
+    """The order once it is no longer PENDING (recovery has driven it to its end)."""
+    return await eventually(
+        lambda: shop.orders.GetOrder(
+            orders_pb2.GetOrderRequest(order_id=order_id), metadata=as_user(user_id)
+        ),
+        lambda response: response.order.status != orders_pb2.ORDER_STATUS_PENDING,
+    )
+
+
 async def test_order_pending_on_an_unreachable_dependency_is_resumed_when_it_returns(
     shop: Shop,
 ) -> None:
@@ -327,12 +337,7 @@ async def test_order_pending_on_an_unreachable_dependency_is_resumed_when_it_ret
 
     await shop.services.start("payments", build_payments)
 
-    confirmed = await eventually(
-        lambda: shop.orders.GetOrder(
-            orders_pb2.GetOrderRequest(order_id=order_id), metadata=as_user(user_id)
-        ),
-        lambda response: response.order.status != orders_pb2.ORDER_STATUS_PENDING,
-    )
+    confirmed = await settled(shop, user_id, order_id)
     assert confirmed.order.status == orders_pb2.ORDER_STATUS_CONFIRMED
     assert count_rows(shop.db_path("payments"), "SELECT COUNT(*) FROM payments") == 1
     # The recovery sweep charged for the shopper, with no request behind it: the payment is
@@ -389,12 +394,7 @@ async def test_order_waits_for_an_inventory_that_does_not_price_reservations_yet
     # ...until inventory is upgraded, when recovery prices it from the same reservation.
     await shop.services.stop(shop.running["inventory"])
     await shop.services.start("inventory", build_inventory)
-    confirmed = await eventually(
-        lambda: shop.orders.GetOrder(
-            orders_pb2.GetOrderRequest(order_id=order_id), metadata=as_user(user_id)
-        ),
-        lambda response: response.order.status != orders_pb2.ORDER_STATUS_PENDING,
-    )
+    confirmed = await settled(shop, user_id, order_id)
     assert confirmed.order.status == orders_pb2.ORDER_STATUS_CONFIRMED
     assert confirmed.order.total == usd(2 * 1299 + 3 * 299)
 

@@ -156,10 +156,7 @@ async def test_one_product_in_another_currency_rejects_the_whole_order(world: Wo
 async def test_crash_before_the_currency_mismatch_is_stored_still_releases_the_stock(
     world: World,
 ) -> None:
-    world.inventory.fail("reserve", Crash(), after=True)
-    with pytest.raises(Crash):
-        await world.saga.place_order(request(currency="EUR"))
-    [order_id] = await world.store.in_flight()
+    order_id = await world.crash_placing(world.inventory, "reserve", request(currency="EUR"))
 
     saga = await world.restart()
     assert await saga.recover() == 1
@@ -362,11 +359,9 @@ async def stored_by_the_old_version(world: World, step: SagaStep, *, priced: boo
     return order.order_id
 
 
-async def test_order_stored_at_the_old_price_items_step_is_priced_by_its_reservation(
-    world: World,
-) -> None:
-    order_id = await stored_by_the_old_version(world, SagaStep.PRICE_ITEMS, priced=False)
-
+async def recovered_at_the_old_prices(world: World, order_id: str) -> None:
+    """A restarted orders recovers the order to CONFIRMED at 12.99 and 24.99, charging 50.97
+    once, with one reservation and one commit."""
     saga = await world.restart()
     assert await saga.recover() == 1
 
@@ -374,9 +369,18 @@ async def test_order_stored_at_the_old_price_items_step_is_priced_by_its_reserva
     assert order.status is OrderStatus.CONFIRMED
     assert [item.unit_price for item in order.items] == [Money("USD", 1299), Money("USD", 2499)]
     assert order.total == Money("USD", 5097)
-    assert world.payments.amounts["pay_1"] == Money("USD", 5097)
-    assert world.inventory.calls == {"reserve": 1, "commit": 1}
+    assert world.payments.amounts == {"pay_1": Money("USD", 5097)}
+    assert world.inventory.effects == {"reserve": 1, "commit": 1}
     assert await world.events() == [(order_id, "CONFIRMED", "")]
+
+
+async def test_order_stored_at_the_old_price_items_step_is_priced_by_its_reservation(
+    world: World,
+) -> None:
+    order_id = await stored_by_the_old_version(world, SagaStep.PRICE_ITEMS, priced=False)
+
+    await recovered_at_the_old_prices(world, order_id)
+    assert world.inventory.calls == {"reserve": 1, "commit": 1}
 
 
 async def test_retry_with_the_key_of_an_order_stored_at_price_items_finishes_that_order(
@@ -427,15 +431,7 @@ async def test_order_stored_at_the_old_reserve_stock_step_keeps_the_prices_it_ha
     # The catalog changed since: the order was priced (and told its total) before.
     world.inventory.prices["MUG-01"] = Money("USD", 1499)
 
-    saga = await world.restart()
-    assert await saga.recover() == 1
-
-    order = await world.orders.get_order(USER, order_id)
-    assert order.status is OrderStatus.CONFIRMED
-    assert [item.unit_price for item in order.items] == [Money("USD", 1299), Money("USD", 2499)]
-    assert order.total == Money("USD", 5097)
-    assert world.payments.amounts["pay_1"] == Money("USD", 5097)
-    assert world.inventory.effects == {"reserve": 1, "commit": 1}
+    await recovered_at_the_old_prices(world, order_id)
 
 
 async def test_order_stored_at_the_old_reserve_stock_step_and_expired_releases_its_stock(
@@ -485,10 +481,7 @@ CRASH_POINTS = [
 async def test_crash_after_a_step_is_resumed_on_restart_with_each_effect_once(
     world: World, service: str, method: str, step: SagaStep
 ) -> None:
-    getattr(world, service).fail(method, Crash(), after=True)
-    with pytest.raises(Crash):
-        await world.saga.place_order(request())
-    [order_id] = await world.store.in_flight()
+    order_id = await world.crash_placing(getattr(world, service), method, request())
     assert await world.saga_step(order_id) is step
 
     saga = await world.restart()
@@ -506,10 +499,9 @@ async def test_crash_after_a_step_is_resumed_on_restart_with_each_effect_once(
 async def test_crash_while_compensating_a_decline_is_finished_on_restart(
     world: World,
 ) -> None:
-    world.inventory.fail("release", Crash(), after=True)
-    with pytest.raises(Crash):
-        await world.saga.place_order(request(token="tok_insufficientFunds"))
-    [order_id] = await world.store.in_flight()
+    order_id = await world.crash_placing(
+        world.inventory, "release", request(token="tok_insufficientFunds")
+    )
 
     saga = await world.restart()
     await saga.recover()
@@ -525,10 +517,7 @@ async def test_crash_while_compensating_a_decline_is_finished_on_restart(
 async def test_expired_saga_before_the_charge_is_compensated_on_restart(
     world: World,
 ) -> None:
-    world.inventory.fail("reserve", Crash(), after=True)
-    with pytest.raises(Crash):
-        await world.saga.place_order(request())
-    [order_id] = await world.store.in_flight()
+    order_id = await world.crash_placing(world.inventory, "reserve", request())
     world.clock.advance(timedelta(minutes=16))
 
     saga = await world.restart()
@@ -544,10 +533,7 @@ async def test_expired_saga_before_the_charge_is_compensated_on_restart(
 
 
 async def test_expired_saga_at_the_charge_is_still_driven_forward(world: World) -> None:
-    world.payments.fail("charge", Crash(), after=True)
-    with pytest.raises(Crash):
-        await world.saga.place_order(request())
-    [order_id] = await world.store.in_flight()
+    order_id = await world.crash_placing(world.payments, "charge", request())
     world.clock.advance(timedelta(hours=2))
 
     saga = await world.restart()
@@ -579,10 +565,7 @@ async def test_every_call_for_an_order_is_made_for_its_shopper_recovery_included
     world: World,
 ) -> None:
     world.users.known.add("usr_grace")
-    world.inventory.fail("reserve", Crash(), after=True)
-    with pytest.raises(Crash):
-        await world.saga.place_order(request(user="usr_grace"))
-    [order_id] = await world.store.in_flight()
+    order_id = await world.crash_placing(world.inventory, "reserve", request(user="usr_grace"))
     saga = await world.restart()
     assert await saga.recover() == 1
     world.payments.fail("refund", Crash(), after=True)
