@@ -1,7 +1,7 @@
 """`python -m scripts.bench.collector`: the CPU the mesh's trace collector spends per span,
 offline (no mesh, no Envoy), on export requests shaped like a checkout's.
 
-A checkout through the gateway is one trace of 41 spans: Envoy's (the gateway's edge span,
+A checkout through the gateway is one trace of 35 spans: Envoy's (the gateway's edge span,
 each sidecar's inbound and egress spans and every upstream attempt, all attributes strings)
 and the Python SDK's (a server span per call served, the saga's steps and the outbox relay,
 attributes of their own; a call made is orders' sidecar's egress span, under the step). They
@@ -52,7 +52,7 @@ ENVOY_FLUSH_SPANS = 5
 """Envoy's OpenTelemetry tracer sends its spans once it holds this many (its default)."""
 FLUSH_SECONDS = 0.5
 """The mesh's flush interval of the apps' exporters (shopmesh.envoy.tracing)."""
-SPANS_PER_CHECKOUT = 41
+SPANS_PER_CHECKOUT = 35
 EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 START_SECONDS = 30.0
 CALL_SECONDS = 30.0
@@ -67,8 +67,7 @@ SDK_RESOURCE = {
 # The calls orders makes in a checkout: (saga step or None, callee service, method).
 CALLS = (
     ("VALIDATE_USER", "users", "shop.users.v1.UsersService/GetUser"),
-    ("PRICE_ITEMS", "inventory", "shop.inventory.v1.InventoryService/GetProduct"),
-    ("RESERVE_STOCK", "inventory", "shop.inventory.v1.InventoryService/ReserveStock"),
+    ("RESERVE_AND_PRICE", "inventory", "shop.inventory.v1.InventoryService/ReserveStock"),
     ("CHARGE_PAYMENT", "payments", "shop.payments.v1.PaymentsService/Charge"),
     ("COMMIT_RESERVATION", "inventory", "shop.inventory.v1.InventoryService/CommitReservation"),
     (None, "notifications", "shop.notifications.v1.NotificationsService/PublishOrderEvents"),

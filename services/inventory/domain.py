@@ -16,6 +16,11 @@ step against the current counters.
 Duplicate SKUs in one request are rejected rather than merged: a caller that sends the same
 SKU twice most likely has a bug, and merging would make the reservation differ from the request.
 
+Prices. A reservation records each product's price as it was when the stock was reserved, read
+in the same transaction as the stock it holds, so the checkout saga prices an order from its
+reservation instead of asking for every product first, and a repeated ReserveStock answers
+with the prices of the first call (its idempotent answer does not change under a price change).
+
 Nothing here imports grpc; `servicer.py` converts to and from the contract.
 """
 
@@ -72,10 +77,20 @@ class Product:
 
 @dataclass(frozen=True)
 class ReservationItem:
-    """A quantity of one product."""
+    """A quantity of one product, as a ReserveStock request asks for it."""
 
     sku: str
     quantity: int
+
+
+@dataclass(frozen=True)
+class ReservedItem:
+    """A line of a stored reservation: a quantity of one product and the price of one unit
+    when it was reserved."""
+
+    sku: str
+    quantity: int
+    unit_price: Money
 
 
 @dataclass(frozen=True)
@@ -83,7 +98,7 @@ class Reservation:
     """The stock held (or once held) for one order; items keep the order they were requested in."""
 
     order_id: str
-    items: tuple[ReservationItem, ...]
+    items: tuple[ReservedItem, ...]
     status: ReservationStatus
     create_time: datetime
     update_time: datetime
@@ -220,9 +235,12 @@ def reservation_not_found(order_id: str) -> NotFound:
 # --- rules ---------------------------------------------------------------------------------------
 
 
-def same_items(a: Iterable[ReservationItem], b: Iterable[ReservationItem]) -> bool:
-    """True when two item lists reserve the same quantities, whatever their order."""
-    return sorted(a, key=lambda i: i.sku) == sorted(b, key=lambda i: i.sku)
+def same_items(reserved: Iterable[ReservedItem], requested: Iterable[ReservationItem]) -> bool:
+    """True when a request asks for the quantities a reservation holds, whatever their order
+    (its prices are the reservation's own: a request has none)."""
+    return sorted((i.sku, i.quantity) for i in reserved) == sorted(
+        (i.sku, i.quantity) for i in requested
+    )
 
 
 def replay(existing: Reservation, items: Sequence[ReservationItem]) -> Reservation:
@@ -264,6 +282,14 @@ def check_stock(items: Sequence[ReservationItem], products: Mapping[str, Product
                 for item in short
             ],
         )
+
+
+def priced(
+    items: Iterable[ReservationItem], products: Mapping[str, Product]
+) -> tuple[ReservedItem, ...]:
+    """The lines of a new reservation of `items` (all of them known products), each at its
+    product's current price."""
+    return tuple(ReservedItem(i.sku, i.quantity, products[i.sku].price) for i in items)
 
 
 def hold(items: Iterable[ReservationItem]) -> list[StockChange]:
@@ -357,7 +383,8 @@ class Inventory:
         return product
 
     async def reserve(self, order_id: str, items: Sequence[ReservationItem]) -> Reservation:
-        """Hold `items` for `order_id`, all or nothing; a repeat returns the first reservation.
+        """Hold `items` for `order_id`, all or nothing, each at its product's current price;
+        a repeat returns the first reservation (with its prices).
 
         Raises InvalidArgument, AlreadyExists (IDEMPOTENCY_KEY_REUSED), NotFound
         (PRODUCT_NOT_FOUND) or FailedPrecondition (INSUFFICIENT_STOCK); nothing is written
@@ -372,7 +399,8 @@ class Inventory:
                 return ReservationChange(replay(current, items))
             check_stock(items, products)
             now = self._clock()
-            held = Reservation(order_id, tuple(items), ReservationStatus.HELD, now, now)
+            lines = priced(items, products)
+            held = Reservation(order_id, lines, ReservationStatus.HELD, now, now)
             return ReservationChange(held, tuple(hold(items)))
 
         return await self._store.change_reservation(order_id, [item.sku for item in items], decide)

@@ -41,11 +41,13 @@ def product_to_proto(product: Product) -> inventory_pb2.Product:
 
 
 def reservation_to_proto(reservation: Reservation) -> inventory_pb2.Reservation:
-    """The contract form of a reservation."""
+    """The contract form of a reservation, every item with its unit price."""
     return inventory_pb2.Reservation(
         order_id=reservation.order_id,
         items=[
-            inventory_pb2.ReservationItem(sku=item.sku, quantity=item.quantity)
+            inventory_pb2.ReservationItem(
+                sku=item.sku, quantity=item.quantity, unit_price=money_to_proto(item.unit_price)
+            )
             for item in reservation.items
         ],
         status=_STATUSES[reservation.status],

@@ -20,8 +20,8 @@ from services.inventory.domain import (
     Decide,
     Product,
     Reservation,
-    ReservationItem,
     ReservationStatus,
+    ReservedItem,
     StockChange,
 )
 
@@ -54,6 +54,22 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (order_id, position),
         UNIQUE (order_id, sku)
     ) STRICT;
+    """,
+    # Each reserved line's unit price, as the product cost when it was reserved, so ReserveStock
+    # answers with the prices the checkout saga prices its order from (and its replay with the
+    # same ones). Lines reserved before this migration get their product's price now: the
+    # closest the database knows, and no order reads those (orders priced them itself then).
+    """
+    ALTER TABLE reservation_items ADD COLUMN currency_code TEXT;
+    ALTER TABLE reservation_items ADD COLUMN unit_price_minor INTEGER
+        CHECK (unit_price_minor >= 0);
+    UPDATE reservation_items SET
+        currency_code = (
+            SELECT currency_code FROM products WHERE products.sku = reservation_items.sku
+        ),
+        unit_price_minor = (
+            SELECT price_minor_units FROM products WHERE products.sku = reservation_items.sku
+        );
     """,
 )
 
@@ -177,9 +193,18 @@ def _insert(db: sqlite3.Connection, reservation: Reservation) -> None:
         ),
     )
     db.executemany(
-        "INSERT INTO reservation_items (order_id, position, sku, quantity) VALUES (?, ?, ?, ?)",
+        "INSERT INTO reservation_items"
+        " (order_id, position, sku, quantity, currency_code, unit_price_minor)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
         [
-            (reservation.order_id, position, item.sku, item.quantity)
+            (
+                reservation.order_id,
+                position,
+                item.sku,
+                item.quantity,
+                item.unit_price.currency_code,
+                item.unit_price.minor_units,
+            )
             for position, item in enumerate(reservation.items)
         ],
     )
@@ -210,12 +235,20 @@ def _find_reservation(db: sqlite3.Connection, order_id: str) -> Reservation | No
     if row is None:
         return None
     items = db.execute(
-        "SELECT sku, quantity FROM reservation_items WHERE order_id = ? ORDER BY position",
+        "SELECT sku, quantity, currency_code, unit_price_minor FROM reservation_items"
+        " WHERE order_id = ? ORDER BY position",
         (order_id,),
     ).fetchall()
     return Reservation(
         order_id=order_id,
-        items=tuple(ReservationItem(item["sku"], item["quantity"]) for item in items),
+        items=tuple(
+            ReservedItem(
+                item["sku"],
+                item["quantity"],
+                Money(item["currency_code"], item["unit_price_minor"]),
+            )
+            for item in items
+        ),
         status=ReservationStatus(row["status"]),
         create_time=from_micros(row["create_time_us"]),
         update_time=from_micros(row["update_time_us"]),

@@ -102,16 +102,15 @@ class GrpcInventory:
     def __init__(self, channel: aio.Channel) -> None:
         self._stub = inventory_pb2_grpc.InventoryServiceStub(channel)
 
-    async def get_product(self, sku: str, *, shopper: str) -> Money:
-        """The unit price of `sku` (see domain.InventoryPort)."""
-        with _translated("inventory"):
-            response = await self._stub.GetProduct(
-                inventory_pb2.GetProductRequest(sku=sku), metadata=on_behalf_of(shopper)
-            )
-        return money_from_proto(response.product.price)
+    async def reserve(
+        self, order_id: str, items: Sequence[OrderItem], *, shopper: str
+    ) -> Mapping[str, Money]:
+        """Hold stock for the order; each item's unit price (see domain.InventoryPort).
 
-    async def reserve(self, order_id: str, items: Sequence[OrderItem], *, shopper: str) -> None:
-        """Hold stock for the order (see domain.InventoryPort)."""
+        An inventory older than prices on reservations answers without them: that is no
+        answer the saga can price from, so it is an error no step expects (DomainError,
+        reason RESERVATION_UNPRICED) and the order waits at its step until inventory is
+        upgraded. Inventory is upgraded before orders."""
         request = inventory_pb2.ReserveStockRequest(
             order_id=order_id,
             items=[inventory_pb2.ReservationItem(sku=i.sku, quantity=i.quantity) for i in items],
@@ -126,6 +125,20 @@ class GrpcInventory:
                 reason="RESERVATION_RELEASED",
                 metadata={"order_id": order_id},
             )
+        prices = {
+            item.sku: money_from_proto(item.unit_price)
+            for item in response.reservation.items
+            if item.HasField("unit_price")
+        }
+        unpriced = [item.sku for item in items if item.sku not in prices]
+        if unpriced:
+            raise DomainError(
+                f"inventory: the reservation of {order_id} has no price for"
+                f" {','.join(unpriced)} (an inventory older than this orders?)",
+                reason="RESERVATION_UNPRICED",
+                metadata={"order_id": order_id, "skus": ",".join(unpriced)},
+            )
+        return prices
 
     async def release(self, order_id: str, *, shopper: str) -> None:
         """Give the order's stock back (see domain.InventoryPort)."""

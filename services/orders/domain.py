@@ -51,17 +51,26 @@ class OrderStatus(StrEnum):
 
 
 class SagaStep(StrEnum):
-    """The step the saga runs next. Stored before the step runs; DONE once the order is final."""
+    """The step the saga runs next. Stored before the step runs; DONE once the order is final.
+
+    A stored value keeps its meaning for good: orders written by an older version resume under
+    the step they were stored at, so a step that changes what it does gets a new name.
+    """
 
     VALIDATE_USER = "VALIDATE_USER"
-    PRICE_ITEMS = "PRICE_ITEMS"
-    RESERVE_STOCK = "RESERVE_STOCK"
+    # Reserve the stock and price the items from the reservation's answer (one inventory call).
+    RESERVE_AND_PRICE = "RESERVE_AND_PRICE"
     CHARGE_PAYMENT = "CHARGE_PAYMENT"
     COMMIT_RESERVATION = "COMMIT_RESERVATION"
     # Compensations, run in this order, towards SagaState.outcome.
     REFUND_PAYMENT = "REFUND_PAYMENT"
     RELEASE_STOCK = "RELEASE_STOCK"
     DONE = "DONE"
+    # Stored only by versions that priced each item (GetProduct) before reserving; never stored
+    # now, still resumed. PRICE_ITEMS: nothing priced or reserved yet. RESERVE_STOCK: the items
+    # are priced (and their currency checked); the stock is to be reserved.
+    PRICE_ITEMS = "PRICE_ITEMS"
+    RESERVE_STOCK = "RESERVE_STOCK"
 
 
 class OrderEventType(StrEnum):
@@ -325,12 +334,14 @@ class UsersPort(Protocol):
 class InventoryPort(Protocol):
     """What the saga needs from inventory. Every mutation is idempotent per order id."""
 
-    async def get_product(self, sku: str, *, shopper: str) -> Money:
-        """The unit price of `sku`; NotFound(PRODUCT_NOT_FOUND); Unavailable."""
-
-    async def reserve(self, order_id: str, items: Sequence[OrderItem], *, shopper: str) -> None:
-        """Hold stock for all items or none; FailedPrecondition(INSUFFICIENT_STOCK),
-        NotFound(PRODUCT_NOT_FOUND); Unavailable."""
+    async def reserve(
+        self, order_id: str, items: Sequence[OrderItem], *, shopper: str
+    ) -> Mapping[str, Money]:
+        """Hold stock for all items or none; the unit price of each item by SKU, as inventory
+        priced it when it reserved (a repeat answers with the same prices).
+        FailedPrecondition(INSUFFICIENT_STOCK, RESERVATION_RELEASED),
+        NotFound(PRODUCT_NOT_FOUND); Unavailable; a plain DomainError(RESERVATION_UNPRICED)
+        when inventory answers without a price for every item (it predates them)."""
 
     async def release(self, order_id: str, *, shopper: str) -> None:
         """Give the order's stock back; NotFound(RESERVATION_NOT_FOUND); Unavailable."""

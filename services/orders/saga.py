@@ -1,10 +1,24 @@
 """The checkout saga: places orders, drives each through its steps, compensates failures,
 cancels confirmed orders, and recovers orders left in flight.
 
-Checkout: VALIDATE_USER -> PRICE_ITEMS -> RESERVE_STOCK -> CHARGE_PAYMENT -> COMMIT_RESERVATION
--> CONFIRMED. A business failure ends the order REJECTED, after the compensations the steps so
+Checkout: VALIDATE_USER -> RESERVE_AND_PRICE -> CHARGE_PAYMENT -> COMMIT_RESERVATION ->
+CONFIRMED. A business failure ends the order REJECTED, after the compensations the steps so
 far need (REFUND_PAYMENT, then RELEASE_STOCK). Cancelling a CONFIRMED order runs the same two
 compensations and ends it CANCELLED.
+
+RESERVE_AND_PRICE is one inventory call: ReserveStock answers with each item's unit price, so
+the items are priced from the reservation rather than by a GetProduct per item before it. The
+price is the same one (the product's price, read by inventory in the transaction that holds the
+stock), and the checks are the same: an unknown product is PRODUCT_NOT_FOUND, a product priced
+in another currency than the order's is CURRENCY_MISMATCH. What changes is their order: the
+currency is now known only once the stock is held, so a mismatch releases the reservation
+before the order is rejected (and a shortage is reported before a mismatch when both apply).
+
+Orders stored by versions that priced before reserving still finish: PRICE_ITEMS (nothing done
+yet) moves on to RESERVE_AND_PRICE, and RESERVE_STOCK (already priced) reserves and keeps its
+prices. New orders never store those two steps: a stored step always means one thing, and an
+older orders (a rollback) meeting RESERVE_AND_PRICE refuses to run it instead of reserving and
+charging an order it takes for priced.
 
 The step about to run is stored before it runs, and each downstream call is idempotent per
 order, so after a crash (or an Unavailable dependency) re-running the stored step is always
@@ -19,7 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -65,7 +79,14 @@ log = logging.getLogger(__name__)
 # Steps before any charge can exist: an expired saga there is compensated, not resumed. From
 # CHARGE_PAYMENT on, only replaying the (idempotent) charge tells whether money was taken, so
 # those sagas are always driven forward.
-_BEFORE_CHARGE = (SagaStep.VALIDATE_USER, SagaStep.PRICE_ITEMS, SagaStep.RESERVE_STOCK)
+_BEFORE_CHARGE = (
+    SagaStep.VALIDATE_USER,
+    SagaStep.RESERVE_AND_PRICE,
+    SagaStep.PRICE_ITEMS,
+    SagaStep.RESERVE_STOCK,
+)
+# Steps whose reserve call may have gone through before the saga stalled there.
+_RESERVING = (SagaStep.RESERVE_AND_PRICE, SagaStep.RESERVE_STOCK)
 
 
 class _KeyedLocks:
@@ -250,17 +271,20 @@ class CheckoutSaga:
 
     async def _step(self, order: Order, saga: SagaState) -> tuple[Order, SagaState]:
         if saga.outcome is None and saga.step in _BEFORE_CHARGE and self._expired(order):
-            if saga.step is SagaStep.RESERVE_STOCK:
+            if saga.step in _RESERVING:
                 # The reserve call may have gone through before the saga stalled.
                 return await self._compensate(order, saga, CHECKOUT_EXPIRED, SagaStep.RELEASE_STOCK)
             return await self._finish(order, saga, OrderStatus.REJECTED, CHECKOUT_EXPIRED)
         match saga.step:
             case SagaStep.VALIDATE_USER:
                 return await self._validate_user(order, saga)
+            case SagaStep.RESERVE_AND_PRICE | SagaStep.RESERVE_STOCK:
+                return await self._reserve_and_price(order, saga)
             case SagaStep.PRICE_ITEMS:
-                return await self._price_items(order, saga)
-            case SagaStep.RESERVE_STOCK:
-                return await self._reserve_stock(order, saga)
+                # An order an older version stored before pricing it: nothing is reserved yet.
+                # RESERVE_AND_PRICE is stored before its reserve call runs, like every step, so
+                # an expiry in between always releases what that call may have held.
+                return await self._advance(order, saga, SagaStep.RESERVE_AND_PRICE)
             case SagaStep.CHARGE_PAYMENT:
                 return await self._charge_payment(order, saga)
             case SagaStep.COMMIT_RESERVATION:
@@ -280,31 +304,28 @@ class CheckoutSaga:
             await self._users.get_user(order.user_id)
         except NotFound:
             return await self._finish(order, saga, OrderStatus.REJECTED, USER_NOT_FOUND)
-        return await self._advance(order, saga, SagaStep.PRICE_ITEMS)
+        return await self._advance(order, saga, SagaStep.RESERVE_AND_PRICE)
 
-    async def _price_items(self, order: Order, saga: SagaState) -> tuple[Order, SagaState]:
-        priced: list[OrderItem] = []
-        total = Money.zero(order.currency_code)
-        for item in order.items:
-            try:
-                price = await self._inventory.get_product(item.sku, shopper=order.user_id)
-            except NotFound:
-                return await self._finish(order, saga, OrderStatus.REJECTED, PRODUCT_NOT_FOUND)
-            if price.currency_code != order.currency_code:
-                return await self._finish(order, saga, OrderStatus.REJECTED, CURRENCY_MISMATCH)
-            priced.append(replace(item, unit_price=price))
-            total += price.times(item.quantity)
-        priced_order = replace(order, items=tuple(priced), total=total)
-        return await self._advance(priced_order, saga, SagaStep.RESERVE_STOCK)
-
-    async def _reserve_stock(self, order: Order, saga: SagaState) -> tuple[Order, SagaState]:
+    async def _reserve_and_price(self, order: Order, saga: SagaState) -> tuple[Order, SagaState]:
+        """RESERVE_AND_PRICE: hold the stock and price the items from the answer. (The old
+        RESERVE_STOCK: the same call, the order keeping the prices it already has.)"""
         try:
-            await self._inventory.reserve(order.order_id, order.items, shopper=order.user_id)
+            prices = await self._inventory.reserve(
+                order.order_id, order.items, shopper=order.user_id
+            )
         except FailedPrecondition as error:
             # All-or-nothing: a refused reservation holds nothing, so nothing to compensate.
             return await self._finish(order, saga, OrderStatus.REJECTED, error.reason)
         except NotFound:
             return await self._finish(order, saga, OrderStatus.REJECTED, PRODUCT_NOT_FOUND)
+        if saga.step is SagaStep.RESERVE_AND_PRICE:
+            if any(price.currency_code != order.currency_code for price in prices.values()):
+                # The stock is held by now: give it back before rejecting. The order stays
+                # unpriced, as one rejected for its currency always was.
+                return await self._compensate(
+                    order, saga, CURRENCY_MISMATCH, SagaStep.RELEASE_STOCK
+                )
+            order = _priced(order, prices)
         return await self._advance(order, saga, SagaStep.CHARGE_PAYMENT)
 
     async def _charge_payment(self, order: Order, saga: SagaState) -> tuple[Order, SagaState]:
@@ -402,3 +423,15 @@ class CheckoutSaga:
         await self._repository.save(order, saga, event)
         self._on_event()
         return order, saga
+
+
+def _priced(order: Order, prices: Mapping[str, Money]) -> Order:
+    """`order` with each item at its unit price in `prices` (all in the order's currency) and
+    the total they make."""
+    items: list[OrderItem] = []
+    total = Money.zero(order.currency_code)
+    for item in order.items:
+        price = prices[item.sku]
+        items.append(replace(item, unit_price=price))
+        total += price.times(item.quantity)
+    return replace(order, items=tuple(items), total=total)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import replace
 from typing import Any
 
 import grpc
@@ -15,8 +16,10 @@ from services.common.config import ServiceConfig
 from services.common.errors import FieldViolation
 from services.common.server import App, Registration
 from services.common.status import field_violations
+from services.inventory.app import build as build_inventory
 from services.notifications.app import build as build_notifications
 from services.payments.app import build as build_payments
+from shop.inventory.v1 import inventory_pb2
 from shop.notifications.v1 import notifications_pb2
 from shop.orders.v1 import orders_pb2
 from shop.payments.v1 import payments_pb2
@@ -157,6 +160,31 @@ async def test_unknown_user_and_unknown_product_are_rejected(shop: Shop) -> None
     )
 
 
+async def test_order_in_another_currency_is_rejected_and_its_reserved_stock_released(
+    shop: Shop,
+) -> None:
+    user_id = await shop.new_user()
+    mugs = await shop.available("MUG-01")
+    request = place_request(user_id, items=(("MUG-01", 2),))
+    request.currency_code = "EUR"
+
+    placed = await shop.orders.PlaceOrder(request, metadata=as_user(user_id))
+
+    order = placed.order
+    assert (order.status, order.rejection_reason) == (
+        orders_pb2.ORDER_STATUS_REJECTED,
+        "CURRENCY_MISMATCH",
+    )
+    assert not order.HasField("total")
+    # The catalog's USD prices came with the reservation: the stock it held is back.
+    reservation = await shop.inventory.GetReservation(
+        inventory_pb2.GetReservationRequest(order_id=order.order_id)
+    )
+    assert reservation.reservation.status == inventory_pb2.RESERVATION_STATUS_RELEASED
+    assert await shop.available("MUG-01") == mugs
+    assert count_rows(shop.db_path("payments"), "SELECT COUNT(*) FROM payments") == 0
+
+
 async def test_bad_input_is_invalid_argument_listing_every_field(shop: Shop) -> None:
     request = orders_pb2.PlaceOrderRequest(
         user_id="usr_1",
@@ -279,6 +307,16 @@ async def test_events_reach_notifications_exactly_once_across_its_outage(shop: S
     assert len(await shop.notifications_of(user_id)) == 3
 
 
+async def settled(shop: Shop, user_id: str, order_id: str) -> orders_pb2.GetOrderResponse:
+    """The order once it is no longer PENDING (recovery has driven it to its end)."""
+    return await eventually(
+        lambda: shop.orders.GetOrder(
+            orders_pb2.GetOrderRequest(order_id=order_id), metadata=as_user(user_id)
+        ),
+        lambda response: response.order.status != orders_pb2.ORDER_STATUS_PENDING,
+    )
+
+
 async def test_order_pending_on_an_unreachable_dependency_is_resumed_when_it_returns(
     shop: Shop,
 ) -> None:
@@ -299,12 +337,7 @@ async def test_order_pending_on_an_unreachable_dependency_is_resumed_when_it_ret
 
     await shop.services.start("payments", build_payments)
 
-    confirmed = await eventually(
-        lambda: shop.orders.GetOrder(
-            orders_pb2.GetOrderRequest(order_id=order_id), metadata=as_user(user_id)
-        ),
-        lambda response: response.order.status != orders_pb2.ORDER_STATUS_PENDING,
-    )
+    confirmed = await settled(shop, user_id, order_id)
     assert confirmed.order.status == orders_pb2.ORDER_STATUS_CONFIRMED
     assert count_rows(shop.db_path("payments"), "SELECT COUNT(*) FROM payments") == 1
     # The recovery sweep charged for the shopper, with no request behind it: the payment is
@@ -314,6 +347,56 @@ async def test_order_pending_on_an_unreachable_dependency_is_resumed_when_it_ret
         metadata=as_user(user_id),
     )
     assert payment.payment.order_id == order_id
+
+
+class _Unpriced:
+    """An inventory servicer as it was before reservations carried prices: ReserveStock
+    answers without `unit_price`; every other method is `inner`'s."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    async def ReserveStock(
+        self, request: inventory_pb2.ReserveStockRequest, context: aio.ServicerContext[Any, Any]
+    ) -> inventory_pb2.ReserveStockResponse:
+        response: inventory_pb2.ReserveStockResponse = await self._inner.ReserveStock(
+            request, context
+        )
+        for item in response.reservation.items:
+            item.ClearField("unit_price")
+        return response
+
+
+async def build_unpriced_inventory(config: ServiceConfig) -> App:
+    app = await build_inventory(config)
+    app.registrations = [replace(r, servicer=_Unpriced(r.servicer)) for r in app.registrations]
+    return app
+
+
+async def test_order_waits_for_an_inventory_that_does_not_price_reservations_yet(
+    services: ServiceRunner, channels: Channels, fast_orders: None
+) -> None:
+    shop = await start_shop(services, channels, replace={"inventory": build_unpriced_inventory})
+    user_id = await shop.new_user()
+
+    with pytest.raises(aio.AioRpcError) as raised:
+        await shop.orders.PlaceOrder(place_request(user_id), metadata=as_user(user_id))
+
+    # Not priced, so not charged: the order waits at its step, its stock held...
+    info = expect_error_info(raised.value, grpc.StatusCode.UNAVAILABLE)
+    assert (info.reason, info.metadata["step"]) == ("ORDER_PENDING", "RESERVE_AND_PRICE")
+    order_id = info.metadata["order_id"]
+    assert count_rows(shop.db_path("payments"), "SELECT COUNT(*) FROM payments") == 0
+
+    # ...until inventory is upgraded, when recovery prices it from the same reservation.
+    await shop.services.stop(shop.running["inventory"])
+    await shop.services.start("inventory", build_inventory)
+    confirmed = await settled(shop, user_id, order_id)
+    assert confirmed.order.status == orders_pb2.ORDER_STATUS_CONFIRMED
+    assert confirmed.order.total == usd(2 * 1299 + 3 * 299)
 
 
 class HangingUsers(users_pb2_grpc.UsersServiceServicer):

@@ -20,9 +20,11 @@ from services.inventory.catalog import seed_catalog
 from shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from shop.inventory.v1.inventory_pb2 import ReservationItem
 from shopmesh.local.health import health_check
+from tests.support.calls import RELEASED_NOTHING, answered, release_nothing, summary, timed
 from tests.support.db_locks import WriteWatch, serves_while_a_write_waits
 from tests.support.errors import expect_error_info
 from tests.support.services import ServiceRunner
+from tests.support.shop import usd
 
 if TYPE_CHECKING:
     from shop.inventory.v1.inventory_pb2_grpc import InventoryServiceAsyncStub
@@ -131,6 +133,31 @@ async def test_repeated_reserve_makes_one_reservation(inventory: InventoryServic
     assert first.create_time.ToDatetime() == first.update_time.ToDatetime()
     assert await available(inventory, "MUG-01") == 98
     assert await available(inventory, "TSHIRT-01") == 49
+
+
+async def test_reservation_prices_every_item_at_its_products_price(
+    inventory: InventoryServiceAsyncStub,
+) -> None:
+    held = await reserve(inventory, "ord_1", ("TSHIRT-01", 1), ("MUG-01", 2))
+    again = await reserve(inventory, "ord_1", ("MUG-01", 2), ("TSHIRT-01", 1))
+    fetched = await inventory.GetReservation(inventory_pb2.GetReservationRequest(order_id="ord_1"))
+
+    prices = [(i.sku, i.unit_price.currency_code, i.unit_price.minor_units) for i in held.items]
+    assert prices == [("TSHIRT-01", "USD", 2499), ("MUG-01", "USD", 1299)]
+    assert all(i.HasField("unit_price") for i in held.items)
+    assert again.items == held.items
+    assert fetched.reservation.items == held.items
+
+
+async def test_unit_prices_in_a_reserve_request_are_ignored(
+    inventory: InventoryServiceAsyncStub,
+) -> None:
+    request = inventory_pb2.ReserveStockRequest(
+        order_id="ord_1",
+        items=[ReservationItem(sku="MUG-01", quantity=1, unit_price=usd(1))],
+    )
+    held = (await inventory.ReserveStock(request)).reservation
+    assert held.items[0].unit_price == usd(1299)
 
 
 async def test_reserve_with_reused_order_id_is_already_exists(
@@ -267,6 +294,20 @@ async def test_empty_ids_are_invalid(inventory: InventoryServiceAsyncStub) -> No
         (grpc.StatusCode.INVALID_ARGUMENT, ["order_id"]),
         (grpc.StatusCode.INVALID_ARGUMENT, ["order_id"]),
     ]
+
+
+async def test_release_naming_no_order_is_answered_without_touching_the_database(
+    server: RunningService,
+    channels: Callable[[str], aio.Channel],
+    services: ServiceRunner,
+    database_writes: WriteWatch,
+) -> None:
+    # What the mesh tests that play the orders app send inventory (tests.support.calls).
+    outcome = await timed(release_nothing(channels(server.address)))
+
+    assert summary([outcome]) == {RELEASED_NOTHING: 1}
+    assert answered(outcome)
+    assert database_writes.calls(services.config("inventory").db_path) == 0
 
 
 # --- lifecycle -----------------------------------------------------------------------------------

@@ -33,7 +33,15 @@ from shopmesh.k8s.layout import KubernetesLayout
 from shopmesh.local.mesh import RunningMesh
 from shopmesh.local.process import ManagedProcess
 from tests.support.callers import as_user
-from tests.support.calls import call_raw, get_payment, get_product, get_user, timed
+from tests.support.calls import (
+    answered,
+    call_raw,
+    get_payment,
+    get_product,
+    get_user,
+    release_nothing,
+    timed,
+)
 from tests.support.clients import MeshClients, channel, egress
 from tests.support.observe import access_log, stats_of
 from tests.support.polling import CALL_TIMEOUT, eventually
@@ -139,8 +147,10 @@ async def test_egress_routes_by_grpc_service_name(mesh: RunningMesh) -> None:
         # Upstreams of orders reach their apps: users answers for itself, with its own reason
         # (as orders calls it, for a shopper).
         missing_user = await timed(get_user(target, "u_missing", metadata=SHOPPER))
+        released = await timed(release_nothing(target))
+        # Methods of upstreams that orders is not granted: routed, then refused by the callee's
+        # RBAC (GetProduct too: checkout prices from the reservation, orders reads no product).
         product = await timed(get_product(target))
-        # A method of an upstream that orders is not granted: routed, then refused by users.
         create_user = await timed(
             users_pb2_grpc.UsersServiceStub(target).CreateUser(
                 users_pb2.CreateUserRequest(email="egress@example.com"), timeout=10
@@ -158,7 +168,8 @@ async def test_egress_routes_by_grpc_service_name(mesh: RunningMesh) -> None:
         from_inventory = await timed(get_user(target, "u_missing"))
 
     assert (missing_user.code, missing_user.detail) == (grpc.StatusCode.NOT_FOUND, "USER_NOT_FOUND")
-    assert product.code is grpc.StatusCode.OK
+    assert answered(released), released
+    assert product.code is grpc.StatusCode.PERMISSION_DENIED
     assert create_user.code is grpc.StatusCode.PERMISSION_DENIED
     assert own_service.code is grpc.StatusCode.UNIMPLEMENTED
     assert unknown.code is grpc.StatusCode.UNIMPLEMENTED

@@ -26,7 +26,16 @@ from datetime import timedelta
 import pytest
 
 from shopmesh.local.mesh import RunningMesh
-from tests.support.calls import Outcome, bounded, get_product, running_load, summary, timed
+from tests.support.calls import (
+    RELEASED_NOTHING,
+    Outcome,
+    answered,
+    bounded,
+    release_nothing,
+    running_load,
+    summary,
+    timed,
+)
 from tests.support.clients import channel, egress
 from tests.support.observe import host_flags, pod_fault, stats_of
 from tests.support.polling import eventually
@@ -48,12 +57,13 @@ LOAD_LIMIT = 20_000
 """Calls at most in one load window (a window lasts a couple of seconds)."""
 
 
-async def product_calls(mesh: RunningMesh, count: int) -> list[Outcome]:
-    """`count` GetProduct calls to inventory as the orders app, IN_FLIGHT at a time."""
+async def inventory_calls(mesh: RunningMesh, count: int) -> list[Outcome]:
+    """`count` calls to inventory as the orders app, IN_FLIGHT at a time: each a ReleaseStock
+    naming no order, which a replica that is reached answers INVALID_ARGUMENT at once."""
     async with channel(egress(mesh, CALLER)) as target:
 
         async def one(_: int) -> Outcome:
-            return await timed(get_product(target))
+            return await timed(release_nothing(target))
 
         return await bounded(count, IN_FLIGHT, one)
 
@@ -81,16 +91,16 @@ async def requests_sent(mesh: RunningMesh, pod: str) -> int:
 
 async def wait_for_traffic(mesh: RunningMesh, pod: str) -> None:
     """Call inventory (in small batches, for a bounded time) until calls reach `pod` again;
-    every call must succeed meanwhile."""
+    every call must be answered by an app meanwhile."""
     before = await requests_sent(mesh, pod)
     outcomes: list[Outcome] = []
 
     async def reached() -> bool:
-        outcomes.extend(await product_calls(mesh, 10))
+        outcomes.extend(await inventory_calls(mesh, 10))
         return await requests_sent(mesh, pod) > before
 
     await eventually(reached, within=5, what=f"calls to reach {pod} again")
-    assert summary(outcomes) == {"OK": len(outcomes)}
+    assert summary(outcomes) == {RELEASED_NOTHING: len(outcomes)}
 
 
 async def test_replica_failing_its_calls_is_ejected_and_success_recovers(
@@ -103,7 +113,7 @@ async def test_replica_failing_its_calls_is_ejected_and_success_recovers(
     # faults) keep passing, so only outlier detection can take it out.
     await pod_fault(mesh, FAILING, abort_percent=100, abort_grpc_status=14)
     try:
-        during = await product_calls(mesh, CALLS)
+        during = await inventory_calls(mesh, CALLS)
         await wait_for_flags(
             mesh,
             lambda flags: "/failed_outlier_check" in flags,
@@ -125,7 +135,9 @@ async def test_replica_failing_its_calls_is_ejected_and_success_recovers(
         failing = await stats_of(mesh, FAILING)
         async with (
             channel(egress(mesh, CALLER)) as target,
-            running_load(lambda: timed(get_product(target)), IN_FLIGHT, limit=LOAD_LIMIT) as load,
+            running_load(
+                lambda: timed(release_nothing(target)), IN_FLIGHT, limit=LOAD_LIMIT
+            ) as load,
         ):
 
             async def two_health_rounds() -> bool:
@@ -139,9 +151,9 @@ async def test_replica_failing_its_calls_is_ejected_and_success_recovers(
     finally:
         await pod_fault(mesh, FAILING)
 
-    assert summary(after) == {"OK": len(after)}
+    assert summary(after) == {RELEASED_NOTHING: len(after)}
     outcomes = during + after
-    assert sum(outcome.ok for outcome in outcomes) >= 0.99 * len(outcomes), summary(outcomes)
+    assert sum(answered(outcome) for outcome in outcomes) >= 0.99 * len(outcomes), summary(outcomes)
 
     # Back after the ejection time, once the fault is gone, and sent calls again.
     back = outlier.base_ejection_time + 2 * outlier.interval
@@ -166,8 +178,8 @@ async def test_replica_whose_app_is_gone_is_removed_by_health_checks(mesh: Runni
 
         caller = await stats_of(mesh, CALLER)
         sent = await requests_sent(mesh, FAILING)
-        removed = await product_calls(mesh, WINDOW)
-        assert summary(removed) == {"OK": WINDOW}
+        removed = await inventory_calls(mesh, WINDOW)
+        assert summary(removed) == {RELEASED_NOTHING: WINDOW}
         assert await caller.delta(RETRIES) == {RETRIES: 0}
         assert await requests_sent(mesh, FAILING) == sent
     finally:

@@ -47,15 +47,13 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 SAGA_STEPS = (
     "saga VALIDATE_USER",
-    "saga PRICE_ITEMS",
-    "saga RESERVE_STOCK",
+    "saga RESERVE_AND_PRICE",
     "saga CHARGE_PAYMENT",
     "saga COMMIT_RESERVATION",
 )
 CALLS_MADE = (
     ("saga VALIDATE_USER", "egress /shop.users.v1.UsersService/GetUser"),
-    ("saga PRICE_ITEMS", "egress /shop.inventory.v1.InventoryService/GetProduct"),
-    ("saga RESERVE_STOCK", "egress /shop.inventory.v1.InventoryService/ReserveStock"),
+    ("saga RESERVE_AND_PRICE", "egress /shop.inventory.v1.InventoryService/ReserveStock"),
     ("saga CHARGE_PAYMENT", "egress /shop.payments.v1.PaymentsService/Charge"),
     ("saga COMMIT_RESERVATION", "egress /shop.inventory.v1.InventoryService/CommitReservation"),
     ("outbox deliver", "egress /shop.notifications.v1.NotificationsService/PublishOrderEvents"),

@@ -209,6 +209,25 @@ def get_product(
     return stub.GetProduct(inventory_pb2.GetProductRequest(sku=sku), timeout=timeout)
 
 
+def release_nothing(target: aio.Channel, timeout: float | None = CALL_TIMEOUT) -> Awaitable[Any]:
+    """InventoryService.ReleaseStock naming no order (an awaitable call), which every inventory
+    app refuses at once, before it touches its database: INVALID_ARGUMENT (see
+    RELEASED_NOTHING). The call of tests that play the orders app towards inventory: a method
+    orders is granted (unlike GetProduct, which it does not need), as cheap as a read, and one
+    that changes nothing."""
+    stub = inventory_pb2_grpc.InventoryServiceStub(target)
+    return stub.ReleaseStock(inventory_pb2.ReleaseStockRequest(), timeout=timeout)
+
+
+RELEASED_NOTHING = "INVALID_ARGUMENT INVALID_ARGUMENT"
+"""How `summary` counts release_nothing's answer from an inventory app."""
+
+
+def answered(outcome: Outcome) -> bool:
+    """True when release_nothing reached an inventory app and the app answered it."""
+    return outcome.code is grpc.StatusCode.INVALID_ARGUMENT
+
+
 def get_payment(
     target: aio.Channel,
     payment_id: str,

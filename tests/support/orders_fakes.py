@@ -5,7 +5,7 @@ it (the answer was lost, or the orders process died right then)."""
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -93,12 +93,14 @@ class FakeUsers(FakeDependency):
 @dataclass
 class Reservation:
     items: tuple[tuple[str, int], ...]
+    prices: Mapping[str, Money]
     status: str = "HELD"
 
 
 @dataclass
 class FakeInventory(FakeDependency):
-    """Inventory: prices, available stock, reservations keyed by order id."""
+    """Inventory: prices, available stock, reservations keyed by order id, each answering with
+    the prices it was made at (a repeat too, whatever the products cost now)."""
 
     prices: dict[str, Money] = field(default_factory=dict)
     available: dict[str, int] = field(default_factory=dict)
@@ -109,18 +111,15 @@ class FakeInventory(FakeDependency):
         self.prices[sku] = Money(currency, price)
         self.available[sku] = stock
 
-    async def get_product(self, sku: str, *, shopper: str) -> Money:
-        def effect() -> Money:
-            if sku not in self.prices:
-                raise NotFound(f"no product {sku}", reason="PRODUCT_NOT_FOUND")
-            return self.prices[sku]
-
-        return self._call("get_product", shopper, effect)
-
-    async def reserve(self, order_id: str, items: Sequence[OrderItem], *, shopper: str) -> None:
-        def effect() -> None:
+    async def reserve(
+        self, order_id: str, items: Sequence[OrderItem], *, shopper: str
+    ) -> Mapping[str, Money]:
+        def effect() -> Mapping[str, Money]:
             if order_id in self.reservations:
-                return
+                existing = self.reservations[order_id]
+                if existing.status == "RELEASED":
+                    raise FailedPrecondition("released", reason="RESERVATION_RELEASED")
+                return existing.prices
             unknown = [i.sku for i in items if i.sku not in self.available]
             if unknown:
                 raise NotFound("unknown products", reason="PRODUCT_NOT_FOUND")
@@ -129,10 +128,14 @@ class FakeInventory(FakeDependency):
                 raise FailedPrecondition("short", reason="INSUFFICIENT_STOCK")
             for item in items:
                 self.available[item.sku] -= item.quantity
-            self.reservations[order_id] = Reservation(tuple((i.sku, i.quantity) for i in items))
+            prices = {i.sku: self.prices[i.sku] for i in items}
+            self.reservations[order_id] = Reservation(
+                tuple((i.sku, i.quantity) for i in items), prices
+            )
             self.effects["reserve"] += 1
+            return prices
 
-        self._call("reserve", shopper, effect)
+        return self._call("reserve", shopper, effect)
 
     async def release(self, order_id: str, *, shopper: str) -> None:
         def effect() -> None:

@@ -7,12 +7,20 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
+
 from services.orders.domain import PlaceOrderInput, SagaStep, validate_place_order
 from services.orders.saga import CheckoutSaga
 from services.orders.service import Orders
 from services.orders.store import SqliteOrderStore
 from tests.support.clock import ManualClock
-from tests.support.orders_fakes import FakeInventory, FakePayments, FakeUsers
+from tests.support.orders_fakes import (
+    Crash,
+    FakeDependency,
+    FakeInventory,
+    FakePayments,
+    FakeUsers,
+)
 
 USER = "usr_ada"
 
@@ -67,6 +75,17 @@ class World:
     async def events(self) -> list[tuple[str, str, str]]:
         """(order_id, type, reason) of every outbox row."""
         return [(e.order_id, e.type.value, e.reason) for e in await self.store.pending_events(1000)]
+
+    async def crash_placing(
+        self, dependency: FakeDependency, method: str, placed: PlaceOrderInput
+    ) -> str:
+        """Place `placed`, the orders process dying right after `dependency.method` took
+        effect; the id of the order left in flight."""
+        dependency.fail(method, Crash(), after=True)
+        with pytest.raises(Crash):
+            await self.saga.place_order(placed)
+        [order_id] = await self.store.in_flight()
+        return order_id
 
     async def saga_step(self, order_id: str) -> SagaStep:
         loaded = await self.store.load(order_id)

@@ -9,7 +9,7 @@ from typing import Any
 
 from services.common.clock import from_micros
 from services.common.money import Money
-from services.inventory.domain import Product, ReservationItem
+from services.inventory.domain import Product, ReservationItem, ReservedItem
 from services.notifications.domain import (
     Notification,
     OrderEvent,
@@ -35,6 +35,11 @@ CATALOG = [
 
 def item(sku: str, quantity: int) -> ReservationItem:
     return ReservationItem(sku, quantity)
+
+
+def reserved(sku: str, quantity: int, price: int) -> ReservedItem:
+    """A line of a stored reservation, at `price` US cents a unit."""
+    return ReservedItem(sku, quantity, usd(price))
 
 
 def make_event(**changes: Any) -> OrderEvent:

@@ -22,11 +22,13 @@ from services.inventory.domain import (
     ReservationStatus,
     StockChange,
 )
-from tests.support.samples import CATALOG, T0, item, usd
+from tests.support.samples import CATALOG, T0, item, reserved, usd
 
 
 def reservation(status: ReservationStatus, *items: ReservationItem) -> Reservation:
-    return Reservation("ord_1", tuple(items), status, T0, T0)
+    """A reservation of `items`, each at one dollar a unit."""
+    lines = tuple(reserved(i.sku, i.quantity, 100) for i in items)
+    return Reservation("ord_1", lines, status, T0, T0)
 
 
 # --- validation ----------------------------------------------------------------------------------
@@ -107,6 +109,20 @@ def test_available_is_on_hand_minus_held() -> None:
 def test_replay_with_same_items_in_any_order_returns_existing() -> None:
     existing = reservation(ReservationStatus.HELD, item("A", 1), item("B", 2))
     assert domain.replay(existing, [item("B", 2), item("A", 1)]) is existing
+
+
+def test_replay_compares_quantities_not_prices() -> None:
+    # A request carries no prices: the reservation's own are never a difference.
+    existing = Reservation("ord_1", (reserved("A", 1, 999),), ReservationStatus.HELD, T0, T0)
+    assert domain.replay(existing, [item("A", 1)]) is existing
+
+
+def test_new_reservation_lines_carry_each_products_current_price() -> None:
+    products = {p.sku: p for p in CATALOG}
+    assert domain.priced([item("TSHIRT-01", 2), item("MUG-01", 1)], products) == (
+        reserved("TSHIRT-01", 2, 2499),
+        reserved("MUG-01", 1, 1299),
+    )
 
 
 def test_replay_with_different_items_is_idempotency_key_reuse() -> None:

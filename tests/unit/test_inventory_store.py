@@ -7,12 +7,14 @@ import sqlite3
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import closing
+from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from services.common.config import ServiceConfig
+from services.common.database import Database
 from services.common.errors import AlreadyExists, DomainError, FailedPrecondition, NotFound
 from services.inventory.app import open_store
 from services.inventory.catalog import seed_catalog
@@ -22,8 +24,8 @@ from services.inventory.domain import (
     Reservation,
     ReservationStatus,
 )
-from services.inventory.store import SqliteInventoryStore
-from tests.support.samples import CATALOG, T0, item, usd
+from services.inventory.store import MIGRATIONS, SqliteInventoryStore
+from tests.support.samples import CATALOG, T0, item, reserved, usd
 
 
 class FakeClock:
@@ -116,10 +118,68 @@ async def test_unknown_product_is_not_found(inventory: Inventory) -> None:
 async def test_reserve_holds_stock_without_selling_it(inventory: Inventory) -> None:
     held = await inventory.reserve("ord_1", [item("TSHIRT-01", 2), item("MUG-01", 3)])
     assert held == Reservation(
-        "ord_1", (item("TSHIRT-01", 2), item("MUG-01", 3)), ReservationStatus.HELD, T0, T0
+        "ord_1",
+        (reserved("TSHIRT-01", 2, 2499), reserved("MUG-01", 3, 1299)),
+        ReservationStatus.HELD,
+        T0,
+        T0,
     )
     mug = await inventory.get_product("MUG-01")
     assert (mug.on_hand, mug.held, mug.available) == (10, 3, 7)
+
+
+def set_price(db_path: Path, sku: str, minor_units: int) -> None:
+    """Change a product's price behind the service's back (as a catalog update would)."""
+    with closing(sqlite3.connect(db_path)) as db, db:
+        db.execute("UPDATE products SET price_minor_units = ? WHERE sku = ?", (minor_units, sku))
+
+
+async def test_reservation_keeps_the_prices_it_was_made_at(
+    inventory: Inventory, db_path: Path
+) -> None:
+    first = await inventory.reserve("ord_1", [item("MUG-01", 1)])
+    set_price(db_path, "MUG-01", 1499)
+
+    # Its replay and every later read answer with the price of the reservation...
+    assert await inventory.reserve("ord_1", [item("MUG-01", 1)]) == first
+    assert await inventory.commit("ord_1") == replace(
+        first, status=ReservationStatus.COMMITTED, update_time=T0 + timedelta(seconds=1)
+    )
+    assert (await inventory.get_reservation("ord_1")).items == (reserved("MUG-01", 1, 1299),)
+    # ...while a new reservation pays the new one.
+    second = await inventory.reserve("ord_2", [item("MUG-01", 1)])
+    assert second.items == (reserved("MUG-01", 1, 1499),)
+
+
+async def test_reservations_made_before_prices_were_recorded_get_their_products_price(
+    db_path: Path,
+) -> None:
+    # A database at the schema before prices (MIGRATIONS[:1]) holding one reservation.
+    old = await Database.open(db_path, MIGRATIONS[:1])
+
+    def fill(db: sqlite3.Connection) -> None:
+        db.execute(
+            "INSERT INTO products (sku, name, description, currency_code, price_minor_units,"
+            " on_hand, held) VALUES ('MUG-01', 'Mug', '', 'USD', 1299, 10, 3)"
+        )
+        db.execute(
+            "INSERT INTO reservations (order_id, status, create_time_us, update_time_us)"
+            " VALUES ('ord_1', 'HELD', 1, 1)"
+        )
+        db.execute(
+            "INSERT INTO reservation_items (order_id, position, sku, quantity)"
+            " VALUES ('ord_1', 0, 'MUG-01', 3)"
+        )
+
+    await old.write(fill)
+    await old.close()
+
+    upgraded = await SqliteInventoryStore.open(db_path)
+    try:
+        reservation = await Inventory(upgraded).get_reservation("ord_1")
+    finally:
+        await upgraded.close()
+    assert reservation.items == (reserved("MUG-01", 3, 1299),)
 
 
 async def test_repeated_reserve_holds_once_and_returns_the_same_reservation(

@@ -51,6 +51,15 @@ def test_callers_include_services_and_the_gateway() -> None:
     }
 
 
+def test_orders_may_not_read_the_catalog() -> None:
+    # Least privilege: checkout prices from its reservation, so orders needs no GetProduct; the
+    # catalog is the gateway's to read (for shoppers).
+    assert load_topology(MESH_FILE).callers("inventory") == {
+        "orders": ("ReserveStock", "ReleaseStock", "CommitReservation"),
+        "gateway": ("ListProducts", "GetProduct"),
+    }
+
+
 def test_internal_methods_are_not_exposed() -> None:
     exposes = load_topology(MESH_FILE).gateway.exposes
     assert "Charge" not in exposes["payments"]
