@@ -173,3 +173,29 @@ async def test_a_password_matches_only_its_hash() -> None:
         assert not await passwords.verify(None, "correct horse")
     finally:
         await passwords.close()
+
+
+class CountingHasher(PasswordHasher):
+    """Cheap Argon2id that counts the hashes it computes."""
+
+    def __init__(self) -> None:
+        super().__init__(time_cost=1, memory_cost=1024, parallelism=1)
+        self.hashes = 0
+
+    def hash(self, password: str | bytes, *, salt: bytes | None = None) -> str:
+        self.hashes += 1
+        return super().hash(password, salt=salt)
+
+
+async def test_the_dummy_hash_is_made_at_start_not_by_the_first_unknown_email() -> None:
+    hasher = CountingHasher()
+    passwords = Passwords(hasher)
+    try:
+        await passwords.ready()
+        assert hasher.hashes == 1
+        # An unknown email (no hash to check) costs one check and no hash, the first as the rest.
+        assert not await passwords.verify(None, "correct horse")
+        assert not await passwords.verify(None, "correct horse")
+        assert hasher.hashes == 1
+    finally:
+        await passwords.close()
