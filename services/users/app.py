@@ -54,7 +54,7 @@ async def build(
     passwords = Passwords(hasher)
     await passwords.ready()
     servicer = UsersServicer(
-        Users(store, clock, passwords), Sessions(store, passwords, keys, limits, clock)
+        Users(store, clock, passwords, limits), Sessions(store, passwords, keys, limits, clock)
     )
     return App(
         registrations=[
