@@ -1,6 +1,7 @@
 """The gateway's ingress as rendered from envoy/mesh.yaml: which methods its jwt_authn demands a
-token for: exactly the exposed ones but `gateway.sign_in.public`. The real Envoy behaviour is
-in tests/mesh/test_sign_in.py."""
+token for (exactly the exposed ones but `gateway.sign_in.public`), and that no caller counts
+as internal at the edge (so the gateway sets x-envoy-external-address itself). The real Envoy
+behaviour is in tests/mesh/test_sign_in.py."""
 
 from __future__ import annotations
 
@@ -106,3 +107,14 @@ def test_every_other_exposed_method_needs_a_token(jwt_authn: Json) -> None:
     )
     for path in UNROUTED:
         assert required_provider(jwt_authn, path) is None, path
+
+
+@pytest.mark.parametrize("traced", [False, True], ids=["untraced", "traced"])
+def test_no_caller_is_internal_at_the_edge(socket_dir: Path, traced: bool) -> None:
+    # Envoy trusts an internal caller's x-forwarded-for and x-envoy-* headers; the gateway's
+    # callers are all outside, whatever their address (loopback locally, pod IPs on a cluster).
+    tracing = Tracing(socket_dir / "collector.sock", 0.1) if traced else None
+    manager = ingress_manager(socket_dir, tracing)
+    assert manager["use_remote_address"] is True
+    assert manager["internal_address_config"] == {"unix_sockets": False, "cidr_ranges": []}
+    assert manager.get("xff_num_trusted_hops", 0) == 0
