@@ -8,7 +8,7 @@ mode 0700, holds:
   step of a rotation is one atomic rename.
 - `jwks.json` (0600 too: the gateway that reads it runs as the same user, and a Kubernetes
   ConfigMap made of it sets its own mode): their public halves as a JSON Web Key Set (RFC
-  7517), current first: the document a gateway verifies tokens with (Envoy's jwt_authn
+  7517), newest first: the document a gateway verifies tokens with (Envoy's jwt_authn
   `local_jwks` with a filename). Envoy reads that file when it loads its configuration, not
   when the file changes: after a rotation the gateway restarts (`shopmesh keys rotate`).
 - `.lock`: serialises writers (a users process starting, a rotation).
@@ -17,7 +17,8 @@ Files are replaced atomically (temporary file, fsync, rename): readers see the o
 or the new one, never a mix. A key's `kid` is its RFC 7638 thumbprint, so it names the key
 itself and two processes can never give one id to two keys.
 
-Rotation is two steps, so that no gateway meets a token signed with a key it does not know:
+Rotation is two steps with the gateways' reload between them, so that no gateway meets a
+token signed with a key it does not know:
 
 1. `stage()` makes a new key and publishes it: `jwks.json` lists the new key and the current
    one, and the previous key is dropped. Nothing signs with the new key yet.
