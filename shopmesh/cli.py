@@ -430,8 +430,9 @@ def keys_group() -> None:
 @click.option("--force", is_flag=True, help="Even if tokens signed by the dropped key may live.")
 def keys_rotate_command(state_dir: Path, force: bool) -> None:
     """Make a new signing key; the previous one stays in the JWKS, so tokens it signed keep
-    working until they expire. A running mesh's gateway restarts to load the new JWKS (the
-    edge is down for about a second)."""
+    working until they expire. In a running mesh the gateway first restarts to load the JWKS
+    that lists the new key, then users signs with it (the edge is down for about a second:
+    open streams end and clients reconnect)."""
     mesh = RunningMesh.attach(state_dir)
     if mesh is None:
         ring = signing.rotate_keys(StateDir(state_dir.resolve()), force=force)

@@ -52,8 +52,9 @@ async def build(
     await asyncio.to_thread(keys.ensure, clock())
     store = await SqliteUserStore.open(config.db_path)
     passwords = Passwords(hasher)
+    await passwords.ready()
     servicer = UsersServicer(
-        Users(store, clock, passwords), Sessions(store, passwords, keys, limits, clock)
+        Users(store, clock, passwords, limits), Sessions(store, passwords, keys, limits, clock)
     )
     return App(
         registrations=[

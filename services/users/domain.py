@@ -2,6 +2,8 @@
 
 An account may have a password (hashed by services.users.passwords before it reaches the
 store); one created without (by a client older than sign-in) exists but cannot sign in.
+CreateUser says EMAIL_TAKEN (users.proto says why that is accepted), so refused sign-ups are
+throttled per source address (services.users.throttle), which arrives as a plain value.
 Signing in is services.users.sessions. Reading an account is made for a `caller` (the
 signed-in user, or orders checking out on their behalf) and answers only for the caller's own:
 another user's account is NOT_FOUND with the very words of an id no account has, so a shopper
@@ -23,8 +25,9 @@ from enum import Enum
 from typing import Protocol
 
 from services.common.clock import utc_now
-from services.common.errors import AlreadyExists, NotFound, Validator
+from services.common.errors import AlreadyExists, NotFound, ResourceExhausted, Validator
 from services.users.passwords import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH, Passwords
+from services.users.throttle import DEFAULT_LIMITS, AttemptStore, SignInLimits, sign_up_keys
 
 # RFC 5321 limits: 64 characters before the "@", 254 for the whole address.
 MAX_EMAIL_LENGTH = 254
@@ -33,6 +36,7 @@ MAX_DISPLAY_NAME_LENGTH = 100
 MAX_REQUEST_ID_LENGTH = 255
 
 USER_ID_PREFIX = "usr_"
+SIGN_UP_THROTTLED = "SIGN_UP_THROTTLED"
 
 # A practical subset of RFC 5322 on an already lower-cased address: a dot-atom local part
 # (no quoted strings, no comments) and a DNS host name with at least two labels whose last one
@@ -75,8 +79,9 @@ class AddOutcome(Enum):
     EMAIL_TAKEN = "email_taken"
 
 
-class UserStore(Protocol):
-    """Persistence the users domain needs (implemented by services.users.store)."""
+class UserStore(AttemptStore, Protocol):
+    """Persistence the users domain needs (implemented by services.users.store), the failure
+    counts of services.users.throttle included."""
 
     async def add(
         self, user: User, request_id: str, password_hash: str | None = None
@@ -172,21 +177,44 @@ class Users:
         store: UserStore,
         clock: Callable[[], datetime] = utc_now,
         passwords: Passwords | None = None,
+        limits: SignInLimits = DEFAULT_LIMITS,
     ) -> None:
         self._store = store
         self._clock = clock
         self._passwords = passwords or Passwords()
+        self._limits = limits
 
     async def create(
-        self, request_id: str, email: str, display_name: str, password: str = ""
+        self,
+        request_id: str,
+        email: str,
+        display_name: str,
+        password: str = "",
+        source_address: str | None = None,
     ) -> User:
         """Create an account, or return the one an earlier call with `request_id` created.
 
-        Raises InvalidArgument for bad input, AlreadyExists EMAIL_TAKEN when another request
-        owns the email, AlreadyExists IDEMPOTENCY_KEY_REUSED when `request_id` was used for a
-        different email, display name or password.
+        Raises InvalidArgument for bad input, ResourceExhausted SIGN_UP_THROTTLED (with the
+        wait) after too many refused sign-ups from `source_address`, AlreadyExists EMAIL_TAKEN
+        when another request owns the email, AlreadyExists IDEMPOTENCY_KEY_REUSED when
+        `request_id` was used for a different email, display name or password.
         """
         new = validate_new_user(request_id, email, display_name, password)
+        throttle = sign_up_keys(self._limits, source_address)
+        if throttle:
+            wait = await self._store.begin_attempt(throttle, self._clock())
+            if wait.total_seconds() > 0:
+                raise ResourceExhausted(
+                    "too many refused sign-ups from this address; wait before trying again",
+                    reason=SIGN_UP_THROTTLED,
+                    retry_after_seconds=wait.total_seconds(),
+                )
+        user = await self._add(new)
+        if throttle:
+            await self._store.attempt_succeeded(throttle)
+        return user
+
+    async def _add(self, new: NewUser) -> User:
         candidate = User(new_user_id(), new.email, new.display_name, self._clock())
         password_hash = await self._passwords.hash(new.password) if new.password else None
         outcome, user = await self._store.add(candidate, new.request_id, password_hash)

@@ -13,7 +13,9 @@ sign-ins arrive.
 
 `verify(None, password)` checks against a dummy hash and returns False: an unknown email, or
 an account created without a password, costs what a wrong password costs, so timing does not
-tell whether an account exists.
+tell whether an account exists. The dummy hash is made when the Passwords is (on its pool, as
+users starts; `ready()` waits for it), not on the first unknown email, which would otherwise
+cost a hash more than any other answer.
 """
 
 from __future__ import annotations
@@ -50,7 +52,11 @@ class Passwords:
     ) -> None:
         self._hasher = hasher or default_hasher()
         self._threads = ThreadPoolExecutor(workers, thread_name_prefix="argon2")
-        self._dummy_hash: str | None = None
+        self._dummy_hash = self._threads.submit(self._hasher.hash, _DUMMY_PASSWORD)
+
+    async def ready(self) -> None:
+        """Wait until the dummy hash exists (users starts serving only then)."""
+        await asyncio.wrap_future(self._dummy_hash)
 
     async def hash(self, password: str) -> str:
         """The PHC-format Argon2id hash of `password`, with a fresh random salt."""
@@ -60,10 +66,8 @@ class Passwords:
         """True if `password` matches `password_hash`; False otherwise, including when there is
         no hash (then a dummy hash is checked, at the same cost)."""
         if password_hash is None:
-            if self._dummy_hash is None:
-                # Once per process; the first unknown email pays for it.
-                self._dummy_hash = await self.hash(_DUMMY_PASSWORD)
-            await self._run(self._matches, self._dummy_hash, password)
+            dummy_hash = await asyncio.wrap_future(self._dummy_hash)
+            await self._run(self._matches, dummy_hash, password)
             return False
         return await self._run(self._matches, password_hash, password)
 

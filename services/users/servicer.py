@@ -3,7 +3,7 @@
 Errors are not handled here: DomainErrors raised by the domain become status codes with rich
 details in the shared ErrorMappingInterceptor.
 
-SignIn's source address is read here and passed on as a plain value: the
+SignIn's and CreateUser's source address is read here and passed on as a plain value: the
 `x-envoy-external-address` request metadata (CLIENT_ADDRESS_METADATA) if present, else the
 caller's peer address when it is TCP. Envoy sets that header at the edge (with
 `use_remote_address`) to the address the connection came from; in the mesh every call reaches
@@ -78,7 +78,11 @@ class UsersServicer(users_pb2_grpc.UsersServiceServicer):
     ) -> users_pb2.CreateUserResponse:
         """See users.proto."""
         user = await self._users.create(
-            request.request_id, request.email, request.display_name, request.password
+            request.request_id,
+            request.email,
+            request.display_name,
+            request.password,
+            source_address(context),
         )
         return users_pb2.CreateUserResponse(user=user_to_proto(user))
 

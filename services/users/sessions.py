@@ -19,7 +19,7 @@ the request), errors are DomainErrors the shared interceptor maps:
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import Enum
@@ -30,7 +30,7 @@ from services.common.errors import ResourceExhausted, Unauthenticated, Validator
 from services.users.domain import MAX_EMAIL_LENGTH, normalize_email
 from services.users.keys import KeyDirectory
 from services.users.passwords import MAX_PASSWORD_LENGTH, Passwords
-from services.users.throttle import DEFAULT_LIMITS, SignInLimits, ThrottleKey, throttle_keys
+from services.users.throttle import DEFAULT_LIMITS, AttemptStore, SignInLimits, throttle_keys
 from services.users.tokens import (
     REFRESH_TOKEN_LIFETIME,
     Session,
@@ -72,20 +72,12 @@ class Renewal(Enum):
     REUSED = "reused"
 
 
-class SessionStore(Protocol):
-    """Persistence sign-in needs (implemented by services.users.store)."""
+class SessionStore(AttemptStore, Protocol):
+    """Persistence sign-in needs (implemented by services.users.store), the failure counts of
+    services.users.throttle included."""
 
     async def credentials(self, email: str) -> Credentials | None:
         """The account with the normalised `email`, or None."""
-        ...
-
-    async def begin_sign_in(self, keys: Sequence[ThrottleKey], now: datetime) -> timedelta:
-        """Atomically: the longest wait any of `keys` imposes at `now`; if there is none,
-        count one failure on each (see services.users.throttle)."""
-        ...
-
-    async def sign_in_succeeded(self, keys: Sequence[ThrottleKey]) -> None:
-        """Take back the failure `begin_sign_in` counted (and clear the keys that say so)."""
         ...
 
     async def add_refresh_token(self, token: RefreshToken, now: datetime) -> None:
@@ -137,7 +129,7 @@ class Sessions:
         check.raise_if_invalid("invalid SignIn request")
 
         keys = throttle_keys(self._limits, email, source_address)
-        wait = await self._store.begin_sign_in(keys, self._clock())
+        wait = await self._store.begin_attempt(keys, self._clock())
         if wait > timedelta(0):
             raise ResourceExhausted(
                 "too many failed sign-ins; wait before trying again",
@@ -148,7 +140,7 @@ class Sessions:
         matches = await self._passwords.verify(account.password_hash if account else None, password)
         if account is None or not matches:
             raise Unauthenticated("email or password is incorrect", reason=INVALID_CREDENTIALS)
-        await self._store.sign_in_succeeded(keys)
+        await self._store.attempt_succeeded(keys)
         return await self._open(account.user_id, family_id=uuid.uuid4().hex)
 
     async def renew(self, refresh_token: str) -> Session:

@@ -1,5 +1,6 @@
 """The users service's own SQLite database: accounts (with their password hashes), refresh
-tokens (only their hashes) and sign-in failure counts (see services.users.throttle)."""
+tokens (only their hashes) and the failure counts of sign-in and sign-up (table
+`sign_in_failures`, for both; see services.users.throttle)."""
 
 from __future__ import annotations
 
@@ -146,8 +147,8 @@ class SqliteUserStore:
 
         return await self._db.read(read)
 
-    async def begin_sign_in(self, keys: Sequence[ThrottleKey], now: datetime) -> timedelta:
-        """See SessionStore.begin_sign_in. Check and count in one write transaction, so
+    async def begin_attempt(self, keys: Sequence[ThrottleKey], now: datetime) -> timedelta:
+        """See AttemptStore.begin_attempt. Check and count in one write transaction, so
         parallel attempts see each other's counts."""
         now_us = to_micros(now)
         oldest = now - max(key.policy.forget_after for key in keys)
@@ -182,8 +183,8 @@ class SqliteUserStore:
 
         return await self._db.write(begin)
 
-    async def sign_in_succeeded(self, keys: Sequence[ThrottleKey]) -> None:
-        """See SessionStore.sign_in_succeeded."""
+    async def attempt_succeeded(self, keys: Sequence[ThrottleKey]) -> None:
+        """See AttemptStore.attempt_succeeded."""
 
         def succeed(db: sqlite3.Connection) -> None:
             for key in keys:

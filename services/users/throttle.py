@@ -1,5 +1,7 @@
 """How SignIn slows down guessing: failure counts per account and per source address, and the
-backoff they impose. Pure rules here; the counts live in the users database (store.py).
+backoff they impose; and how CreateUser slows down testing emails (refused sign-ups per source
+address, under the same rule). Pure rules here; the counts live in the users database
+(store.py).
 
 Every attempt counts as a failure from the moment it starts (checked and counted in one
 transaction), and a success takes it back: a burst of parallel guesses gets no more
@@ -20,6 +22,12 @@ Why the database and not memory: the counts survive a restart (an attacker canno
 by crashing or waiting for a deploy) and every replica on the same file sees the same counts;
 the price is two small writes per attempt, next to a ~0.1 s password hash.
 
+Sign-up: CreateUser's EMAIL_TAKEN tells that an email has an account (an accepted trade-off:
+users.proto says why), so refused sign-ups count per source address ("sign-up:<ip>") with the
+same backoff, and a created account (or a retried request) takes its attempt back: whoever
+tries many emails that have accounts soon waits, a shop full of new customers behind one
+address does not. Without an address, sign-ups are not throttled.
+
 Why throttling can lock out the account's owner: someone who knows an email can keep its
 sign-ins waiting. The cap (`max_delay`) bounds that, and the per-address count limits what
 one source can do to many accounts.
@@ -28,8 +36,10 @@ one source can do to many accounts.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Protocol
 
 
 @dataclass(frozen=True)
@@ -52,11 +62,13 @@ class ThrottlePolicy:
 
 @dataclass(frozen=True)
 class SignInLimits:
-    """The policies SignIn applies: one per account, one per source address."""
+    """The policies SignIn applies, one per account and one per source address, and the one
+    CreateUser applies per source address (`sign_up`)."""
 
     account: ThrottlePolicy = ThrottlePolicy(free_failures=5)
     # Higher: one address may be a whole office behind NAT.
     address: ThrottlePolicy = ThrottlePolicy(free_failures=20)
+    sign_up: ThrottlePolicy = ThrottlePolicy(free_failures=20)
 
 
 DEFAULT_LIMITS = SignInLimits()
@@ -64,10 +76,10 @@ DEFAULT_LIMITS = SignInLimits()
 
 @dataclass(frozen=True)
 class ThrottleKey:
-    """One count to check and bump: `key` is "account:<email>" or "address:<ip>".
-    `clear_on_success`: a successful sign-in clears the count (the account's) instead of only
-    taking its own attempt back (the address's: one shopper signing in must not wipe out
-    another caller's failures from the same address)."""
+    """One count to check and bump: `key` is "account:<email>", "address:<ip>" or
+    "sign-up:<ip>". `clear_on_success`: a successful attempt clears the count (the account's)
+    instead of only taking its own attempt back (the addresses': one shopper signing in must
+    not wipe out another caller's failures from the same address)."""
 
     key: str
     policy: ThrottlePolicy
@@ -80,6 +92,26 @@ def throttle_keys(limits: SignInLimits, email: str, address: str | None) -> list
     if address:
         keys.append(ThrottleKey(f"address:{address}", limits.address, clear_on_success=False))
     return keys
+
+
+def sign_up_keys(limits: SignInLimits, address: str | None) -> list[ThrottleKey]:
+    """The counts a sign-up from `address` is checked against (none without an address)."""
+    if not address:
+        return []
+    return [ThrottleKey(f"sign-up:{address}", limits.sign_up, clear_on_success=False)]
+
+
+class AttemptStore(Protocol):
+    """Where the counts live (implemented by services.users.store)."""
+
+    async def begin_attempt(self, keys: Sequence[ThrottleKey], now: datetime) -> timedelta:
+        """Atomically: the longest wait any of `keys` imposes at `now`; if there is none,
+        count one failure on each. `keys` is not empty."""
+        ...
+
+    async def attempt_succeeded(self, keys: Sequence[ThrottleKey]) -> None:
+        """Take back the failure `begin_attempt` counted (and clear the keys that say so)."""
+        ...
 
 
 def address_key(address: str) -> str | None:

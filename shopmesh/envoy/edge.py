@@ -376,6 +376,10 @@ def edge_manager_options(topology: Topology) -> Mapping[str, object]:
         # The caller's own address, not one it claims in x-forwarded-for: the per-client rate
         # limit keys on it.
         "use_remote_address": True,
+        # No caller of the edge is internal, whatever its address (loopback here, a node's on
+        # a cluster): Envoy keeps the x-forwarded-for and x-envoy-* headers an internal caller
+        # sends, and users throttles sign-ins by the x-envoy-external-address set here.
+        "internal_address_config": {"unix_sockets": False, "cidr_ranges": []},
         "normalize_path": True,
         "merge_slashes": True,
         "path_with_escaped_slashes_action": "REJECT_REQUEST",

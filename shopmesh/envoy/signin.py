@@ -13,9 +13,9 @@ shopper on to the services as the caller (CALLER_HEADER).
 - Inbound sidecars accept CALLER_HEADER only from the gateway and `sign_in.passed_on_by`
   (`caller_permission`, in the RBAC of shopmesh.envoy.sidecar).
 
-Envoy reads the JWKS file when it loads its configuration: after a key rotation the gateway
-is restarted (`shopmesh keys rotate`), and the JWKS keeps the previous key, so tokens signed
-before the rotation stay valid until they expire.
+Envoy reads the JWKS file when it loads its configuration: a key rotation publishes the new
+key, restarts the gateway, and only then signs with it (`shopmesh keys rotate`), and the JWKS
+keeps the previous key, so tokens signed before the rotation stay valid until they expire.
 """
 
 from __future__ import annotations

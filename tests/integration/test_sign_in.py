@@ -349,6 +349,36 @@ async def test_without_the_header_a_tcp_peer_is_throttled_by_its_address(
     await expect_throttled(sign_in(users, email="guess2@example.com"))
 
 
+async def sign_up_from(users: Stub, address: str, email: str) -> users_pb2.CreateUserResponse:
+    request = users_pb2.CreateUserRequest(email=email, password=PASSWORD)
+    response: users_pb2.CreateUserResponse = await users.CreateUser(
+        request, metadata=((CLIENT_ADDRESS_METADATA, address),)
+    )
+    return response
+
+
+async def test_testing_taken_emails_from_one_address_slows_its_sign_ups_down(
+    services: ServiceRunner, channels: Channels, clock: ManualClock
+) -> None:
+    limits = SignInLimits(sign_up=ThrottlePolicy(free_failures=3))
+    users = await start_with_clock(services, channels, clock, limits)
+    office = "203.0.113.7"
+    # More new customers than free refusals: accounts created are not held against it.
+    for n in range(5):
+        await sign_up_from(users, office, f"customer{n}@example.com")
+    for n in range(3):
+        taken = await refused(sign_up_from(users, office, f"customer{n}@example.com"))
+        assert expect_error_info(taken, grpc.StatusCode.ALREADY_EXISTS).reason == "EMAIL_TAKEN"
+    throttled = await refused(sign_up_from(users, office, "customer0@example.com"))
+    info = expect_error_info(throttled, grpc.StatusCode.RESOURCE_EXHAUSTED)
+    assert (info.reason, retry_delay(throttled)) == ("SIGN_UP_THROTTLED", timedelta(seconds=1))
+    # Elsewhere the answer is unchanged; here, once the wait is over, a new customer signs up.
+    elsewhere = await refused(sign_up_from(users, "198.51.100.1", "customer0@example.com"))
+    assert expect_error_info(elsewhere, grpc.StatusCode.ALREADY_EXISTS).reason == "EMAIL_TAKEN"
+    clock.advance(timedelta(seconds=1))
+    await sign_up_from(users, office, "customer5@example.com")
+
+
 async def test_a_unix_socket_caller_without_the_header_is_throttled_per_account_only(
     services: ServiceRunner, channels: Channels, clock: ManualClock
 ) -> None:

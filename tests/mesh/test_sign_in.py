@@ -301,15 +301,21 @@ async def test_repeated_wrong_passwords_slow_sign_in_down(
     assert info.reason == SIGN_IN_THROTTLED, info
 
 
-def sign_in_from(mesh: RunningMesh, source: str, email: str, password: str) -> tuple[int, Any]:
-    """SignIn over JSON from the loopback address `source`: the HTTP status and the body."""
+def sign_in_from(
+    mesh: RunningMesh, source: str, email: str, password: str, claimed: str | None = None
+) -> tuple[int, Any]:
+    """SignIn over JSON from the loopback address `source`, claiming to come from `claimed`
+    (x-envoy-external-address and x-forwarded-for) when given: the HTTP status and the body."""
     host, port = mesh.gateway_address.rsplit(":", 1)
     connection = http.client.HTTPConnection(
         host, int(port), timeout=CALL_TIMEOUT, source_address=(source, 0)
     )
+    headers = {"content-type": "application/json"}
+    if claimed is not None:
+        headers |= {"x-envoy-external-address": claimed, "x-forwarded-for": claimed}
     try:
         body = json.dumps({"email": email, "password": password})
-        connection.request("POST", SIGN_IN, body, {"content-type": "application/json"})
+        connection.request("POST", SIGN_IN, body, headers)
         response = connection.getresponse()
         return response.status, json.loads(response.read())
     finally:
@@ -322,23 +328,28 @@ async def test_wrong_passwords_from_one_address_slow_down_every_account_it_tries
     shopper = await mesh_clients.create_user()  # its account has no failures of its own
     # users sees the caller's own address through the gateway (x-envoy-external-address), so
     # guesses spread over many accounts from one address are throttled too; from another
-    # loopback address, so that the rest of the module can sign in.
+    # loopback address, so that the rest of the module can sign in. Each guess claims to come
+    # from an address of its own (x-envoy-external-address, x-forwarded-for): were the claim
+    # believed, no address would ever collect enough failures to be throttled.
     source = "127.0.0.2"
     statuses = []
     for attempt in range(DEFAULT_LIMITS.address.free_failures + 1):
         email = f"guess-{attempt}-{uuid.uuid4().hex[:8]}@example.com"
-        status, _ = await asyncio.to_thread(sign_in_from, mesh, source, email, "a guess!")
+        claimed = f"198.51.100.{attempt + 1}"
+        status, _ = await asyncio.to_thread(sign_in_from, mesh, source, email, "a guess!", claimed)
         statuses.append(status)
     assert statuses[0] == 401
     status, body = await asyncio.to_thread(sign_in_from, mesh, source, shopper.user.email, PASSWORD)
-    assert (status, [d["reason"] for d in body["details"] if "reason" in d]) == (
+    assert (status, [d["reason"] for d in body.get("details", []) if "reason" in d]) == (
         429,
         [SIGN_IN_THROTTLED],
     ), statuses
-    # Another address is not held back by this one's failures.
-    assert (await asyncio.to_thread(sign_in_from, mesh, "127.0.0.3", shopper.user.email, PASSWORD))[
-        0
-    ] == 200
+    # Another address is not held back by this one's failures, even claiming to be it.
+    for claim in (None, source):
+        status, _ = await asyncio.to_thread(
+            sign_in_from, mesh, "127.0.0.3", shopper.user.email, PASSWORD, claim
+        )
+        assert status == 200, claim
 
 
 async def test_a_token_of_the_previous_key_works_after_a_rotation(

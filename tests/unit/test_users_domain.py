@@ -10,9 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from services.common.errors import AlreadyExists, FieldViolation, InvalidArgument, NotFound
+from services.common.errors import (
+    AlreadyExists,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+)
 from services.users.domain import (
     MAX_DISPLAY_NAME_LENGTH,
+    SIGN_UP_THROTTLED,
     USER_ID_PREFIX,
     Users,
     is_valid_email,
@@ -20,6 +27,7 @@ from services.users.domain import (
     validate_new_user,
 )
 from services.users.store import MIGRATIONS, SqliteUserStore
+from services.users.throttle import SignInLimits, ThrottlePolicy
 from tests.support.databases import count_rows
 
 NOW = datetime(2025, 3, 1, 12, 30, 45, 123456, tzinfo=UTC)
@@ -207,6 +215,44 @@ async def test_email_taken_attempt_does_not_create_a_user(users: Users, db_path:
     with pytest.raises(AlreadyExists):
         await users.create("req-2", "ada@example.com", "Ada")
     assert count_rows(db_path, "SELECT COUNT(*) FROM users") == 1
+
+
+def throttled_sign_ups(store: SqliteUserStore, free_refusals: int) -> Users:
+    limits = SignInLimits(sign_up=ThrottlePolicy(free_failures=free_refusals))
+    return Users(store, clock=lambda: NOW, limits=limits)
+
+
+async def test_refused_sign_ups_from_one_address_are_throttled_there_only(
+    store: SqliteUserStore, db_path: Path
+) -> None:
+    users = throttled_sign_ups(store, free_refusals=2)
+    await users.create("", "ada@example.com", "Ada")
+    office = "203.0.113.7"
+    for _ in range(2):
+        with pytest.raises(AlreadyExists):
+            await users.create("", "ada@example.com", "Ada?", source_address=office)
+    with pytest.raises(ResourceExhausted) as throttled:
+        await users.create("", "grace@example.com", "Grace", source_address=office)
+    assert (throttled.value.reason, throttled.value.retry_after_seconds) == (SIGN_UP_THROTTLED, 1)
+    assert count_rows(db_path, "SELECT COUNT(*) FROM users") == 1
+    # Another address, and a caller without one, still get their answer.
+    for elsewhere in ("198.51.100.1", None):
+        with pytest.raises(AlreadyExists) as taken:
+            await users.create("", "ada@example.com", "Ada?", source_address=elsewhere)
+        assert taken.value.reason == "EMAIL_TAKEN"
+
+
+async def test_created_accounts_and_retries_do_not_count_against_their_address(
+    store: SqliteUserStore,
+) -> None:
+    users = throttled_sign_ups(store, free_refusals=2)
+    office = "203.0.113.7"
+    for n in range(5):
+        await users.create(f"req-{n}", f"customer{n}@example.com", "", source_address=office)
+        await users.create(f"req-{n}", f"customer{n}@example.com", "", source_address=office)
+    with pytest.raises(AlreadyExists) as taken:
+        await users.create("", "customer0@example.com", "", source_address=office)
+    assert taken.value.reason == "EMAIL_TAKEN"
 
 
 async def test_get_unknown_user_is_user_not_found(users: Users) -> None:
