@@ -28,8 +28,9 @@ from shopmesh.local.logcap import cap, cap_all
 from shopmesh.local.ports import require_free
 from shopmesh.options import DEFAULT_STATE_DIR
 from shopmesh.pki import EDGE_DIRECTORY, LocalPki
+from shopmesh.terminal import tool
 from shopmesh.topology import TopologyError, parse_topology
-from tests.support.paths import MESH_FILE, ROOT, TOPOLOGY
+from tests.support.paths import MESH_FILE, NODE_CLIENT, ROOT, TOPOLOGY
 from tests.support.polling import eventually_sync
 
 HOUR = datetime.timedelta(hours=1)
@@ -109,6 +110,20 @@ def test_the_connection_help_of_a_tls_gateway_trusts_the_mesh_ca(tmp_path: Path)
     assert "http://" not in tls
     assert "grpcurl -plaintext 127.0.0.1:8080 list" in plaintext
     assert "--cacert" not in plaintext
+
+
+def test_the_connection_help_shows_the_storefront_and_the_node_client(tmp_path: Path) -> None:
+    plaintext = connection_help(GatewayTarget("127.0.0.1:9080"), DEFAULT_STATE_DIR)
+    tls = connection_help(GatewayTarget("127.0.0.1:9443", tmp_path / "ca.pem"), DEFAULT_STATE_DIR)
+
+    assert "\n  http://127.0.0.1:9080/\n" in plaintext
+    script = NODE_CLIENT.relative_to(ROOT)
+    assert f"\n  {tool('node')} {script} 127.0.0.1:9080\n" in plaintext
+    # As the client's README runs it, from the repository's root.
+    assert f".venv/bin/node {script}" in (NODE_CLIENT.parent / "README.md").read_text()
+    assert f"\n  https://127.0.0.1:9443/   (once the browser trusts {tmp_path / 'ca.pem'})" in tls
+    # It speaks plaintext only.
+    assert str(script) not in tls
 
 
 def make_recipe(target: str) -> list[str]:
