@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import os
 import re
 import subprocess
 import time
@@ -40,7 +41,7 @@ from tests.support.clients import PASSWORD, MeshClients, Shopper
 from tests.support.databases import count_rows
 from tests.support.grpcurl import GRPCURL_STATUS_EXIT_BASE, Grpcurl
 from tests.support.http import CURL, HttpResponse, curl_json, grpc_path, post_json
-from tests.support.paths import DESCRIPTOR_SET, MESH_FILE
+from tests.support.paths import DESCRIPTOR_SET, MESH_FILE, ROOT
 from tests.support.polling import CALL_TIMEOUT, eventually
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -613,6 +614,41 @@ async def test_json_unexposed_method_is_404_with_a_json_status(mesh: RunningMesh
 
     assert response.status == 404, response
     assert response.json()["code"] == grpc.StatusCode.UNIMPLEMENTED.value[0]
+
+
+# --- scripts/kind-smoke.sh, against this gateway -------------------------------------------
+
+KIND_SMOKE_TIMEOUT = 90.0
+"""The script's calls, its PlaceOrder retries (5 x 15 s at most) cut short."""
+
+
+@pytest.mark.skipif(CURL is None, reason="curl is not installed (apt-get install curl)")
+async def test_the_kind_smoke_passes_against_this_gateway(mesh: RunningMesh) -> None:
+    # The kind gateway is rendered from the same topology by the same builders; only a
+    # cluster is missing here (no Docker engine), so the script's every command runs against
+    # the local one: list without -authority, the storefront, gRPC-Web, sign-in, a checkout.
+    environment = {**os.environ, "SHOPMESH_KIND_GATEWAY": mesh.gateway_address}
+    process = await asyncio.create_subprocess_exec(
+        "bash",
+        str(ROOT / "scripts" / "kind-smoke.sh"),
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        output, _ = await asyncio.wait_for(process.communicate(), KIND_SMOKE_TIMEOUT)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise AssertionError(f"kind-smoke.sh did not finish in {KIND_SMOKE_TIMEOUT}s") from None
+    printed = output.decode()
+
+    assert process.returncode == 0, printed
+    assert f"{len(EXPOSED)} services" in printed, printed
+    assert "200 text/html" in printed, printed
+    assert "grpc-status 0" in printed, printed
+    assert "ORDER_STATUS_CONFIRMED" in printed, printed
+    assert "kind-smoke: OK" in printed, printed
 
 
 # --- local rate limit ----------------------------------------------------------------------
