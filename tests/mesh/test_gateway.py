@@ -37,6 +37,7 @@ from shopmesh.envoy.signin import bearer_metadata
 from shopmesh.local.mesh import RunningMesh
 from shopmesh.topology import load_topology
 from tests.support.calls import Outcome, call_raw
+from tests.support.cli import command_ok
 from tests.support.clients import PASSWORD, MeshClients, Shopper
 from tests.support.databases import count_rows
 from tests.support.grpcurl import GRPCURL_STATUS_EXIT_BASE, Grpcurl
@@ -628,22 +629,10 @@ async def test_the_kind_smoke_passes_against_this_gateway(mesh: RunningMesh) -> 
     # cluster is missing here (no Docker engine), so the script's every command runs against
     # the local one: list without -authority, the storefront, gRPC-Web, sign-in, a checkout.
     environment = {**os.environ, "SHOPMESH_KIND_GATEWAY": mesh.gateway_address}
-    process = await asyncio.create_subprocess_exec(
-        "bash",
-        str(ROOT / "scripts" / "kind-smoke.sh"),
-        env=environment,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
+    printed = await command_ok(
+        ["bash", str(ROOT / "scripts" / "kind-smoke.sh")], environment, KIND_SMOKE_TIMEOUT
     )
-    try:
-        output, _ = await asyncio.wait_for(process.communicate(), KIND_SMOKE_TIMEOUT)
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-        raise AssertionError(f"kind-smoke.sh did not finish in {KIND_SMOKE_TIMEOUT}s") from None
-    printed = output.decode()
 
-    assert process.returncode == 0, printed
     assert f"{len(EXPOSED)} services" in printed, printed
     assert "200 text/html" in printed, printed
     assert "grpc-status 0" in printed, printed

@@ -7,7 +7,9 @@ it; an invalid email shows its field message beside the field (from BadRequest).
 
 from __future__ import annotations
 
+import contextlib
 import re
+from collections.abc import AsyncIterator
 
 import pytest
 from playwright.async_api import Page, expect
@@ -27,6 +29,18 @@ async def open_storefront(page: Page, mesh: RunningMesh) -> None:
     await expect(page.locator("article.product").first).to_be_visible(timeout=WAIT_MS)
 
 
+@contextlib.asynccontextmanager
+async def storefront(mesh: RunningMesh) -> AsyncIterator[tuple[Page, list[str]]]:
+    """The storefront loaded in a page of headless Chromium, and the list the page's uncaught
+    errors go to."""
+    async with chromium() as browser:
+        page = await browser.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        await open_storefront(page, mesh)
+        yield page, errors
+
+
 async def stock(page: Page, sku: str) -> int:
     """What the product grid says is in stock ("12 in stock"; "Sold out" is 0)."""
     text = await page.locator(f'article.product[data-sku="{sku}"] .stock').inner_text()
@@ -34,11 +48,7 @@ async def stock(page: Page, sku: str) -> int:
 
 
 async def test_a_shopper_buys_two_products_and_is_notified(mesh: RunningMesh) -> None:
-    async with chromium() as browser:
-        page = await browser.new_page()
-        errors: list[str] = []
-        page.on("pageerror", lambda error: errors.append(str(error)))
-        await open_storefront(page, mesh)
+    async with storefront(mesh) as (page, errors):
         sticker = page.locator('article.product[data-sku="STICKER-01"]')
         await expect(sticker.locator(".price")).to_have_text(re.compile(r"^\$\d+\.\d\d$"))
         await expect(sticker.locator(".stock")).to_have_text(re.compile(r"^\d+ in stock$"))
@@ -71,11 +81,7 @@ async def test_a_shopper_buys_two_products_and_is_notified(mesh: RunningMesh) ->
 
 
 async def test_a_returning_shopper_sees_their_order_and_cancels_it(mesh: RunningMesh) -> None:
-    async with chromium() as browser:
-        page = await browser.new_page()
-        errors: list[str] = []
-        page.on("pageerror", lambda error: errors.append(str(error)))
-        await open_storefront(page, mesh)
+    async with storefront(mesh) as (page, errors):
         email = await sign_up(page, "Returning Shopper")
         before = await stock(page, "MUG-01")
         await add_to_cart(page, "MUG-01", 2)
@@ -114,9 +120,7 @@ async def test_a_returning_shopper_sees_their_order_and_cancels_it(mesh: Running
 
 
 async def test_an_invalid_email_shows_its_field_message(mesh: RunningMesh) -> None:
-    async with chromium() as browser:
-        page = await browser.new_page()
-        await open_storefront(page, mesh)
+    async with storefront(mesh) as (page, _):
         form = page.locator("#sign-up")
         await form.locator('input[name="email"]').fill("not-an-email")
         await form.locator('input[name="display_name"]').fill("Ada")
