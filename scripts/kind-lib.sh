@@ -1,6 +1,7 @@
 # Shared settings and checks of scripts/kind-{up,smoke,down}.sh (sourced, not run).
 # Tested offline by tests/k8s/test_kind_scripts.py: shellcheck, and every kind, kubectl and
-# docker subcommand and flag checked against those tools' documentation.
+# docker subcommand and flag checked against those tools' documentation (grpcurl's against
+# grpcurl itself); tests/mesh/test_gateway.py runs kind-smoke.sh against a local gateway.
 # shellcheck shell=bash
 # The settings are used by the scripts that source this file:
 # shellcheck disable=SC2034
@@ -13,7 +14,9 @@ CONTEXT="kind-${CLUSTER}"
 NAMESPACE="shop"
 IMAGE="shopmesh:dev"
 # The gateway on the host: k8s/kind/cluster.yaml maps it to the NodePort of the kind overlay.
-GATEWAY="127.0.0.1:30080"
+# SHOPMESH_KIND_GATEWAY points the scripts at another one (tests/mesh/test_gateway.py runs
+# kind-smoke.sh against the local mesh's gateway).
+GATEWAY="${SHOPMESH_KIND_GATEWAY:-127.0.0.1:30080}"
 # What kind-up.sh applies: the kind overlay, or (OBSERVABILITY=1, `make kind-up OBSERVABILITY=1`)
 # the kind overlay with the observability component (k8s/README.md, "Observability").
 KIND_OVERLAY="k8s/overlays/kind"
@@ -24,6 +27,7 @@ TRACES_UI="127.0.0.1:16686"
 PYTHON="${PYTHON:-.venv/bin/python}"
 SHOPMESH="${SHOPMESH:-.venv/bin/shopmesh}"
 GRPCURL="${GRPCURL:-.venv/bin/grpcurl}"
+NODE="${NODE:-.venv/bin/node}"
 # Everything scripts/kind-up.sh writes (the CA, the Secrets' files); never committed (var/).
 STATE_DIR="var/k8s"
 

@@ -66,19 +66,38 @@ for deployment in $(kubectl --context "$CONTEXT" get deployments --namespace "$N
     kubectl --context "$CONTEXT" rollout status "$deployment" --namespace "$NAMESPACE" --timeout 300s
 done
 
+# The gateway's part of what `make up` prints (shopmesh/cli.py: gateway_help), for this gateway:
+# tests/k8s/test_kind_scripts.py holds the two to the same lines.
 cat <<EOT
 
 The mesh runs in kind cluster '$CLUSTER', namespace '$NAMESPACE'; the gateway is at $GATEWAY.
-grpcurl uses server reflection through the gateway; -authority picks the service:
 
-  $GRPCURL -plaintext -authority users $GATEWAY list
-  $GRPCURL -plaintext -authority users -d '{"request_id": "r1", "email": "ada@example.com", "display_name": "Ada"}' \\
+gRPC with server reflection (no proto files):
+  $GRPCURL -plaintext $GATEWAY list
+  $GRPCURL -plaintext $GATEWAY describe shop.orders.v1.OrdersService
+  $GRPCURL -plaintext -d '{"request_id": "ada-1", "email": "ada@example.com", "password": "correct horse battery", "display_name": "Ada"}' \\
       $GATEWAY shop.users.v1.UsersService/CreateUser
-  $GRPCURL -plaintext -authority inventory -d '{"page_size": 3}' $GATEWAY shop.inventory.v1.InventoryService/ListProducts
+Sign in; every call but browsing, sign-up and sign-in sends the access token:
+  TOKEN=\$($GRPCURL -plaintext -d '{"email": "ada@example.com", "password": "correct horse battery"}' \\
+      $GATEWAY shop.users.v1.UsersService/SignIn | python3 -c 'import json,sys; print(json.load(sys.stdin)["session"]["access_token"])')
+  $GRPCURL -plaintext -H "authorization: Bearer \$TOKEN" \\
+      -d '{"idempotency_key": "order-1", "items": [{"sku": "MUG-01", "quantity": 2}], "payment_token": "tok_visa"}' \\
+      $GATEWAY shop.orders.v1.OrdersService/PlaceOrder
+
+JSON over HTTP/1.1 (gRPC-JSON transcoding):
   curl -s -X POST -H 'content-type: application/json' -d '{"page_size": 3}' \\
       http://$GATEWAY/shop.inventory.v1.InventoryService/ListProducts
+  curl -s -X POST -H 'content-type: application/json' -H "authorization: Bearer \$TOKEN" -d '{}' \\
+      http://$GATEWAY/shop.orders.v1.OrdersService/ListOrders
 
-  make kind-smoke    # a checkout through the gateway
+The storefront (gRPC-Web), in a browser:
+  http://$GATEWAY/
+
+The Node client (TypeScript on the same contracts, clients/node/README.md):
+  $NODE clients/node/shop.ts $GATEWAY
+  (it runs on gen/ts and node_modules: make ts first)
+
+  make kind-smoke    # what a new user does through the gateway, ending in a checkout
   kubectl --context $CONTEXT --namespace $NAMESPACE get pods
   make kind-down     # delete the cluster
 EOT

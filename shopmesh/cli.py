@@ -174,28 +174,8 @@ def up_command(
 
 
 def connection_help(target: GatewayTarget, state_dir: Path) -> str:
-    """Ready-to-paste grpcurl, curl and shopmesh commands for the gateway at `target`: with
-    TLS they trust the mesh's CA (grpcurl -cacert, curl --cacert, an https URL)."""
-    gateway = target.address
-    if target.ca is None:
-        grpcurl_tls, curl_tls = "-plaintext", ""
-    else:
-        ca = shlex.quote(str(target.ca))
-        grpcurl_tls, curl_tls = f"-cacert {ca}", f" --cacert {ca}"
-    g = f"{tool('grpcurl')} {grpcurl_tls}"
-    credentials = {"email": "ada@example.com", "password": "correct horse battery"}
-    user = json.dumps({"request_id": "ada-1", **credentials, "display_name": "Ada"})
-    order = json.dumps(
-        {
-            "idempotency_key": "order-1",
-            "items": [{"sku": "MUG-01", "quantity": 2}],
-            "payment_token": "tok_visa",
-        }
-    )
-    # The access token out of SignIn's answer, with the Python every machine here has.
-    token = 'python3 -c \'import json,sys; print(json.load(sys.stdin)["session"]["access_token"])\''
-    url = target.url
-    json_post = f"curl -s{curl_tls} -X POST -H 'content-type: application/json'"
+    """What `up` prints after the mesh started: the gateway's commands (gateway_help) and the
+    mesh's own (status, logs, faults, traces) for the mesh in `state_dir`."""
     s = tool("shopmesh")
     state = (
         ""
@@ -205,23 +185,7 @@ def connection_help(target: GatewayTarget, state_dir: Path) -> str:
     return "\n".join(
         [
             "",
-            "gRPC with server reflection (no proto files):",
-            f"  {g} {gateway} list",
-            f"  {g} {gateway} describe shop.orders.v1.OrdersService",
-            f"  {g} -d {shlex.quote(user)} \\\n"
-            f"      {gateway} shop.users.v1.UsersService/CreateUser",
-            "Sign in; every call but browsing, sign-up and sign-in sends the access token:",
-            f"  TOKEN=$({g} -d {shlex.quote(json.dumps(credentials))} \\\n"
-            f"      {gateway} shop.users.v1.UsersService/SignIn | {token})",
-            f'  {g} -H "authorization: Bearer $TOKEN" \\\n'
-            f"      -d {shlex.quote(order)} \\\n"
-            f"      {gateway} shop.orders.v1.OrdersService/PlaceOrder",
-            "",
-            "JSON over HTTP/1.1 (gRPC-JSON transcoding):",
-            f"  {json_post} -d '{{\"page_size\": 3}}' \\\n"
-            f"      {url}/shop.inventory.v1.InventoryService/ListProducts",
-            f"  {json_post} -H \"authorization: Bearer $TOKEN\" -d '{{}}' \\\n"
-            f"      {url}/shop.orders.v1.OrdersService/ListOrders",
+            *gateway_help(target),
             "",
             "The mesh:",
             f"  {s} status{state}",
@@ -238,6 +202,62 @@ def connection_help(target: GatewayTarget, state_dir: Path) -> str:
             f"  {s} dashboard{state}   (prints the dashboard's link again)",
         ]
     )
+
+
+def gateway_help(target: GatewayTarget) -> list[str]:
+    """Ready-to-paste grpcurl, curl and Node client commands for the gateway at `target`, and
+    the storefront's address: with TLS they trust the mesh's CA (grpcurl -cacert, curl
+    --cacert, https URLs), and the Node client, which speaks plaintext only, is left out.
+    scripts/kind-up.sh prints the same lines for the kind cluster's gateway (tested)."""
+    gateway = target.address
+    if target.ca is None:
+        grpcurl_tls, curl_tls, browser_note = "-plaintext", "", ""
+    else:
+        ca = shlex.quote(str(target.ca))
+        grpcurl_tls, curl_tls = f"-cacert {ca}", f" --cacert {ca}"
+        browser_note = f"   (once the browser trusts {ca})"
+    g = f"{tool('grpcurl')} {grpcurl_tls}"
+    credentials = {"email": "ada@example.com", "password": "correct horse battery"}
+    user = json.dumps({"request_id": "ada-1", **credentials, "display_name": "Ada"})
+    order = json.dumps(
+        {
+            "idempotency_key": "order-1",
+            "items": [{"sku": "MUG-01", "quantity": 2}],
+            "payment_token": "tok_visa",
+        }
+    )
+    # The access token out of SignIn's answer, with the Python every machine here has.
+    token = 'python3 -c \'import json,sys; print(json.load(sys.stdin)["session"]["access_token"])\''
+    url = target.url
+    json_post = f"curl -s{curl_tls} -X POST -H 'content-type: application/json'"
+    lines = [
+        "gRPC with server reflection (no proto files):",
+        f"  {g} {gateway} list",
+        f"  {g} {gateway} describe shop.orders.v1.OrdersService",
+        f"  {g} -d {shlex.quote(user)} \\\n      {gateway} shop.users.v1.UsersService/CreateUser",
+        "Sign in; every call but browsing, sign-up and sign-in sends the access token:",
+        f"  TOKEN=$({g} -d {shlex.quote(json.dumps(credentials))} \\\n"
+        f"      {gateway} shop.users.v1.UsersService/SignIn | {token})",
+        f'  {g} -H "authorization: Bearer $TOKEN" \\\n'
+        f"      -d {shlex.quote(order)} \\\n"
+        f"      {gateway} shop.orders.v1.OrdersService/PlaceOrder",
+        "",
+        "JSON over HTTP/1.1 (gRPC-JSON transcoding):",
+        f"  {json_post} -d '{{\"page_size\": 3}}' \\\n"
+        f"      {url}/shop.inventory.v1.InventoryService/ListProducts",
+        f"  {json_post} -H \"authorization: Bearer $TOKEN\" -d '{{}}' \\\n"
+        f"      {url}/shop.orders.v1.OrdersService/ListOrders",
+        "",
+        "The storefront (gRPC-Web), in a browser:",
+        f"  {url}/{browser_note}",
+    ]
+    if target.ca is None:
+        lines += [
+            "",
+            "The Node client (TypeScript on the same contracts, clients/node/README.md):",
+            f"  {tool('node')} clients/node/shop.ts {gateway}",
+        ]
+    return lines
 
 
 @main.command(name="down")

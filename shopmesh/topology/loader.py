@@ -93,7 +93,7 @@ def parse_topology(
         root.fail("services", "at least one service is required")
     grpc_services: dict[str, str] = {}
     for name in names:
-        if not _NAME.match(name) or name == GATEWAY:
+        if not _NAME.fullmatch(name) or name == GATEWAY:
             services_section.fail(name, f"{name!r} is not a valid service name")
         section = services_section.section(name)
         grpc_service = section.text(
@@ -286,7 +286,7 @@ class _MethodChecker:
         self.contracts = contracts
 
     def check(self, section: Section, key: str, method: str, service: str) -> None:
-        if not isinstance(method, str) or not _METHOD.match(method):
+        if not isinstance(method, str) or not _METHOD.fullmatch(method):
             section.fail(key, f"{method!r} is not a gRPC method name such as GetUser")
         if self.contracts is not None:
             grpc_service = self.grpc_services[service]

@@ -74,14 +74,14 @@ class Section:
 
     def text(self, key: str, pattern: re.Pattern[str], expected: str) -> str:
         value = self._typed(key, str, expected)
-        if not pattern.match(value):
+        if not pattern.fullmatch(value):
             self.fail(key, f"expected {expected}, got {value!r}")
         return value
 
     def text_list(self, key: str, pattern: re.Pattern[str], expected: str) -> tuple[str, ...]:
         values = self._typed(key, list, f"a list of {expected}")
         for value in values:
-            if not isinstance(value, str) or not pattern.match(value):
+            if not isinstance(value, str) or not pattern.fullmatch(value):
                 self.fail(key, f"expected {expected}, got {value!r}")
         if len(set(values)) != len(values):
             self.fail(key, "lists an entry twice")
@@ -107,7 +107,7 @@ class Section:
 
     def duration(self, key: str, minimum: timedelta = timedelta(0)) -> timedelta:
         value = self._get(key)
-        match = _DURATION.match(value) if isinstance(value, str) else None
+        match = _DURATION.fullmatch(value) if isinstance(value, str) else None
         if match is None:
             self.fail(key, f"expected a duration such as 250ms, 1s or 1.5s, got {value!r}")
         millis = float(match["value"]) * _DURATION_UNITS[match["unit"]]

@@ -1,18 +1,27 @@
 """The Dockerfile, checked without a Docker engine: its COPY sources exist and get through
 .dockerignore, its base image is pinned by digest, it runs as a numeric non-root user that the
-manifests agree on, and its entrypoint plus each Deployment's args is a service module."""
+manifests agree on, its entrypoint plus each Deployment's args is a service module, and the
+wheel it installs declares every distribution the services import (its runtime stage has
+nothing else) and ships their data files."""
 
 from __future__ import annotations
 
 import ast
+import fnmatch
 import importlib.metadata
 import importlib.util
 import json
 import re
 import shlex
 import site
+import sys
+import tomllib
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
+
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from shopmesh.k8s.layout import KubernetesLayout
 from shopmesh.k8s.objects import APP_IMAGE, RUN_AS
@@ -261,3 +270,123 @@ def test_the_builder_installs_what_the_code_generator_imports() -> None:
     needed = {owner(m) for m in modules if m != "__future__"} - {None}
     installed = with_dependencies(builder_installs())
     assert needed <= installed, f"the builder stage lacks {needed - installed}"
+
+
+# --- the wheel's dependencies: all the runtime stage installs -------------------------------
+
+FIRST_PARTY = "shopmesh"
+"""The project's own distribution (services, shopmesh and the generated shop package)."""
+
+
+def declared_dependencies() -> dict[str, Requirement]:
+    """pyproject.toml's [project] dependencies by canonical name: what `pip install` of the
+    wheel installs, and so all that the image's runtime stage has."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    requirements = (Requirement(text) for text in project["dependencies"])
+    return {canonicalize_name(r.name): r for r in requirements}
+
+
+def pins() -> dict[str, str]:
+    """requirements/run.txt's `name==version` pins by canonical name."""
+    pinned: dict[str, str] = {}
+    for line in (ROOT / "requirements" / "run.txt").read_text().splitlines():
+        line = line.partition("#")[0].strip()
+        if line:
+            name, _, version = line.partition("==")
+            pinned[canonicalize_name(name)] = version
+    return pinned
+
+
+def imported_modules(*packages: str) -> dict[str, str]:
+    """Every absolute import in the packages' sources: module name -> the first file importing
+    it. `from a.b import c` counts as a.b.c (c may be a module of a namespace package)."""
+    found: dict[str, str] = {}
+    for package in packages:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            where = str(path.relative_to(ROOT))
+            for node in ast.walk(ast.parse(path.read_text(), where)):
+                if isinstance(node, ast.Import):
+                    names = [alias.name for alias in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                    names = [f"{node.module}.{alias.name}" for alias in node.names]
+                else:
+                    continue
+                for name in names:
+                    found.setdefault(name, where)
+    return found
+
+
+@cache
+def top_level_distributions() -> dict[str, list[str]]:
+    """importlib.metadata.packages_distributions(), read once (it reads every distribution)."""
+    return dict(importlib.metadata.packages_distributions())
+
+
+@cache
+def distribution_files(distribution: str) -> frozenset[str]:
+    return frozenset(str(f) for f in importlib.metadata.files(distribution) or ())
+
+
+def providers(module: str) -> set[str]:
+    """The installed distributions (canonical names) that provide `module` or, failing that,
+    its closest parent: one for most top-level names; for a namespace package such as
+    `opentelemetry` or `google`, the ones whose files hold that part of it."""
+    top = module.partition(".")[0]
+    candidates = top_level_distributions().get(top, [])
+    if len(candidates) <= 1:
+        return {canonicalize_name(c) for c in candidates}
+    parts = module.split(".")
+    while parts:
+        path = "/".join(parts)
+        found: set[str] = {
+            canonicalize_name(c)
+            for c in candidates
+            if any(f == f"{path}.py" or f.startswith(f"{path}/") for f in distribution_files(c))
+        }
+        if found:
+            return found
+        parts.pop()
+    return {canonicalize_name(c) for c in candidates}
+
+
+def test_every_third_party_import_is_a_declared_dependency() -> None:
+    declared = set(declared_dependencies())
+    missing = []
+    for module, where in imported_modules("services", "shopmesh").items():
+        if module.partition(".")[0] in sys.stdlib_module_names:
+            continue
+        found = providers(module)
+        assert found, f"{where}: no installed distribution provides {module}"
+        if FIRST_PARTY not in found and not found & declared:
+            missing.append(f"{where}: {module} (from {', '.join(sorted(found))})")
+    assert not missing, f"not in pyproject.toml's dependencies: {missing}"
+
+
+def test_pyproject_ranges_admit_the_pins_of_requirements_run() -> None:
+    pinned = pins()
+    for name, requirement in declared_dependencies().items():
+        assert name in pinned, f"{name}: in pyproject.toml, not pinned in requirements/run.txt"
+        assert requirement.specifier.contains(pinned[name], prereleases=True), (
+            f"{requirement} does not admit the pin {name}=={pinned[name]}"
+        )
+
+
+def test_every_data_file_of_the_packages_is_package_data() -> None:
+    """What the wheel (and so the image) carries beside the modules: the seed catalog, the
+    dashboard's page, the edge's Lua filter."""
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    shipped = [
+        (Path(*package.split(".")), pattern)
+        for package, patterns in setuptools["package-data"].items()
+        for pattern in patterns
+    ]
+    for top in ("services", "shopmesh"):
+        for path in (ROOT / top).rglob("*"):
+            if not path.is_file() or path.suffix in (".py", ".pyc"):
+                continue
+            relative = path.relative_to(ROOT)
+            assert any(
+                relative.is_relative_to(package)
+                and fnmatch.fnmatch(str(relative.relative_to(package)), pattern)
+                for package, pattern in shipped
+            ), f"{relative}: no [tool.setuptools.package-data] pattern ships it"

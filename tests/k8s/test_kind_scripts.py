@@ -1,8 +1,11 @@
 """scripts/kind-*.sh, checked without Docker or a cluster: shellcheck clean; every kind, kubectl
 and docker invocation uses only subcommands and flags those tools document (the tables in
-tests/support/kind_reference.py; kubectl's also against the real binary's --help); and the
-scripts, the kind cluster config and the kind overlay agree on the cluster's ports, namespace,
-image and Secrets."""
+tests/support/kind_reference.py; kubectl's also against the real binary's --help), and every
+grpcurl flag is one the real grpcurl has; the scripts, the kind cluster config and the kind
+overlay agree on the cluster's ports, namespace, image and Secrets; kind-smoke.sh takes a new
+user's steps (grpcurl list without -authority, the storefront, a gRPC-Web call, sign-in before
+every call that needs it); and kind-up.sh prints the gateway commands `make up` prints.
+tests/mesh/test_gateway.py runs kind-smoke.sh itself, against the local mesh's gateway."""
 
 from __future__ import annotations
 
@@ -18,13 +21,16 @@ from pathlib import Path
 import pytest
 import yaml
 
+from shopmesh.cli import gateway_help
+from shopmesh.gatewayclient import GatewayTarget
 from shopmesh.k8s.collector import COLLECTOR, UI_PORT
 from shopmesh.k8s.layout import KubernetesLayout
 from shopmesh.k8s.objects import APP_IMAGE
+from shopmesh.terminal import tool
 from shopmesh.topology import GATEWAY
 from tests.support.k8s import Rendered, kubectl
 from tests.support.kind_reference import KUBECTL, TOOLS, Command, Tool
-from tests.support.paths import ROOT, TOPOLOGY
+from tests.support.paths import GRPCURL, ROOT, TOPOLOGY
 
 SCRIPTS = ROOT / "scripts"
 KIND_SCRIPTS = sorted(SCRIPTS.glob("kind-*.sh"))
@@ -135,9 +141,9 @@ class Invocation:
     words: tuple[str, ...]
 
 
-def invocations(script: Path) -> list[Invocation]:
-    """Every kind, kubectl and docker command the script runs."""
-    found = []
+def commands(script: Path) -> Iterator[tuple[int, list[str]]]:
+    """(line number, words) of every simple command the script runs, keywords and variable
+    assignments before the command name left out."""
     for number, line in logical_lines(script.read_text()):
         for command in simple_commands(line):
             try:
@@ -146,9 +152,17 @@ def invocations(script: Path) -> list[Invocation]:
                 raise AssertionError(f"{script.name}:{number}: cannot parse {command!r}") from error
             while words and (words[0] in KEYWORDS or ASSIGNMENT.match(words[0])):
                 words = words[1:]
-            if words and words[0] in TOOLS:
-                found.append(Invocation(f"{script.name}:{number}", words[0], tuple(words[1:])))
-    return found
+            if words:
+                yield number, words
+
+
+def invocations(script: Path) -> list[Invocation]:
+    """Every kind, kubectl and docker command the script runs."""
+    return [
+        Invocation(f"{script.name}:{number}", words[0], tuple(words[1:]))
+        for number, words in commands(script)
+        if words[0] in TOOLS
+    ]
 
 
 ALL_INVOCATIONS = [i for script in KIND_SCRIPTS for i in invocations(script)]
@@ -389,3 +403,122 @@ def test_kind_up_adds_the_observability_component_only_on_request() -> None:
     assert f"port-forward service/{COLLECTOR}" in up
     assert values["TRACES_UI"] == f"127.0.0.1:{UI_PORT}"
     assert "OBSERVABILITY=1" in (ROOT / "Makefile").read_text()
+
+
+# --- what the scripts do and print at the gateway (grpcurl, curl) ---------------------------
+
+SMOKE = SCRIPTS / "kind-smoke.sh"
+GRPC_METHOD = re.compile(r"[\w.]+/\w+")
+GRPCURL_HELP_FLAG = re.compile(r"^\s+(-[\w-]+)", re.MULTILINE)
+REDIRECTION = re.compile(r"^\d*[<>]")
+
+
+def runs(script: Path, program: str) -> list[tuple[str, tuple[str, ...]]]:
+    """(where, arguments) of every command of `script` that runs `program`, named as the
+    script names it (`$GRPCURL`, `curl`); redirections left out."""
+    return [
+        (
+            f"{script.name}:{number}",
+            tuple(w for w in words[1:] if not REDIRECTION.match(w)),
+        )
+        for number, words in commands(script)
+        if words[0] == program
+    ]
+
+
+def printed_by_kind_up() -> str:
+    """What kind-up.sh prints once the rollouts are done (its first here-document), expanded
+    by bash with the settings of kind-lib.sh and grpcurl and node named as `make up` names
+    them."""
+    [body] = re.findall(
+        r"^cat <<EOT\n(.*?)^EOT$", (SCRIPTS / "kind-up.sh").read_text(), re.M | re.S
+    )
+    result = subprocess.run(
+        ["bash", "-c", f"source scripts/kind-lib.sh\ncat <<EOT\n{body}EOT\n"],
+        cwd=ROOT,
+        env={"PATH": "/usr/bin:/bin", "GRPCURL": tool("grpcurl"), "NODE": tool("node")},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    return result.stdout
+
+
+def test_no_script_picks_a_virtual_host_with_authority() -> None:
+    # The gateway's reflection service answers for the whole API and the default virtual host
+    # routes every public method: -authority is needed for nothing a user does.
+    for script in KIND_SCRIPTS:
+        for where, arguments in runs(script, "$GRPCURL"):
+            assert "-authority" not in arguments, where
+    assert "-authority" not in printed_by_kind_up()
+
+
+def test_kind_smoke_lists_the_api_as_a_new_user_does() -> None:
+    lists = [arguments for _, arguments in runs(SMOKE, "$GRPCURL") if arguments[-1] == "list"]
+    assert lists == [("-plaintext", "$GATEWAY", "list")]
+    # ... and checks the listing against the topology's exposed services.
+    assert 'exposed="$(exposed_services)"' in SMOKE.read_text()
+    assert "load_topology(" in SMOKE.read_text()
+
+
+def test_kind_smoke_gets_the_storefront() -> None:
+    [get] = [arguments for _, arguments in runs(SMOKE, "curl") if "http://$GATEWAY/" in arguments]
+    assert not {"-X", "-d", "--data", "--data-binary"} & set(get), "a plain GET"
+    assert get[get.index("-w") + 1] == "%{http_code} %{content_type}"
+    assert '[[ "$answer" == "200 text/html"* ]]' in SMOKE.read_text()
+
+
+def test_kind_smoke_calls_over_grpc_web() -> None:
+    [call] = [
+        arguments
+        for _, arguments in runs(SMOKE, "curl")
+        if any(a.endswith("/shop.inventory.v1.InventoryService/ListProducts") for a in arguments)
+    ]
+    assert call[call.index("-H") + 1] == "content-type: application/grpc-web+proto"
+    assert call[call.index("--data-binary") + 1] == "@-"
+    text = SMOKE.read_text()
+    # One empty message, framed; the answer's grpc-status (trailer frame or headers) must be 0.
+    assert "printf '\\0\\0\\0\\0\\0' |" in text
+    assert 'read -r status messages <<<"$(grpc_web "$headers" "$reply")"' in text
+    assert '[[ "$status" == 0 && "$messages" == 1 ]]' in text
+
+
+def test_kind_smoke_signs_in_before_every_call_that_needs_a_shopper() -> None:
+    public = {
+        f"{TOPOLOGY.services[service].grpc_service}/{method}"
+        for service, methods in TOPOLOGY.gateway.sign_in.public.items()
+        for method in methods
+    }
+    signed_in, authenticated = False, 0
+    for where, arguments in runs(SMOKE, "$GRPCURL"):
+        method = next((a for a in arguments if GRPC_METHOD.fullmatch(a)), None)
+        if method is None:
+            continue
+        if method in public:
+            signed_in = signed_in or method.endswith("/SignIn")
+            continue
+        assert signed_in, f"{where}: {method} before SignIn"
+        assert arguments[arguments.index("-H") + 1] == "authorization: Bearer $token", where
+        authenticated += 1
+    assert authenticated, "kind-smoke.sh makes no call that needs a signed-in shopper"
+
+
+def test_the_scripts_grpcurl_flags_exist_in_grpcurl() -> None:
+    result = subprocess.run(
+        [str(GRPCURL), "-help"], capture_output=True, text=True, timeout=30, check=False
+    )
+    flags = set(GRPCURL_HELP_FLAG.findall(result.stdout + result.stderr))
+    assert {"-plaintext", "-d", "-H"} <= flags, result.stderr
+    for script in KIND_SCRIPTS:
+        for where, arguments in runs(script, "$GRPCURL"):
+            used = {a for a in arguments if re.fullmatch(r"-[a-z][\w-]*", a)}
+            assert used <= flags, f"{where}: grpcurl 1.8.6 has no {used - flags}"
+
+
+def test_kind_up_prints_the_gateway_commands_make_up_prints() -> None:
+    printed = printed_by_kind_up()
+    gateway = settings()["GATEWAY"]
+
+    assert "\n".join(gateway_help(GatewayTarget(gateway))) in printed
+    assert f"\n  http://{gateway}/\n" in printed

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -154,8 +155,10 @@ def test_the_commands_up_prints_run_as_printed(cli_mesh: CliMesh) -> None:
     listing = next(
         command for command in printed_commands(cli_mesh.printed, "grpcurl") if "list" in command
     )
+    [node_client] = printed_commands(cli_mesh.printed, "node")
     assert status.endswith(f" status --state-dir {cli_mesh.state_dir}")
-    for command in (status, listing):
+    outputs = []
+    for command in (status, listing, node_client):
         result = subprocess.run(
             ["bash", "-c", command],
             cwd=ROOT,
@@ -166,7 +169,10 @@ def test_the_commands_up_prints_run_as_printed(cli_mesh: CliMesh) -> None:
             check=False,
         )
         assert result.returncode == 0, f"{command}\n{result.stdout}{result.stderr}"
-    assert "shop.users.v1.UsersService" in result.stdout
+        outputs.append(result.stdout)
+    assert "shop.users.v1.UsersService" in outputs[1]
+    # The Node client's whole visit: signed up and in, an order CONFIRMED and its notification.
+    assert re.search(r"^order ord_\w+ CONFIRMED", outputs[2], re.MULTILINE), outputs[2]
 
 
 def test_the_log_level_reaches_every_app(cli_mesh: CliMesh) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import os
 import re
 import subprocess
 import time
@@ -36,11 +37,12 @@ from shopmesh.envoy.signin import bearer_metadata
 from shopmesh.local.mesh import RunningMesh
 from shopmesh.topology import load_topology
 from tests.support.calls import Outcome, call_raw
+from tests.support.cli import command_ok
 from tests.support.clients import PASSWORD, MeshClients, Shopper
 from tests.support.databases import count_rows
 from tests.support.grpcurl import GRPCURL_STATUS_EXIT_BASE, Grpcurl
 from tests.support.http import CURL, HttpResponse, curl_json, grpc_path, post_json
-from tests.support.paths import DESCRIPTOR_SET, MESH_FILE
+from tests.support.paths import DESCRIPTOR_SET, MESH_FILE, ROOT
 from tests.support.polling import CALL_TIMEOUT, eventually
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -613,6 +615,29 @@ async def test_json_unexposed_method_is_404_with_a_json_status(mesh: RunningMesh
 
     assert response.status == 404, response
     assert response.json()["code"] == grpc.StatusCode.UNIMPLEMENTED.value[0]
+
+
+# --- scripts/kind-smoke.sh, against this gateway -------------------------------------------
+
+KIND_SMOKE_TIMEOUT = 90.0
+"""The script's calls, its PlaceOrder retries (5 x 15 s at most) cut short."""
+
+
+@pytest.mark.skipif(CURL is None, reason="curl is not installed (apt-get install curl)")
+async def test_the_kind_smoke_passes_against_this_gateway(mesh: RunningMesh) -> None:
+    # The kind gateway is rendered from the same topology by the same builders; only a
+    # cluster is missing here (no Docker engine), so the script's every command runs against
+    # the local one: list without -authority, the storefront, gRPC-Web, sign-in, a checkout.
+    environment = {**os.environ, "SHOPMESH_KIND_GATEWAY": mesh.gateway_address}
+    printed = await command_ok(
+        ["bash", str(ROOT / "scripts" / "kind-smoke.sh")], environment, KIND_SMOKE_TIMEOUT
+    )
+
+    assert f"{len(EXPOSED)} services" in printed, printed
+    assert "200 text/html" in printed, printed
+    assert "grpc-status 0" in printed, printed
+    assert "ORDER_STATUS_CONFIRMED" in printed, printed
+    assert "kind-smoke: OK" in printed, printed
 
 
 # --- local rate limit ----------------------------------------------------------------------

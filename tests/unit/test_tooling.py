@@ -1,12 +1,14 @@
 """The mesh tooling's small pieces without a mesh: the layout refuses socket paths that cannot
 work, certificates are renewed only when they must be, the log keeper caps a log that a process
-keeps appending to, and `make run` takes its ports from the topology."""
+keeps appending to, `make run` takes its ports from the topology, and the README's `make lint`
+row names every check the target runs."""
 
 from __future__ import annotations
 
 import copy
 import dataclasses
 import datetime
+import re
 import socket
 import subprocess
 import sys
@@ -26,11 +28,13 @@ from shopmesh.local.logcap import cap, cap_all
 from shopmesh.local.ports import require_free
 from shopmesh.options import DEFAULT_STATE_DIR
 from shopmesh.pki import EDGE_DIRECTORY, LocalPki
+from shopmesh.terminal import tool
 from shopmesh.topology import TopologyError, parse_topology
-from tests.support.paths import MESH_FILE, TOPOLOGY
+from tests.support.paths import MESH_FILE, NODE_CLIENT, ROOT, TOPOLOGY
 from tests.support.polling import eventually_sync
 
 HOUR = datetime.timedelta(hours=1)
+README = ROOT / "README.md"
 
 
 def layout_under(root: Path) -> LocalLayout:
@@ -106,6 +110,39 @@ def test_the_connection_help_of_a_tls_gateway_trusts_the_mesh_ca(tmp_path: Path)
     assert "http://" not in tls
     assert "grpcurl -plaintext 127.0.0.1:8080 list" in plaintext
     assert "--cacert" not in plaintext
+
+
+def test_the_connection_help_shows_the_storefront_and_the_node_client(tmp_path: Path) -> None:
+    plaintext = connection_help(GatewayTarget("127.0.0.1:9080"), DEFAULT_STATE_DIR)
+    tls = connection_help(GatewayTarget("127.0.0.1:9443", tmp_path / "ca.pem"), DEFAULT_STATE_DIR)
+
+    assert "\n  http://127.0.0.1:9080/\n" in plaintext
+    script = NODE_CLIENT.relative_to(ROOT)
+    assert f"\n  {tool('node')} {script} 127.0.0.1:9080\n" in plaintext
+    # As the client's README runs it, from the repository's root.
+    assert f".venv/bin/node {script}" in (NODE_CLIENT.parent / "README.md").read_text()
+    assert f"\n  https://127.0.0.1:9443/   (once the browser trusts {tmp_path / 'ca.pem'})" in tls
+    # It speaks plaintext only.
+    assert str(script) not in tls
+
+
+def make_recipe(target: str) -> list[str]:
+    """The commands of a Makefile target's recipe, variables such as $(BIN) left as written."""
+    makefile = (ROOT / "Makefile").read_text()
+    match = re.search(rf"^{target}:.*\n((?:\t.*\n)+)", makefile, re.MULTILINE)
+    assert match, f"no target {target} in the Makefile"
+    return [line.strip() for line in match[1].splitlines()]
+
+
+def test_the_readme_names_every_check_make_lint_runs() -> None:
+    [row] = [line for line in README.read_text().splitlines() if line.startswith("| `make lint`")]
+    for command in make_recipe("lint"):
+        words = command.split()
+        tool = next(Path(w).name for w in words if "/" in w and not w.startswith("PATH="))
+        assert tool in row, f"README's make lint row lacks {tool} ({command})"
+        if tool == "tsc":
+            project = f"tsc -p {words[words.index('-p') + 1]}"
+            assert f"`{project}`" in row, f"README's make lint row lacks {project}"
 
 
 def test_the_log_keeper_caps_a_log_a_process_keeps_appending_to(tmp_path: Path) -> None:

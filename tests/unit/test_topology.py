@@ -228,3 +228,65 @@ def test_invalid_yaml_is_a_topology_error(tmp_path: Path) -> None:
     path.write_text("services: [unclosed\n")
     with pytest.raises(TopologyError, match="not valid YAML"):
         load_topology(path)
+
+
+def with_origins(origins: object) -> dict[str, Any]:
+    document = raw()
+    document["gateway"]["cors"]["allowed_origins"] = origins
+    return document
+
+
+def test_listed_origins_are_allowed_as_written() -> None:
+    origins = ["https://shop.example.com", "http://localhost:5173", "http://127.0.0.1:8081"]
+    topology = parse_topology(with_origins(origins), "mesh.yaml")
+    assert topology.gateway.cors_allowed_origins == tuple(origins)
+
+
+@pytest.mark.parametrize(
+    "origin",
+    [
+        "*",
+        "https://*.example.com",
+        "null",
+        "shop.example.com",
+        "https://shop.example.com/",
+        "https://shop.example.com/shop",
+        "https://user@shop.example.com",
+        "ftp://shop.example.com",
+        "https://Shop.Example.com",
+        "https://shop.example.com:443000",
+        "https://shop.example.com\n",
+        "",
+        443,
+    ],
+)
+def test_an_allowed_origin_must_be_one_origin(origin: object) -> None:
+    message = error_of(with_origins(["https://shop.example.com", origin]))
+    assert (
+        "gateway.cors.allowed_origins: expected origins such as https://shop.example.com "
+        f"(never *), got {origin!r}"
+    ) in message
+
+
+def test_allowed_origins_are_a_list_of_distinct_origins() -> None:
+    assert "gateway.cors.allowed_origins: expected a list of origins" in error_of(with_origins("*"))
+    twice = ["https://shop.example.com", "https://shop.example.com"]
+    assert "gateway.cors.allowed_origins: lists an entry twice" in error_of(with_origins(twice))
+
+
+def test_a_trailing_newline_makes_no_value_valid() -> None:
+    # A YAML block scalar (`key: |`) ends its text with one; `$` alone would accept it.
+    name = raw()
+    name["services"]["users\n"] = name["services"].pop("users")
+    assert "services.users\n: 'users\\n' is not a valid service name" in error_of(name)
+    grpc_service = raw()
+    grpc_service["services"]["users"]["grpc_service"] = "shop.users.v1.UsersService\n"
+    assert "services.users.grpc_service: expected a full gRPC service name" in error_of(
+        grpc_service
+    )
+    method = raw()
+    method["gateway"]["exposes"]["users"] = ["GetUser\n"]
+    assert re.search(r"gateway\.exposes\.users: expected gRPC method names", error_of(method))
+    duration = raw()
+    duration["resilience"]["defaults"]["route_timeout"] = "5s\n"
+    assert "resilience.defaults.route_timeout: expected a duration" in error_of(duration)
