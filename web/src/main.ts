@@ -372,7 +372,8 @@ async function refreshOrders(): Promise<void> {
     ...listed.map((order) => {
       const status = OrderStatus[order.status];
       const action = element("td");
-      if (order.status === OrderStatus.CONFIRMED || order.status === OrderStatus.PENDING) {
+      // Only a CONFIRMED order can be cancelled (orders refuses the rest ORDER_NOT_CANCELLABLE).
+      if (order.status === OrderStatus.CONFIRMED) {
         const cancel = element("button", "Cancel", "small");
         cancel.addEventListener("click", () => void cancelOrder(order.orderId));
         action.append(cancel);
