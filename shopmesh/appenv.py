@@ -6,9 +6,11 @@ written here is what the app reads."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from services.common.config import (
+    DATABASE_URL,
     DB_PATH,
     DRAIN_SECONDS,
     GRACE_SECONDS,
@@ -21,10 +23,20 @@ from shopmesh.envoy.tracing import FLUSH_INTERVAL_MS
 from shopmesh.layout import Layout, Pod
 from shopmesh.topology import Topology
 
-MESH_OWNED = (LISTEN, DB_PATH, GRACE_SECONDS, DRAIN_SECONDS, LOG_LEVEL, KEYS_DIR_VARIABLE)
+MESH_OWNED = (
+    LISTEN,
+    DB_PATH,
+    DATABASE_URL,
+    GRACE_SECONDS,
+    DRAIN_SECONDS,
+    LOG_LEVEL,
+    KEYS_DIR_VARIABLE,
+)
 """Variables shopmesh sets for the apps (plus SHOPMESH_UPSTREAM_<NAME> for each upstream; the
-signing keys' directory for the sign-in issuer only); any other variable of the caller's
-environment reaches the apps unchanged."""
+signing keys' directory for the sign-in issuer only; the database URL only for services on
+Postgres: one URL in the caller's environment would put every service in one database, so it
+never passes through); any other variable of the caller's environment reaches the apps
+unchanged."""
 
 
 @dataclass(frozen=True)
@@ -44,6 +56,8 @@ class AppSettings:
     log_level: str = "INFO"
     grace_seconds: float = 5.0
     tracing: AppTracing | None = None
+    database_urls: Mapping[str, str] = field(default_factory=dict)
+    """service -> its Postgres database's URL; a service not named uses its SQLite file."""
 
 
 def unix_target(path: object) -> str:
@@ -89,6 +103,7 @@ def pod_environment(
     return {
         LISTEN: unix_target(layout.app_socket(pod)),
         DB_PATH: str(layout.database(pod.service)),
+        **database_environment(settings, pod.service),
         **{
             upstream_variable(upstream): egress for upstream in topology.services[pod.service].calls
         },
@@ -98,6 +113,12 @@ def pod_environment(
         **tracing_environment(settings.tracing, pod.service, pod.name),
         **signing_environment(topology, layout, pod.service),
     }
+
+
+def database_environment(settings: AppSettings, service: str) -> dict[str, str]:
+    """Which database `service` uses: its Postgres URL if it has one (else its SQLite file)."""
+    url = settings.database_urls.get(service)
+    return {} if url is None else {DATABASE_URL: url}
 
 
 def signing_environment(topology: Topology, layout: Layout, service: str) -> dict[str, str]:
@@ -117,6 +138,7 @@ def standalone_environment(
     return {
         LISTEN: f"{host}:{topology.services[service].standalone_port}",
         DB_PATH: database,
+        **database_environment(settings, service),
         **{
             upstream_variable(name): f"{host}:{topology.services[name].standalone_port}"
             for name in upstreams

@@ -1,8 +1,10 @@
 """Fixtures shared by every test: in-process services on temporary Unix sockets (the
-machinery is tests/support/services.py)."""
+machinery is tests/support/services.py), and the databases stores run on: an SQLite file, or a
+fresh database in a real Postgres 15 started once per session (shopmesh.local.postgres)."""
 
 from __future__ import annotations
 
+import itertools
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -14,7 +16,43 @@ from grpc import aio
 # Before any test module imports it, so its asserts report values like a test's own do.
 pytest.register_assert_rewrite("tests.support")
 
+from shopmesh.local import postgres  # noqa: E402
 from tests.support.services import ServiceRunner  # noqa: E402  (after the registration)
+
+_DATABASE_NUMBERS = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[postgres.Cluster]:
+    """A Postgres cluster of its own (sockets only, under a short /tmp directory the postgres
+    user can reach), stopped and deleted at the end of the session whatever happened."""
+    root = Path(tempfile.mkdtemp(prefix="smpg-", dir="/tmp"))
+    try:
+        cluster = postgres.init(root)
+        postgres.start(cluster)
+        yield cluster
+    finally:
+        postgres.stop(postgres.Cluster(root))
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_database(postgres_cluster: postgres.Cluster) -> Iterator[str]:
+    """The URL of a fresh database with a role of its own (as a service's), dropped after."""
+    name = f"test_{next(_DATABASE_NUMBERS)}"
+    url = postgres.create_service_database(postgres_cluster, name)
+    yield url
+    postgres.drop_service_database(postgres_cluster, name)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_location(request: pytest.FixtureRequest, tmp_path: Path) -> Path | str:
+    """Where a store's database lives, once per backend: a new SQLite file, or a fresh
+    Postgres database's URL (`-m "not postgres"` runs the SQLite half alone)."""
+    if request.param == "sqlite":
+        return tmp_path / "store.db"
+    url: str = request.getfixturevalue("postgres_database")
+    return url
 
 
 @pytest.fixture

@@ -9,7 +9,12 @@ the local mesh, `shopmesh run` and Kubernetes alike), and tests/unit/test_config
 what one writes is what the other reads. The variables:
 
 - SHOPMESH_LISTEN: `unix:/path.sock` or `host:port` (required)
-- SHOPMESH_DB_PATH: this service's SQLite file (default var/data/<service>.db)
+- SHOPMESH_DB_PATH: this service's SQLite file (default var/data/<service>.db); files the
+  service keeps beside its data (users' signing keys, payments' fingerprint key) live in its
+  directory whichever the backend
+- SHOPMESH_DATABASE_URL: `postgresql://...`: this service's own Postgres database instead of
+  the SQLite file (services.common.postgres). Unset, the service uses SQLite. The URL carries no
+  password: name a 0600 passfile in it (`?passfile=/path`), never the secret itself
 - SHOPMESH_UPSTREAM_<NAME>: address of upstream NAME (required for each upstream the service
   calls; NAME is the service name upper-cased with `-` as `_`: gift-cards -> GIFT_CARDS)
 - SHOPMESH_GRACE_SECONDS: how long in-flight calls may finish on SIGTERM (default 5)
@@ -26,10 +31,12 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 ENV_PREFIX = "SHOPMESH_"
 LISTEN = ENV_PREFIX + "LISTEN"
 DB_PATH = ENV_PREFIX + "DB_PATH"
+DATABASE_URL = ENV_PREFIX + "DATABASE_URL"
 GRACE_SECONDS = ENV_PREFIX + "GRACE_SECONDS"
 DRAIN_SECONDS = ENV_PREFIX + "DRAIN_SECONDS"
 LOG_LEVEL = ENV_PREFIX + "LOG_LEVEL"
@@ -58,6 +65,13 @@ class ServiceConfig:
     grace_seconds: float = 5.0
     drain_seconds: float = 0.0
     log_level: str = "INFO"
+    database_url: str | None = None
+    """The service's Postgres database; None: the SQLite file at `db_path`."""
+
+    @property
+    def database(self) -> Path | str:
+        """Where the store lives, as Database.open takes it: the Postgres URL, or the file."""
+        return self.database_url if self.database_url is not None else self.db_path
 
     def upstream(self, name: str) -> str:
         """The address of upstream `name`; raises ConfigError if it was not configured."""
@@ -94,6 +108,24 @@ def _required_address(env: Mapping[str, str], variable: str) -> str:
             "`shopmesh run` (without it), or set it to unix:/path/to.sock or host:port"
         )
     return validate_address(value, variable)
+
+
+def _database_url(env: Mapping[str, str]) -> str | None:
+    value = env.get(DATABASE_URL)
+    if not value:
+        return None
+    if not value.startswith(("postgresql://", "postgres://")):
+        raise ConfigError(
+            f"{DATABASE_URL}={value!r}: expected a postgresql:// URL "
+            "(unset it to use the SQLite file at SHOPMESH_DB_PATH)"
+        )
+    if urlsplit(value).password is not None or "password=" in urlsplit(value).query:
+        # Not even echoed back: the message must not spread the secret further.
+        raise ConfigError(
+            f"{DATABASE_URL} carries a password: keep it in a 0600 passfile and name that "
+            "in the URL instead (postgresql:///db?host=/socket/dir&user=role&passfile=/path)"
+        )
+    return value
 
 
 def _float(env: Mapping[str, str], variable: str, default: float, minimum: float) -> float:
@@ -144,4 +176,5 @@ def load_config(
         grace_seconds=_float(env, GRACE_SECONDS, 5.0, 0.0),
         drain_seconds=_float(env, DRAIN_SECONDS, 0.0, 0.0),
         log_level=log_level,
+        database_url=_database_url(env),
     )

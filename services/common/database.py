@@ -1,5 +1,8 @@
-"""The one store API of every service: an SQLite file behind `await db.read(fn)` and
-`await db.write(fn)`, never blocking the event loop.
+"""The one store API of every service: a database behind `await db.read(fn)` and
+`await db.write(fn)`, never blocking the event loop. The database is an SQLite file (the
+default), or a Postgres database when the service is given a `postgresql://` URL
+(services.common.postgres): the same contract below holds on both, and a store's `fn` runs the
+SQL both understand (services.common.sql) on either.
 
 Each service owns one SQLite file (WAL, synchronous=FULL) and no other service opens it. The
 file is created 0600 (SQLite gives its -wal and -shm files the database's mode): what a
@@ -18,8 +21,9 @@ service stores is nobody else's to read, whoever starts it and with whatever uma
 - Reads run on a small pool of reader connections on their own threads, each `fn` inside a
   deferred `BEGIN ... COMMIT`: a multi-statement read sees one consistent snapshot, and WAL lets
   it proceed while the writer holds the write lock or waits on an fsync.
-- `fn` runs on a database thread: it gets a `sqlite3.Connection` (rows are `sqlite3.Row`), must
-  be a plain function, and must not touch the event loop.
+- `fn` runs on a database thread: it gets a services.common.sql `Connection` (on SQLite an
+  `sqlite3.Connection`, rows `sqlite3.Row`), must be a plain function, and must not touch the
+  event loop.
 - A write's `fn` shares its transaction with the other writes of its batch, so it must leave
   the transaction alone: no BEGIN, COMMIT, END, ROLLBACK, SAVEPOINT or RELEASE statements, and
   no PRAGMA that holds for the rest of a transaction (defer_foreign_keys). A deferred
@@ -49,10 +53,12 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
+
+from services.common.sql import Connection
 
 T = TypeVar("T")
-Migration = str | Callable[[sqlite3.Connection], None]
+Migration = str | Callable[[Connection], None]
 """A SQL script, or a function that migrates through the connection it is given (inside the
 migration's transaction)."""
 
@@ -71,6 +77,57 @@ PRIVATE_DIRECTORY = 0o700
 
 
 @dataclass(frozen=True)
+class Migrations:
+    """A store's schema history on each backend: `sqlite[i]` and `postgres[i]` both take the
+    schema from version i to i + 1, so a database of either kind at version N has the same
+    tables (in its own dialect's types) and the same store code runs on it."""
+
+    sqlite: Sequence[Migration]
+    postgres: Sequence[Migration]
+
+    def __post_init__(self) -> None:
+        if len(self.sqlite) != len(self.postgres):
+            raise ValueError(
+                f"{len(self.sqlite)} SQLite migrations but {len(self.postgres)} Postgres ones: "
+                "each version needs one of each"
+            )
+
+    def __len__(self) -> int:
+        """The schema version every migration together reaches."""
+        return len(self.sqlite)
+
+
+def is_postgres(location: Path | str) -> bool:
+    """Whether `location` names a Postgres database (a postgresql:// URL) rather than a file."""
+    return isinstance(location, str) and location.startswith(("postgresql://", "postgres://"))
+
+
+class Engine(Protocol):
+    """One backend's connections as a Database uses them: SQLite (below) or Postgres
+    (services.common.postgres). Every method runs on a database thread."""
+
+    def writer(self) -> contextlib.AbstractContextManager[Connection]:
+        """The connection one batch of writes runs on (on the writer thread)."""
+        ...
+
+    def begin_write(self, connection: Connection) -> None:
+        """Begin a write transaction that no other writer of the database runs beside."""
+        ...
+
+    def read(self, query: Callable[[Connection], T]) -> T:
+        """Run `query` in one read-only snapshot transaction on a reader connection."""
+        ...
+
+    def version(self) -> int:
+        """The schema version the database is at."""
+        ...
+
+    def close(self) -> None:
+        """Close every connection."""
+        ...
+
+
+@dataclass(frozen=True)
 class WriteStats:
     """What a Database's writer has committed since it was opened (migrations aside)."""
 
@@ -81,58 +138,70 @@ class WriteStats:
 
 
 class Database:
-    """One SQLite file: a writer thread and a pool of reader connections (see module docstring).
+    """One database: a writer thread and a pool of reader threads (see module docstring).
 
-    Open it with `await Database.open(path, migrations)`, close it with `await db.close()`.
+    Open it with `await Database.open(location, migrations)`, close it with `await db.close()`.
     """
 
     def __init__(
         self,
-        path: Path,
-        writer: sqlite3.Connection,
-        readers: Sequence[sqlite3.Connection],
+        path: Path | str,
+        engine: Engine,
         write_thread: ThreadPoolExecutor,
         read_threads: ThreadPoolExecutor,
     ) -> None:
         """Use `Database.open`: it creates the connections on the right threads."""
         self.path = path
-        self._writer = writer
-        self._readers: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
-        self._reader_connections = tuple(readers)
-        for reader in readers:
-            self._readers.put(reader)
+        """The SQLite file, or the Postgres URL (which carries no password)."""
+        self._engine = engine
         self._write_thread = write_thread
-        self._writes = _GroupCommit(writer, write_thread)
+        self._writes = _GroupCommit(engine, write_thread)
         self._read_threads = read_threads
         self._closed = False
 
     @classmethod
     async def open(
         cls,
-        path: Path | str,
-        migrations: Sequence[Migration],
+        location: Path | str,
+        migrations: Migrations | Sequence[Migration],
         *,
         readers: int = DEFAULT_READERS,
         durable: bool = True,
     ) -> Database:
-        """Open (creating if needed) the database at `path` and apply pending `migrations`.
+        """Open (creating if needed) the database at `location` and apply pending `migrations`.
 
-        Several processes may open one new file at once (inventory replicas share one): the
-        file is migrated exactly once.
+        `location` is an SQLite file's path, or a `postgresql://` URL (is_postgres) of a
+        database that exists (its role owns it: services.common.postgres). `migrations` is a
+        Migrations, or a plain sequence for a database that is only ever SQLite.
+
+        Several processes may open one new database at once (inventory replicas share one):
+        it is migrated exactly once.
 
         `durable` (the default, and what every service needs): synchronous=FULL, a COMMIT that
         returned survives power loss; the saga, the outbox and every acknowledged RPC rely on
         it. `durable=False` is for data that may be lost but not corrupted (the trace
         collector's spans): synchronous=NORMAL, which in WAL mode fsyncs only at checkpoints,
         so the last commits before a power loss (not a process crash) may be gone, and the
-        file is never corrupt.
+        file is never corrupt. (On Postgres: synchronous_commit on, or off.)
         """
+        if readers < 1:
+            raise ValueError("a Database needs at least one reader connection")
+        if is_postgres(location):
+            if not isinstance(migrations, Migrations):
+                raise ValueError("a Postgres database needs Migrations with a Postgres list")
+            # Imported here: a process that only ever opens SQLite files never loads psycopg.
+            from services.common import postgres
+
+            return await postgres.open_database(
+                str(location), migrations.postgres, readers=readers, durable=durable
+            )
+        if isinstance(migrations, Migrations):
+            migrations = migrations.sqlite
+        path = location
         if str(path) == ":memory:":
             # Every connection to ":memory:" is a database of its own: readers would see none
             # of the writer's tables.
             raise ValueError("Database needs a file: several connections cannot share :memory:")
-        if readers < 1:
-            raise ValueError("a Database needs at least one reader connection")
         path = Path(path)
         write_thread = ThreadPoolExecutor(1, thread_name_prefix=f"db-write-{path.name}")
         read_threads = ThreadPoolExecutor(readers, thread_name_prefix=f"db-read-{path.name}")
@@ -149,17 +218,17 @@ class Database:
         except BaseException:
             await asyncio.to_thread(_release, opened, write_thread, read_threads)
             raise
-        return cls(path, writer, reader_connections, write_thread, read_threads)
+        return cls(path, _SqliteEngine(writer, reader_connections), write_thread, read_threads)
 
-    async def read(self, query: Callable[[sqlite3.Connection], T]) -> T:
+    async def read(self, query: Callable[[Connection], T]) -> T:
         """Run `query(connection)` in one read transaction on a reader thread and return its
         result. Raises what `query` raises."""
         self._check_open()
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._read_threads, self._run_read, query)
+        return await loop.run_in_executor(self._read_threads, self._engine.read, query)
 
-    async def write(self, change: Callable[[sqlite3.Connection], T]) -> T:
-        """Run `change(connection)` in a `BEGIN IMMEDIATE` transaction on the writer thread
+    async def write(self, change: Callable[[Connection], T]) -> T:
+        """Run `change(connection)` in a write transaction on the writer thread
         (shared with the writes queued beside it, see the module docstring): committed if it
         returns (its result is returned once the COMMIT has returned), rolled back if it raises.
 
@@ -181,30 +250,59 @@ class Database:
         """Commits and acknowledged writes so far: how well writes share their fsyncs."""
         return self._writes.stats()
 
+    async def version(self) -> int:
+        """The schema version the database is at (read from the database itself)."""
+        self._check_open()
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._read_threads, self._engine.version)
+
     async def close(self) -> None:
         """Finish the writes already submitted, then close every connection (idempotent)."""
         if self._closed:
             return
         self._closed = True
-        await asyncio.to_thread(
-            _release,
-            [self._writer, *self._reader_connections],
-            self._write_thread,
-            self._read_threads,
-        )
+        await asyncio.to_thread(self._release)
+
+    def _release(self) -> None:
+        for executor in (self._write_thread, self._read_threads):
+            executor.shutdown(wait=True)
+        self._engine.close()
 
     def _check_open(self) -> None:
         if self._closed:
             raise RuntimeError(f"database {self.path} is closed")
 
-    def _run_read(self, query: Callable[[sqlite3.Connection], T]) -> T:
+
+class _SqliteEngine:
+    """The Engine of an SQLite file: one writer connection, a queue of reader connections."""
+
+    def __init__(self, writer: sqlite3.Connection, readers: Sequence[sqlite3.Connection]) -> None:
+        self._writer = writer
+        self._readers: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
+        self._reader_connections = tuple(readers)
+        for reader in readers:
+            self._readers.put(reader)
+
+    def writer(self) -> contextlib.AbstractContextManager[Connection]:
+        return contextlib.nullcontext(self._writer)
+
+    def begin_write(self, connection: Connection) -> None:
+        connection.execute("BEGIN IMMEDIATE")
+
+    def read(self, query: Callable[[Connection], T]) -> T:
         # As many reader threads as connections, so a connection is always free here.
         connection = self._readers.get_nowait()
         try:
-            with _transaction(connection, "BEGIN"):
+            with transaction(connection, "BEGIN"):
                 return query(connection)
         finally:
             self._readers.put(connection)
+
+    def version(self) -> int:
+        return self.read(lambda db: int(db.execute("PRAGMA user_version").fetchone()[0]))
+
+    def close(self) -> None:
+        _release([self._writer, *self._reader_connections])
 
 
 @dataclass(eq=False)
@@ -212,19 +310,19 @@ class _Write:
     """One `write()` call: its change, what the change returned (kept until the COMMIT), and
     the future its caller waits on."""
 
-    change: Callable[[sqlite3.Connection], Any]
+    change: Callable[[Connection], Any]
     done: Future[Any] = field(default_factory=Future)
     result: Any = None
 
 
 class _GroupCommit:
-    """The writer connection's queue of writes, committed in batches on the writer thread."""
+    """The writer's queue of writes, committed in batches on the writer thread."""
 
     # One name for every change's savepoint: each is released before the next one starts.
     _SAVEPOINT = "shopmesh_write"
 
-    def __init__(self, connection: sqlite3.Connection, thread: ThreadPoolExecutor) -> None:
-        self._connection = connection
+    def __init__(self, engine: Engine, thread: ThreadPoolExecutor) -> None:
+        self._engine = engine
         self._thread = thread
         # Guards the queue, the flag and the stats: writes are queued on the event loop and
         # taken on the writer thread.
@@ -233,7 +331,7 @@ class _GroupCommit:
         self._draining = False
         self._stats = WriteStats(commits=0, changes=0)
 
-    def submit(self, change: Callable[[sqlite3.Connection], T]) -> Future[T]:
+    def submit(self, change: Callable[[Connection], T]) -> Future[T]:
         """Queue `change`; the future gets its result once its batch has committed."""
         write = _Write(change)
         # Running from the start, as write() promises: its future can no longer be cancelled.
@@ -261,7 +359,8 @@ class _GroupCommit:
                     self._draining = False
                     return
             try:
-                self._commit(batch)
+                with self._engine.writer() as connection:
+                    self._commit(connection, batch)
             except BaseException as error:
                 # _commit settles its batch itself; this is the backstop for a bug in it, so
                 # that no caller waits forever and the writer goes on with the next batch.
@@ -269,13 +368,12 @@ class _GroupCommit:
                     if not write.done.done():
                         write.done.set_exception(error)
 
-    def _commit(self, batch: Sequence[_Write]) -> None:
+    def _commit(self, connection: Connection, batch: Sequence[_Write]) -> None:
         """Run `batch` in one transaction and settle every write of it that ran: a change that
         raised gets its exception; the others their results once COMMIT has returned, or the
         error that ended the transaction."""
-        connection = self._connection
         try:
-            connection.execute("BEGIN IMMEDIATE")
+            self._engine.begin_write(connection)
         except BaseException as error:
             for write in batch:
                 write.done.set_exception(error)
@@ -285,7 +383,7 @@ class _GroupCommit:
         try:
             while waiting:
                 ran.append(write := waiting.popleft())
-                self._run_change(write)
+                self._run_change(connection, write)
             connection.execute("COMMIT")
         except BaseException as error:
             failure = _roll_back(connection, error)
@@ -304,11 +402,10 @@ class _GroupCommit:
         for write in returned:
             write.done.set_result(write.result)
 
-    def _run_change(self, write: _Write) -> None:
+    def _run_change(self, connection: Connection, write: _Write) -> None:
         """Run one change in its own savepoint: kept for the COMMIT if it returns; rolled back
         to the savepoint, its exception given to its caller, if it raises. Raises when the
         transaction itself did not survive the change."""
-        connection = self._connection
         connection.execute(f"SAVEPOINT {self._SAVEPOINT}")
         try:
             write.result = write.change(connection)
@@ -333,7 +430,7 @@ class _GroupCommit:
             self._queue.extendleft(reversed(list(writes)))
 
 
-def _roll_back(connection: sqlite3.Connection, error: BaseException) -> BaseException:
+def _roll_back(connection: Connection, error: BaseException) -> BaseException:
     """ROLLBACK what is left of a failed transaction. Returns the error to report: `error`, or
     ROLLBACK's own (its context is `error`) if that fails too, so the writer thread carries on
     to the next batch either way."""
@@ -355,7 +452,7 @@ async def _wait_for_end(written: asyncio.Future[T]) -> None:
 
 
 @contextlib.contextmanager
-def _transaction(connection: sqlite3.Connection, begin: str) -> Iterator[None]:
+def transaction(connection: Connection, begin: str) -> Iterator[None]:
     """`begin` ... COMMIT, or ROLLBACK when the body (or the COMMIT itself) raises.
 
     BEGIN IMMEDIATE takes the write lock up front, so two writers (e.g. two processes on one
@@ -421,7 +518,7 @@ def _migrate(connection: sqlite3.Connection, path: Path, migrations: Sequence[Mi
     Returns how many this call applied."""
     applied = 0
     while True:
-        with _transaction(connection, "BEGIN IMMEDIATE"):
+        with transaction(connection, "BEGIN IMMEDIATE"):
             version: int = connection.execute("PRAGMA user_version").fetchone()[0]
             if version > len(migrations):
                 raise RuntimeError(

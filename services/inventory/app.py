@@ -19,10 +19,10 @@ SERVICE_NAME = inventory_pb2.DESCRIPTOR.services_by_name["InventoryService"].ful
 
 async def open_store(config: ServiceConfig) -> SqliteInventoryStore:
     """Open the service's database and load the seed catalog if it has no products yet."""
-    store = await SqliteInventoryStore.open(config.db_path)
+    store = await SqliteInventoryStore.open(config.database)
     try:
         if await store.seed(seed_catalog()):
-            log.info("seeded the product catalog", extra={"db_path": str(config.db_path)})
+            log.info("seeded the product catalog", extra={"database": str(config.database)})
     except BaseException:
         await store.close()
         raise

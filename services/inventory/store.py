@@ -1,21 +1,22 @@
-"""The inventory's own SQLite database: products with their stock counters, and reservations.
+"""The inventory's own database (SQLite, or Postgres: services.common.database): products with
+their stock counters, and reservations.
 
 The store holds no business rules. Each reservation change is one write transaction that
 loads the reservation and products, asks the domain's decision (services.inventory.domain
 `Decide`) what to do, and writes that, so concurrent reservations (in this process or in other
-processes on the same file) are serialized and can never oversell. CHECK constraints repeat the
+processes on the same database) are serialized and can never oversell. CHECK constraints repeat the
 invariants (`0 <= held <= on_hand`, `quantity > 0`) so even a bug cannot store negative stock.
 """
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from services.common.clock import from_micros, to_micros
-from services.common.database import Database
+from services.common.database import Database, Migrations
 from services.common.money import Money
+from services.common.sql import Connection, Row
 from services.inventory.domain import (
     Decide,
     Product,
@@ -25,7 +26,7 @@ from services.inventory.domain import (
     StockChange,
 )
 
-MIGRATIONS: tuple[str, ...] = (
+SQLITE_MIGRATIONS: tuple[str, ...] = (
     """
     CREATE TABLE products (
         sku TEXT PRIMARY KEY,
@@ -73,10 +74,53 @@ MIGRATIONS: tuple[str, ...] = (
     """,
 )
 
+POSTGRES_MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE products (
+        sku TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        description TEXT NOT NULL,
+        currency_code TEXT NOT NULL,
+        price_minor_units BIGINT NOT NULL CHECK (price_minor_units >= 0),
+        on_hand BIGINT NOT NULL,
+        held BIGINT NOT NULL DEFAULT 0,
+        CHECK (held >= 0 AND held <= on_hand)
+    );
+    CREATE TABLE reservations (
+        order_id TEXT PRIMARY KEY,
+        status TEXT NOT NULL CHECK (status IN ('HELD', 'COMMITTED', 'RELEASED')),
+        create_time_us BIGINT NOT NULL,
+        update_time_us BIGINT NOT NULL
+    );
+    CREATE TABLE reservation_items (
+        order_id TEXT NOT NULL REFERENCES reservations (order_id),
+        position INTEGER NOT NULL,
+        sku TEXT NOT NULL REFERENCES products (sku),
+        quantity BIGINT NOT NULL CHECK (quantity > 0),
+        PRIMARY KEY (order_id, position),
+        UNIQUE (order_id, sku)
+    );
+    """,
+    """
+    ALTER TABLE reservation_items ADD COLUMN currency_code TEXT;
+    ALTER TABLE reservation_items ADD COLUMN unit_price_minor BIGINT
+        CHECK (unit_price_minor >= 0);
+    UPDATE reservation_items SET
+        currency_code = (
+            SELECT currency_code FROM products WHERE products.sku = reservation_items.sku
+        ),
+        unit_price_minor = (
+            SELECT price_minor_units FROM products WHERE products.sku = reservation_items.sku
+        );
+    """,
+)
+
+MIGRATIONS = Migrations(sqlite=SQLITE_MIGRATIONS, postgres=POSTGRES_MIGRATIONS)
+
 _PRODUCT_COLUMNS = "sku, name, description, currency_code, price_minor_units, on_hand, held"
 
 
-def _product(row: sqlite3.Row) -> Product:
+def _product(row: Row) -> Product:
     return Product(
         sku=row["sku"],
         name=row["name"],
@@ -88,15 +132,17 @@ def _product(row: sqlite3.Row) -> Product:
 
 
 class SqliteInventoryStore:
-    """InventoryStore on one SQLite file (see services.common.database for durability)."""
+    """InventoryStore on its database, an SQLite file or Postgres (see
+    services.common.database for durability)."""
 
     def __init__(self, database: Database) -> None:
         self._db = database
 
     @classmethod
-    async def open(cls, path: Path | str) -> SqliteInventoryStore:
-        """Open (creating and migrating if needed) the database at `path`."""
-        return cls(await Database.open(path, MIGRATIONS))
+    async def open(cls, location: Path | str) -> SqliteInventoryStore:
+        """Open (creating and migrating if needed) the database at `location`: a file's path
+        or a postgresql:// URL."""
+        return cls(await Database.open(location, MIGRATIONS))
 
     async def close(self) -> None:
         """Close the database; the store cannot be used afterwards."""
@@ -107,7 +153,7 @@ class SqliteInventoryStore:
     async def seed(self, products: Sequence[Product]) -> bool:
         """See InventoryStore.seed: two processes starting together seed once."""
 
-        def seed(db: sqlite3.Connection) -> bool:
+        def seed(db: Connection) -> bool:
             if db.execute("SELECT 1 FROM products LIMIT 1").fetchone() is not None:
                 return False
             db.executemany(
@@ -132,7 +178,7 @@ class SqliteInventoryStore:
     async def get_product(self, sku: str) -> Product | None:
         """See InventoryStore.get_product."""
 
-        def get(db: sqlite3.Connection) -> Product | None:
+        def get(db: Connection) -> Product | None:
             row = db.execute(
                 f"SELECT {_PRODUCT_COLUMNS} FROM products WHERE sku = ?", (sku,)
             ).fetchone()
@@ -143,12 +189,18 @@ class SqliteInventoryStore:
     async def list_products(self, after_sku: str | None, limit: int) -> list[Product]:
         """See InventoryStore.list_products."""
 
-        def list_page(db: sqlite3.Connection) -> list[Product]:
-            rows = db.execute(
-                f"SELECT {_PRODUCT_COLUMNS} FROM products WHERE ? IS NULL OR sku > ?"
-                " ORDER BY sku LIMIT ?",
-                (after_sku, after_sku, limit),
-            ).fetchall()
+        def list_page(db: Connection) -> list[Product]:
+            # Two statements rather than `? IS NULL OR sku > ?`: Postgres cannot tell the type
+            # of a parameter that is only tested for NULL.
+            if after_sku is None:
+                rows = db.execute(
+                    f"SELECT {_PRODUCT_COLUMNS} FROM products ORDER BY sku LIMIT ?", (limit,)
+                ).fetchall()
+            else:
+                rows = db.execute(
+                    f"SELECT {_PRODUCT_COLUMNS} FROM products WHERE sku > ? ORDER BY sku LIMIT ?",
+                    (after_sku, limit),
+                ).fetchall()
             return [_product(row) for row in rows]
 
         return await self._db.read(list_page)
@@ -164,7 +216,7 @@ class SqliteInventoryStore:
     ) -> Reservation:
         """See InventoryStore.change_reservation; nothing is written when `decide` raises."""
 
-        def change(db: sqlite3.Connection) -> Reservation:
+        def change(db: Connection) -> Reservation:
             current = _find_reservation(db, order_id)
             decided = decide(current, _products(db, skus))
             reservation = decided.reservation
@@ -181,7 +233,7 @@ class SqliteInventoryStore:
         return await self._db.write(change)
 
 
-def _insert(db: sqlite3.Connection, reservation: Reservation) -> None:
+def _insert(db: Connection, reservation: Reservation) -> None:
     db.execute(
         "INSERT INTO reservations (order_id, status, create_time_us, update_time_us)"
         " VALUES (?, ?, ?, ?)",
@@ -210,14 +262,14 @@ def _insert(db: sqlite3.Connection, reservation: Reservation) -> None:
     )
 
 
-def _apply(db: sqlite3.Connection, changes: Iterable[StockChange]) -> None:
+def _apply(db: Connection, changes: Iterable[StockChange]) -> None:
     db.executemany(
         "UPDATE products SET on_hand = on_hand + ?, held = held + ? WHERE sku = ?",
         [(c.on_hand_delta, c.held_delta, c.sku) for c in changes],
     )
 
 
-def _products(db: sqlite3.Connection, skus: Sequence[str]) -> dict[str, Product]:
+def _products(db: Connection, skus: Sequence[str]) -> dict[str, Product]:
     if not skus:
         return {}
     placeholders = ", ".join("?" * len(skus))
@@ -227,7 +279,7 @@ def _products(db: sqlite3.Connection, skus: Sequence[str]) -> dict[str, Product]
     return {row["sku"]: _product(row) for row in rows}
 
 
-def _find_reservation(db: sqlite3.Connection, order_id: str) -> Reservation | None:
+def _find_reservation(db: Connection, order_id: str) -> Reservation | None:
     row = db.execute(
         "SELECT status, create_time_us, update_time_us FROM reservations WHERE order_id = ?",
         (order_id,),

@@ -22,8 +22,8 @@ SERVICE_NAME = notifications_pb2.DESCRIPTOR.services_by_name["NotificationsServi
 
 
 async def build(config: ServiceConfig) -> App:
-    """The notifications App: NotificationsService on the SQLite file at `config.db_path`."""
-    store = await SqliteNotificationStore.open(config.db_path)
+    """The notifications App: NotificationsService on its database (`config.database`)."""
+    store = await SqliteNotificationStore.open(config.database)
     hub = NotificationHub()
     servicer = NotificationsServicer(Notifications(store, hub.publish), hub)
 

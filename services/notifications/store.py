@@ -1,4 +1,5 @@
-"""The notifications service's own SQLite database: recorded events and their notifications.
+"""The notifications service's own database (SQLite, or Postgres: services.common.database):
+recorded events and their notifications.
 
 An event and its notification are written in one transaction, so after a crash either both
 exist or neither does; the events table's primary key is what makes publishing idempotent
@@ -7,13 +8,13 @@ across restarts.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
 from services.common.clock import from_micros, to_micros
-from services.common.database import Database
+from services.common.database import Database, Migrations
+from services.common.sql import Connection, Row
 from services.notifications.domain import (
     ListQuery,
     NewEvent,
@@ -24,7 +25,7 @@ from services.notifications.domain import (
     RecordOutcome,
 )
 
-MIGRATIONS: tuple[str, ...] = (
+SQLITE_MIGRATIONS: tuple[str, ...] = (
     """
     CREATE TABLE events (
         event_id TEXT PRIMARY KEY,
@@ -56,12 +57,42 @@ MIGRATIONS: tuple[str, ...] = (
     """,
 )
 
+POSTGRES_MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE events (
+        event_id TEXT PRIMARY KEY,
+        fingerprint TEXT NOT NULL,
+        order_id TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        type TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        total_currency_code TEXT,
+        total_minor_units BIGINT,
+        occur_time_us BIGINT NOT NULL
+    );
+    CREATE TABLE notifications (
+        seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        notification_id TEXT NOT NULL UNIQUE,
+        event_id TEXT NOT NULL UNIQUE REFERENCES events (event_id),
+        user_id TEXT NOT NULL,
+        order_id TEXT NOT NULL,
+        event_type TEXT NOT NULL,
+        title TEXT NOT NULL,
+        body TEXT NOT NULL,
+        create_time_us BIGINT NOT NULL
+    );
+    CREATE INDEX notifications_by_user ON notifications (user_id, seq);
+    """,
+)
+
+MIGRATIONS = Migrations(sqlite=SQLITE_MIGRATIONS, postgres=POSTGRES_MIGRATIONS)
+
 _NOTIFICATION_COLUMNS = (
     "seq, notification_id, event_id, user_id, order_id, event_type, title, body, create_time_us"
 )
 
 
-def _notification(row: sqlite3.Row) -> Notification:
+def _notification(row: Row) -> Notification:
     return Notification(
         notification_id=row["notification_id"],
         user_id=row["user_id"],
@@ -102,7 +133,7 @@ def _event_row(entry: NewEvent) -> tuple[object, ...]:
 
 
 def _record(
-    db: sqlite3.Connection, entry: NewEvent, row: tuple[object, ...]
+    db: Connection, entry: NewEvent, row: tuple[object, ...]
 ) -> tuple[RecordOutcome, Notification]:
     """One entry of record_all, inside its transaction."""
     stored = db.execute(
@@ -144,15 +175,17 @@ def _record(
 
 
 class SqliteNotificationStore:
-    """NotificationStore on one SQLite file (see services.common.database for durability)."""
+    """NotificationStore on its database, an SQLite file or Postgres (see
+    services.common.database for durability)."""
 
     def __init__(self, database: Database) -> None:
         self._db = database
 
     @classmethod
-    async def open(cls, path: Path | str) -> SqliteNotificationStore:
-        """Open (creating or migrating) the database at `path`."""
-        return cls(await Database.open(path, MIGRATIONS))
+    async def open(cls, location: Path | str) -> SqliteNotificationStore:
+        """Open (creating or migrating) the database at `location`: a file's path or a
+        postgresql:// URL."""
+        return cls(await Database.open(location, MIGRATIONS))
 
     async def close(self) -> None:
         """Close the database."""
@@ -178,7 +211,7 @@ class SqliteNotificationStore:
         """
         rows = [_event_row(entry) for entry in entries]
 
-        def record(db: sqlite3.Connection) -> list[tuple[RecordOutcome, Notification]]:
+        def record(db: Connection) -> list[tuple[RecordOutcome, Notification]]:
             outcomes = []
             for entry, row in zip(entries, rows, strict=True):
                 outcome = _record(db, entry, row)
@@ -195,9 +228,9 @@ class SqliteNotificationStore:
     async def list_for_user(self, query: ListQuery) -> NotificationPage:
         """One page of `query.user_id`'s notifications, newest first, before `query.before`."""
 
-        def list_page(db: sqlite3.Connection) -> list[sqlite3.Row]:
+        def list_page(db: Connection) -> list[Row]:
             # One row more than the page tells whether another page follows.
-            rows: list[sqlite3.Row] = db.execute(
+            rows: list[Row] = db.execute(
                 f"SELECT {_NOTIFICATION_COLUMNS} FROM notifications"
                 " WHERE user_id = ? AND seq < ? ORDER BY seq DESC LIMIT ?",
                 (

@@ -63,14 +63,14 @@ class OrdersSettings:
 
 
 async def build(config: ServiceConfig, env: Mapping[str, str] | None = None) -> App:
-    """The orders App: OrdersService on `config.db_path`, calling the upstreams in `config`.
+    """The orders App: OrdersService on `config.database`, calling the upstreams in `config`.
 
     Settings come from `env` (default: os.environ).
     """
     settings = OrdersSettings.from_env(os.environ if env is None else env)
     # Resolve every address first, so a missing upstream fails before anything is opened.
     addresses = {name: config.upstream(name) for name in UPSTREAM_NAMES}
-    store = await SqliteOrderStore.open(config.db_path)
+    store = await SqliteOrderStore.open(config.database)
     channels = {name: open_channel(address) for name, address in addresses.items()}
 
     relay = OutboxRelay(

@@ -1,5 +1,5 @@
-"""The orders database (SQLite): orders, their items, saga state, idempotency keys and the
-transactional outbox of order events.
+"""The orders database (SQLite, or Postgres: services.common.database): orders, their items, saga
+state, idempotency keys and the transactional outbox of order events.
 
 `save` writes an order, its saga state and (for a final state) its outbox event in one
 transaction, so an event never exists without the state change it reports, and a state change
@@ -9,14 +9,14 @@ never loses its event.
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 
 from services.common.clock import from_micros, now_micros, to_micros
-from services.common.database import Database
+from services.common.database import Database, Migrations
 from services.common.errors import AlreadyExists
 from services.common.money import Money
+from services.common.sql import Connection, Row
 from services.orders.domain import (
     Order,
     OrderCursor,
@@ -28,7 +28,7 @@ from services.orders.domain import (
     SagaStep,
 )
 
-MIGRATIONS = [
+SQLITE_MIGRATIONS = [
     """
     CREATE TABLE orders (
         order_id TEXT PRIMARY KEY,
@@ -92,17 +92,85 @@ MIGRATIONS = [
     """,
 ]
 
+# The same versions on Postgres. The outbox's sequence is an identity column: writes to the
+# database run one transaction at a time (services.common.postgres), so sequence order is
+# commit order, as the relay needs.
+POSTGRES_MIGRATIONS = [
+    """
+    CREATE TABLE orders (
+        order_id TEXT PRIMARY KEY,
+        user_id TEXT NOT NULL,
+        currency_code TEXT NOT NULL,
+        status TEXT NOT NULL,
+        total_minor BIGINT,
+        rejection_reason TEXT NOT NULL DEFAULT '',
+        cancel_reason TEXT NOT NULL DEFAULT '',
+        payment_id TEXT NOT NULL DEFAULT '',
+        create_time_us BIGINT NOT NULL,
+        update_time_us BIGINT NOT NULL
+    );
+    CREATE INDEX orders_by_user ON orders (user_id, create_time_us DESC, order_id DESC);
+    CREATE TABLE order_items (
+        order_id TEXT NOT NULL REFERENCES orders (order_id),
+        line INTEGER NOT NULL,
+        sku TEXT NOT NULL,
+        quantity BIGINT NOT NULL CHECK (quantity > 0),
+        unit_price_minor BIGINT,
+        PRIMARY KEY (order_id, line)
+    );
+    CREATE TABLE saga_state (
+        order_id TEXT PRIMARY KEY REFERENCES orders (order_id),
+        step TEXT NOT NULL,
+        payment_token TEXT NOT NULL DEFAULT '',
+        outcome TEXT,
+        outcome_reason TEXT NOT NULL DEFAULT '',
+        last_error TEXT NOT NULL DEFAULT '',
+        update_time_us BIGINT NOT NULL
+    );
+    CREATE INDEX saga_in_flight ON saga_state (step) WHERE step <> 'DONE';
+    CREATE TABLE idempotency_keys (
+        idempotency_key TEXT PRIMARY KEY,
+        order_id TEXT NOT NULL REFERENCES orders (order_id),
+        fingerprint TEXT NOT NULL,
+        create_time_us BIGINT NOT NULL
+    );
+    CREATE TABLE outbox (
+        sequence BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        event_id TEXT NOT NULL UNIQUE,
+        order_id TEXT NOT NULL REFERENCES orders (order_id),
+        user_id TEXT NOT NULL,
+        event_type TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        currency_code TEXT NOT NULL,
+        total_minor BIGINT NOT NULL,
+        occur_time_us BIGINT NOT NULL,
+        state TEXT NOT NULL DEFAULT 'PENDING' CHECK (state IN ('PENDING', 'DELIVERED', 'FAILED')),
+        attempts INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT NOT NULL DEFAULT '',
+        delivered_time_us BIGINT
+    );
+    CREATE INDEX outbox_pending ON outbox (sequence) WHERE state = 'PENDING';
+    """,
+    """
+    ALTER TABLE saga_state ADD COLUMN origin TEXT NOT NULL DEFAULT '{}';
+    ALTER TABLE outbox ADD COLUMN origin TEXT NOT NULL DEFAULT '{}';
+    """,
+]
+
+MIGRATIONS = Migrations(sqlite=SQLITE_MIGRATIONS, postgres=POSTGRES_MIGRATIONS)
+
 
 class SqliteOrderStore:
-    """OrderRepository and the relay's Outbox on one SQLite file (see module docstring)."""
+    """OrderRepository and the relay's Outbox on its database (see module docstring)."""
 
     def __init__(self, database: Database) -> None:
         self._db = database
 
     @classmethod
-    async def open(cls, path: Path | str) -> SqliteOrderStore:
-        """Open (creating and migrating if needed) the database at `path`."""
-        return cls(await Database.open(path, MIGRATIONS))
+    async def open(cls, location: Path | str) -> SqliteOrderStore:
+        """Open (creating and migrating if needed) the database at `location`: a file's path
+        or a postgresql:// URL."""
+        return cls(await Database.open(location, MIGRATIONS))
 
     async def close(self) -> None:
         """Close the database."""
@@ -119,7 +187,7 @@ class SqliteOrderStore:
         request (another `fingerprint`).
         """
 
-        def create(db: sqlite3.Connection) -> Order:
+        def create(db: Connection) -> Order:
             row = db.execute(
                 "SELECT order_id, fingerprint FROM idempotency_keys WHERE idempotency_key = ?",
                 (idempotency_key,),
@@ -177,7 +245,7 @@ class SqliteOrderStore:
     async def load(self, order_id: str) -> tuple[Order, SagaState] | None:
         """The order and its saga state (one snapshot), or None if there is no such order."""
 
-        def load(db: sqlite3.Connection) -> tuple[Order, SagaState] | None:
+        def load(db: Connection) -> tuple[Order, SagaState] | None:
             order = _find_order(db, order_id)
             if order is None:
                 return None
@@ -201,7 +269,7 @@ class SqliteOrderStore:
     async def save(self, order: Order, saga: SagaState, event: OrderEvent | None = None) -> None:
         """Store the order's mutable fields, its saga state and `event` in one transaction."""
 
-        def save(db: sqlite3.Connection) -> None:
+        def save(db: Connection) -> None:
             updated = db.execute(
                 "UPDATE orders SET status = ?, total_minor = ?, rejection_reason = ?,"
                 " cancel_reason = ?, payment_id = ?, update_time_us = ? WHERE order_id = ?",
@@ -253,7 +321,7 @@ class SqliteOrderStore:
     async def in_flight(self) -> list[str]:
         """Ids of orders whose saga has not reached DONE, oldest first."""
 
-        def in_flight(db: sqlite3.Connection) -> list[str]:
+        def in_flight(db: Connection) -> list[str]:
             rows = db.execute(
                 "SELECT s.order_id FROM saga_state s JOIN orders o USING (order_id)"
                 " WHERE s.step <> 'DONE' ORDER BY o.create_time_us, o.order_id"
@@ -267,7 +335,7 @@ class SqliteOrderStore:
     ) -> list[Order]:
         """Up to `limit` of a user's orders, newest first, after `after` (one snapshot)."""
 
-        def list_page(db: sqlite3.Connection) -> list[Order]:
+        def list_page(db: Connection) -> list[Order]:
             if after is None:
                 rows = db.execute(
                     "SELECT * FROM orders WHERE user_id = ?"
@@ -292,7 +360,7 @@ class SqliteOrderStore:
     async def pending_events(self, limit: int) -> list[OrderEvent]:
         """Up to `limit` undelivered events, in the order they were written."""
 
-        def pending(db: sqlite3.Connection) -> list[OrderEvent]:
+        def pending(db: Connection) -> list[OrderEvent]:
             rows = db.execute(
                 "SELECT * FROM outbox WHERE state = 'PENDING' ORDER BY sequence LIMIT ?",
                 (limit,),
@@ -317,7 +385,7 @@ class SqliteOrderStore:
         """Record that the consumer acknowledged `event_ids`, in one transaction."""
         delivered_us = now_micros()
 
-        def mark(db: sqlite3.Connection) -> None:
+        def mark(db: Connection) -> None:
             db.executemany(
                 "UPDATE outbox SET state = 'DELIVERED', attempts = attempts + 1,"
                 " delivered_time_us = ? WHERE event_id = ?",
@@ -330,7 +398,7 @@ class SqliteOrderStore:
         """Record a failed delivery of `event_ids`; `give_up` parks them as FAILED (a consumer
         that refuses them for good) so they stop blocking the events behind them."""
 
-        def record(db: sqlite3.Connection) -> None:
+        def record(db: Connection) -> None:
             db.executemany(
                 "UPDATE outbox SET attempts = attempts + 1, last_error = ?,"
                 " state = CASE WHEN ? THEN 'FAILED' ELSE state END WHERE event_id = ?",
@@ -340,14 +408,14 @@ class SqliteOrderStore:
         await self._db.write(record)
 
 
-def _find_order(db: sqlite3.Connection, order_id: str) -> Order | None:
+def _find_order(db: Connection, order_id: str) -> Order | None:
     row = db.execute("SELECT * FROM orders WHERE order_id = ?", (order_id,)).fetchone()
     if row is None:
         return None
     return _order(row, _items(db, [order_id]).get(order_id, []))
 
 
-def _items(db: sqlite3.Connection, order_ids: Sequence[str]) -> dict[str, list[sqlite3.Row]]:
+def _items(db: Connection, order_ids: Sequence[str]) -> dict[str, list[Row]]:
     if not order_ids:
         return {}
     placeholders = ", ".join("?" * len(order_ids))
@@ -355,7 +423,7 @@ def _items(db: sqlite3.Connection, order_ids: Sequence[str]) -> dict[str, list[s
         f"SELECT * FROM order_items WHERE order_id IN ({placeholders}) ORDER BY line",
         tuple(order_ids),
     ).fetchall()
-    grouped: dict[str, list[sqlite3.Row]] = {}
+    grouped: dict[str, list[Row]] = {}
     for row in rows:
         grouped.setdefault(row["order_id"], []).append(row)
     return grouped
@@ -376,7 +444,7 @@ def _saga_values(saga: SagaState) -> tuple[str, str, str | None, str, str, str]:
     )
 
 
-def _order(row: sqlite3.Row, item_rows: list[sqlite3.Row]) -> Order:
+def _order(row: Row, item_rows: list[Row]) -> Order:
     currency = row["currency_code"]
     items = tuple(
         OrderItem(

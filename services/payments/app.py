@@ -14,10 +14,10 @@ SERVICE_NAME = payments_pb2.DESCRIPTOR.services_by_name["PaymentsService"].full_
 
 
 async def build(config: ServiceConfig) -> App:
-    """The payments App: PaymentsService on the SQLite file at `config.db_path`, its cards
-    fingerprinted with the key beside it."""
+    """The payments App: PaymentsService on its database (`config.database`), its cards
+    fingerprinted with the key beside `config.db_path` (on either backend)."""
     key = fingerprint_key.load_or_create(fingerprint_key.key_path(config.db_path))
-    store = await SqlitePaymentStore.open(config.db_path, key)
+    store = await SqlitePaymentStore.open(config.database, key)
     return App(
         registrations=[
             Registration(

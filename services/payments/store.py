@@ -1,17 +1,17 @@
-"""The payments service's own SQLite database: payments, and every charge attempt under its
-idempotency key with the card it was for (a fingerprint, brand and last four: never a token)."""
+"""The payments service's own database (SQLite, or Postgres: services.common.database): payments,
+and every charge attempt under its idempotency key with the card it was for (a fingerprint,
+brand and last four: never a token)."""
 
 from __future__ import annotations
 
 import functools
-import sqlite3
-from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
 from services.common.clock import from_micros, to_micros
-from services.common.database import Database, Migration
+from services.common.database import Database, Migrations
 from services.common.money import Money
+from services.common.sql import Connection, Row
 from services.payments.domain import (
     Card,
     ChargeAttempt,
@@ -68,18 +68,74 @@ _ATTEMPTS_WITH_CARDS = """
         CHECK ((payment_id IS NULL) != (decline_code IS NULL))
     )
 """
+# The same two versions on Postgres (BIGINT for the 64-bit integers SQLite's INTEGER holds).
+POSTGRES_SCHEMA_V1 = """
+    CREATE TABLE payments (
+        payment_id TEXT PRIMARY KEY,
+        order_id TEXT NOT NULL,
+        currency_code TEXT NOT NULL,
+        minor_units BIGINT NOT NULL CHECK (minor_units > 0),
+        status TEXT NOT NULL CHECK (status IN ('CAPTURED', 'REFUNDED')),
+        create_time_us BIGINT NOT NULL,
+        update_time_us BIGINT NOT NULL
+    );
+    CREATE INDEX payments_order_id ON payments (order_id);
+    CREATE TABLE charge_attempts (
+        idempotency_key TEXT PRIMARY KEY,
+        order_id TEXT NOT NULL,
+        currency_code TEXT NOT NULL,
+        minor_units BIGINT NOT NULL,
+        payment_token TEXT NOT NULL,
+        payment_id TEXT REFERENCES payments (payment_id),
+        decline_code TEXT,
+        decline_message TEXT,
+        create_time_us BIGINT NOT NULL,
+        CHECK ((payment_id IS NULL) != (decline_code IS NULL))
+    );
+"""
+_POSTGRES_ATTEMPTS_WITH_CARDS = """
+    CREATE TABLE charge_attempts_with_cards (
+        idempotency_key TEXT PRIMARY KEY,
+        order_id TEXT NOT NULL,
+        currency_code TEXT NOT NULL,
+        minor_units BIGINT NOT NULL,
+        card_fingerprint TEXT NOT NULL,
+        card_brand TEXT NOT NULL,
+        card_last4 TEXT NOT NULL,
+        payment_id TEXT REFERENCES payments (payment_id),
+        decline_code TEXT,
+        decline_message TEXT,
+        create_time_us BIGINT NOT NULL,
+        CHECK ((payment_id IS NULL) != (decline_code IS NULL))
+    )
+"""
 _ATTEMPT_COLUMNS = (
     "idempotency_key, order_id, currency_code, minor_units, card_fingerprint, card_brand,"
     " card_last4, payment_id, decline_code, decline_message, create_time_us"
 )
 
 
-def _cards_instead_of_tokens(fingerprint_key: bytes, db: sqlite3.Connection) -> None:
-    """Version 1 -> 2: every attempt keeps its card instead of its token. The table is rebuilt
-    (SQLite's way of changing columns) with secure_delete on, so the old table's pages are
-    zeroed as they are freed; the WAL is emptied after the migrations (common.database)."""
+def _cards_instead_of_tokens(fingerprint_key: bytes, db: Connection) -> None:
+    """Version 1 -> 2 on SQLite: every attempt keeps its card instead of its token. The table
+    is rebuilt (SQLite's way of changing columns) with secure_delete on, so the old table's
+    pages are zeroed as they are freed; the WAL is emptied after the migrations
+    (common.database)."""
     db.execute("PRAGMA secure_delete=ON")
-    db.execute(_ATTEMPTS_WITH_CARDS)
+    _copy_with_cards(fingerprint_key, db, _ATTEMPTS_WITH_CARDS)
+    db.execute("PRAGMA secure_delete=OFF")
+
+
+def _cards_instead_of_tokens_postgres(fingerprint_key: bytes, db: Connection) -> None:
+    """Version 1 -> 2 on Postgres: the table is rebuilt too, rather than its token column
+    dropped (which would leave every token in the table's pages): DROP TABLE deletes the old
+    table's files when the migration commits."""
+    _copy_with_cards(fingerprint_key, db, _POSTGRES_ATTEMPTS_WITH_CARDS)
+
+
+def _copy_with_cards(fingerprint_key: bytes, db: Connection, create_table: str) -> None:
+    """Create the attempts table with cards (`create_table`), copy every attempt into it with
+    its token's card, and put it in the old table's place."""
+    db.execute(create_table)
     rows = db.execute(
         "SELECT idempotency_key, order_id, currency_code, minor_units, payment_token,"
         " payment_id, decline_code, decline_message, create_time_us FROM charge_attempts"
@@ -105,21 +161,28 @@ def _cards_instead_of_tokens(fingerprint_key: bytes, db: sqlite3.Connection) -> 
         )
     db.execute("DROP TABLE charge_attempts")
     db.execute("ALTER TABLE charge_attempts_with_cards RENAME TO charge_attempts")
-    db.execute("PRAGMA secure_delete=OFF")
 
 
-def migrations(fingerprint_key: bytes) -> Sequence[Migration]:
+def migrations(fingerprint_key: bytes) -> Migrations:
     """Every migration of the payments database, append-only: migrations[i] takes the schema
-    from version i to i + 1 (see common.database). Old tokens are fingerprinted with
-    `fingerprint_key`."""
-    return [
-        SCHEMA_V1,
-        # Version 1 kept each attempt's raw payment token; from version 2 on, its card.
-        functools.partial(_cards_instead_of_tokens, fingerprint_key),
-        # From version 3 on, each payment's owner; older payments have none (NULL), and
-        # GetPayment answers nobody for them.
-        "ALTER TABLE payments ADD COLUMN owner_user_id TEXT;",
-    ]
+    from version i to i + 1 (see common.database), on each backend. Old tokens are
+    fingerprinted with `fingerprint_key`."""
+    # From version 3 on, each payment's owner; older payments have none (NULL), and
+    # GetPayment answers nobody for them.
+    owners = "ALTER TABLE payments ADD COLUMN owner_user_id TEXT;"
+    return Migrations(
+        sqlite=[
+            SCHEMA_V1,
+            # Version 1 kept each attempt's raw payment token; from version 2 on, its card.
+            functools.partial(_cards_instead_of_tokens, fingerprint_key),
+            owners,
+        ],
+        postgres=[
+            POSTGRES_SCHEMA_V1,
+            functools.partial(_cards_instead_of_tokens_postgres, fingerprint_key),
+            owners,
+        ],
+    )
 
 
 _PAYMENT_COLUMNS = (
@@ -128,7 +191,7 @@ _PAYMENT_COLUMNS = (
 )
 
 
-def _payment(row: sqlite3.Row) -> Payment:
+def _payment(row: Row) -> Payment:
     return Payment(
         payment_id=row["payment_id"],
         order_id=row["order_id"],
@@ -141,16 +204,18 @@ def _payment(row: sqlite3.Row) -> Payment:
 
 
 class SqlitePaymentStore:
-    """PaymentStore on a SQLite file; every write is one short transaction."""
+    """PaymentStore on its database (an SQLite file or Postgres); every write is one short
+    transaction."""
 
     def __init__(self, database: Database) -> None:
         self._db = database
 
     @classmethod
-    async def open(cls, path: Path | str, fingerprint_key: bytes) -> SqlitePaymentStore:
-        """Open (creating and migrating if needed) the database at `path`; `fingerprint_key`
-        is the one the domain fingerprints cards with."""
-        return cls(await Database.open(path, migrations(fingerprint_key)))
+    async def open(cls, location: Path | str, fingerprint_key: bytes) -> SqlitePaymentStore:
+        """Open (creating and migrating if needed) the database at `location` (a file's path
+        or a postgresql:// URL); `fingerprint_key` is the one the domain fingerprints cards
+        with."""
+        return cls(await Database.open(location, migrations(fingerprint_key)))
 
     async def close(self) -> None:
         """Close the database."""
@@ -166,7 +231,7 @@ class SqlitePaymentStore:
         """See PaymentStore.record_charge. The payment and its idempotency record commit
         together, so a crash can never leave a charge without its key (or the reverse)."""
 
-        def record(db: sqlite3.Connection) -> tuple[bool, ChargeRecord]:
+        def record(db: Connection) -> tuple[bool, ChargeRecord]:
             stored = _attempt(db, attempt.idempotency_key)
             if stored is not None:
                 return True, stored
@@ -212,7 +277,7 @@ class SqlitePaymentStore:
     async def refund(self, payment_id: str, now: datetime) -> Payment | None:
         """See PaymentStore.refund."""
 
-        def refund(db: sqlite3.Connection) -> Payment | None:
+        def refund(db: Connection) -> Payment | None:
             db.execute(
                 "UPDATE payments SET status = ?, update_time_us = ?"
                 " WHERE payment_id = ? AND status = ?",
@@ -228,7 +293,7 @@ class SqlitePaymentStore:
         return await self._db.write(refund)
 
 
-def _attempt(db: sqlite3.Connection, idempotency_key: str) -> ChargeRecord | None:
+def _attempt(db: Connection, idempotency_key: str) -> ChargeRecord | None:
     row = db.execute(
         f"SELECT {_ATTEMPT_COLUMNS} FROM charge_attempts WHERE idempotency_key = ?",
         (idempotency_key,),
@@ -247,7 +312,7 @@ def _attempt(db: sqlite3.Connection, idempotency_key: str) -> ChargeRecord | Non
     return ChargeRecord(attempt, _payment_by_id(db, row["payment_id"]), None)
 
 
-def _payment_by_id(db: sqlite3.Connection, payment_id: str) -> Payment | None:
+def _payment_by_id(db: Connection, payment_id: str) -> Payment | None:
     row = db.execute(
         f"SELECT {_PAYMENT_COLUMNS} FROM payments WHERE payment_id = ?", (payment_id,)
     ).fetchone()

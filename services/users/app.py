@@ -45,12 +45,12 @@ async def build(
     limits: SignInLimits = DEFAULT_LIMITS,
     hasher: PasswordHasher | None = None,
 ) -> App:
-    """The users App: UsersService on the SQLite file at `config.db_path`, signing with the
+    """The users App: UsersService on its database (`config.database`), signing with the
     keys in `keys_dir` (created if absent). `clock`, `limits` and `hasher` (Argon2 parameters
     other than the production ones) are for tests."""
     keys = KeyDirectory(keys_dir(config, os.environ if env is None else env))
     await asyncio.to_thread(keys.ensure, clock())
-    store = await SqliteUserStore.open(config.db_path)
+    store = await SqliteUserStore.open(config.database)
     passwords = Passwords(hasher)
     await passwords.ready()
     servicer = UsersServicer(

@@ -1,22 +1,23 @@
-"""The users service's own SQLite database: accounts (with their password hashes), refresh
-tokens (only their hashes) and the failure counts of sign-in and sign-up (table
-`sign_in_failures`, for both; see services.users.throttle)."""
+"""The users service's own database (SQLite, or Postgres: services.common.database): accounts
+(with their password hashes), refresh tokens (only their hashes) and the failure counts of
+sign-in and sign-up (table `sign_in_failures`, for both; see services.users.throttle)."""
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 
 from services.common.clock import from_micros, to_micros
-from services.common.database import Database
+from services.common.database import Database, Migrations
+from services.common.sql import Connection, Row
 from services.users.domain import AddOutcome, User
 from services.users.sessions import Credentials, RefreshToken, Renewal
 from services.users.throttle import ThrottleKey
 
-# Append-only: migrations[i] takes the schema from version i to i + 1 (see common.database).
-MIGRATIONS: list[str] = [
+# Append-only: migrations[i] takes the schema from version i to i + 1 (see common.database),
+# once per backend: the same versions, each in its own dialect.
+SQLITE_MIGRATIONS: list[str] = [
     """
     CREATE TABLE users (
         user_id TEXT PRIMARY KEY,
@@ -53,10 +54,42 @@ MIGRATIONS: list[str] = [
     """,
 ]
 
+POSTGRES_MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE users (
+        user_id TEXT PRIMARY KEY,
+        email TEXT NOT NULL UNIQUE,
+        display_name TEXT NOT NULL,
+        create_time_us BIGINT NOT NULL,
+        request_id TEXT UNIQUE
+    );
+    """,
+    """
+    ALTER TABLE users ADD COLUMN password_hash TEXT;
+    CREATE TABLE refresh_tokens (
+        token_hash TEXT PRIMARY KEY,
+        family_id TEXT NOT NULL,
+        user_id TEXT NOT NULL REFERENCES users (user_id),
+        expire_time_us BIGINT NOT NULL,
+        used INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX refresh_tokens_by_family ON refresh_tokens (family_id);
+    CREATE INDEX refresh_tokens_by_expiry ON refresh_tokens (expire_time_us);
+    CREATE TABLE sign_in_failures (
+        throttle_key TEXT PRIMARY KEY,
+        failures INTEGER NOT NULL,
+        last_failure_us BIGINT NOT NULL
+    );
+    CREATE INDEX sign_in_failures_by_age ON sign_in_failures (last_failure_us);
+    """,
+]
+
+MIGRATIONS = Migrations(sqlite=SQLITE_MIGRATIONS, postgres=POSTGRES_MIGRATIONS)
+
 _COLUMNS = "user_id, email, display_name, create_time_us"
 
 
-def _user(row: sqlite3.Row) -> User:
+def _user(row: Row) -> User:
     return User(
         user_id=row["user_id"],
         email=row["email"],
@@ -66,15 +99,17 @@ def _user(row: sqlite3.Row) -> User:
 
 
 class SqliteUserStore:
-    """UserStore on a SQLite file; every method is one short transaction."""
+    """UserStore on its database (an SQLite file or Postgres); every method is one short
+    transaction."""
 
     def __init__(self, database: Database) -> None:
         self._db = database
 
     @classmethod
-    async def open(cls, path: Path | str) -> SqliteUserStore:
-        """Open (creating and migrating if needed) the database at `path`."""
-        return cls(await Database.open(path, MIGRATIONS))
+    async def open(cls, location: Path | str) -> SqliteUserStore:
+        """Open (creating and migrating if needed) the database at `location`: a file's path
+        or a postgresql:// URL."""
+        return cls(await Database.open(location, MIGRATIONS))
 
     async def close(self) -> None:
         """Close the database."""
@@ -86,7 +121,7 @@ class SqliteUserStore:
         """See UserStore.add. One write transaction, so the checks and the insert cannot
         interleave with another CreateUser."""
 
-        def add(db: sqlite3.Connection) -> tuple[AddOutcome, User]:
+        def add(db: Connection) -> tuple[AddOutcome, User]:
             if request_id:
                 row = db.execute(
                     f"SELECT {_COLUMNS} FROM users WHERE request_id = ?", (request_id,)
@@ -117,7 +152,7 @@ class SqliteUserStore:
     async def get(self, user_id: str) -> User | None:
         """See UserStore.get."""
 
-        def get(db: sqlite3.Connection) -> User | None:
+        def get(db: Connection) -> User | None:
             row = db.execute(
                 f"SELECT {_COLUMNS} FROM users WHERE user_id = ?", (user_id,)
             ).fetchone()
@@ -128,7 +163,7 @@ class SqliteUserStore:
     async def password_hash(self, user_id: str) -> str | None:
         """See UserStore.password_hash."""
 
-        def read(db: sqlite3.Connection) -> str | None:
+        def read(db: Connection) -> str | None:
             row = db.execute(
                 "SELECT password_hash FROM users WHERE user_id = ?", (user_id,)
             ).fetchone()
@@ -139,7 +174,7 @@ class SqliteUserStore:
     async def credentials(self, email: str) -> Credentials | None:
         """See SessionStore.credentials."""
 
-        def read(db: sqlite3.Connection) -> Credentials | None:
+        def read(db: Connection) -> Credentials | None:
             row = db.execute(
                 "SELECT user_id, password_hash FROM users WHERE email = ?", (email,)
             ).fetchone()
@@ -153,7 +188,7 @@ class SqliteUserStore:
         now_us = to_micros(now)
         oldest = now - max(key.policy.forget_after for key in keys)
 
-        def begin(db: sqlite3.Connection) -> timedelta:
+        def begin(db: Connection) -> timedelta:
             db.execute(
                 "DELETE FROM sign_in_failures WHERE last_failure_us < ?", (to_micros(oldest),)
             )
@@ -175,8 +210,9 @@ class SqliteUserStore:
             if wait > timedelta(0):
                 return wait
             db.executemany(
-                "INSERT OR REPLACE INTO sign_in_failures (throttle_key, failures, last_failure_us)"
-                " VALUES (?, ?, ?)",
+                "INSERT INTO sign_in_failures (throttle_key, failures, last_failure_us)"
+                " VALUES (?, ?, ?) ON CONFLICT (throttle_key) DO UPDATE"
+                " SET failures = excluded.failures, last_failure_us = excluded.last_failure_us",
                 [(key.key, count + 1, now_us) for key, count in zip(keys, counts, strict=True)],
             )
             return timedelta(0)
@@ -186,13 +222,14 @@ class SqliteUserStore:
     async def attempt_succeeded(self, keys: Sequence[ThrottleKey]) -> None:
         """See AttemptStore.attempt_succeeded."""
 
-        def succeed(db: sqlite3.Connection) -> None:
+        def succeed(db: Connection) -> None:
             for key in keys:
                 if key.clear_on_success:
                     db.execute("DELETE FROM sign_in_failures WHERE throttle_key = ?", (key.key,))
                 else:
                     db.execute(
-                        "UPDATE sign_in_failures SET failures = MAX(failures - 1, 0)"
+                        "UPDATE sign_in_failures"
+                        " SET failures = CASE WHEN failures > 0 THEN failures - 1 ELSE 0 END"
                         " WHERE throttle_key = ?",
                         (key.key,),
                     )
@@ -202,7 +239,7 @@ class SqliteUserStore:
     async def add_refresh_token(self, token: RefreshToken, now: datetime) -> None:
         """See SessionStore.add_refresh_token."""
 
-        def add(db: sqlite3.Connection) -> None:
+        def add(db: Connection) -> None:
             db.execute("DELETE FROM refresh_tokens WHERE expire_time_us < ?", (to_micros(now),))
             db.execute(
                 "INSERT INTO refresh_tokens (token_hash, family_id, user_id, expire_time_us)"
@@ -217,7 +254,7 @@ class SqliteUserStore:
     ) -> tuple[Renewal, str]:
         """See SessionStore.renew."""
 
-        def renew(db: sqlite3.Connection) -> tuple[Renewal, str]:
+        def renew(db: Connection) -> tuple[Renewal, str]:
             row = db.execute(
                 "SELECT family_id, user_id, expire_time_us, used FROM refresh_tokens"
                 " WHERE token_hash = ?",

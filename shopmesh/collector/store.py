@@ -10,12 +10,12 @@ when one of them is new."""
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from services.common.database import Database
+from services.common.sql import Connection
 from shopmesh.collector.spans import SpanRecord
 
 MIGRATIONS = [
@@ -86,7 +86,7 @@ class SpanStore:
         for span in spans:
             by_trace.setdefault(span.trace_id, []).append(span)
 
-        def add(db: sqlite3.Connection) -> None:
+        def add(db: Connection) -> None:
             counts = _span_counts(db, list(by_trace))
             traces = []
             for trace_id, received in by_trace.items():
@@ -100,7 +100,7 @@ class SpanStore:
 
         await self._db.write(add)
 
-    def _drop_oldest(self, db: sqlite3.Connection) -> None:
+    def _drop_oldest(self, db: Connection) -> None:
         (count,) = db.execute("SELECT COUNT(*) FROM traces").fetchone()
         excess = count - self.max_traces
         if excess <= 0:
@@ -127,7 +127,7 @@ _UPSERT_TRACE = (
 _IDS_PER_QUERY = 500
 
 
-def _span_counts(db: sqlite3.Connection, trace_ids: Sequence[str]) -> dict[str, int]:
+def _span_counts(db: Connection, trace_ids: Sequence[str]) -> dict[str, int]:
     """How many spans each of `trace_ids` already has; a new trace is absent."""
     counts: dict[str, int] = {}
     for start in range(0, len(trace_ids), _IDS_PER_QUERY):

@@ -3,7 +3,6 @@ tests/conftest.py)."""
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -11,6 +10,7 @@ import pytest
 from grpc import aio
 
 from services.common.database import Database
+from services.common.sql import Connection
 from services.notifications.app import build as build_notifications
 from shop.notifications.v1 import notifications_pb2_grpc
 from tests.support.db_locks import WriteWatch
@@ -44,7 +44,7 @@ def database_writes(monkeypatch: pytest.MonkeyPatch) -> WriteWatch:
     watch = WriteWatch()
     original = Database.write
 
-    async def write(self: Database, change: Callable[[sqlite3.Connection], T]) -> T:
+    async def write(self: Database, change: Callable[[Connection], T]) -> T:
         watch.record(self.path)
         return await original(self, change)
 

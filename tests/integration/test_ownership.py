@@ -6,7 +6,6 @@ every downstream call for the order's shopper."""
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -17,6 +16,7 @@ from grpc import aio
 from services.common.caller import NOT_YOUR_DATA, SIGN_IN_REQUIRED
 from services.common.database import Database
 from services.common.errors import ERROR_DOMAIN
+from services.common.sql import Connection
 from services.orders.domain import new_order_id
 from services.payments.app import build as build_payments
 from services.payments.domain import new_payment_id
@@ -224,7 +224,7 @@ async def test_a_payment_from_before_owners_is_readable_by_nobody(
     old = await Database.open(db_path, [SCHEMA_V1])
     payment_id, unknown = new_payment_id(), new_payment_id()
 
-    def old_payment(db: sqlite3.Connection) -> None:
+    def old_payment(db: Connection) -> None:
         db.execute(
             "INSERT INTO payments VALUES (?, 'ord_1', 'USD', 1299, 'CAPTURED', 0, 0)", (payment_id,)
         )

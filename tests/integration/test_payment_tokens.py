@@ -16,6 +16,7 @@ import pytest
 from grpc import aio
 
 from services.common.database import Database
+from services.common.sql import Connection
 from services.payments.app import build
 from services.payments.domain import authorize
 from services.payments.store import SCHEMA_V1
@@ -119,7 +120,7 @@ async def test_a_database_of_the_previous_release_is_scrubbed_of_its_tokens(
     db_path = services.config("payments").db_path
     previous = await Database.open(db_path, [SCHEMA_V1])
 
-    def v1_rows(db: sqlite3.Connection) -> None:
+    def v1_rows(db: Connection) -> None:
         db.execute(
             "INSERT INTO payments VALUES ('pay_1', 'ord_key-a', 'USD', 1299, 'CAPTURED', 0, 0)"
         )

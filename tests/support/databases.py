@@ -1,5 +1,6 @@
-"""Looking into a service's own database file from a test, through a second, read-only
-connection (the service owns the file; the test only looks)."""
+"""Looking into a service's own database from a test, through a second connection (the
+service owns the database; the test only looks): an SQLite file, or a Postgres database's URL
+(the store's own role, with `?` placeholders as the stores write them)."""
 
 from __future__ import annotations
 
@@ -7,17 +8,37 @@ import sqlite3
 from contextlib import closing
 from pathlib import Path
 
+import psycopg
+
+from services.common.database import is_postgres
+from services.common.postgres import placeholders
+
+INTEGRITY_ERRORS = (sqlite3.IntegrityError, psycopg.errors.IntegrityError)
+"""What a violated constraint raises, on either backend."""
+
 
 def _read_only(db_path: Path) -> sqlite3.Connection:
     return sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5)
 
 
-def count_rows(db_path: Path, sql: str, parameters: tuple[object, ...] = ()) -> int:
-    """Run a COUNT (or other one-number) query against a service's database file (a plain
-    connection: the file may be closed, with no WAL index for a read-only one to use)."""
-    with closing(sqlite3.connect(db_path, timeout=5)) as db:
-        count: int = db.execute(sql, parameters).fetchone()[0]
-        return count
+def count_rows(location: Path | str, sql: str, parameters: tuple[object, ...] = ()) -> int:
+    """Run a COUNT (or other one-number) query against a service's database (for a file, a
+    plain connection: the file may be closed, with no WAL index for a read-only one to use)."""
+    count = query(location, sql, parameters)[0][0]
+    assert isinstance(count, int), count
+    return count
+
+
+def query(
+    location: Path | str, sql: str, parameters: tuple[object, ...] = ()
+) -> list[tuple[object, ...]]:
+    """The rows of one statement (or none, for one that returns none), committed."""
+    if is_postgres(location):
+        with psycopg.connect(str(location), autocommit=True) as pg:
+            cursor = pg.execute(placeholders(sql), parameters)
+            return cursor.fetchall() if cursor.description else []
+    with closing(sqlite3.connect(location, timeout=5)) as db, db:
+        return [tuple(row) for row in db.execute(sql, parameters)]
 
 
 def charges_per_order(db_path: Path) -> dict[str, int]:

@@ -31,19 +31,19 @@ class WriteWatch:
     """How many Database.write calls each database file has received in this process."""
 
     def __init__(self) -> None:
-        self._calls: Counter[Path] = Counter()
+        self._calls: Counter[Path | str] = Counter()
         self._changed = asyncio.Event()
 
-    def record(self, path: Path) -> None:
+    def record(self, path: Path | str) -> None:
         """Count one write call on `path` (called on the event loop, before the write runs)."""
         self._calls[path] += 1
         self._changed.set()
 
-    def calls(self, path: Path) -> int:
+    def calls(self, path: Path | str) -> int:
         """Write calls `path` has received so far."""
         return self._calls[path]
 
-    async def wait_for(self, path: Path, count: int) -> None:
+    async def wait_for(self, path: Path | str, count: int) -> None:
         """Return once `path` has received `count` write calls; bound it with a timeout."""
         while self._calls[path] < count:
             self._changed.clear()

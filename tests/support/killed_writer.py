@@ -11,11 +11,11 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sqlite3
 import sys
 from pathlib import Path
 
 from services.common.database import Database
+from services.common.sql import Connection
 
 MIGRATIONS = ["CREATE TABLE acknowledged (id INTEGER PRIMARY KEY);"]
 
@@ -27,7 +27,7 @@ async def main(path: Path, writes: int, kill_after: int) -> None:
     async def write(number: int) -> None:
         nonlocal acknowledged
 
-        def insert(db: sqlite3.Connection) -> None:
+        def insert(db: Connection) -> None:
             db.execute("INSERT INTO acknowledged VALUES (?)", (number,))
 
         await database.write(insert)

@@ -72,6 +72,48 @@ def test_config_reads_every_variable() -> None:
     assert config.log_level == "DEBUG"
 
 
+PG_URL = "postgresql:///orders?host=/run/pg&user=orders&passfile=/state/orders.pgpass"
+
+
+def test_config_uses_the_sqlite_file_unless_given_a_postgres_url() -> None:
+    on_sqlite = load_config("orders", env={**LISTEN, "SHOPMESH_DB_PATH": "/data/orders.db"})
+    on_postgres = load_config("orders", env={**LISTEN, "SHOPMESH_DATABASE_URL": PG_URL})
+
+    assert (on_sqlite.database_url, on_sqlite.database) == (None, Path("/data/orders.db"))
+    assert (on_postgres.database_url, on_postgres.database) == (PG_URL, PG_URL)
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("mysql://orders@db/orders", "expected a postgresql:// URL"),
+        ("postgresql://orders:hunter2@db/orders", "carries a password: keep it in a 0600"),
+        ("postgresql:///orders?password=hunter2", "carries a password: keep it in a 0600"),
+    ],
+)
+def test_config_refuses_a_database_url_that_is_not_postgres_or_carries_a_password(
+    url: str, message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message) as refused:
+        load_config("orders", env={**LISTEN, "SHOPMESH_DATABASE_URL": url})
+    assert "hunter2" not in str(refused.value)
+
+
+def test_appenv_gives_a_service_on_postgres_its_own_url_and_the_others_none(
+    tmp_path: Path,
+) -> None:
+    layout = local_layout(TOPOLOGY, tmp_path)
+    settings = AppSettings(database_urls={"orders": PG_URL})
+    for pod in layout.pods():
+        calls = tuple(TOPOLOGY.services[pod.service].calls)
+        env = pod_environment(TOPOLOGY, layout, pod, settings)
+
+        config = load_config(pod.service, calls, env=env)
+
+        assert config.database_url == (PG_URL if pod.service == "orders" else None), pod
+        assert all(is_mesh_owned(variable) for variable in env)
+
+
 def test_config_needs_an_address_for_every_upstream_it_calls() -> None:
     with pytest.raises(ConfigError, match="SHOPMESH_UPSTREAM_NOTIFICATIONS is not set"):
         load_config("orders", ("notifications",), env=LISTEN)
@@ -195,5 +237,6 @@ def test_what_appenv_writes_for_a_standalone_app_is_what_it_reads(name: str) -> 
 def test_mesh_owned_variables_are_the_ones_the_mesh_sets() -> None:
     assert is_mesh_owned("SHOPMESH_UPSTREAM_GIFT_CARDS")
     assert is_mesh_owned("SHOPMESH_LOG_LEVEL")
+    assert is_mesh_owned("SHOPMESH_DATABASE_URL")
     assert not is_mesh_owned("SHOPMESH_ORDERS_RECOVERY_INTERVAL")
     assert not is_mesh_owned("OTEL_SERVICE_NAME")

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from services.common.database import MAX_BATCH, Database, WriteStats
+from services.common.sql import Connection
 from tests.support.paths import ROOT
 
 MIGRATIONS = [
@@ -45,7 +46,7 @@ async def database(path: Path) -> AsyncIterator[Database]:
     await opened.close()
 
 
-def _version(connection: sqlite3.Connection) -> int:
+def _version(connection: Connection) -> int:
     version: int = connection.execute("PRAGMA user_version").fetchone()[0]
     return version
 
@@ -55,22 +56,22 @@ def _file_version(path: Path) -> int:
         return _version(connection)
 
 
-def _insert(name: str) -> Callable[[sqlite3.Connection], None]:
-    def insert(db: sqlite3.Connection) -> None:
+def _insert(name: str) -> Callable[[Connection], None]:
+    def insert(db: Connection) -> None:
         db.execute("INSERT INTO items VALUES (?, ?)", (name, name.title()))
 
     return insert
 
 
-def _count(table: str) -> Callable[[sqlite3.Connection], int]:
-    def count(db: sqlite3.Connection) -> int:
+def _count(table: str) -> Callable[[Connection], int]:
+    def count(db: Connection) -> int:
         total: int = db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
         return total
 
     return count
 
 
-def _names(db: sqlite3.Connection) -> list[str]:
+def _names(db: Connection) -> list[str]:
     return [row["id"] for row in db.execute("SELECT id FROM items ORDER BY id")]
 
 
@@ -80,7 +81,7 @@ async def writer_held(database: Database) -> AsyncIterator[None]:
     ends: every write submitted inside the block queues behind it, for the next batch."""
     started, release = threading.Event(), threading.Event()
 
-    def hold(db: sqlite3.Connection) -> None:
+    def hold(db: Connection) -> None:
         started.set()
         if not release.wait(WAIT):
             raise TimeoutError("the test never released the writer")
@@ -98,7 +99,7 @@ async def writer_held(database: Database) -> AsyncIterator[None]:
 
 
 async def _queued_together(
-    database: Database, changes: Sequence[Callable[[sqlite3.Connection], object]]
+    database: Database, changes: Sequence[Callable[[Connection], object]]
 ) -> list[object]:
     """Submit `changes` while the writer is held, so that all of them are queued when the
     next batch starts; returns what each write returned or raised, in order."""
@@ -150,7 +151,7 @@ async def test_the_file_and_its_wal_and_shm_are_private_whatever_the_umask(path:
 
 
 async def test_writes_are_durable_wal_with_foreign_keys(database: Database) -> None:
-    def settings(db: sqlite3.Connection) -> tuple[str, int, int]:
+    def settings(db: Connection) -> tuple[str, int, int]:
         return (
             db.execute("PRAGMA journal_mode").fetchone()[0],
             db.execute("PRAGMA synchronous").fetchone()[0],
@@ -229,7 +230,7 @@ async def test_an_in_memory_database_is_refused() -> None:
 
 
 async def test_a_write_that_raises_is_rolled_back(database: Database) -> None:
-    def insert_then_fail(db: sqlite3.Connection) -> None:
+    def insert_then_fail(db: Connection) -> None:
         db.execute("INSERT INTO items VALUES ('mug', 'Mug')")
         raise KeyError("boom")
 
@@ -245,7 +246,7 @@ async def test_a_write_that_raises_is_rolled_back(database: Database) -> None:
 async def test_a_read_sees_one_snapshot_across_its_statements(
     database: Database, path: Path
 ) -> None:
-    def count_twice(db: sqlite3.Connection) -> tuple[int, int]:
+    def count_twice(db: Connection) -> tuple[int, int]:
         before: int = db.execute("SELECT count(*) FROM items").fetchone()[0]
         # Another connection commits between the two statements of this one read.
         with closing(sqlite3.connect(path, isolation_level=None)) as other:
@@ -330,8 +331,8 @@ async def test_a_batch_takes_at_most_max_batch_writes(database: Database) -> Non
 
 
 async def test_each_write_of_a_batch_gets_its_own_result(database: Database) -> None:
-    def insert_and_count(name: str) -> Callable[[sqlite3.Connection], tuple[str, int]]:
-        def insert(db: sqlite3.Connection) -> tuple[str, int]:
+    def insert_and_count(name: str) -> Callable[[Connection], tuple[str, int]]:
+        def insert(db: Connection) -> tuple[str, int]:
             _insert(name)(db)
             return name, _count("items")(db)
 
@@ -350,11 +351,11 @@ async def test_a_raising_write_fails_alone_and_the_rest_of_its_batch_commits(
 ) -> None:
     failure = KeyError("boom")
 
-    def insert_then_fail(db: sqlite3.Connection) -> None:
+    def insert_then_fail(db: Connection) -> None:
         _insert("cup")(db)
         raise failure
 
-    def sees_the_cup(db: sqlite3.Connection) -> bool:
+    def sees_the_cup(db: Connection) -> bool:
         _insert("plate")(db)
         return bool(db.execute("SELECT count(*) FROM items WHERE id = 'cup'").fetchone()[0])
 
@@ -380,7 +381,7 @@ async def test_a_failed_commit_fails_every_write_of_its_batch(database: Database
         )
     )
 
-    def note_on_a_ghost(db: sqlite3.Connection) -> None:
+    def note_on_a_ghost(db: Connection) -> None:
         db.execute("INSERT INTO notes VALUES ('ghost')")
 
     outcomes = await _queued_together(database, [_insert("mug"), note_on_a_ghost, _insert("cup")])
@@ -420,7 +421,7 @@ async def test_a_write_that_rolls_back_the_whole_transaction_fails_those_before_
 
 
 async def test_a_write_that_ends_its_transaction_itself_is_refused(database: Database) -> None:
-    def commit_early(db: sqlite3.Connection) -> None:
+    def commit_early(db: Connection) -> None:
         _insert("mug")(db)
         db.execute("COMMIT")
 

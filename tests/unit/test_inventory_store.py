@@ -16,6 +16,7 @@ import pytest
 from services.common.config import ServiceConfig
 from services.common.database import Database
 from services.common.errors import AlreadyExists, DomainError, FailedPrecondition, NotFound
+from services.common.sql import Connection
 from services.inventory.app import open_store
 from services.inventory.catalog import seed_catalog
 from services.inventory.domain import (
@@ -155,9 +156,9 @@ async def test_reservations_made_before_prices_were_recorded_get_their_products_
     db_path: Path,
 ) -> None:
     # A database at the schema before prices (MIGRATIONS[:1]) holding one reservation.
-    old = await Database.open(db_path, MIGRATIONS[:1])
+    old = await Database.open(db_path, MIGRATIONS.sqlite[:1])
 
-    def fill(db: sqlite3.Connection) -> None:
+    def fill(db: Connection) -> None:
         db.execute(
             "INSERT INTO products (sku, name, description, currency_code, price_minor_units,"
             " on_hand, held) VALUES ('MUG-01', 'Mug', '', 'USD', 1299, 10, 3)"

@@ -1,0 +1,253 @@
+"""A local Postgres cluster from Debian's `postgresql` package, and a database per service in
+it: what the tests' fixture starts once per session (and `shopmesh up --db postgres` is to).
+
+- The cluster lives under one directory (`root`): `data/` (initdb's), `run/` (its Unix socket:
+  `listen_addresses=''`, no TCP port at all, so it never meets the package's own `main`
+  cluster on 5432), `postgres.log`, and `secrets/` (0700: each role's passfile, 0600).
+- Postgres refuses to run as root: as root, every Postgres program runs as the package's
+  `postgres` user (`runuser -u postgres --`), which must reach `root` (checked up front);
+  otherwise as the current user.
+- Every role logs in with a SCRAM-SHA-256 password (pg_hba: `local all all scram-sha-256`);
+  the verifier is computed here (libpq's PQencryptPasswordConn), so the server never sees the
+  password itself. Each service gets its own role and database (owned by the role, C collation
+  so text sorts as on SQLite); CONNECT and TEMPORARY are revoked from PUBLIC on the database
+  and every privilege on its public schema, so no other role (another service's) can connect
+  to it, nor use its tables were it let in.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+import psycopg
+from psycopg import sql
+
+# Debian's versioned bin directory: initdb and pg_ctl are not on PATH.
+BIN = Path("/usr/lib/postgresql/15/bin")
+ADMIN = "postgres"
+# The socket's name, <run>/.s.PGSQL.<port>: with no TCP listener the port only names it.
+PORT = 5432
+# sun_path holds 108 bytes, the terminating NUL included.
+MAX_SOCKET_PATH = 107
+START_TIMEOUT_SECONDS = 30
+
+
+class ClusterError(RuntimeError):
+    """The cluster cannot be created or started here; the message says why, in one line."""
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """Where one local cluster keeps everything (see module docstring)."""
+
+    root: Path
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def socket_dir(self) -> Path:
+        return self.root / "run"
+
+    @property
+    def secrets(self) -> Path:
+        return self.root / "secrets"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "postgres.log"
+
+    def passfile(self, role: str) -> Path:
+        """`role`'s passfile (libpq's format), 0600."""
+        return self.secrets / f"{role}.pgpass"
+
+    def url(self, database: str, role: str) -> str:
+        """A URL for `role` on `database` over the cluster's socket, its password in its
+        passfile (never in the URL)."""
+        query = (
+            f"host={quote(str(self.socket_dir), safe='/')}&port={PORT}&user={quote(role)}"
+            f"&passfile={quote(str(self.passfile(role)), safe='/')}"
+        )
+        return f"postgresql:///{quote(database)}?{query}"
+
+
+def _as_postgres(command: list[str]) -> list[str]:
+    return ["runuser", "-u", "postgres", "--", *command] if os.geteuid() == 0 else command
+
+
+def _run(command: list[str]) -> None:
+    done = subprocess.run(_as_postgres(command), capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        output = (done.stderr or done.stdout).strip().splitlines()
+        raise ClusterError(f"{Path(command[0]).name} failed: {output[-1] if output else done}")
+
+
+def _give_to_postgres(path: Path) -> None:
+    if os.geteuid() == 0:
+        shutil.chown(path, "postgres", "postgres")
+
+
+def check_place(root: Path) -> None:
+    """Refuse, in one line, a `root` the cluster cannot live under: one the postgres user
+    cannot reach, or whose socket path would be too long."""
+    if not BIN.joinpath("initdb").exists():
+        raise ClusterError(f"{BIN}/initdb not found: install Debian's postgresql package")
+    socket = root.resolve() / "run" / f".s.PGSQL.{PORT}"
+    if len(str(socket).encode()) > MAX_SOCKET_PATH:
+        raise ClusterError(
+            f"{socket} is longer than {MAX_SOCKET_PATH} bytes: choose a shorter directory"
+        )
+    if os.geteuid() == 0:
+        # Each directory above root must let the postgres user through (root's 0700 home,
+        # pytest's 0700 temporary base and a 0700 state directory do not).
+        reach = subprocess.run(_as_postgres(["test", "-x", str(root.resolve().parent)]))
+        if reach.returncode != 0:
+            raise ClusterError(
+                f"the postgres user cannot reach {root.resolve().parent}: choose a directory "
+                "every parent of which it may search (o+x), e.g. under /tmp or /var/lib"
+            )
+
+
+def init(root: Path) -> Cluster:
+    """Create the cluster under `root` (a new or empty directory) with an admin role whose
+    password is in the admin passfile; or return the one already there."""
+    cluster = Cluster(root)
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    check_place(root)
+    if cluster.data.joinpath("PG_VERSION").exists():
+        return cluster
+    cluster.secrets.mkdir(mode=0o700, exist_ok=True)
+    for directory in (cluster.data, cluster.socket_dir):
+        directory.mkdir(mode=0o700, exist_ok=True)
+        _give_to_postgres(directory)
+    _give_to_postgres(root)
+    password = _write_passfile(cluster, ADMIN)
+    # initdb reads the password from a file the postgres user can read: one of its own, gone
+    # once initdb has returned.
+    pwfile = cluster.root / "initdb.pw"
+    pwfile.write_text(password + "\n")
+    pwfile.chmod(0o600)
+    _give_to_postgres(pwfile)
+    try:
+        _run(
+            [
+                str(BIN / "initdb"),
+                f"--pgdata={cluster.data}",
+                f"--username={ADMIN}",
+                f"--pwfile={pwfile}",
+                "--auth=scram-sha-256",
+                "--encoding=UTF8",
+                "--locale=C",
+                # Test and local data: no fsync at initdb (the server itself fsyncs as usual).
+                "--no-sync",
+            ]
+        )
+    finally:
+        pwfile.unlink(missing_ok=True)
+    return cluster
+
+
+def start(cluster: Cluster) -> None:
+    """Start the cluster (sockets only) and wait until it accepts connections."""
+    options = (
+        f"-c listen_addresses='' -c port={PORT} -c unix_socket_directories='{cluster.socket_dir}'"
+        " -c unix_socket_permissions=0700"
+    )
+    if not cluster.log.exists():
+        cluster.log.touch(mode=0o600)
+        _give_to_postgres(cluster.log)
+    _run(
+        [
+            str(BIN / "pg_ctl"),
+            f"--pgdata={cluster.data}",
+            f"--log={cluster.log}",
+            f"--options={options}",
+            f"--timeout={START_TIMEOUT_SECONDS}",
+            "--wait",
+            "--silent",
+            "start",
+        ]
+    )
+
+
+def stop(cluster: Cluster) -> None:
+    """Stop the cluster (fast: open sessions are ended), keeping its data."""
+    if not cluster.data.joinpath("postmaster.pid").exists():
+        return
+    _run(
+        [
+            str(BIN / "pg_ctl"),
+            f"--pgdata={cluster.data}",
+            "--mode=fast",
+            f"--timeout={START_TIMEOUT_SECONDS}",
+            "--wait",
+            "--silent",
+            "stop",
+        ]
+    )
+
+
+def drop_service_database(cluster: Cluster, name: str) -> None:
+    """Drop database `name` (ending its sessions) and role `name`, and forget its password."""
+    with psycopg.connect(admin_url(cluster), autocommit=True) as admin:
+        admin.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
+        admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
+    cluster.passfile(name).unlink(missing_ok=True)
+
+
+def admin_url(cluster: Cluster, database: str = "postgres") -> str:
+    """The admin role's URL (the superuser initdb created)."""
+    return cluster.url(database, ADMIN)
+
+
+def create_service_database(cluster: Cluster, name: str) -> str:
+    """Create role `name` (SCRAM password in its passfile) and database `name` owned by it,
+    private to it; return its URL. Idempotent: an existing role and database are kept (and
+    made private again)."""
+    with psycopg.connect(admin_url(cluster), autocommit=True) as admin:
+        exists = admin.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (name,)).fetchone()
+        if exists is None or not cluster.passfile(name).exists():
+            password = _write_passfile(cluster, name)
+            verifier = admin.pgconn.encrypt_password(
+                password.encode(), name.encode(), b"scram-sha-256"
+            ).decode()
+            verb = sql.SQL("ALTER" if exists else "CREATE")
+            admin.execute(
+                sql.SQL("{} ROLE {} LOGIN PASSWORD {}").format(
+                    verb, sql.Identifier(name), sql.Literal(verifier)
+                )
+            )
+        if (
+            admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+            is None
+        ):
+            admin.execute(
+                sql.SQL(
+                    "CREATE DATABASE {} OWNER {} TEMPLATE template0 ENCODING 'UTF8' LOCALE 'C'"
+                ).format(sql.Identifier(name), sql.Identifier(name))
+            )
+        admin.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(sql.Identifier(name)))
+    with psycopg.connect(admin_url(cluster, name), autocommit=True) as owner_db:
+        owner_db.execute("REVOKE ALL ON SCHEMA public FROM PUBLIC")
+        owner_db.execute(sql.SQL("GRANT ALL ON SCHEMA public TO {}").format(sql.Identifier(name)))
+    return cluster.url(name, name)
+
+
+def _write_passfile(cluster: Cluster, role: str) -> str:
+    """A new password for `role`, written to its passfile (0600 from its creation)."""
+    password = secrets.token_urlsafe(32)
+    path = cluster.passfile(role)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as file:
+        # host:port:database:user:password; the host of a socket connection is its directory.
+        file.write(f"*:*:*:{role}:{password}\n")
+    return password
