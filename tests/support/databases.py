@@ -53,3 +53,33 @@ def files_containing(db_path: Path, needle: bytes) -> list[str]:
     their bytes, free pages and old WAL frames included."""
     files = [db_path, *(db_path.with_name(db_path.name + suffix) for suffix in ("-wal", "-shm"))]
     return [file.name for file in files if file.exists() and needle in file.read_bytes()]
+
+
+def schema_version(location: Path | str) -> int:
+    """The schema version a database records (SQLite's user_version, or shopmesh_schema)."""
+    if is_postgres(location):
+        return count_rows(location, "SELECT version FROM shopmesh_schema")
+    return count_rows(location, "PRAGMA user_version")
+
+
+def fail_on(location: Path | str, event: str, table: str, message: str) -> None:
+    """Make every `event` (INSERT, UPDATE) on `table` fail with an integrity error carrying
+    `message`, through a trigger in the database's own dialect."""
+    name = f"fail_{event}_{table}".lower()
+    if not is_postgres(location):
+        query(
+            location,
+            f"CREATE TRIGGER {name} BEFORE {event} ON {table}"
+            f" BEGIN SELECT RAISE(ABORT, '{message}'); END",
+        )
+        return
+    query(
+        location,
+        f"CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+        f" RAISE EXCEPTION '{message}' USING ERRCODE = 'integrity_constraint_violation';"
+        f" END $$",
+    )
+    query(
+        location,
+        f"CREATE TRIGGER {name} BEFORE {event} ON {table} FOR EACH ROW EXECUTE FUNCTION {name}()",
+    )

@@ -30,7 +30,7 @@ class World:
     """The saga and the orders service over one store file, and the fakes they call. Call
     `open()` first; `restart()` drops the in-memory state, as a new process would."""
 
-    path: Path
+    path: Path | str
     users: FakeUsers = field(default_factory=lambda: FakeUsers(known={USER}))
     inventory: FakeInventory = field(default_factory=FakeInventory)
     payments: FakePayments = field(default_factory=FakePayments)

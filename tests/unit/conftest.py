@@ -11,9 +11,9 @@ from tests.support.orders_world import World
 
 
 @pytest.fixture
-async def world(tmp_path: Path) -> AsyncIterator[World]:
-    """The orders saga's world (see tests.support.orders_world) on a fresh store file."""
-    opened = World(tmp_path / "orders.db")
+async def world(db_location: Path | str) -> AsyncIterator[World]:
+    """The orders saga's world (see tests.support.orders_world) on a fresh store, per backend."""
+    opened = World(db_location)
     await opened.open()
     yield opened
     await opened.close()

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from collections import Counter
 from collections.abc import AsyncIterator
-from contextlib import closing
 from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -14,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from services.common.config import ServiceConfig
-from services.common.database import Database
+from services.common.database import Database, Migrations
 from services.common.errors import AlreadyExists, DomainError, FailedPrecondition, NotFound
 from services.common.sql import Connection
 from services.inventory.app import open_store
@@ -26,6 +24,7 @@ from services.inventory.domain import (
     ReservationStatus,
 )
 from services.inventory.store import MIGRATIONS, SqliteInventoryStore
+from tests.support.databases import INTEGRITY_ERRORS, query
 from tests.support.samples import CATALOG, T0, item, reserved, usd
 
 
@@ -41,12 +40,12 @@ class FakeClock:
 
 
 @pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "inventory.db"
+def db_path(db_location: Path | str) -> Path | str:
+    return db_location
 
 
 @pytest.fixture
-async def store(db_path: Path) -> AsyncIterator[SqliteInventoryStore]:
+async def store(db_path: Path | str) -> AsyncIterator[SqliteInventoryStore]:
     opened = await SqliteInventoryStore.open(db_path)
     await opened.seed(CATALOG)
     yield opened
@@ -62,11 +61,18 @@ async def available(inventory: Inventory, sku: str) -> int:
     return (await inventory.get_product(sku)).available
 
 
-def config_for(db_path: Path) -> ServiceConfig:
-    return ServiceConfig(service="inventory", listen="unix:/unused.sock", db_path=db_path)
+def config_for(db_path: Path | str) -> ServiceConfig:
+    if isinstance(db_path, Path):
+        return ServiceConfig(service="inventory", listen="unix:/unused.sock", db_path=db_path)
+    return ServiceConfig(
+        service="inventory",
+        listen="unix:/unused.sock",
+        db_path=Path("/unused.db"),
+        database_url=db_path,
+    )
 
 
-async def test_seed_catalog_is_loaded_on_first_start_only(db_path: Path) -> None:
+async def test_seed_catalog_is_loaded_on_first_start_only(db_path: Path | str) -> None:
     first = await open_store(config_for(db_path))
     await Inventory(first).reserve("ord_1", [item("MUG-01", 4)])
     await first.close()
@@ -98,14 +104,14 @@ async def test_products_are_listed_by_sku_one_page_at_a_time(inventory: Inventor
 
 
 async def test_product_pages_do_not_shift_when_products_are_added_between_them(
-    store: SqliteInventoryStore, db_path: Path, inventory: Inventory
+    store: SqliteInventoryStore, db_path: Path | str, inventory: Inventory
 ) -> None:
     first = await inventory.list_products(2, "")
-    with closing(sqlite3.connect(db_path)) as db, db:
-        db.execute(
-            "INSERT INTO products (sku, name, description, currency_code, price_minor_units,"
-            " on_hand) VALUES ('AAA-01', 'First', '', 'USD', 1, 1)"
-        )
+    query(
+        db_path,
+        "INSERT INTO products (sku, name, description, currency_code, price_minor_units,"
+        " on_hand) VALUES ('AAA-01', 'First', '', 'USD', 1, 1)",
+    )
     rest = await inventory.list_products(10, first.next_page_token)
     assert [p.sku for p in first.products + rest.products] == [p.sku for p in CATALOG]
 
@@ -129,14 +135,13 @@ async def test_reserve_holds_stock_without_selling_it(inventory: Inventory) -> N
     assert (mug.on_hand, mug.held, mug.available) == (10, 3, 7)
 
 
-def set_price(db_path: Path, sku: str, minor_units: int) -> None:
+def set_price(db_path: Path | str, sku: str, minor_units: int) -> None:
     """Change a product's price behind the service's back (as a catalog update would)."""
-    with closing(sqlite3.connect(db_path)) as db, db:
-        db.execute("UPDATE products SET price_minor_units = ? WHERE sku = ?", (minor_units, sku))
+    query(db_path, "UPDATE products SET price_minor_units = ? WHERE sku = ?", (minor_units, sku))
 
 
 async def test_reservation_keeps_the_prices_it_was_made_at(
-    inventory: Inventory, db_path: Path
+    inventory: Inventory, db_path: Path | str
 ) -> None:
     first = await inventory.reserve("ord_1", [item("MUG-01", 1)])
     set_price(db_path, "MUG-01", 1499)
@@ -153,10 +158,12 @@ async def test_reservation_keeps_the_prices_it_was_made_at(
 
 
 async def test_reservations_made_before_prices_were_recorded_get_their_products_price(
-    db_path: Path,
+    db_path: Path | str,
 ) -> None:
-    # A database at the schema before prices (MIGRATIONS[:1]) holding one reservation.
-    old = await Database.open(db_path, MIGRATIONS.sqlite[:1])
+    # A database at the schema before prices (each backend's first migration) holding one
+    # reservation.
+    before_prices = Migrations(sqlite=MIGRATIONS.sqlite[:1], postgres=MIGRATIONS.postgres[:1])
+    old = await Database.open(db_path, before_prices)
 
     def fill(db: Connection) -> None:
         db.execute(
@@ -283,7 +290,7 @@ async def test_unknown_reservation_is_not_found(inventory: Inventory, action: st
 
 
 async def test_reservation_survives_a_restart(
-    db_path: Path, store: SqliteInventoryStore, inventory: Inventory
+    db_path: Path | str, store: SqliteInventoryStore, inventory: Inventory
 ) -> None:
     held = await inventory.reserve("ord_1", [item("MUG-01", 3)])
     await store.close()
@@ -295,20 +302,19 @@ async def test_reservation_survives_a_restart(
         await reopened.close()
 
 
-async def test_database_refuses_negative_stock(store: SqliteInventoryStore, db_path: Path) -> None:
-    raw = sqlite3.connect(db_path)
-    try:
-        with pytest.raises(sqlite3.IntegrityError, match="CHECK"):
-            raw.execute("UPDATE products SET held = on_hand + 1 WHERE sku = 'MUG-01'")
-    finally:
-        raw.close()
+async def test_database_refuses_negative_stock(
+    store: SqliteInventoryStore, db_path: Path | str
+) -> None:
+    with pytest.raises(INTEGRITY_ERRORS, match=r"(?i)check constraint"):
+        query(db_path, "UPDATE products SET held = on_hand + 1 WHERE sku = 'MUG-01'")
 
 
 async def test_concurrent_reservations_never_oversell(
-    store: SqliteInventoryStore, db_path: Path
+    store: SqliteInventoryStore, db_path: Path | str
 ) -> None:
-    # Separate databases on one file, as separate processes would have them: SQLite's write
-    # lock must serialize each check and hold across them, and each writer thread within one.
+    # Separate databases on one file (or Postgres database), as separate processes would have
+    # them: SQLite's write lock (Postgres: the writers' advisory lock) must serialize each
+    # check and hold across them, and each writer thread within one.
     others = [await SqliteInventoryStore.open(db_path) for _ in range(2)]
     services = [Inventory(s) for s in (store, *others)]
 

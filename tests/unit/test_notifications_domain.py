@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,6 +34,7 @@ from services.notifications.domain import (
     validate_watch,
 )
 from services.notifications.store import SqliteNotificationStore
+from tests.support.databases import INTEGRITY_ERRORS
 from tests.support.samples import OCCURRED, make_event, make_notification
 
 
@@ -43,8 +43,8 @@ def fields(error: InvalidArgument) -> list[str]:
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteNotificationStore]:
-    opened = await SqliteNotificationStore.open(tmp_path / "notifications.db")
+async def store(db_location: Path | str) -> AsyncIterator[SqliteNotificationStore]:
+    opened = await SqliteNotificationStore.open(db_location)
     yield opened
     await opened.close()
 
@@ -263,8 +263,10 @@ async def test_same_event_id_with_other_content_is_a_conflict_that_writes_nothin
     assert len((await store.list_for_user(ListQuery("usr_1", 10, None))).notifications) == 1
 
 
-async def test_duplicates_are_detected_after_reopening_the_database(tmp_path: Path) -> None:
-    path = tmp_path / "notifications.db"
+async def test_duplicates_are_detected_after_reopening_the_database(
+    db_location: Path | str,
+) -> None:
+    path = db_location
     first = await SqliteNotificationStore.open(path)
     await record(first, make_event())
     await first.close()
@@ -281,7 +283,7 @@ async def test_event_is_not_kept_when_its_notification_cannot_be_stored(
     await record(store, make_event(event_id="evt_1"), number=1)
     clashing = make_event(event_id="evt_2")
     # Reusing notification id ntf_1 violates its UNIQUE constraint after the event row went in.
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(INTEGRITY_ERRORS):
         await store.record(clashing, event_fingerprint(clashing), make_notification(clashing, 1))
     assert await record(store, clashing, number=2) is RecordOutcome.CREATED
 

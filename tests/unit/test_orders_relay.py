@@ -30,8 +30,8 @@ T0 = datetime(2025, 1, 1, tzinfo=UTC)
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteOrderStore]:
-    s = await SqliteOrderStore.open(tmp_path / "orders.db")
+async def store(db_location: Path | str) -> AsyncIterator[SqliteOrderStore]:
+    s = await SqliteOrderStore.open(db_location)
     yield s
     await s.close()
 

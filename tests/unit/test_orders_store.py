@@ -1,8 +1,7 @@
-"""The orders SQLite store: orders, saga state, idempotency keys and the transactional outbox."""
+"""The orders store on each backend: orders, saga state, idempotency keys and the outbox."""
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -23,17 +22,18 @@ from services.orders.domain import (
     SagaStep,
 )
 from services.orders.store import SqliteOrderStore
+from tests.support.databases import INTEGRITY_ERRORS, fail_on, query
 
 T0 = datetime(2025, 1, 1, 12, 0, 0, 123456, tzinfo=UTC)
 
 
 @pytest.fixture
-def path(tmp_path: Path) -> Path:
-    return tmp_path / "orders.db"
+def path(db_location: Path | str) -> Path | str:
+    return db_location
 
 
 @pytest.fixture
-async def store(path: Path) -> AsyncIterator[SqliteOrderStore]:
+async def store(path: Path | str) -> AsyncIterator[SqliteOrderStore]:
     s = await SqliteOrderStore.open(path)
     yield s
     await s.close()
@@ -74,9 +74,8 @@ def confirmed(order: Order) -> tuple[Order, SagaState, OrderEvent]:
     return priced, SagaState(SagaStep.DONE, outcome=OrderStatus.CONFIRMED), event
 
 
-def outbox_rows(path: Path) -> list[tuple[str, str]]:
-    with sqlite3.connect(path) as db:
-        return db.execute("SELECT event_id, state FROM outbox ORDER BY sequence").fetchall()
+def outbox_rows(path: Path | str) -> list[tuple[object, ...]]:
+    return query(path, "SELECT event_id, state FROM outbox ORDER BY sequence")
 
 
 async def test_created_order_loads_back_with_its_saga_state(store: SqliteOrderStore) -> None:
@@ -108,7 +107,9 @@ async def test_same_key_with_another_fingerprint_is_already_exists(store: Sqlite
     assert await store.load("ord_2") is None
 
 
-async def test_saved_state_survives_reopening_the_file(store: SqliteOrderStore, path: Path) -> None:
+async def test_saved_state_survives_reopening_the_file(
+    store: SqliteOrderStore, path: Path | str
+) -> None:
     await store.create("key-1", "fp", new_order(), START)
     order, saga, event = confirmed(new_order())
     await store.save(order, saga, event)
@@ -123,7 +124,7 @@ async def test_saved_state_survives_reopening_the_file(store: SqliteOrderStore, 
 
 
 async def test_save_with_an_event_writes_the_order_and_the_outbox_row(
-    store: SqliteOrderStore, path: Path
+    store: SqliteOrderStore, path: Path | str
 ) -> None:
     await store.create("key-1", "fp", new_order(), START)
     order, saga, event = confirmed(new_order())
@@ -137,33 +138,27 @@ async def test_save_with_an_event_writes_the_order_and_the_outbox_row(
 
 
 async def test_failed_outbox_insert_rolls_back_the_state_change(
-    store: SqliteOrderStore, path: Path
+    store: SqliteOrderStore, path: Path | str
 ) -> None:
     await store.create("key-1", "fp", new_order(), START)
-    with sqlite3.connect(path) as db:
-        db.execute(
-            "CREATE TRIGGER outbox_down BEFORE INSERT ON outbox"
-            " BEGIN SELECT RAISE(ABORT, 'outbox down'); END"
-        )
+    fail_on(path, "INSERT", "outbox", "outbox down")
     order, saga, event = confirmed(new_order())
 
-    with pytest.raises(sqlite3.IntegrityError, match="outbox down"):
+    with pytest.raises(INTEGRITY_ERRORS, match="outbox down"):
         await store.save(order, saga, event)
 
     assert await store.load("ord_1") == (new_order(), START)
     assert outbox_rows(path) == []
 
 
-async def test_failed_order_update_writes_no_event(store: SqliteOrderStore, path: Path) -> None:
+async def test_failed_order_update_writes_no_event(
+    store: SqliteOrderStore, path: Path | str
+) -> None:
     await store.create("key-1", "fp", new_order(), START)
-    with sqlite3.connect(path) as db:
-        db.execute(
-            "CREATE TRIGGER saga_down BEFORE UPDATE ON saga_state"
-            " BEGIN SELECT RAISE(ABORT, 'saga down'); END"
-        )
+    fail_on(path, "UPDATE", "saga_state", "saga down")
     order, saga, event = confirmed(new_order())
 
-    with pytest.raises(sqlite3.IntegrityError, match="saga down"):
+    with pytest.raises(INTEGRITY_ERRORS, match="saga down"):
         await store.save(order, saga, event)
 
     assert outbox_rows(path) == []
@@ -172,12 +167,14 @@ async def test_failed_order_update_writes_no_event(store: SqliteOrderStore, path
     assert loaded[0].status is OrderStatus.PENDING
 
 
-async def test_an_event_id_is_written_at_most_once(store: SqliteOrderStore, path: Path) -> None:
+async def test_an_event_id_is_written_at_most_once(
+    store: SqliteOrderStore, path: Path | str
+) -> None:
     await store.create("key-1", "fp", new_order(), START)
     order, saga, event = confirmed(new_order())
     await store.save(order, saga, event)
 
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(INTEGRITY_ERRORS):
         await store.save(replace(order, payment_id="pay_2"), saga, event)
 
     assert outbox_rows(path) == [("ord_1:confirmed", "PENDING")]
@@ -229,7 +226,7 @@ async def test_pending_events_come_in_write_order_until_delivered(store: SqliteO
 
 
 async def test_recorded_failures_keep_or_park_the_event(
-    store: SqliteOrderStore, path: Path
+    store: SqliteOrderStore, path: Path | str
 ) -> None:
     for order_id in ("ord_a", "ord_b"):
         await store.create(order_id, "fp", new_order(order_id), START)
@@ -239,7 +236,6 @@ async def test_recorded_failures_keep_or_park_the_event(
     await store.record_failure(["ord_b:confirmed"], "refused", give_up=True)
 
     assert outbox_rows(path) == [("ord_a:confirmed", "PENDING"), ("ord_b:confirmed", "FAILED")]
-    with sqlite3.connect(path) as db:
-        assert db.execute(
-            "SELECT attempts, last_error FROM outbox WHERE event_id = ?", ("ord_a:confirmed",)
-        ).fetchone() == (1, "unreachable")
+    assert query(
+        path, "SELECT attempts, last_error FROM outbox WHERE event_id = ?", ("ord_a:confirmed",)
+    ) == [(1, "unreachable")]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import sqlite3
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -36,7 +35,7 @@ from services.payments.domain import (
 )
 from services.payments.store import SqlitePaymentStore
 from tests.support.clock import ManualClock
-from tests.support.databases import count_rows
+from tests.support.databases import INTEGRITY_ERRORS, count_rows
 
 T0 = datetime(2025, 3, 1, 12, 0, 0, 250001, tzinfo=UTC)
 USD_12_99 = Money("USD", 1299)
@@ -46,12 +45,12 @@ OWNER = "usr_ada"
 
 
 @pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "payments.db"
+def db_path(db_location: Path | str) -> Path | str:
+    return db_location
 
 
 @pytest.fixture
-async def store(db_path: Path) -> AsyncIterator[SqlitePaymentStore]:
+async def store(db_path: Path | str) -> AsyncIterator[SqlitePaymentStore]:
     store = await SqlitePaymentStore.open(db_path, KEY)
     yield store
     await store.close()
@@ -175,7 +174,7 @@ async def test_get_returns_the_charged_payment(payments: Payments) -> None:
 
 
 async def test_repeated_charge_with_same_key_returns_the_same_payment(
-    payments: Payments, clock: ManualClock, db_path: Path
+    payments: Payments, clock: ManualClock, db_path: Path | str
 ) -> None:
     first = await charge(payments)
     clock.now = T0 + timedelta(seconds=5)
@@ -183,7 +182,9 @@ async def test_repeated_charge_with_same_key_returns_the_same_payment(
     assert count_rows(db_path, "SELECT COUNT(*) FROM payments") == 1
 
 
-async def test_different_keys_make_different_payments(payments: Payments, db_path: Path) -> None:
+async def test_different_keys_make_different_payments(
+    payments: Payments, db_path: Path | str
+) -> None:
     first = await charge(payments, "key-1")
     second = await charge(payments, "key-2")
     assert first.payment_id != second.payment_id
@@ -200,7 +201,7 @@ async def test_different_keys_make_different_payments(payments: Payments, db_pat
     ],
 )
 async def test_same_key_with_different_parameters_is_key_reuse(
-    payments: Payments, db_path: Path, changes: dict[str, Any]
+    payments: Payments, db_path: Path | str, changes: dict[str, Any]
 ) -> None:
     await charge(payments)
     with pytest.raises(AlreadyExists) as raised:
@@ -215,7 +216,7 @@ async def test_same_key_with_different_parameters_is_key_reuse(
     [("tok_chargeDeclined", "generic_decline"), ("tok_insufficientFunds", "insufficient_funds")],
 )
 async def test_declined_card_is_card_declined_with_its_code(
-    payments: Payments, db_path: Path, token: str, decline_code: str
+    payments: Payments, db_path: Path | str, token: str, decline_code: str
 ) -> None:
     with pytest.raises(FailedPrecondition) as raised:
         await charge(payments, payment_token=token)
@@ -226,7 +227,9 @@ async def test_declined_card_is_card_declined_with_its_code(
     assert count_rows(db_path, "SELECT COUNT(*) FROM payments") == 0
 
 
-async def test_declined_attempt_is_recorded_and_replayed(payments: Payments, db_path: Path) -> None:
+async def test_declined_attempt_is_recorded_and_replayed(
+    payments: Payments, db_path: Path | str
+) -> None:
     with pytest.raises(FailedPrecondition) as first:
         await charge(payments, payment_token="tok_insufficientFunds")
     with pytest.raises(FailedPrecondition) as again:
@@ -319,19 +322,19 @@ async def test_empty_payment_id_is_invalid(payments: Payments, operation: str) -
 
 
 async def test_payment_is_not_kept_without_its_idempotency_record(
-    store: SqlitePaymentStore, db_path: Path
+    store: SqlitePaymentStore, db_path: Path | str
 ) -> None:
     attempt = ChargeAttempt("key-1", "ord_1", USD_12_99, card_of("tok_visa", KEY))
     payment = Payment("pay_1", "ord_1", USD_12_99, PaymentStatus.CAPTURED, T0, T0)
     # A record with both a payment and a decline violates the attempts table's CHECK, so the
     # second INSERT fails after the first succeeded: the transaction must undo both.
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(INTEGRITY_ERRORS):
         await store.record_charge(attempt, payment, Decline("generic_decline", "declined"), T0)
     assert await store.get("pay_1") is None
     assert count_rows(db_path, "SELECT COUNT(*) FROM charge_attempts") == 0
 
 
-async def test_payments_and_keys_survive_a_restart(payments: Payments, db_path: Path) -> None:
+async def test_payments_and_keys_survive_a_restart(payments: Payments, db_path: Path | str) -> None:
     payment = await charge(payments)
     with pytest.raises(FailedPrecondition):
         await charge(payments, "key-2", payment_token="tok_chargeDeclined")

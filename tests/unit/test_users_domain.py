@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import AsyncIterator
-from contextlib import closing
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -28,18 +26,18 @@ from services.users.domain import (
 )
 from services.users.store import MIGRATIONS, SqliteUserStore
 from services.users.throttle import SignInLimits, ThrottlePolicy
-from tests.support.databases import count_rows
+from tests.support.databases import count_rows, schema_version
 
 NOW = datetime(2025, 3, 1, 12, 30, 45, 123456, tzinfo=UTC)
 
 
 @pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "users.db"
+def db_path(db_location: Path | str) -> Path | str:
+    return db_location
 
 
 @pytest.fixture
-async def store(db_path: Path) -> AsyncIterator[SqliteUserStore]:
+async def store(db_path: Path | str) -> AsyncIterator[SqliteUserStore]:
     store = await SqliteUserStore.open(db_path)
     yield store
     await store.close()
@@ -210,7 +208,9 @@ async def test_taken_email_without_request_id_is_email_taken(users: Users) -> No
     assert raised.value.reason == "EMAIL_TAKEN"
 
 
-async def test_email_taken_attempt_does_not_create_a_user(users: Users, db_path: Path) -> None:
+async def test_email_taken_attempt_does_not_create_a_user(
+    users: Users, db_path: Path | str
+) -> None:
     await users.create("", "ada@example.com", "Ada")
     with pytest.raises(AlreadyExists):
         await users.create("req-2", "ada@example.com", "Ada")
@@ -223,7 +223,7 @@ def throttled_sign_ups(store: SqliteUserStore, free_refusals: int) -> Users:
 
 
 async def test_refused_sign_ups_from_one_address_are_throttled_there_only(
-    store: SqliteUserStore, db_path: Path
+    store: SqliteUserStore, db_path: Path | str
 ) -> None:
     users = throttled_sign_ups(store, free_refusals=2)
     await users.create("", "ada@example.com", "Ada")
@@ -281,7 +281,9 @@ async def test_get_of_another_user_is_not_found_like_an_unknown_id(users: Users)
     assert other.value.metadata == {"user_id": grace.user_id}
 
 
-async def test_user_survives_a_restart_with_exact_create_time(users: Users, db_path: Path) -> None:
+async def test_user_survives_a_restart_with_exact_create_time(
+    users: Users, db_path: Path | str
+) -> None:
     user = await users.create("", "ada@example.com", "Ada")
     reopened = await SqliteUserStore.open(db_path)
     try:
@@ -290,7 +292,7 @@ async def test_user_survives_a_restart_with_exact_create_time(users: Users, db_p
         await reopened.close()
 
 
-async def test_request_id_is_remembered_across_a_restart(users: Users, db_path: Path) -> None:
+async def test_request_id_is_remembered_across_a_restart(users: Users, db_path: Path | str) -> None:
     user = await users.create("req-1", "ada@example.com", "Ada")
     reopened = await SqliteUserStore.open(db_path)
     try:
@@ -299,6 +301,7 @@ async def test_request_id_is_remembered_across_a_restart(users: Users, db_path: 
         await reopened.close()
 
 
-async def test_store_records_its_schema_version(store: SqliteUserStore, db_path: Path) -> None:
-    with closing(sqlite3.connect(db_path)) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+async def test_store_records_its_schema_version(
+    store: SqliteUserStore, db_path: Path | str
+) -> None:
+    assert schema_version(db_path) == len(MIGRATIONS)
