@@ -17,6 +17,7 @@ from grpc import aio
 pytest.register_assert_rewrite("tests.support")
 
 from shopmesh.local import postgres  # noqa: E402
+from tests.support.databases import BOTH_BACKENDS  # noqa: E402
 from tests.support.services import ServiceRunner  # noqa: E402  (after the registration)
 
 _DATABASE_NUMBERS = itertools.count()
@@ -45,7 +46,7 @@ def postgres_database(postgres_cluster: postgres.Cluster) -> Iterator[str]:
     postgres.drop_service_database(postgres_cluster, name)
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.fixture(params=BOTH_BACKENDS)
 def db_location(request: pytest.FixtureRequest, tmp_path: Path) -> Path | str:
     """Where a store's database lives, once per backend: a new SQLite file, or a fresh
     Postgres database's URL (`-m "not postgres"` runs the SQLite half alone)."""
@@ -65,9 +66,31 @@ def socket_dir() -> Iterator[Path]:
 
 
 @pytest.fixture
-async def services(socket_dir: Path, tmp_path: Path) -> AsyncIterator[ServiceRunner]:
+def services_backend(request: pytest.FixtureRequest) -> Callable[[str], str] | None:
+    """Where in-process services keep their stores: SQLite files (the default), or, for a
+    module parametrized with BOTH_BACKENDS (ON_BOTH_BACKENDS), also a fresh Postgres database
+    per service."""
+    if getattr(request, "param", "sqlite") == "sqlite":
+        return None
+    cluster: postgres.Cluster = request.getfixturevalue("postgres_cluster")
+    urls: dict[str, str] = {}
+
+    def database(service: str) -> str:
+        if service not in urls:
+            name = f"test_{next(_DATABASE_NUMBERS)}_{service.replace('-', '_')}"
+            urls[service] = postgres.create_service_database(cluster, name)
+            request.addfinalizer(lambda: postgres.drop_service_database(cluster, name))
+        return urls[service]
+
+    return database
+
+
+@pytest.fixture
+async def services(
+    socket_dir: Path, tmp_path: Path, services_backend: Callable[[str], str] | None
+) -> AsyncIterator[ServiceRunner]:
     """Start services with `await services.start("users", build)`; all stop at teardown."""
-    runner = ServiceRunner(socket_dir, tmp_path, [])
+    runner = ServiceRunner(socket_dir, tmp_path, [], services_backend)
     try:
         yield runner
     finally:

@@ -25,7 +25,7 @@ from shop.orders.v1 import orders_pb2
 from shop.payments.v1 import payments_pb2
 from shop.users.v1 import users_pb2, users_pb2_grpc
 from tests.support.callers import as_user
-from tests.support.databases import count_rows
+from tests.support.databases import ON_BOTH_BACKENDS, count_rows
 from tests.support.errors import expect_error_info
 from tests.support.services import ServiceRunner
 from tests.support.shop import (
@@ -37,6 +37,8 @@ from tests.support.shop import (
     start_shop,
     usd,
 )
+
+pytestmark = ON_BOTH_BACKENDS
 
 # --- checkout ----------------------------------------------------------------------------
 

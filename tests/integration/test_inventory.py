@@ -21,10 +21,13 @@ from shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from shop.inventory.v1.inventory_pb2 import ReservationItem
 from shopmesh.local.health import health_check
 from tests.support.calls import RELEASED_NOTHING, answered, release_nothing, summary, timed
+from tests.support.databases import ON_BOTH_BACKENDS
 from tests.support.db_locks import WriteWatch, serves_while_a_write_waits
 from tests.support.errors import expect_error_info
 from tests.support.services import ServiceRunner
 from tests.support.shop import usd
+
+pytestmark = ON_BOTH_BACKENDS
 
 if TYPE_CHECKING:
     from shop.inventory.v1.inventory_pb2_grpc import InventoryServiceAsyncStub
@@ -307,7 +310,7 @@ async def test_release_naming_no_order_is_answered_without_touching_the_database
 
     assert summary([outcome]) == {RELEASED_NOTHING: 1}
     assert answered(outcome)
-    assert database_writes.calls(services.config("inventory").db_path) == 0
+    assert database_writes.calls(services.config("inventory").database) == 0
 
 
 # --- lifecycle -----------------------------------------------------------------------------------
@@ -366,7 +369,7 @@ async def test_get_product_and_health_answer_while_a_reservation_waits_for_the_d
     inventory = inventory_pb2_grpc.InventoryServiceStub(channel)
 
     held = await serves_while_a_write_waits(
-        db_path=services.config("inventory").db_path,
+        db_path=services.config("inventory").database,
         channel=channel,
         writes=database_writes,
         read=lambda: inventory.GetProduct(inventory_pb2.GetProductRequest(sku="MUG-01")),

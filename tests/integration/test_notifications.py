@@ -22,11 +22,14 @@ from shop.common.v1 import money_pb2
 from shop.notifications.v1 import notifications_pb2 as pb
 from shop.notifications.v1 import notifications_pb2_grpc as pb_grpc
 from tests.support.callers import as_user
+from tests.support.databases import ON_BOTH_BACKENDS
 from tests.support.db_locks import WriteWatch, serves_while_a_write_waits
 from tests.support.errors import expect_error_info
 from tests.support.notifications import WAIT, Notifications, Stub, list_all, order_event
 from tests.support.polling import eventually
 from tests.support.services import ServiceRunner
+
+pytestmark = ON_BOTH_BACKENDS
 
 
 def domain_event(**changes: Any) -> OrderEvent:
@@ -295,7 +298,7 @@ async def test_list_and_health_answer_while_a_publication_waits_for_the_database
     await publish(notifications.stub, event_id="evt_1")
 
     published = await serves_while_a_write_waits(
-        db_path=services.config("notifications").db_path,
+        db_path=services.config("notifications").database,
         channel=notifications.channel,
         writes=database_writes,
         read=lambda: list_all(notifications.stub, "usr_1"),

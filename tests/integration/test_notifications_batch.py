@@ -13,8 +13,11 @@ from services.common.status import field_violations
 from services.notifications.domain import MAX_BATCH_EVENTS
 from shop.notifications.v1 import notifications_pb2 as pb
 from tests.support.callers import as_user
+from tests.support.databases import ON_BOTH_BACKENDS
 from tests.support.errors import expect_error_info
 from tests.support.notifications import WAIT, Notifications, Stub, list_all, order_event
+
+pytestmark = ON_BOTH_BACKENDS
 
 
 async def publish_all(stub: Stub, *events: pb.OrderEvent) -> pb.PublishOrderEventsResponse:

@@ -12,9 +12,11 @@ from services.common.status import field_violations
 from shop.inventory.v1 import inventory_pb2
 from shop.orders.v1 import orders_pb2
 from tests.support.callers import as_user
-from tests.support.databases import count_rows
+from tests.support.databases import ON_BOTH_BACKENDS, count_rows
 from tests.support.db_locks import WriteWatch, serves_while_a_write_waits
 from tests.support.shop import Channels, Shop, as_async, eventually, place_request
+
+pytestmark = ON_BOTH_BACKENDS
 
 STICKER = (("STICKER-01", 1),)
 PENDING_EVENTS = "SELECT COUNT(*) FROM outbox WHERE state = 'PENDING'"

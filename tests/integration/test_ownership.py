@@ -14,20 +14,20 @@ import pytest
 from grpc import aio
 
 from services.common.caller import NOT_YOUR_DATA, SIGN_IN_REQUIRED
-from services.common.database import Database
+from services.common.database import Database, Migrations
 from services.common.errors import ERROR_DOMAIN
 from services.common.sql import Connection
 from services.orders.domain import new_order_id
 from services.payments.app import build as build_payments
 from services.payments.domain import new_payment_id
-from services.payments.store import SCHEMA_V1
+from services.payments.store import POSTGRES_SCHEMA_V1, SCHEMA_V1
 from services.users.domain import new_user_id
 from shop.notifications.v1 import notifications_pb2
 from shop.orders.v1 import orders_pb2
 from shop.payments.v1 import payments_pb2, payments_pb2_grpc
 from shop.users.v1 import users_pb2
 from tests.support.callers import CallerLog, as_user, refusal
-from tests.support.databases import count_rows
+from tests.support.databases import ON_BOTH_BACKENDS, count_rows
 from tests.support.errors import expect_error_info
 from tests.support.services import ServiceRunner
 from tests.support.shop import (
@@ -39,6 +39,8 @@ from tests.support.shop import (
     place_request,
     start_shop,
 )
+
+pytestmark = ON_BOTH_BACKENDS
 
 Call = Callable[[Shop, Any], Awaitable[Any]]
 
@@ -220,8 +222,8 @@ async def test_someone_elses_payment_is_not_found_exactly_like_an_unknown_id(sho
 async def test_a_payment_from_before_owners_is_readable_by_nobody(
     services: ServiceRunner, channels: Channels
 ) -> None:
-    db_path = services.config("payments").db_path
-    old = await Database.open(db_path, [SCHEMA_V1])
+    version_1 = Migrations(sqlite=[SCHEMA_V1], postgres=[POSTGRES_SCHEMA_V1])
+    old = await Database.open(services.config("payments").database, version_1)
     payment_id, unknown = new_payment_id(), new_payment_id()
 
     def old_payment(db: Connection) -> None:

@@ -15,10 +15,12 @@ from services.payments.app import build
 from shop.common.v1 import money_pb2
 from shop.payments.v1 import payments_pb2, payments_pb2_grpc
 from tests.support.callers import as_user
-from tests.support.databases import count_rows
+from tests.support.databases import ON_BOTH_BACKENDS, count_rows
 from tests.support.db_locks import WriteWatch, serves_while_a_write_waits
 from tests.support.errors import expect_error_info
 from tests.support.services import ServiceRunner
+
+pytestmark = ON_BOTH_BACKENDS
 
 Channels = Callable[[str], aio.Channel]
 # The async stub class exists only in the generated .pyi, hence the string.
@@ -41,8 +43,8 @@ def charge_request(
 
 
 @pytest.fixture
-def db_path(services: ServiceRunner) -> Path:
-    return services.config("payments").db_path
+def db_path(services: ServiceRunner) -> Path | str:
+    return services.config("payments").database
 
 
 @pytest.fixture
@@ -68,7 +70,7 @@ async def test_charge_captures_and_get_payment_returns_it(payments: Stub) -> Non
 
 
 async def test_repeated_charge_with_same_key_makes_one_payment(
-    payments: Stub, db_path: Path
+    payments: Stub, db_path: Path | str
 ) -> None:
     first = await payments.Charge(charge_request(), metadata=as_user(SHOPPER))
     second = await payments.Charge(charge_request(), metadata=as_user(SHOPPER))
@@ -81,7 +83,9 @@ async def test_repeated_charge_with_same_key_makes_one_payment(
     assert count_rows(db_path, PAYMENT_ROWS) == 1
 
 
-async def test_same_key_with_different_amount_is_key_reuse(payments: Stub, db_path: Path) -> None:
+async def test_same_key_with_different_amount_is_key_reuse(
+    payments: Stub, db_path: Path | str
+) -> None:
     await payments.Charge(charge_request(amount=1299), metadata=as_user(SHOPPER))
     with pytest.raises(aio.AioRpcError) as raised:
         await payments.Charge(charge_request(amount=2499), metadata=as_user(SHOPPER))
@@ -171,7 +175,7 @@ async def test_empty_payment_id_is_invalid_argument(payments: Stub) -> None:
 
 
 async def test_payments_and_keys_survive_a_restart(
-    services: ServiceRunner, channels: Channels, db_path: Path
+    services: ServiceRunner, channels: Channels, db_path: Path | str
 ) -> None:
     running = await services.start("payments", build)
     stub = payments_pb2_grpc.PaymentsServiceStub(channels(running.address))

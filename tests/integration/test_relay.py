@@ -3,15 +3,15 @@ event notifications refuses for good is parked, and the rest of its batch still 
 
 from __future__ import annotations
 
-import sqlite3
 import time
-from contextlib import closing
 
 from services.notifications.app import build as build_notifications
 from services.notifications.domain import MAX_REASON_LENGTH
 from tests.support.callers import as_user
-from tests.support.databases import count_rows
+from tests.support.databases import ON_BOTH_BACKENDS, count_rows, query
 from tests.support.shop import Shop, as_async, eventually, place_request
+
+pytestmark = ON_BOTH_BACKENDS
 
 PENDING = "SELECT COUNT(*) FROM outbox WHERE state = 'PENDING'"
 
@@ -26,21 +26,21 @@ async def test_a_refused_event_is_parked_and_the_rest_of_its_batch_delivered(sho
     # Orders never writes an event notifications refuses; forge one between two real ones
     # (its reason is too long), so that all three wait in one batch.
     refused = f"{first.order_id}:cancelled"
-    with closing(sqlite3.connect(orders_db, timeout=5)) as db, db:
-        db.execute(
-            "INSERT INTO outbox (event_id, order_id, user_id, event_type, reason,"
-            " currency_code, total_minor, occur_time_us) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                refused,
-                first.order_id,
-                user_id,
-                "CANCELLED",
-                "x" * (MAX_REASON_LENGTH + 1),
-                "USD",
-                0,
-                time.time_ns() // 1000,
-            ),
-        )
+    query(
+        orders_db,
+        "INSERT INTO outbox (event_id, order_id, user_id, event_type, reason,"
+        " currency_code, total_minor, occur_time_us) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            refused,
+            first.order_id,
+            user_id,
+            "CANCELLED",
+            "x" * (MAX_REASON_LENGTH + 1),
+            "USD",
+            0,
+            time.time_ns() // 1000,
+        ),
+    )
     second = (
         await shop.orders.PlaceOrder(place_request(user_id, "k-2"), metadata=as_user(user_id))
     ).order
@@ -54,9 +54,8 @@ async def test_a_refused_event_is_parked_and_the_rest_of_its_batch_delivered(sho
         f"{first.order_id}:confirmed",
         f"{second.order_id}:confirmed",
     ]
-    with closing(sqlite3.connect(orders_db, timeout=5)) as db:
-        state, error = db.execute(
-            "SELECT state, last_error FROM outbox WHERE event_id = ?", (refused,)
-        ).fetchone()
+    [(state, error)] = query(
+        orders_db, "SELECT state, last_error FROM outbox WHERE event_id = ?", (refused,)
+    )
     assert state == "FAILED"
-    assert "invalid PublishOrderEvents request" in error
+    assert "invalid PublishOrderEvents request" in str(error)

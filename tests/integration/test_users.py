@@ -14,9 +14,12 @@ from services.common.status import field_violations
 from services.users.app import build
 from shop.users.v1 import users_pb2, users_pb2_grpc
 from tests.support.callers import as_user
+from tests.support.databases import ON_BOTH_BACKENDS
 from tests.support.db_locks import WriteWatch, serves_while_a_write_waits
 from tests.support.errors import expect_error_info
 from tests.support.services import ServiceRunner
+
+pytestmark = ON_BOTH_BACKENDS
 
 Channels = Callable[[str], aio.Channel]
 # The async stub class exists only in the generated .pyi, hence the string.
@@ -150,7 +153,7 @@ async def test_get_user_and_health_answer_while_a_create_waits_for_the_database_
     ada = await stub.CreateUser(users_pb2.CreateUserRequest(email="ada@example.com"))
 
     created = await serves_while_a_write_waits(
-        db_path=services.config("users").db_path,
+        db_path=services.config("users").database,
         channel=channel,
         writes=database_writes,
         read=lambda: stub.GetUser(

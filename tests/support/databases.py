@@ -9,9 +9,15 @@ from contextlib import closing
 from pathlib import Path
 
 import psycopg
+import pytest
 
 from services.common.database import is_postgres
 from services.common.postgres import placeholders
+
+BOTH_BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+"""The stores' backends, as pytest parameters (`-m "not postgres"` keeps SQLite alone)."""
+ON_BOTH_BACKENDS = pytest.mark.parametrize("services_backend", BOTH_BACKENDS, indirect=True)
+"""A test module's `pytestmark` that runs its in-process services on each backend."""
 
 INTEGRITY_ERRORS = (sqlite3.IntegrityError, psycopg.errors.IntegrityError)
 """What a violated constraint raises, on either backend."""

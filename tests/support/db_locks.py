@@ -13,9 +13,12 @@ from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import TypeVar
 
+import psycopg
 from grpc import aio
 from grpc_health.v1 import health_pb2
 
+from services.common.database import is_postgres
+from services.common.postgres import WRITE_LOCK
 from shopmesh.local.health import health_check
 
 T = TypeVar("T")
@@ -51,8 +54,14 @@ class WriteWatch:
 
 
 @contextmanager
-def write_lock_held(path: Path) -> Iterator[None]:
-    """Hold the write lock of the SQLite file at `path` from a second connection."""
+def write_lock_held(path: Path | str) -> Iterator[None]:
+    """Hold the write lock of the database at `path` from a second connection: an SQLite
+    file's, or the advisory lock every writer of a Postgres database takes."""
+    if is_postgres(path):
+        with psycopg.connect(str(path), autocommit=True) as pg:
+            pg.execute("SELECT pg_advisory_lock(%s)", (WRITE_LOCK,))
+            yield
+        return
     with closing(sqlite3.connect(path, isolation_level=None)) as other:
         other.execute("BEGIN IMMEDIATE")
         try:
@@ -63,7 +72,7 @@ def write_lock_held(path: Path) -> Iterator[None]:
 
 async def serves_while_a_write_waits(
     *,
-    db_path: Path,
+    db_path: Path | str,
     channel: aio.Channel,
     writes: WriteWatch,
     read: Callable[[], Awaitable[object]],

@@ -20,6 +20,9 @@ class ServiceRunner:
     socket_dir: Path
     data_dir: Path
     running: list[RunningService]
+    databases: Callable[[str], str] | None = None
+    """service -> the URL of its Postgres database (the same one each time it is asked);
+    None: every service on its SQLite file in data_dir."""
 
     def config(
         self, service: str, upstreams: Mapping[str, str] | None = None, db_path: Path | None = None
@@ -31,6 +34,7 @@ class ServiceRunner:
             db_path=db_path or self.data_dir / f"{service}.db",
             upstreams=dict(upstreams or {}),
             grace_seconds=0.0,
+            database_url=None if self.databases is None else self.databases(service),
         )
 
     async def start(

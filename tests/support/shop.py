@@ -45,8 +45,9 @@ class Shop:
     payments: payments_pb2_grpc.PaymentsServiceAsyncStub
     notifications: notifications_pb2_grpc.NotificationsServiceAsyncStub
 
-    def db_path(self, service: str) -> Path:
-        return self.services.config(service).db_path
+    def db_path(self, service: str) -> Path | str:
+        """Where `service`'s store lives: its SQLite file or its Postgres URL."""
+        return self.services.config(service).database
 
     async def new_user(self) -> str:
         created = await self.users.CreateUser(
