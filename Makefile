@@ -102,11 +102,14 @@ web: $(WEB_STAMP) ## Build the storefront into web/dist (TypeScript bundled by e
 # the gateway), prometheus (scrapes the mesh in tests/mesh/test_prometheus.py; its promtool
 # checks the Kubernetes scrape config), chromium (the dashboard's page in a real headless
 # browser, driven by Playwright: its own browser download cannot work here). kubectl (with
-# kustomize) is expected on the machine; tests/k8s says how to get it.
+# kustomize) is expected on the machine; tests/k8s says how to get it. postgresql: the stores'
+# tests on Postgres (its initdb lives in a versioned directory, not on PATH).
 SYSTEM_TOOLS := shellcheck curl prometheus chromium
+POSTGRES_INITDB := /usr/lib/postgresql/15/bin/initdb
 
-system-deps: ## Install the Debian packages the tests use (shellcheck, curl, prometheus, chromium) when missing
+system-deps: ## Install the Debian packages the tests use (shellcheck, curl, prometheus, chromium, postgresql) when missing
 	@missing=""; for tool in $(SYSTEM_TOOLS); do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
+	[ -x $(POSTGRES_INITDB) ] || missing="$$missing postgresql"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:$$missing"; \
 		sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
