@@ -34,6 +34,9 @@ STATE_DIR ?= var
 GATEWAY_PORT ?= 8080
 DASHBOARD_PORT ?= 8090
 LOG_LEVEL ?= $(or $(SHOPMESH_LOG_LEVEL),INFO)
+# Where the services keep their data: sqlite (a file each) or postgres (a database each, in a
+# local cluster of Debian's postgresql under STATE_DIR; `make down` stops it, data kept).
+DB ?= sqlite
 
 .PHONY: help venv venv-dev system-deps generate ts web test unit integration contract run lint fmt \
 	breaking clean up down status logs fault restart bench fuzz screenshot screenshot-storefront kind-up kind-smoke kind-down
@@ -132,10 +135,10 @@ contract: $(GEN_STAMP) $(DEV_STAMP) ## Run the contract tests only (buf lint, fo
 run: $(GEN_STAMP) ## Run every service without the mesh, on its standalone_port (Ctrl-C stops)
 	$(SHOPMESH) run --log-level $(LOG_LEVEL)
 
-up: $(GEN_STAMP) $(TS_STAMP) $(WEB_STAMP) ## Start the mesh (apps, sidecars, gateway, dashboard); prints where to connect
-	$(SHOPMESH) up --state-dir $(STATE_DIR) --dashboard-port $(DASHBOARD_PORT) --gateway-port $(GATEWAY_PORT) --log-level $(LOG_LEVEL)
+up: $(GEN_STAMP) $(TS_STAMP) $(WEB_STAMP) ## Start the mesh (apps, sidecars, gateway, dashboard; DB=postgres: on Postgres); prints where to connect
+	$(SHOPMESH) up --state-dir $(STATE_DIR) --db $(DB) --dashboard-port $(DASHBOARD_PORT) --gateway-port $(GATEWAY_PORT) --log-level $(LOG_LEVEL)
 
-down: ## Stop the mesh: no process left, sockets removed, data kept
+down: ## Stop the mesh (and its Postgres, if any): no process left, sockets removed, data kept
 	@if [ -x $(SHOPMESH) ]; then $(SHOPMESH) down --state-dir $(STATE_DIR); \
 	else echo "shopmesh is not installed: nothing was started (make up)"; fi
 

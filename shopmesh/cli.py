@@ -30,7 +30,14 @@ from shopmesh.local.errors import MeshError
 from shopmesh.local.mesh import RunningMesh
 from shopmesh.local.observability import DEFAULT_MAX_TRACES, DEFAULT_SAMPLING
 from shopmesh.local.standalone import run_standalone
-from shopmesh.local.startup import DEFAULT_DESCRIPTOR, MeshOptions, down, up
+from shopmesh.local.startup import (
+    DATABASES,
+    DEFAULT_DESCRIPTOR,
+    SQLITE,
+    MeshOptions,
+    down,
+    up,
+)
 from shopmesh.local.status import mesh_status
 from shopmesh.observe.commands import load_command, tap_command, trace_command, traces_command
 from shopmesh.observe.statcommand import stat_command
@@ -113,6 +120,14 @@ def main() -> None:
     is_flag=True,
     help="Serve the gateway over TLS with a certificate of the mesh's CA (clients: --cacert).",
 )
+@click.option(
+    "--db",
+    "database",
+    type=click.Choice(DATABASES),
+    default=SQLITE,
+    help="Each service's data: an SQLite file, or its own database in a local Postgres "
+    "(Debian's postgresql) under the state directory.",
+)
 @click.option("--timeout", type=float, default=30.0, help="Seconds to wait for health.")
 def up_command(
     state_dir: Path,
@@ -127,12 +142,14 @@ def up_command(
     dashboard_port: int,
     dashboard: bool,
     edge_tls: bool,
+    database: str,
     timeout: float,
 ) -> None:
     """Start every app, sidecar, the gateway and the dashboard; wait until all are healthy.
 
     Apps get the environment `up` runs in, except what the mesh sets for each of them
-    (SHOPMESH_LISTEN, SHOPMESH_DB_PATH, SHOPMESH_UPSTREAM_*, SHOPMESH_GRACE_SECONDS,
+    (SHOPMESH_LISTEN, SHOPMESH_DB_PATH, SHOPMESH_DATABASE_URL, SHOPMESH_UPSTREAM_*,
+    SHOPMESH_GRACE_SECONDS,
     SHOPMESH_DRAIN_SECONDS, SHOPMESH_LOG_LEVEL): service settings such as
     SHOPMESH_ORDERS_RECOVERY_INTERVAL and OTEL_* variables pass through."""
     ignored = [name for name in os.environ if is_mesh_owned(name) and name != LOG_LEVEL]
@@ -152,6 +169,7 @@ def up_command(
         dashboard=dashboard,
         dashboard_port=dashboard_port,
         edge_tls=edge_tls,
+        database=database,
     )
     try:
         mesh = run(up(options))

@@ -244,6 +244,12 @@ class StateDir:
         when it loads its configuration, so a rebuild changes nothing under a running gateway."""
         return self.root / "storefront"
 
+    @property
+    def postgres(self) -> Path:
+        """The mesh's Postgres cluster, when it runs on Postgres (shopmesh.local.postgres):
+        data, socket directory, log and the roles' passfiles."""
+        return self.root / "postgres"
+
     def make_directories(self, pods: list[Pod]) -> None:
         """Create every directory the processes and rendered configs refer to (Envoy refuses a
         config whose access log directory is missing). Admin sockets get a private one."""

@@ -1,5 +1,6 @@
 """A local Postgres cluster from Debian's `postgresql` package, and a database per service in
-it: what the tests' fixture starts once per session (and `shopmesh up --db postgres` is to).
+it: what the tests' fixture starts once per session, and `shopmesh up --db postgres` runs
+under the state directory (`make down` stops it and keeps its data).
 
 - The cluster lives under one directory (`root`): `data/` (initdb's), `run/` (its Unix socket:
   `listen_addresses=''`, no TCP port at all, so it never meets the package's own `main`
@@ -21,6 +22,7 @@ import os
 import secrets
 import shutil
 import subprocess
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -154,8 +156,19 @@ def init(root: Path) -> Cluster:
     return cluster
 
 
+def running(cluster: Cluster) -> bool:
+    """Whether the cluster's server runs (pg_ctl status)."""
+    if not cluster.data.joinpath("postmaster.pid").exists():
+        return False
+    status = [str(BIN / "pg_ctl"), f"--pgdata={cluster.data}", "status"]
+    return subprocess.run(_as_postgres(status), capture_output=True, check=False).returncode == 0
+
+
 def start(cluster: Cluster) -> None:
-    """Start the cluster (sockets only) and wait until it accepts connections."""
+    """Start the cluster (sockets only) and wait until it accepts connections; a cluster
+    already running (left by a mesh that died) is used as it is."""
+    if running(cluster):
+        return
     options = (
         f"-c listen_addresses='' -c port={PORT} -c unix_socket_directories='{cluster.socket_dir}'"
         " -c unix_socket_permissions=0700"
@@ -179,7 +192,7 @@ def start(cluster: Cluster) -> None:
 
 def stop(cluster: Cluster) -> None:
     """Stop the cluster (fast: open sessions are ended), keeping its data."""
-    if not cluster.data.joinpath("postmaster.pid").exists():
+    if not running(cluster):
         return
     _run(
         [
@@ -251,3 +264,11 @@ def _write_passfile(cluster: Cluster, role: str) -> str:
         # host:port:database:user:password; the host of a socket connection is its directory.
         file.write(f"*:*:*:{role}:{password}\n")
     return password
+
+
+def serve_services(root: Path, services: Iterable[str]) -> dict[str, str]:
+    """The mesh's cluster under `root`, created if new and started if stopped, with a role and
+    database per service in `services`; service -> its URL."""
+    cluster = init(root)
+    start(cluster)
+    return {service: create_service_database(cluster, service) for service in services}

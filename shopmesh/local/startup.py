@@ -41,6 +41,7 @@ from shopmesh.layout import (
     local_pods,
     sidecar_process,
 )
+from shopmesh.local import postgres
 from shopmesh.local.certs import ensure_certificates
 from shopmesh.local.dashboard import DASHBOARD, dashboard_record
 from shopmesh.local.errors import MeshError
@@ -73,6 +74,9 @@ from shopmesh.pki import LEAF_TTL, PkiError
 from shopmesh.topology import GATEWAY, Topology, TopologyError, load_topology
 
 DEFAULT_DESCRIPTOR = Path("gen/shop.pb")
+SQLITE = "sqlite"
+POSTGRES = "postgres"
+DATABASES = (SQLITE, POSTGRES)
 DEFAULT_STOREFRONT = Path("web/dist")
 
 
@@ -115,6 +119,9 @@ class MeshOptions:
     """The dashboard's port on `host`; 0 lets the OS pick a free one (what tests use)."""
     edge_tls: bool = False
     """Serve the gateway's listener over TLS with a certificate of the local CA."""
+    database: str = SQLITE
+    """Where the services keep their data: SQLITE (a file each) or POSTGRES (a database
+    each, in a cluster under the state directory)."""
 
 
 def find_envoy(explicit: Path | None = None) -> Path:
@@ -205,6 +212,7 @@ def process_records(
     envoy: Path,
     dashboard_port: int | None = None,
     external: Endpoint | None = None,
+    database_urls: Mapping[str, str] | None = None,
 ) -> dict[str, ProcessRecord]:
     """Every process of the mesh, with its command and environment: the log keeper, the trace
     collector (unless spans go to the user's at `external`), the dashboard (on
@@ -215,6 +223,7 @@ def process_records(
         log_level=options.log_level,
         grace_seconds=options.grace_seconds,
         tracing=app_tracing(paths, options.sampling, external),
+        database_urls=dict(database_urls or {}),
     )
     keeper = [str(options.python), "-m", "shopmesh.local.logcap", str(paths.root)]
     records = [ProcessRecord(LOGS, LOGS, [*keeper, "--max-bytes", str(options.log_max_bytes)], {})]
@@ -276,17 +285,34 @@ def prepare(options: MeshOptions) -> tuple[LocalLayout, MeshState, Path]:
         tracing = envoy_tracing(paths, options.sampling, external)
         write_configs(render_all(topology, layout, tracing), paths.envoy_config)
         write_scrape_config(layout)
+    database_urls = serve_databases(paths, topology, options.database)
     state = MeshState(
         host=options.host,
         pod_ports=pod_ports,
         gateway_ports=gateway_ports,
         descriptor=str(descriptor),
-        processes=process_records(layout, options, envoy, dashboard_port, external),
+        processes=process_records(layout, options, envoy, dashboard_port, external, database_urls),
         environment=dict(os.environ),
         dashboard_port=dashboard_port,
         edge_tls=options.edge_tls,
     )
     return layout, state, envoy
+
+
+def serve_databases(paths: StateDir, topology: Topology, database: str) -> dict[str, str]:
+    """On POSTGRES: the mesh's cluster running, a database per service; their URLs."""
+    if database == SQLITE:
+        return {}
+    # The cluster runs as the postgres user when shopmesh runs as root: it must be able to
+    # pass through the state directory (0711: search, never list) to its own 0700 directory;
+    # everything else in it stays 0700, its owner's alone.
+    if os.geteuid() == 0:
+        paths.root.chmod(0o711)
+    try:
+        return postgres.serve_services(paths.postgres, topology.services)
+    except (postgres.ClusterError, OSError) as error:
+        postgres.stop(postgres.Cluster(paths.postgres))
+        raise MeshError(f"cannot run Postgres for the mesh: {error}") from None
 
 
 async def start_all(mesh: RunningMesh, deadline: float) -> None:
@@ -371,6 +397,7 @@ async def up(options: MeshOptions) -> RunningMesh:
     except BaseException as error:
         with contextlib.suppress(MeshError):
             await mesh.stop()
+        await stop_databases(layout.state)
         if isinstance(error, BaseExceptionGroup):
             # TaskGroup wraps the first failure; report it as itself.
             failures = [e for e in _leaves(error) if isinstance(e, MeshError)]
@@ -390,8 +417,21 @@ def _leaves(group: BaseException) -> list[BaseException]:
 
 async def down(paths: StateDir) -> list[str] | None:
     """Stop the mesh recorded in `paths` (one an earlier shopmesh started, too, and one whose
-    copy of the topology is gone); the names of the processes it had (None: no mesh was
-    recorded)."""
+    copy of the topology is gone), then its Postgres cluster if it has one (its data kept);
+    the names of the processes it had (None: no mesh was recorded)."""
+    try:
+        return await _stop_mesh(paths)
+    finally:
+        await stop_databases(paths)
+
+
+async def stop_databases(paths: StateDir) -> None:
+    """Stop the mesh's Postgres cluster, if one runs; its data stays."""
+    if paths.postgres.exists():
+        await asyncio.to_thread(postgres.stop, postgres.Cluster(paths.postgres))
+
+
+async def _stop_mesh(paths: StateDir) -> list[str] | None:
     try:
         mesh = RunningMesh.attach(paths.root)
     except LegacyState as legacy:

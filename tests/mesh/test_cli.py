@@ -396,9 +396,9 @@ def test_missing_descriptor_set_says_to_generate(state_dir: Path) -> None:
     assert "make generate" in result.stderr
 
 
-def test_make_passes_the_gateway_port_and_log_level_to_up() -> None:
+def test_make_passes_the_gateway_port_log_level_and_database_to_up() -> None:
     result = subprocess.run(
-        ["make", "-n", "up", "GATEWAY_PORT=18080", "LOG_LEVEL=DEBUG"],
+        ["make", "-n", "up", "GATEWAY_PORT=18080", "LOG_LEVEL=DEBUG", "DB=postgres"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -408,3 +408,4 @@ def test_make_passes_the_gateway_port_and_log_level_to_up() -> None:
     (up,) = [line for line in result.stdout.splitlines() if "shopmesh up" in line]
     assert shlex.split(up)[-4:] == ["--gateway-port", "18080", "--log-level", "DEBUG"]
     assert shlex.split(up)[-6:-4] == ["--dashboard-port", "8090"]
+    assert shlex.split(up)[-8:-6] == ["--db", "postgres"]

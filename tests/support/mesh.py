@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from shopmesh.local.mesh import RunningMesh
-from shopmesh.local.startup import MeshOptions, up
+from shopmesh.local.startup import MeshOptions, stop_databases, up
 from tests.support.paths import DESCRIPTOR_SET, ENVOY, MESH_FILE, STOREFRONT
 
 MESH_STARTUP_DEADLINE = 60.0
@@ -55,6 +55,8 @@ async def running_mesh(**options: Any) -> AsyncIterator[RunningMesh]:
             yield mesh
         finally:
             await mesh.stop()
+            # Before the state directory goes: a mesh on Postgres runs its cluster from it.
+            await stop_databases(mesh.paths)
     finally:
         if os.environ.get(KEEP_STATE_VARIABLE) == "1":
             print(f"mesh state kept in {state_dir}", file=sys.stderr)
