@@ -128,7 +128,8 @@ def _cards_instead_of_tokens(fingerprint_key: bytes, db: Connection) -> None:
 def _cards_instead_of_tokens_postgres(fingerprint_key: bytes, db: Connection) -> None:
     """Version 1 -> 2 on Postgres: the table is rebuilt too, rather than its token column
     dropped (which would leave every token in the table's pages): DROP TABLE deletes the old
-    table's files when the migration commits."""
+    table's files when the migration commits. (The server's write-ahead log still holds the
+    old rows until its segments are recycled: no Postgres change scrubs that.)"""
     _copy_with_cards(fingerprint_key, db, _POSTGRES_ATTEMPTS_WITH_CARDS)
 
 

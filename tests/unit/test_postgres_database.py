@@ -23,7 +23,7 @@ from services.orders import store as orders_store
 from services.payments import store as payments_store
 from services.users import store as users_store
 from shopmesh.local import postgres
-from tests.support.databases import count_rows, query
+from tests.support.databases import count_rows, query, schema_version
 
 pytestmark = pytest.mark.postgres
 
@@ -228,3 +228,36 @@ def test_each_role_has_a_private_passfile_and_its_url_no_password(
         (role,),
     )[0][0]
     assert str(verifier).startswith("SCRAM-SHA-256$")
+
+
+async def test_payments_of_version_1_keep_cards_instead_of_tokens_on_postgres(
+    postgres_database: str,
+) -> None:
+    key = b"k" * 32
+    version_1 = Migrations(
+        sqlite=[payments_store.SCHEMA_V1], postgres=[payments_store.POSTGRES_SCHEMA_V1]
+    )
+    previous = await Database.open(postgres_database, version_1)
+
+    def v1_rows(db: Connection) -> None:
+        db.execute("INSERT INTO payments VALUES ('pay_1', 'ord_a', 'USD', 1299, 'CAPTURED', 0, 0)")
+        db.execute(
+            "INSERT INTO charge_attempts (idempotency_key, order_id, currency_code, minor_units,"
+            " payment_token, payment_id, create_time_us) VALUES (?, ?, 'USD', 1299, ?, ?, 0)",
+            ("key-a", "ord_a", "tok_visa", "pay_1"),
+        )
+
+    await previous.write(v1_rows)
+    await previous.close()
+    holding = "SELECT COUNT(*) FROM charge_attempts c WHERE CAST(c AS TEXT) LIKE '%tok_%'"
+    assert count_rows(postgres_database, holding) == 1
+
+    store = await payments_store.SqlitePaymentStore.open(postgres_database, key)
+    await store.close()
+
+    assert query(postgres_database, "SELECT card_brand, card_last4 FROM charge_attempts") == [
+        ("visa", "4242")
+    ]
+    holding = "SELECT COUNT(*) FROM charge_attempts c WHERE CAST(c AS TEXT) LIKE '%tok_%'"
+    assert count_rows(postgres_database, holding) == 0
+    assert schema_version(postgres_database) == 3
