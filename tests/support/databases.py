@@ -4,14 +4,17 @@ service owns the database; the test only looks): an SQLite file, or a Postgres d
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
+import threading
+from collections.abc import Sequence
 from contextlib import closing
 from pathlib import Path
 
 import psycopg
 import pytest
 
-from services.common.database import is_postgres
+from services.common.database import Database, Migration, Migrations, is_postgres
 from services.common.postgres import placeholders
 
 BOTH_BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
@@ -89,3 +92,29 @@ def fail_on(location: Path | str, event: str, table: str, message: str) -> None:
         location,
         f"CREATE TRIGGER {name} BEFORE {event} ON {table} FOR EACH ROW EXECUTE FUNCTION {name}()",
     )
+
+
+def open_together(
+    location: Path | str, migrations: Migrations | Sequence[Migration], openers: int
+) -> list[str]:
+    """Open the database at `location` from `openers` threads released at the same instant,
+    each with its own event loop as each replica process would have; their errors."""
+    start = threading.Barrier(openers)
+    errors: list[str] = []
+
+    async def open_and_close() -> None:
+        await (await Database.open(location, migrations)).close()
+
+    def open_one() -> None:
+        start.wait()
+        try:
+            asyncio.run(open_and_close())
+        except Exception as error:
+            errors.append(repr(error))
+
+    threads = [threading.Thread(target=open_one) for _ in range(openers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return errors

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import stat
-import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from services.orders import store as orders_store
 from services.payments import store as payments_store
 from services.users import store as users_store
 from shopmesh.local import postgres
-from tests.support.databases import count_rows, query, schema_version
+from tests.support.databases import count_rows, open_together, query, schema_version
 
 pytestmark = pytest.mark.postgres
 
@@ -139,28 +138,8 @@ async def test_writes_of_two_processes_on_one_database_all_commit(
 
 
 def test_databases_opened_together_migrate_once(postgres_database: str) -> None:
-    openers = 4
-    start = threading.Barrier(openers)
-    errors: list[BaseException] = []
+    assert open_together(postgres_database, MIGRATIONS, openers=4) == []
 
-    async def open_and_close() -> None:
-        await (await Database.open(postgres_database, MIGRATIONS)).close()
-
-    def open_one() -> None:
-        start.wait()
-        try:
-            # Each thread has its own event loop, as each replica process would.
-            asyncio.run(open_and_close())
-        except BaseException as error:
-            errors.append(error)
-
-    threads = [threading.Thread(target=open_one) for _ in range(openers)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-
-    assert errors == []
     assert query(postgres_database, "SELECT version FROM runs ORDER BY version") == [(1,), (2,)]
     assert query(postgres_database, "SELECT version FROM shopmesh_schema") == [(2,)]
 
