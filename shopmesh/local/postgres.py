@@ -164,15 +164,19 @@ def running(cluster: Cluster) -> bool:
     return subprocess.run(_as_postgres(status), capture_output=True, check=False).returncode == 0
 
 
-def start(cluster: Cluster) -> None:
+def start(cluster: Cluster, *, durable: bool = True) -> None:
     """Start the cluster (sockets only) and wait until it accepts connections; a cluster
-    already running (left by a mesh that died) is used as it is."""
+    already running (left by a mesh that died) is used as it is. `durable=False` is for a
+    throwaway cluster (the tests'): no fsync at all, so creating a database per test is cheap,
+    and a crash of the machine may corrupt it."""
     if running(cluster):
         return
     options = (
         f"-c listen_addresses='' -c port={PORT} -c unix_socket_directories='{cluster.socket_dir}'"
         " -c unix_socket_permissions=0700"
     )
+    if not durable:
+        options += " -c fsync=off -c full_page_writes=off"
     if not cluster.log.exists():
         cluster.log.touch(mode=0o600)
         _give_to_postgres(cluster.log)
