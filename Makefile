@@ -38,7 +38,7 @@ LOG_LEVEL ?= $(or $(SHOPMESH_LOG_LEVEL),INFO)
 # local cluster of Debian's postgresql under STATE_DIR; `make down` stops it, data kept).
 DB ?= sqlite
 
-.PHONY: help venv venv-dev system-deps generate ts web test unit integration contract run lint fmt \
+.PHONY: help venv venv-dev system-deps generate ts web test test-postgres unit integration contract run lint fmt \
 	breaking clean up down status logs fault restart bench fuzz screenshot screenshot-storefront kind-up kind-smoke kind-down
 
 help: ## List the targets
@@ -120,8 +120,11 @@ system-deps: ## Install the Debian packages the tests use (shellcheck, curl, pro
 		{ echo "could not install$$missing: install them with your package manager, then rerun"; exit 1; }; \
 	fi
 
-test: $(GEN_STAMP) $(TS_STAMP) $(WEB_STAMP) $(DEV_STAMP) system-deps ## Run every test (unit, integration, contract, mesh, k8s)
-	$(BIN)/pytest --durations=25
+test: $(GEN_STAMP) $(TS_STAMP) $(WEB_STAMP) $(DEV_STAMP) system-deps ## Run every test (unit, integration, contract, mesh, k8s; the stores on both backends)
+	$(BIN)/pytest --durations=25 -m "not services_on_postgres"
+
+test-postgres: $(GEN_STAMP) $(DEV_STAMP) system-deps ## Run the integration tests' services on Postgres (about 3 minutes; CI runs it after make test)
+	$(BIN)/pytest -m services_on_postgres
 
 unit: $(GEN_STAMP) $(DEV_STAMP) ## Run the unit tests only
 	$(BIN)/pytest tests/unit

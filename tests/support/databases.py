@@ -19,8 +19,17 @@ from services.common.postgres import placeholders
 
 BOTH_BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 """The stores' backends, as pytest parameters (`-m "not postgres"` keeps SQLite alone)."""
-ON_BOTH_BACKENDS = pytest.mark.parametrize("services_backend", BOTH_BACKENDS, indirect=True)
-"""A test module's `pytestmark` that runs its in-process services on each backend."""
+ON_BOTH_BACKENDS = pytest.mark.parametrize(
+    "services_backend",
+    [
+        "sqlite",
+        pytest.param("postgres", marks=[pytest.mark.postgres, pytest.mark.services_on_postgres]),
+    ],
+    indirect=True,
+)
+"""A test module's `pytestmark` that runs its in-process services on each backend. The
+Postgres half is `make test-postgres` (marker services_on_postgres), not `make test`: it takes
+about three minutes, and `make test` keeps the stores' own tests on both backends."""
 
 INTEGRITY_ERRORS = (sqlite3.IntegrityError, psycopg.errors.IntegrityError)
 """What a violated constraint raises, on either backend."""
