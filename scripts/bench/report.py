@@ -238,7 +238,7 @@ def render_memory(memory: Memory, console: Console) -> None:
 def render_capacity(capacity: Capacity, console: Console) -> None:
     closed, paced = capacity.closed, capacity.paced
     console.print(
-        "[bold]Checkout: PlaceOrder through the gateway[/bold] (saga: user, price, reserve, "
+        "[bold]Checkout: PlaceOrder through the gateway[/bold] (saga: user, reserve and price, "
         f"charge, commit; gateway rate limits off: {RATE_LIMIT_ENABLED} = "
         f"{capacity.rate_limit[0]}, then {capacity.rate_limit[-1]})"
     )
