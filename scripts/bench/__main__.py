@@ -34,6 +34,7 @@ from scripts.bench.settings import CALLEE, CALLER, DESCRIPTOR, MESH_FILE
 from scripts.bench.sidecar import (
     FIXED_RATE,
     Cores,
+    bare_envoy,
     bench_fixed_rate,
     bench_memory,
     bench_pinned,
@@ -124,19 +125,20 @@ async def bench(args: argparse.Namespace, root: Path) -> Figures:
         rounds = 2 * ROUNDS * args.seconds
         print(f"h2load: GetUser direct and through two sidecars, flat out (~{rounds:.0f} s) ...")
         unary = await bench_unary(mesh, h2load, args.seconds)
-        print(f"h2load: both paths at {FIXED_RATE:.0f} req/s, Envoy CPU (~{rounds:.0f} s) ...")
-        fixed = await bench_fixed_rate(mesh, h2load, args.seconds)
-        cores = Cores.of_this_machine()
-        pinned = None
-        if cores is not None:
-            print(f"h2load: flat out, the app alone on CPU {cores.app} (~{rounds:.0f} s) ...")
-            pinned = await bench_pinned(mesh, h2load, cores, args.seconds)
-        print(
-            f"Envoy memory, then a bare Envoy at {FIXED_RATE:.0f} req/s"
-            f" (~{args.seconds:.0f} s) ...",
-            flush=True,
-        )
-        memory = await bench_memory(mesh, h2load, envoy, root, args.seconds)
+        async with bare_envoy(mesh, h2load, envoy, root) as bare:
+            print(
+                f"h2load: direct, both sidecars and a bare Envoy at {FIXED_RATE:.0f} req/s, "
+                f"Envoy CPU (~{3 * ROUNDS * args.seconds:.0f} s) ...",
+                flush=True,
+            )
+            fixed = await bench_fixed_rate(mesh, h2load, bare, args.seconds)
+            cores = Cores.of_this_machine()
+            pinned = None
+            if cores is not None:
+                print(f"h2load: flat out, the app alone on CPU {cores.app} (~{rounds:.0f} s) ...")
+                pinned = await bench_pinned(mesh, h2load, cores, args.seconds)
+            print("Envoy memory, next to the bare Envoy ...", flush=True)
+            memory = bench_memory(mesh, bare)
         print(f"{args.orders} checkouts through the gateway, rate limits off ...", flush=True)
         capacity = await bench_capacity(mesh, shopper, args.orders, args.workers)
         print(f"outbox relay lag at {capacity.rate:.0f} checkouts/s (~10 s) ...", flush=True)

@@ -15,8 +15,8 @@ import os
 import statistics
 import subprocess
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -117,9 +117,16 @@ class RateRound:
     envoy_idle_cpu: dict[str, float]
     """The same Envoys' CPU during the direct run (health checks, stats flushes), per 1,000 of
     its requests: what they burn without carrying the calls."""
+    bare: LoadResult
+    """The same calls through the bare Envoy (one plaintext hop, the router alone)."""
+    bare_cpu: float
+    """The bare Envoy's CPU seconds per 1,000 of them."""
 
     def added_ms(self, share: float) -> float:
         return self.mesh.percentile(share) - self.direct.percentile(share)
+
+    def bare_added_ms(self, share: float) -> float:
+        return self.bare.percentile(share) - self.direct.percentile(share)
 
 
 @dataclass(frozen=True)
@@ -134,6 +141,15 @@ class FixedRate:
     def added_spread(self, share: float) -> str:
         added = [r.added_ms(share) for r in self.rounds]
         return f"{min(added):+.2f}..{max(added):+.2f}"
+
+    def bare_added_ms(self, share: float) -> float:
+        """The median over the rounds of what one bare Envoy hop adds: the floor on this
+        machine under added_ms."""
+        return statistics.median(r.bare_added_ms(share) for r in self.rounds)
+
+    @property
+    def bare_cpu(self) -> float:
+        return statistics.median(r.bare_cpu for r in self.rounds)
 
     def percentile(self, mesh: bool, share: float) -> float:
         """The median over the rounds of the mesh (or direct) path's `share` percentile."""
@@ -151,8 +167,12 @@ class FixedRate:
         return f"{min(values):.3f}-{max(values):.3f}"
 
 
-async def bench_fixed_rate(mesh: RunningMesh, h2load: H2Load, seconds: float) -> FixedRate:
-    """ROUNDS alternating rounds of both paths at FIXED_RATE for `seconds` each."""
+async def bench_fixed_rate(
+    mesh: RunningMesh, h2load: H2Load, bare: BareEnvoy, seconds: float
+) -> FixedRate:
+    """ROUNDS alternating rounds of the three paths (direct, the mesh, the bare Envoy) at
+    FIXED_RATE for `seconds` each: the bare Envoy in the same rounds, so that its figures are
+    a floor measured under the same conditions."""
     shape = Shape.paced(FIXED_RATE)
     envoys = {}
     for pod in (CALLER, CALLEE):
@@ -170,7 +190,10 @@ async def bench_fixed_rate(mesh: RunningMesh, h2load: H2Load, seconds: float) ->
     for _ in range(ROUNDS):
         direct, idle = await run(mesh.pod(CALLEE).app_socket)
         through, busy = await run(mesh.pod(CALLER).egress_socket)
-        rounds.append(RateRound(direct, through, busy, idle))
+        with cpu_used({"bare": bare.pid}) as used:
+            alone = await h2load.at_rate(bare.listener, shape, seconds)
+        bare_cpu = used["bare"] * 1000 / alone.requests
+        rounds.append(RateRound(direct, through, busy, idle, alone, bare_cpu))
     return FixedRate(shape, rounds)
 
 
@@ -289,11 +312,6 @@ def bare_bootstrap(work: Path, upstream: Path) -> dict[str, object]:
 @dataclass(frozen=True)
 class Memory:
     bare: EnvoyMemory
-    bare_cpu: float
-    """The bare Envoy's CPU seconds per 1,000 requests at FIXED_RATE, one plaintext hop and no
-    filter but the router: the floor, on this machine, under the sidecars' CPU figures."""
-    bare_run: LoadResult
-    """The calls through the bare Envoy at FIXED_RATE: what one hop adds at the least."""
     sidecars: dict[str, EnvoyMemory]
     """Every sidecar and the gateway, by pod."""
     sharing: int
@@ -306,11 +324,18 @@ class Memory:
         )
 
 
-async def bench_memory(
-    mesh: RunningMesh, h2load: H2Load, envoy: Path, work: Path, seconds: float
-) -> Memory:
-    """A bare Envoy carries the same warm-up calls a sidecar did, then every Envoy's memory;
-    then the bare Envoy carries FIXED_RATE for `seconds`, for its CPU per 1,000 requests."""
+@dataclass(frozen=True)
+class BareEnvoy:
+    pid: int
+    listener: Path
+
+
+@asynccontextmanager
+async def bare_envoy(
+    mesh: RunningMesh, h2load: H2Load, envoy: Path, work: Path
+) -> AsyncIterator[BareEnvoy]:
+    """A bare Envoy in front of the users app for the block, warmed up with the calls a
+    sidecar's warm-up made; stopped when the block ends."""
     config = work / "bare.yaml"
     config.write_text(yaml.safe_dump(bare_bootstrap(work, mesh.pod(CALLEE).app_socket)))
     with (work / "bare-envoy.log").open("wb") as log:
@@ -328,17 +353,7 @@ async def bench_memory(
                 raise BenchError(f"the bare Envoy did not start: see {work / 'bare-envoy.log'}")
             await asyncio.sleep(0.05)
         await h2load.warm_up(listener)
-        sidecars = {
-            name: envoy_memory_of(pod.sidecar.pid)
-            for name, pod in mesh.pods.items()
-            if pod.sidecar is not None and pod.sidecar.pid is not None
-        }
-        if mesh.gateway.pid is not None:
-            sidecars["gateway"] = envoy_memory_of(mesh.gateway.pid)
-        bare, sharing = envoy_memory_of(process.pid), sharing_the_binary(process.pid)
-        with cpu_used({"bare": process.pid}) as used:
-            result = await h2load.at_rate(listener, Shape.paced(FIXED_RATE), seconds)
-        return Memory(bare, used["bare"] * 1000 / result.requests, result, sidecars, sharing)
+        yield BareEnvoy(process.pid, listener)
     finally:
         if process.returncode is None:
             process.terminate()
@@ -347,3 +362,15 @@ async def bench_memory(
         except TimeoutError:
             process.kill()
             await process.wait()
+
+
+def bench_memory(mesh: RunningMesh, bare: BareEnvoy) -> Memory:
+    """Every Envoy's memory, next to the bare Envoy's (which has carried the same calls)."""
+    sidecars = {
+        name: envoy_memory_of(pod.sidecar.pid)
+        for name, pod in mesh.pods.items()
+        if pod.sidecar is not None and pod.sidecar.pid is not None
+    }
+    if mesh.gateway.pid is not None:
+        sidecars["gateway"] = envoy_memory_of(mesh.gateway.pid)
+    return Memory(envoy_memory_of(bare.pid), sidecars, sharing_the_binary(bare.pid))

@@ -54,30 +54,26 @@ def targets(
     checkout = capacity.rate / unary.direct_max.rate
     p99 = capacity.paced.admitted_p99()
 
-    def bare_hop_ms(share: float) -> float:
-        """What one bare Envoy adds at the `share` percentile: the floor under target 2."""
-        return memory.bare_run.percentile(share) - fixed.percentile(False, share)
-
     return [
         Target(
             "1. sidecar CPU per 1,000 requests, each Envoy on the path",
             f"<= {SIDECAR_CPU_PER_THOUSAND:.2f} CPU-s",
             ", ".join(f"{pod} {value:.3f} ({fixed.cpu_spread(pod)})" for pod, value in cpu.items())
-            + f" at {FIXED_RATE:.0f} req/s (a bare Envoy here: {memory.bare_cpu:.3f})",
+            + f" at {FIXED_RATE:.0f} req/s (a bare Envoy here: {fixed.bare_cpu:.3f})",
             max(cpu.values()) <= SIDECAR_CPU_PER_THOUSAND,
         ),
         Target(
             f"2. added latency at {FIXED_RATE:.0f} req/s, p50",
             f"<= +{ADDED_P50_MS} ms",
             f"{fixed.added_ms(0.5):+.2f} ms ({fixed.added_spread(0.5)}; one bare Envoy hop: "
-            f"{bare_hop_ms(0.5):+.2f})",
+            f"{fixed.bare_added_ms(0.5):+.2f})",
             fixed.added_ms(0.5) <= ADDED_P50_MS,
         ),
         Target(
             f"2. added latency at {FIXED_RATE:.0f} req/s, p99",
             f"<= +{ADDED_P99_MS} ms",
             f"{fixed.added_ms(0.99):+.2f} ms ({fixed.added_spread(0.99)}; one bare Envoy hop: "
-            f"{bare_hop_ms(0.99):+.2f})",
+            f"{fixed.bare_added_ms(0.99):+.2f})",
             fixed.added_ms(0.99) <= ADDED_P99_MS,
         ),
         Target(
