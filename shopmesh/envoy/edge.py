@@ -369,6 +369,10 @@ def per_route_filters(
     return routes
 
 
+NO_CALLER = {"address_prefix": "255.255.255.255", "prefix_len": 32}
+"""The limited broadcast address: a range no connection comes from."""
+
+
 def edge_manager_options(topology: Topology) -> Mapping[str, object]:
     """Envoy's edge best practices on the gateway's HTTP connection manager."""
     limits = topology.gateway.limits
@@ -378,8 +382,10 @@ def edge_manager_options(topology: Topology) -> Mapping[str, object]:
         "use_remote_address": True,
         # No caller of the edge is internal, whatever its address (loopback here, a node's on
         # a cluster): Envoy keeps the x-forwarded-for and x-envoy-* headers an internal caller
-        # sends, and users throttles sign-ins by the x-envoy-external-address set here.
-        "internal_address_config": {"unix_sockets": False, "cidr_ranges": []},
+        # sends, and users throttles sign-ins by the x-envoy-external-address set here. One
+        # range that no caller can come from, not an empty list: proto3 cannot tell an empty
+        # list from an unset one, and unset may mean Envoy's default (RFC 1918, 127.0.0.1).
+        "internal_address_config": {"unix_sockets": False, "cidr_ranges": [NO_CALLER]},
         "normalize_path": True,
         "merge_slashes": True,
         "path_with_escaped_slashes_action": "REJECT_REQUEST",

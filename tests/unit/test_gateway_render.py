@@ -5,6 +5,7 @@ behaviour is in tests/mesh/test_sign_in.py."""
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 
 import pytest
@@ -116,5 +117,13 @@ def test_no_caller_is_internal_at_the_edge(socket_dir: Path, traced: bool) -> No
     tracing = Tracing(socket_dir / "collector.sock", 0.1) if traced else None
     manager = ingress_manager(socket_dir, tracing)
     assert manager["use_remote_address"] is True
-    assert manager["internal_address_config"] == {"unix_sockets": False, "cidr_ranges": []}
+    internal = manager["internal_address_config"]
+    assert internal["unix_sockets"] is False
+    # Ranges there must be (an empty list reads as unset, which may be Envoy's default of
+    # RFC 1918 and loopback), and none may hold an address a caller can have.
+    assert internal["cidr_ranges"]
+    for cidr in internal["cidr_ranges"]:
+        network = ipaddress.ip_network(f"{cidr['address_prefix']}/{cidr['prefix_len']}")
+        for caller in ("127.0.0.1", "127.0.0.2", "10.1.2.3", "172.18.0.5", "192.168.1.9"):
+            assert ipaddress.ip_address(caller) not in network
     assert manager.get("xff_num_trusted_hops", 0) == 0
