@@ -375,8 +375,11 @@ class _GroupCommit:
         try:
             self._engine.begin_write(connection)
         except BaseException as error:
+            # A begin can fail half way (Postgres: BEGIN ran, its write lock did not): end
+            # what it opened, so the connection carries no aborted transaction on.
+            failure = _roll_back(connection, error)
             for write in batch:
-                write.done.set_exception(error)
+                write.done.set_exception(failure)
             return
         waiting = deque(batch)
         ran: list[_Write] = []
