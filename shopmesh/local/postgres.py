@@ -130,7 +130,8 @@ def init(root: Path) -> Cluster:
         directory.mkdir(mode=0o700, exist_ok=True)
         _give_to_postgres(directory)
     _give_to_postgres(root)
-    password = _write_passfile(cluster, ADMIN)
+    password = secrets.token_urlsafe(32)
+    _write_passfile(cluster, ADMIN, password)
     # initdb reads the password from a file the postgres user can read: one of its own, gone
     # once initdb has returned.
     pwfile = cluster.root / "initdb.pw"
@@ -233,7 +234,9 @@ def create_service_database(cluster: Cluster, name: str) -> str:
     with psycopg.connect(admin_url(cluster), autocommit=True) as admin:
         exists = admin.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (name,)).fetchone()
         if exists is None or not cluster.passfile(name).exists():
-            password = _write_passfile(cluster, name)
+            # The passfile is written once the role has the password: if the ALTER fails or
+            # the process dies first, the next start finds no passfile and sets one again.
+            password = secrets.token_urlsafe(32)
             verifier = admin.pgconn.encrypt_password(
                 password.encode(), name.encode(), b"scram-sha-256"
             ).decode()
@@ -243,6 +246,7 @@ def create_service_database(cluster: Cluster, name: str) -> str:
                     verb, sql.Identifier(name), sql.Literal(verifier)
                 )
             )
+            _write_passfile(cluster, name, password)
         if (
             admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
             is None
@@ -259,15 +263,16 @@ def create_service_database(cluster: Cluster, name: str) -> str:
     return cluster.url(name, name)
 
 
-def _write_passfile(cluster: Cluster, role: str) -> str:
-    """A new password for `role`, written to its passfile (0600 from its creation)."""
-    password = secrets.token_urlsafe(32)
+def _write_passfile(cluster: Cluster, role: str, password: str) -> None:
+    """`role`'s password in its passfile (0600 from its creation), replaced whole: written
+    beside it, then renamed over it."""
     path = cluster.passfile(role)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    partial = path.with_name(path.name + ".new")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as file:
         # host:port:database:user:password; the host of a socket connection is its directory.
         file.write(f"*:*:*:{role}:{password}\n")
-    return password
+    os.replace(partial, path)
 
 
 def serve_services(root: Path, services: Iterable[str]) -> dict[str, str]:
