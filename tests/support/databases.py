@@ -7,8 +7,8 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
-from collections.abc import Sequence
-from contextlib import closing
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager, closing
 from pathlib import Path
 
 import psycopg
@@ -16,6 +16,7 @@ import pytest
 
 from services.common.database import Database, Migration, Migrations, is_postgres
 from services.common.postgres import placeholders
+from services.common.sql import Connection
 
 BOTH_BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 """The stores' backends, as pytest parameters (`-m "not postgres"` keeps SQLite alone)."""
@@ -127,3 +128,41 @@ def open_together(
     for thread in threads:
         thread.join()
     return errors
+
+
+WRITER_WAIT = 5.0
+"""How long a test waits for the writer thread to start or end a held write."""
+
+
+@asynccontextmanager
+async def writer_held(database: Database) -> AsyncIterator[None]:
+    """Hold the writer thread inside a first write (which changes nothing) until the block
+    ends: every write submitted inside the block queues behind it, for the next batch."""
+    started, release = threading.Event(), threading.Event()
+
+    def hold(db: Connection) -> None:
+        started.set()
+        if not release.wait(WRITER_WAIT):
+            raise TimeoutError("the test never released the writer")
+
+    holding = asyncio.create_task(database.write(hold))
+    try:
+        assert await asyncio.to_thread(started.wait, WRITER_WAIT), "the writer never started"
+        yield
+        # Let the tasks created in the block start: each queues its write before it waits.
+        await asyncio.sleep(0)
+    finally:
+        release.set()
+        async with asyncio.timeout(WRITER_WAIT):
+            await holding
+
+
+async def queued_together(
+    database: Database, changes: Sequence[Callable[[Connection], object]]
+) -> list[object]:
+    """Submit `changes` while the writer is held, so that all of them are queued when the
+    next batch starts; returns what each write returned or raised, in order."""
+    async with writer_held(database):
+        queued = [asyncio.create_task(database.write(change)) for change in changes]
+    async with asyncio.timeout(WRITER_WAIT):
+        return await asyncio.gather(*queued, return_exceptions=True)

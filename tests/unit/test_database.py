@@ -10,15 +10,15 @@ import signal
 import sqlite3
 import stat
 import sys
-import threading
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from contextlib import asynccontextmanager, closing, contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 import pytest
 
 from services.common.database import MAX_BATCH, Database, WriteStats
 from services.common.sql import Connection
+from tests.support.databases import queued_together, writer_held
 from tests.support.paths import ROOT
 
 MIGRATIONS = [
@@ -73,40 +73,6 @@ def _count(table: str) -> Callable[[Connection], int]:
 
 def _names(db: Connection) -> list[str]:
     return [row["id"] for row in db.execute("SELECT id FROM items ORDER BY id")]
-
-
-@asynccontextmanager
-async def writer_held(database: Database) -> AsyncIterator[None]:
-    """Hold the writer thread inside a first write (which changes nothing) until the block
-    ends: every write submitted inside the block queues behind it, for the next batch."""
-    started, release = threading.Event(), threading.Event()
-
-    def hold(db: Connection) -> None:
-        started.set()
-        if not release.wait(WAIT):
-            raise TimeoutError("the test never released the writer")
-
-    holding = asyncio.create_task(database.write(hold))
-    try:
-        assert await asyncio.to_thread(started.wait, WAIT), "the writer never started"
-        yield
-        # Let the tasks created in the block start: each queues its write before it waits.
-        await asyncio.sleep(0)
-    finally:
-        release.set()
-        async with asyncio.timeout(WAIT):
-            await holding
-
-
-async def _queued_together(
-    database: Database, changes: Sequence[Callable[[Connection], object]]
-) -> list[object]:
-    """Submit `changes` while the writer is held, so that all of them are queued when the
-    next batch starts; returns what each write returned or raised, in order."""
-    async with writer_held(database):
-        queued = [asyncio.create_task(database.write(change)) for change in changes]
-    async with asyncio.timeout(WAIT):
-        return await asyncio.gather(*queued, return_exceptions=True)
 
 
 @contextmanager
@@ -312,7 +278,7 @@ async def test_a_write_on_an_idle_database_commits_alone(database: Database) -> 
 
 
 async def test_writes_queued_behind_a_running_batch_share_one_commit(database: Database) -> None:
-    outcomes = await _queued_together(database, [_insert(f"item{n}") for n in range(10)])
+    outcomes = await queued_together(database, [_insert(f"item{n}") for n in range(10)])
 
     assert outcomes == [None] * 10
     # The held write's batch, then one batch for all ten.
@@ -321,7 +287,7 @@ async def test_writes_queued_behind_a_running_batch_share_one_commit(database: D
 
 
 async def test_a_batch_takes_at_most_max_batch_writes(database: Database) -> None:
-    outcomes = await _queued_together(
+    outcomes = await queued_together(
         database, [_insert(f"item{n:03}") for n in range(MAX_BATCH + 1)]
     )
 
@@ -339,7 +305,7 @@ async def test_each_write_of_a_batch_gets_its_own_result(database: Database) -> 
         return insert
 
     names = [f"item{n}" for n in range(5)]
-    results = await _queued_together(database, [insert_and_count(name) for name in names])
+    results = await queued_together(database, [insert_and_count(name) for name in names])
 
     # In the order they were queued, each seeing the writes of its batch before it.
     assert results == [(name, n + 1) for n, name in enumerate(names)]
@@ -359,7 +325,7 @@ async def test_a_raising_write_fails_alone_and_the_rest_of_its_batch_commits(
         _insert("plate")(db)
         return bool(db.execute("SELECT count(*) FROM items WHERE id = 'cup'").fetchone()[0])
 
-    mug, cup, plate = await _queued_together(
+    mug, cup, plate = await queued_together(
         database, [_insert("mug"), insert_then_fail, sees_the_cup]
     )
 
@@ -384,7 +350,7 @@ async def test_a_failed_commit_fails_every_write_of_its_batch(database: Database
     def note_on_a_ghost(db: Connection) -> None:
         db.execute("INSERT INTO notes VALUES ('ghost')")
 
-    outcomes = await _queued_together(database, [_insert("mug"), note_on_a_ghost, _insert("cup")])
+    outcomes = await queued_together(database, [_insert("mug"), note_on_a_ghost, _insert("cup")])
 
     assert [type(outcome) for outcome in outcomes] == [sqlite3.IntegrityError] * 3
     assert {str(outcome) for outcome in outcomes} == {"FOREIGN KEY constraint failed"}
@@ -406,7 +372,7 @@ async def test_a_write_that_rolls_back_the_whole_transaction_fails_those_before_
         )
     )
 
-    mug, ghost, cup = await _queued_together(
+    mug, ghost, cup = await queued_together(
         database, [_insert(name) for name in ["mug", "ghost", "cup"]]
     )
 

@@ -22,7 +22,13 @@ from services.orders import store as orders_store
 from services.payments import store as payments_store
 from services.users import store as users_store
 from shopmesh.local import postgres
-from tests.support.databases import count_rows, open_together, query, schema_version
+from tests.support.databases import (
+    count_rows,
+    open_together,
+    query,
+    queued_together,
+    schema_version,
+)
 
 pytestmark = pytest.mark.postgres
 
@@ -85,12 +91,13 @@ async def test_a_violated_constraint_fails_its_write_alone_and_the_batch_commits
 ) -> None:
     await database.write(_insert("mug"))
 
-    outcomes = await asyncio.gather(
-        database.write(_insert("cup")),
-        database.write(_insert("mug")),
-        database.write(_insert("bowl")),
-        return_exceptions=True,
-    )
+    before = database.write_stats
+    # Queued behind a held write, so the three share one batch: the violation must roll back
+    # to its savepoint inside the batch's transaction, and the batch still commit.
+    outcomes = await queued_together(database, [_insert("cup"), _insert("mug"), _insert("bowl")])
+    after = database.write_stats
+    # The held write and the batch: two commits; the hold, cup and bowl acknowledged.
+    assert (after.commits - before.commits, after.changes - before.changes) == (2, 3)
 
     assert outcomes[0] is None
     assert outcomes[2] is None
