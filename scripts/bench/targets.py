@@ -33,11 +33,24 @@ class Target:
     target: str
     figure: str
     met: bool | None
-    """None: not measured on this machine (e.g. pinning needs two CPUs)."""
+    """None: not measured on this machine (e.g. pinning needs two CPUs), or the rounds
+    disagree (see `agreed`)."""
 
     @property
     def verdict(self) -> str:
         return {True: "MET", False: "NOT MET", None: "n/a"}[self.met]
+
+
+def agreed(values: list[float], bound: float) -> bool | None:
+    """Whether every round is within `bound` (True), every round beyond it (False), or None
+    when the rounds fall on both sides: then the run's noise is larger than what the target
+    measures (an added latency below zero is the direct path's own spread), and the median
+    alone would give a verdict the rounds do not support."""
+    if max(values) <= bound:
+        return True
+    if min(values) > bound:
+        return False
+    return None
 
 
 def targets(
@@ -67,14 +80,14 @@ def targets(
             f"<= +{ADDED_P50_MS} ms",
             f"{fixed.added_ms(0.5):+.2f} ms ({fixed.added_spread(0.5)}; one bare Envoy hop: "
             f"{fixed.bare_added_ms(0.5):+.2f})",
-            fixed.added_ms(0.5) <= ADDED_P50_MS,
+            agreed([r.added_ms(0.5) for r in fixed.rounds], ADDED_P50_MS),
         ),
         Target(
             f"2. added latency at {FIXED_RATE:.0f} req/s, p99",
             f"<= +{ADDED_P99_MS} ms",
             f"{fixed.added_ms(0.99):+.2f} ms ({fixed.added_spread(0.99)}; one bare Envoy hop: "
             f"{fixed.bare_added_ms(0.99):+.2f})",
-            fixed.added_ms(0.99) <= ADDED_P99_MS,
+            agreed([r.added_ms(0.99) for r in fixed.rounds], ADDED_P99_MS),
         ),
         Target(
             "3. mesh / direct max throughput, app pinned apart",
