@@ -46,15 +46,14 @@ import contextlib
 import os
 import queue
 import sqlite3
-import threading
 import time
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
+from services.common.group_commit import GroupCommit, WriteStats
 from services.common.sql import Connection
 
 T = TypeVar("T")
@@ -67,10 +66,6 @@ migration's transaction)."""
 DEFAULT_READERS = 4
 # How long a writer waits for another process's write lock before failing "database is locked".
 BUSY_TIMEOUT_MS = 5000
-# The most writes one COMMIT takes. Bounded so a batch holds the write lock (which another
-# process on the file, e.g. inventory's second replica, waits for) a bounded time, and one
-# failed COMMIT fails a bounded number of writes.
-MAX_BATCH = 64
 _WAL_SWITCH_SECONDS = 5.0
 PRIVATE_FILE = 0o600
 PRIVATE_DIRECTORY = 0o700
@@ -127,16 +122,6 @@ class Engine(Protocol):
         ...
 
 
-@dataclass(frozen=True)
-class WriteStats:
-    """What a Database's writer has committed since it was opened (migrations aside)."""
-
-    commits: int
-    """COMMITs that succeeded: one per batch of writes."""
-    changes: int
-    """Writes acknowledged by those COMMITs (a batch's writes that raised are not counted)."""
-
-
 class Database:
     """One database: a writer thread and a pool of reader threads (see module docstring).
 
@@ -155,7 +140,7 @@ class Database:
         """The SQLite file, or the Postgres URL (which carries no password)."""
         self._engine = engine
         self._write_thread = write_thread
-        self._writes = _GroupCommit(engine, write_thread)
+        self._writes = GroupCommit(engine, write_thread)
         self._read_threads = read_threads
         self._closed = False
 
@@ -303,147 +288,6 @@ class _SqliteEngine:
 
     def close(self) -> None:
         _release([self._writer, *self._reader_connections])
-
-
-@dataclass(eq=False)
-class _Write:
-    """One `write()` call: its change, what the change returned (kept until the COMMIT), and
-    the future its caller waits on."""
-
-    change: Callable[[Connection], Any]
-    done: Future[Any] = field(default_factory=Future)
-    result: Any = None
-
-
-class _GroupCommit:
-    """The writer's queue of writes, committed in batches on the writer thread."""
-
-    # One name for every change's savepoint: each is released before the next one starts.
-    _SAVEPOINT = "shopmesh_write"
-
-    def __init__(self, engine: Engine, thread: ThreadPoolExecutor) -> None:
-        self._engine = engine
-        self._thread = thread
-        # Guards the queue, the flag and the stats: writes are queued on the event loop and
-        # taken on the writer thread.
-        self._lock = threading.Lock()
-        self._queue: deque[_Write] = deque()
-        self._draining = False
-        self._stats = WriteStats(commits=0, changes=0)
-
-    def submit(self, change: Callable[[Connection], T]) -> Future[T]:
-        """Queue `change`; the future gets its result once its batch has committed."""
-        write = _Write(change)
-        # Running from the start, as write() promises: its future can no longer be cancelled.
-        write.done.set_running_or_notify_cancel()
-        with self._lock:
-            self._queue.append(write)
-            idle = not self._draining
-            self._draining = True
-        # One drain at a time; a write queued while it runs waits for it and joins the next
-        # batch. (After close() nothing submits: the executor would refuse.)
-        if idle:
-            self._thread.submit(self._drain)
-        return write.done
-
-    def stats(self) -> WriteStats:
-        with self._lock:
-            return self._stats
-
-    def _drain(self) -> None:
-        """Commit batches until the queue is empty (on the writer thread)."""
-        while True:
-            with self._lock:
-                batch = [self._queue.popleft() for _ in range(min(len(self._queue), MAX_BATCH))]
-                if not batch:
-                    self._draining = False
-                    return
-            try:
-                with self._engine.writer() as connection:
-                    self._commit(connection, batch)
-            except BaseException as error:
-                # _commit settles its batch itself; this is the backstop for a bug in it, so
-                # that no caller waits forever and the writer goes on with the next batch.
-                for write in batch:
-                    if not write.done.done():
-                        write.done.set_exception(error)
-
-    def _commit(self, connection: Connection, batch: Sequence[_Write]) -> None:
-        """Run `batch` in one transaction and settle every write of it that ran: a change that
-        raised gets its exception; the others their results once COMMIT has returned, or the
-        error that ended the transaction."""
-        try:
-            self._engine.begin_write(connection)
-        except BaseException as error:
-            # A begin can fail half way (Postgres: BEGIN ran, its write lock did not): end
-            # what it opened, so the connection carries no aborted transaction on.
-            failure = _roll_back(connection, error)
-            for write in batch:
-                write.done.set_exception(failure)
-            return
-        waiting = deque(batch)
-        ran: list[_Write] = []
-        try:
-            while waiting:
-                ran.append(write := waiting.popleft())
-                self._run_change(connection, write)
-            connection.execute("COMMIT")
-        except BaseException as error:
-            failure = _roll_back(connection, error)
-            for write in ran:
-                if not write.done.done():
-                    write.done.set_exception(failure)
-            # The writes that never ran lose nothing: they go first into the next batch. At
-            # least one write of this batch ran, so every batch settles at least one.
-            self._requeue(waiting)
-            return
-        returned = [write for write in ran if not write.done.done()]
-        with self._lock:
-            self._stats = WriteStats(
-                commits=self._stats.commits + 1, changes=self._stats.changes + len(returned)
-            )
-        for write in returned:
-            write.done.set_result(write.result)
-
-    def _run_change(self, connection: Connection, write: _Write) -> None:
-        """Run one change in its own savepoint: kept for the COMMIT if it returns; rolled back
-        to the savepoint, its exception given to its caller, if it raises. Raises when the
-        transaction itself did not survive the change."""
-        connection.execute(f"SAVEPOINT {self._SAVEPOINT}")
-        try:
-            write.result = write.change(connection)
-        except BaseException as error:
-            if not connection.in_transaction:
-                # SQLite rolled the whole transaction back (RAISE(ROLLBACK), a full disk):
-                # the batch fails with the change's error.
-                raise
-            connection.execute(f"ROLLBACK TO {self._SAVEPOINT}")
-            connection.execute(f"RELEASE {self._SAVEPOINT}")
-            write.done.set_exception(error)
-            return
-        if not connection.in_transaction:
-            raise RuntimeError(
-                "a write ended its transaction itself: a change must not run BEGIN, COMMIT, "
-                "END, ROLLBACK, SAVEPOINT or RELEASE (see services.common.database)"
-            )
-        connection.execute(f"RELEASE {self._SAVEPOINT}")
-
-    def _requeue(self, writes: Iterable[_Write]) -> None:
-        with self._lock:
-            self._queue.extendleft(reversed(list(writes)))
-
-
-def _roll_back(connection: Connection, error: BaseException) -> BaseException:
-    """ROLLBACK what is left of a failed transaction. Returns the error to report: `error`, or
-    ROLLBACK's own (its context is `error`) if that fails too, so the writer thread carries on
-    to the next batch either way."""
-    if not connection.in_transaction:
-        return error
-    try:
-        connection.execute("ROLLBACK")
-    except BaseException as rollback_error:
-        return rollback_error
-    return error
 
 
 async def _wait_for_end(written: asyncio.Future[T]) -> None:

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from services.common.database import MAX_BATCH, Database, WriteStats
+from services.common.database import Database
+from services.common.group_commit import MAX_BATCH, WriteStats
 from services.common.sql import Connection
 from tests.support.databases import queued_together, writer_held
 from tests.support.paths import ROOT
