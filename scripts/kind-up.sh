@@ -66,7 +66,7 @@ for deployment in $(kubectl --context "$CONTEXT" get deployments --namespace "$N
     kubectl --context "$CONTEXT" rollout status "$deployment" --namespace "$NAMESPACE" --timeout 300s
 done
 
-# The gateway's part of what `make up` prints (shopmesh/cli.py: gateway_help), for this gateway:
+# The gateway's part of what `make up` prints (shopmesh/connection_help.py: gateway_help), for this gateway:
 # tests/k8s/test_kind_scripts.py holds the two to the same lines.
 cat <<EOT
 

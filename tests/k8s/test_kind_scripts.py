@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from shopmesh.cli import gateway_help
+from shopmesh.connection_help import gateway_help
 from shopmesh.gatewayclient import GatewayTarget
 from shopmesh.k8s.collector import COLLECTOR, UI_PORT
 from shopmesh.k8s.layout import KubernetesLayout

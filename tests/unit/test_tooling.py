@@ -19,7 +19,7 @@ import pytest
 import yaml
 from cryptography import x509
 
-from shopmesh.cli import connection_help
+from shopmesh.connection_help import connection_help
 from shopmesh.gatewayclient import GatewayTarget
 from shopmesh.layout import GatewayPorts, LayoutError, LocalLayout, PodPorts, StateDir, local_pods
 from shopmesh.local.certs import ensure_certificates
