@@ -26,6 +26,17 @@ from services.inventory.domain import (
     StockChange,
 )
 
+# Both backends' version 1 -> 2: lines reserved before it get their product's price now.
+_PRICE_RESERVED_LINES = """
+    UPDATE reservation_items SET
+        currency_code = (
+            SELECT currency_code FROM products WHERE products.sku = reservation_items.sku
+        ),
+        unit_price_minor = (
+            SELECT price_minor_units FROM products WHERE products.sku = reservation_items.sku
+        );
+"""
+
 SQLITE_MIGRATIONS: tuple[str, ...] = (
     """
     CREATE TABLE products (
@@ -64,14 +75,8 @@ SQLITE_MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE reservation_items ADD COLUMN currency_code TEXT;
     ALTER TABLE reservation_items ADD COLUMN unit_price_minor INTEGER
         CHECK (unit_price_minor >= 0);
-    UPDATE reservation_items SET
-        currency_code = (
-            SELECT currency_code FROM products WHERE products.sku = reservation_items.sku
-        ),
-        unit_price_minor = (
-            SELECT price_minor_units FROM products WHERE products.sku = reservation_items.sku
-        );
-    """,
+    """
+    + _PRICE_RESERVED_LINES,
 )
 
 POSTGRES_MIGRATIONS: tuple[str, ...] = (
@@ -105,14 +110,8 @@ POSTGRES_MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE reservation_items ADD COLUMN currency_code TEXT;
     ALTER TABLE reservation_items ADD COLUMN unit_price_minor BIGINT
         CHECK (unit_price_minor >= 0);
-    UPDATE reservation_items SET
-        currency_code = (
-            SELECT currency_code FROM products WHERE products.sku = reservation_items.sku
-        ),
-        unit_price_minor = (
-            SELECT price_minor_units FROM products WHERE products.sku = reservation_items.sku
-        );
-    """,
+    """
+    + _PRICE_RESERVED_LINES,
 )
 
 MIGRATIONS = Migrations(sqlite=SQLITE_MIGRATIONS, postgres=POSTGRES_MIGRATIONS)
