@@ -16,6 +16,7 @@ from services.common.config import (
     GRACE_SECONDS,
     LISTEN,
     LOG_LEVEL,
+    REPLICA,
     upstream_variable,
 )
 from services.users.keys import KEYS_DIR_VARIABLE
@@ -30,6 +31,7 @@ MESH_OWNED = (
     GRACE_SECONDS,
     DRAIN_SECONDS,
     LOG_LEVEL,
+    REPLICA,
     KEYS_DIR_VARIABLE,
 )
 """Variables shopmesh sets for the apps (plus SHOPMESH_UPSTREAM_<NAME> for each upstream; the
@@ -110,6 +112,7 @@ def pod_environment(
         GRACE_SECONDS: seconds(settings.grace_seconds),
         DRAIN_SECONDS: seconds(topology.drain_seconds(pod.service)),
         LOG_LEVEL: settings.log_level,
+        REPLICA: pod.name,
         **tracing_environment(settings.tracing, pod.service, pod.name),
         **signing_environment(topology, layout, pod.service),
     }

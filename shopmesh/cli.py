@@ -28,14 +28,8 @@ from shopmesh.local.errors import MeshError
 from shopmesh.local.mesh import RunningMesh
 from shopmesh.local.observability import DEFAULT_MAX_TRACES, DEFAULT_SAMPLING
 from shopmesh.local.standalone import run_standalone
-from shopmesh.local.startup import (
-    DATABASES,
-    DEFAULT_DESCRIPTOR,
-    SQLITE,
-    MeshOptions,
-    down,
-    up,
-)
+from shopmesh.local.startup import DATABASES, DEFAULT_DESCRIPTOR, MeshOptions, down, up
+from shopmesh.local.state import SQLITE
 from shopmesh.local.status import mesh_status
 from shopmesh.observe.commands import load_command, tap_command, trace_command, traces_command
 from shopmesh.observe.statcommand import stat_command

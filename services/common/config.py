@@ -22,6 +22,10 @@ what one writes is what the other reads. The variables:
   callers' health checks move traffic away before the server stops accepting calls (default 0;
   the mesh sets it from the health-check policy). SIGINT skips it.
 - SHOPMESH_LOG_LEVEL: DEBUG, INFO, WARNING or ERROR (default INFO)
+- SHOPMESH_REPLICA: this replica's name among its service's replicas, the same after a restart
+  (the local mesh's pod name, orders-0; a StatefulSet pod's name). Work a replica leases in the
+  database (orders' sagas) is its own again at once when it restarts. Unset: a name unique to
+  the process, so a restarted replica's leases are taken over only once they lapse.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ DATABASE_URL = ENV_PREFIX + "DATABASE_URL"
 GRACE_SECONDS = ENV_PREFIX + "GRACE_SECONDS"
 DRAIN_SECONDS = ENV_PREFIX + "DRAIN_SECONDS"
 LOG_LEVEL = ENV_PREFIX + "LOG_LEVEL"
+REPLICA = ENV_PREFIX + "REPLICA"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 _TCP_ADDRESS = re.compile(r"^(?P<host>\[[0-9a-fA-F:]+\]|[A-Za-z0-9.\-]+):(?P<port>\d{1,5})$")
@@ -67,6 +72,8 @@ class ServiceConfig:
     log_level: str = "INFO"
     database_url: str | None = None
     """The service's Postgres database; None: the SQLite file at `db_path`."""
+    replica: str | None = None
+    """This replica's stable name (SHOPMESH_REPLICA), or None."""
 
     @property
     def database(self) -> Path | str:
@@ -177,4 +184,5 @@ def load_config(
         drain_seconds=_float(env, DRAIN_SECONDS, 0.0, 0.0),
         log_level=log_level,
         database_url=_database_url(env),
+        replica=env.get(REPLICA) or None,
     )

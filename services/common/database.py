@@ -55,6 +55,7 @@ from typing import Protocol, TypeVar
 
 from services.common.group_commit import GroupCommit, WriteStats
 from services.common.sql import Connection
+from services.common.turns import LocalTurns, Turns
 
 T = TypeVar("T")
 Migration = str | Callable[[Connection], None]
@@ -134,6 +135,7 @@ class Database:
         engine: Engine,
         write_thread: ThreadPoolExecutor,
         read_threads: ThreadPoolExecutor,
+        turns: Turns | None = None,
     ) -> None:
         """Use `Database.open`: it creates the connections on the right threads."""
         self.path = path
@@ -142,6 +144,7 @@ class Database:
         self._write_thread = write_thread
         self._writes = GroupCommit(engine, write_thread)
         self._read_threads = read_threads
+        self._turns = turns or LocalTurns()
         self._closed = False
 
     @classmethod
@@ -230,6 +233,12 @@ class Database:
             await _wait_for_end(written)
             raise
 
+    def exclusive(self, name: str) -> contextlib.AbstractAsyncContextManager[None]:
+        """`async with db.exclusive(name):` waits for the turn `name` and holds it for the body:
+        one holder at a time across every process on this database (services.common.turns)."""
+        self._check_open()
+        return self._turns.hold(name)
+
     @property
     def write_stats(self) -> WriteStats:
         """Commits and acknowledged writes so far: how well writes share their fsyncs."""
@@ -246,6 +255,7 @@ class Database:
         if self._closed:
             return
         self._closed = True
+        await self._turns.close()
         await asyncio.to_thread(self._release)
 
     def _release(self) -> None:

@@ -10,8 +10,9 @@ contract as on SQLite, on a database the service's own role owns.
   `BEGIN ... COMMIT`, each write in its own savepoint. The transaction first takes a
   transaction-scoped advisory lock (WRITE_LOCK), so the writes of every process on the
   database (replicas) run one transaction at a time, as SQLite's write lock makes them: each
-  store's read-check-write `fn` stays correct without row locks or retries. (Row leases for
-  replicas that must write side by side are issue 12's next stage.)
+  store's read-check-write `fn` stays correct without row locks or retries. Replicas that must
+  not do the same work twice coordinate on top of that: the orders saga by leases in its rows
+  (services.orders.store), the outbox relay by a turn (services.common.turns).
 - Reads run in `BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY`: one snapshot per `fn`, and a
   read that tries to write fails.
 - Migrations run on their own connection holding a session advisory lock (MIGRATE_LOCK):
@@ -41,6 +42,7 @@ from psycopg import pq
 
 from services.common.database import Database, Migration, transaction
 from services.common.sql import Connection
+from services.common.turns import AdvisoryTurns
 
 T = TypeVar("T")
 
@@ -69,7 +71,7 @@ async def open_database(
         write_thread.shutdown(wait=True)
         read_threads.shutdown(wait=True)
         raise
-    return Database(redacted(url), engine, write_thread, read_threads)
+    return Database(redacted(url), engine, write_thread, read_threads, AdvisoryTurns(url))
 
 
 def redacted(url: str) -> str:

@@ -9,6 +9,8 @@ Service-specific settings (seconds, from the environment):
   it (default 2)
 - SHOPMESH_ORDERS_RELAY_MAX_BACKOFF: cap of the relay's retry backoff while notifications is
   unreachable (default 10)
+- SHOPMESH_ORDERS_LEASE_TTL: how long a replica's lease on a saga lasts after its last write;
+  after a replica dies, the others take its sagas over this long after (default 15)
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from services.orders.relay import Backoff, OutboxRelay
 from services.orders.saga import CheckoutSaga
 from services.orders.service import Orders
 from services.orders.servicer import OrdersServicer
-from services.orders.store import SqliteOrderStore
+from services.orders.store import DEFAULT_LEASE_TTL, SqliteOrderStore
 from shop.orders.v1 import orders_pb2, orders_pb2_grpc
 
 SERVICE_NAME = orders_pb2.DESCRIPTOR.services_by_name["OrdersService"].full_name
@@ -42,6 +44,7 @@ class OrdersSettings:
     pending_timeout: float = 900.0
     relay_poll_interval: float = 2.0
     relay_max_backoff: float = 10.0
+    lease_ttl: float = DEFAULT_LEASE_TTL.total_seconds()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> OrdersSettings:
@@ -59,6 +62,7 @@ class OrdersSettings:
             relay_max_backoff=env_seconds(
                 env, "ORDERS_RELAY_MAX_BACKOFF", cls.relay_max_backoff, minimum=0.01
             ),
+            lease_ttl=env_seconds(env, "ORDERS_LEASE_TTL", cls.lease_ttl, minimum=0.5),
         )
 
 
@@ -70,7 +74,9 @@ async def build(config: ServiceConfig, env: Mapping[str, str] | None = None) -> 
     settings = OrdersSettings.from_env(os.environ if env is None else env)
     # Resolve every address first, so a missing upstream fails before anything is opened.
     addresses = {name: config.upstream(name) for name in UPSTREAM_NAMES}
-    store = await SqliteOrderStore.open(config.database)
+    store = await SqliteOrderStore.open(
+        config.database, owner=config.replica, lease_ttl=timedelta(seconds=settings.lease_ttl)
+    )
     channels = {name: open_channel(address) for name, address in addresses.items()}
 
     relay = OutboxRelay(

@@ -23,6 +23,7 @@ from services.common.errors import (
     FailedPrecondition,
     NotFound,
     PreconditionViolation,
+    Unavailable,
     Validator,
 )
 from services.common.money import Money, is_currency_code
@@ -371,6 +372,18 @@ class PaymentsPort(Protocol):
         """Refund in full, idempotently; NotFound(PAYMENT_NOT_FOUND); Unavailable."""
 
 
+class LeaseLost(Unavailable):
+    """Another orders replica has taken the saga over (this one's lease lapsed): this one must
+    stop driving it. UNAVAILABLE with reason ORDER_PENDING, as for any saga not finished yet."""
+
+    def __init__(self, order_id: str) -> None:
+        super().__init__(
+            f"order {order_id} is being finished by another orders replica; it will be resumed",
+            reason="ORDER_PENDING",
+            metadata={"order_id": order_id},
+        )
+
+
 class OrderRepository(Protocol):
     """Durable storage of orders, saga state, idempotency keys and the outbox."""
 
@@ -386,8 +399,14 @@ class OrderRepository(Protocol):
     async def save(self, order: Order, saga: SagaState, event: OrderEvent | None = None) -> None:
         """Store the order and saga state, and `event` in the outbox, in ONE transaction."""
 
-    async def in_flight(self) -> list[str]:
-        """Ids of orders whose saga is not DONE, oldest first."""
+    async def claim(self, order_id: str) -> bool:
+        """Lease the order's saga to this replica unless another one holds it (False then, or
+        if there is no such order). Every `save` renews the lease, or raises LeaseLost (an
+        Unavailable) once another replica took the saga over."""
+
+    async def claim_in_flight(self, limit: int) -> list[str]:
+        """Lease up to `limit` sagas that are not DONE and that no other replica holds,
+        oldest first; returns their order ids."""
 
     async def list_for_user(
         self, user_id: str, after: OrderCursor | None, limit: int

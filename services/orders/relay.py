@@ -17,6 +17,13 @@ batch round trips (read, RPC, mark), however many events arrive meanwhile up to 
 per round trip. `poll_interval` is only the safety net for a missed wake-up; while the consumer
 is unreachable, an event waits for the backoff (at most its `maximum`) instead.
 
+Replicas: every orders replica runs a relay, and each pass is its turn (Outbox.relay_turn: on
+Postgres an advisory lock, services.common.turns), so one relay at a time delivers and the
+outbox order holds across replicas. A replica woken by its own event waits for the turn, and
+its pass then starts after that event was committed: no event waits for a poll because another
+replica was mid-pass. Should two passes ever overlap (a turn's connection broke), each still
+starts from the oldest pending event and the consumer dedupes: order and exactly-once hold.
+
 Each event's delivery is a span (`outbox deliver`) in the trace of the saga step that wrote it,
 a child of it however much later it runs, so an order's trace ends with its notification. The
 batch's RPC runs inside the span of its first (oldest) event: that trace shows the call into
@@ -51,6 +58,9 @@ class Outbox(Protocol):
 
     async def record_failure(self, event_ids: list[str], error: str, *, give_up: bool) -> None:
         """Record a failed attempt at these events; `give_up` parks them for good."""
+
+    def relay_turn(self) -> contextlib.AbstractAsyncContextManager[None]:
+        """Held for each pass: one relay at a time delivers, whichever replica it runs in."""
 
 
 class EventRefused(Exception):
@@ -157,7 +167,8 @@ class OutboxRelay:
             # Cleared before reading the outbox, so an event written meanwhile re-wakes us.
             self._wakeup.clear()
             try:
-                await self.deliver_pending()
+                async with self._outbox.relay_turn():
+                    await self.deliver_pending()
             except DomainError as error:
                 failures += 1
                 delay = self._backoff.delay(failures, self._rng)

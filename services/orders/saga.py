@@ -24,6 +24,14 @@ The step about to run is stored before it runs, and each downstream call is idem
 order, so after a crash (or an Unavailable dependency) re-running the stored step is always
 safe: that is all recovery does.
 
+Replicas: a saga is driven by the replica holding its lease (services.orders.store). Placing
+an order leases it to the replica that placed it; resuming or cancelling claims the lease
+first, and waits (up to `lease_wait`) while another live replica holds it: a retried PlaceOrder
+that lands on another replica returns the order once its driver finished it. The recovery
+sweep claims only sagas whose lease lapsed, so it takes over exactly the orders of replicas
+that died (or stalled past their lease), a few at a time; a replica that finds its lease taken
+(LeaseLost on its next write) stops driving that order.
+
 Every downstream call is made for the order's shopper, its stored user_id (see the ports in
 services.orders.domain): a step the recovery sweep re-runs, with no request behind it, passes
 on the same caller as the request that placed the order.
@@ -56,6 +64,7 @@ from services.orders.domain import (
     PRODUCT_NOT_FOUND,
     USER_NOT_FOUND,
     InventoryPort,
+    LeaseLost,
     Order,
     OrderEvent,
     OrderEventType,
@@ -87,6 +96,11 @@ _BEFORE_CHARGE = (
 )
 # Steps whose reserve call may have gone through before the saga stalled there.
 _RESERVING = (SagaStep.RESERVE_AND_PRICE, SagaStep.RESERVE_STOCK)
+# How long a request waits for another replica to finish (or let go of) the saga it asks for:
+# within the edge's 10 s request timeout, with room for the saga's own steps after it.
+DEFAULT_LEASE_WAIT = 3.0
+_LEASE_RETRY_FIRST = 0.02
+_LEASE_RETRY_MAX = 0.25
 
 
 class _KeyedLocks:
@@ -135,6 +149,7 @@ class CheckoutSaga:
         new_id: Callable[[], str] = new_order_id,
         on_event: Callable[[], None] = lambda: None,
         pending_timeout: timedelta = DEFAULT_PENDING_TIMEOUT,
+        lease_wait: float = DEFAULT_LEASE_WAIT,
     ) -> None:
         self._repository = repository
         self._users = users
@@ -144,6 +159,7 @@ class CheckoutSaga:
         self._new_id = new_id
         self._on_event = on_event
         self._pending_timeout = pending_timeout
+        self._lease_wait = lease_wait
         self._locks = _KeyedLocks()
 
     # --- requests ----------------------------------------------------------------------
@@ -176,7 +192,7 @@ class CheckoutSaga:
         NotFound(ORDER_NOT_FOUND); FailedPrecondition(ORDER_NOT_CANCELLABLE) unless CONFIRMED.
         """
         async with self._locks.hold(order_id):
-            order, saga = await load_order(self._repository, order_id)
+            order, saga = await self._claimed(order_id)
             if order.status is OrderStatus.CANCELLED:
                 return order
             if saga.outcome is not OrderStatus.CANCELLED:
@@ -199,7 +215,7 @@ class CheckoutSaga:
         A `recovered` saga (no request is waiting for it) continues the trace of the request
         that placed or cancelled the order."""
         async with self._locks.hold(order_id):
-            order, saga = await load_order(self._repository, order_id)
+            order, saga = await self._claimed(order_id)
             if not recovered or saga.step is SagaStep.DONE:
                 return await self._run(order, saga)
             attributes = {"order.id": order_id, "saga.step": saga.step.value}
@@ -207,34 +223,65 @@ class CheckoutSaga:
                 return await self._run(order, saga)
 
     async def recover(self, concurrency: int = 8) -> int:
-        """Resume or compensate every in-flight order; returns how many reached their end.
+        """Resume or compensate every in-flight order no other live replica drives; returns
+        how many reached their end.
 
-        Up to `concurrency` orders run at once, so one order stuck on a hanging dependency does
-        not hold up the rest. Orders a request is driving right now are skipped; the next pass
-        sees them if they are still in flight. One order failing never stops the others.
+        Orders are claimed `concurrency` at a time and run side by side, so one order stuck on
+        a hanging dependency does not hold up the rest, and none waits, claimed, long enough
+        for its lease to lapse. Orders a request of this replica is driving right now are
+        skipped; the next pass sees them if they are still in flight. One order failing never
+        stops the others.
         """
-        limit = asyncio.Semaphore(concurrency)
 
         async def recover_one(order_id: str) -> bool:
-            async with limit:
-                if self._locks.busy(order_id):
-                    return False
-                try:
-                    await self.resume(order_id, recovered=True)
-                except Unavailable as error:
-                    log.debug(
-                        "order still waiting for a dependency",
-                        extra={"order_id": order_id, "error": error.message},
-                    )
-                    return False
-                except Exception:
-                    log.exception("recovering order failed", extra={"order_id": order_id})
-                    return False
-                return True
+            if self._locks.busy(order_id):
+                return False
+            try:
+                await self.resume(order_id, recovered=True)
+            except Unavailable as error:
+                log.debug(
+                    "order still waiting for a dependency",
+                    extra={"order_id": order_id, "error": error.message},
+                )
+                return False
+            except Exception:
+                log.exception("recovering order failed", extra={"order_id": order_id})
+                return False
+            return True
 
-        in_flight = await self._repository.in_flight()
-        finished = await asyncio.gather(*map(recover_one, in_flight))
-        return sum(finished)
+        finished = 0
+        seen: set[str] = set()
+        while claimed := [
+            order_id
+            for order_id in await self._repository.claim_in_flight(concurrency + len(seen))
+            if order_id not in seen
+        ]:
+            seen.update(claimed)
+            finished += sum(await asyncio.gather(*map(recover_one, claimed)))
+        return finished
+
+    async def _claimed(self, order_id: str) -> tuple[Order, SagaState]:
+        """The order and its saga, leased to this replica, or DONE (nothing left to drive).
+        While another replica holds the lease, waits up to `lease_wait` for it to finish the
+        saga or let it go; then Unavailable(ORDER_PENDING). NotFound(ORDER_NOT_FOUND)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._lease_wait
+        delay = _LEASE_RETRY_FIRST
+        while not await self._repository.claim(order_id):
+            order, saga = await load_order(self._repository, order_id)
+            if saga.step is SagaStep.DONE:
+                return order, saga
+            if loop.time() >= deadline:
+                raise Unavailable(
+                    f"order {order_id} is being driven by another orders replica; "
+                    "ask again shortly",
+                    reason="ORDER_PENDING",
+                    metadata={"order_id": order_id, "step": saga.step.value},
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _LEASE_RETRY_MAX)
+        # Read after the claim: what the previous holder stored last is what this one drives.
+        return await load_order(self._repository, order_id)
 
     # --- the state machine -------------------------------------------------------------
 
@@ -246,6 +293,9 @@ class CheckoutSaga:
                 # A span per step: the order's trace reads like its saga.
                 with tracer.start_as_current_span(f"saga {saga.step.value}", attributes=attributes):
                     order, saga = await self._step(order, saga)
+            except LeaseLost:
+                # Another replica drives the order now: nothing of ours to store.
+                raise
             except DomainError as error:
                 # Unavailable, or a downstream answer no step expects: either way the step did
                 # not complete, so it stays stored and is retried by recovery or by the caller.

@@ -4,12 +4,29 @@ state, idempotency keys and the transactional outbox of order events.
 `save` writes an order, its saga state and (for a final state) its outbox event in one
 transaction, so an event never exists without the state change it reports, and a state change
 never loses its event.
+
+Leases: on Postgres several orders replicas share one database, and each saga must be driven by
+one replica at a time. A store belongs to one replica (`owner`) and every saga row names the
+replica driving it and until when (`lease_ttl` from its last write). `create` leases the new
+saga to its owner; `claim` takes a saga whose lease is its own or has lapsed; every `save` is
+fenced: it renews the owner's lease, or raises LeaseLost (writing nothing) once another replica
+has taken the saga over, so a replica that stalled past its lease never overwrites the new
+driver's progress. A saga that reaches DONE lets its lease go at once (a cancellation may claim
+it from any replica). A replica that dies simply stops renewing: after `lease_ttl` the recovery
+sweep of another (`claim_in_flight`) takes its sagas. Leases are read against the replicas' own
+clocks: keep `lease_ttl` well above their skew (the default 15 s is; NTP keeps it to
+milliseconds), and above the longest single step (a downstream call is cut off after 5 s).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Sequence
+import os
+import socket
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import timedelta
 from pathlib import Path
 
 from services.common.clock import from_micros, now_micros, to_micros
@@ -18,6 +35,7 @@ from services.common.errors import AlreadyExists
 from services.common.money import Money
 from services.common.sql import Connection, Row
 from services.orders.domain import (
+    LeaseLost,
     Order,
     OrderCursor,
     OrderEvent,
@@ -90,6 +108,12 @@ SQLITE_MIGRATIONS = [
     ALTER TABLE saga_state ADD COLUMN origin TEXT NOT NULL DEFAULT '{}';
     ALTER TABLE outbox ADD COLUMN origin TEXT NOT NULL DEFAULT '{}';
     """,
+    # Which replica drives each saga, until when (see "Leases" in the module docstring). Sagas
+    # stored before have no owner and a lapsed lease: the first recovery pass takes them.
+    """
+    ALTER TABLE saga_state ADD COLUMN lease_owner TEXT NOT NULL DEFAULT '';
+    ALTER TABLE saga_state ADD COLUMN lease_expires_us INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
 
 # The same versions on Postgres. The outbox's sequence is an identity column: writes to the
@@ -155,22 +179,55 @@ POSTGRES_MIGRATIONS = [
     ALTER TABLE saga_state ADD COLUMN origin TEXT NOT NULL DEFAULT '{}';
     ALTER TABLE outbox ADD COLUMN origin TEXT NOT NULL DEFAULT '{}';
     """,
+    """
+    ALTER TABLE saga_state ADD COLUMN lease_owner TEXT NOT NULL DEFAULT '';
+    ALTER TABLE saga_state ADD COLUMN lease_expires_us BIGINT NOT NULL DEFAULT 0;
+    """,
 ]
 
 MIGRATIONS = Migrations(sqlite=SQLITE_MIGRATIONS, postgres=POSTGRES_MIGRATIONS)
 
 
-class SqliteOrderStore:
-    """OrderRepository and the relay's Outbox on its database (see module docstring)."""
+DEFAULT_LEASE_TTL = timedelta(seconds=15)
+# The outbox relay's turn (services.common.database.Database.exclusive).
+RELAY_TURN = "orders-outbox-relay"
 
-    def __init__(self, database: Database) -> None:
+
+def replica_id() -> str:
+    """A name for this process that no other replica has, now or after a restart."""
+    return f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
+
+
+class SqliteOrderStore:
+    """OrderRepository and the relay's Outbox on its database (see module docstring), on
+    behalf of the replica `owner`."""
+
+    def __init__(
+        self,
+        database: Database,
+        *,
+        owner: str | None = None,
+        lease_ttl: timedelta = DEFAULT_LEASE_TTL,
+        clock: Callable[[], int] = now_micros,
+    ) -> None:
         self._db = database
+        self.owner = owner or replica_id()
+        self._lease_us = int(lease_ttl / timedelta(microseconds=1))
+        self._clock = clock
 
     @classmethod
-    async def open(cls, location: Path | str) -> SqliteOrderStore:
+    async def open(
+        cls,
+        location: Path | str,
+        *,
+        owner: str | None = None,
+        lease_ttl: timedelta = DEFAULT_LEASE_TTL,
+        clock: Callable[[], int] = now_micros,
+    ) -> SqliteOrderStore:
         """Open (creating and migrating if needed) the database at `location`: a file's path
-        or a postgresql:// URL."""
-        return cls(await Database.open(location, MIGRATIONS))
+        or a postgresql:// URL. `clock` (epoch microseconds) times the leases."""
+        database = await Database.open(location, MIGRATIONS)
+        return cls(database, owner=owner, lease_ttl=lease_ttl, clock=clock)
 
     async def close(self) -> None:
         """Close the database."""
@@ -181,7 +238,8 @@ class SqliteOrderStore:
     async def create(
         self, idempotency_key: str, fingerprint: str, order: Order, saga: SagaState
     ) -> Order:
-        """Store a new order under `idempotency_key`, or return the order the key names.
+        """Store a new order under `idempotency_key`, its saga leased to this replica, or
+        return the order the key names (its lease unchanged).
 
         Raises AlreadyExists(IDEMPOTENCY_KEY_REUSED) when the key was used with a different
         request (another `fingerprint`).
@@ -230,8 +288,15 @@ class SqliteOrderStore:
             )
             db.execute(
                 "INSERT INTO saga_state (order_id, step, payment_token, outcome, outcome_reason,"
-                " last_error, origin, update_time_us) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (order.order_id, *_saga_values(saga), to_micros(order.update_time)),
+                " last_error, origin, update_time_us, lease_owner, lease_expires_us)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    order.order_id,
+                    *_saga_values(saga),
+                    to_micros(order.update_time),
+                    self.owner,
+                    self._clock() + self._lease_us,
+                ),
             )
             db.execute(
                 "INSERT INTO idempotency_keys (idempotency_key, order_id, fingerprint,"
@@ -267,9 +332,30 @@ class SqliteOrderStore:
         return await self._db.read(load)
 
     async def save(self, order: Order, saga: SagaState, event: OrderEvent | None = None) -> None:
-        """Store the order's mutable fields, its saga state and `event` in one transaction."""
+        """Store the order's mutable fields, its saga state and `event` in one transaction,
+        renewing this replica's lease (released once the saga is DONE); LeaseLost, and nothing
+        written, if another replica holds the saga now."""
 
         def save(db: Connection) -> None:
+            now = self._clock()
+            expires = 0 if saga.step is SagaStep.DONE else now + self._lease_us
+            # Fenced first, so a lost lease writes nothing.
+            fenced = db.execute(
+                "UPDATE saga_state SET step = ?, payment_token = ?, outcome = ?,"
+                " outcome_reason = ?, last_error = ?, origin = ?, update_time_us = ?,"
+                " lease_expires_us = ? WHERE order_id = ? AND lease_owner = ?",
+                (
+                    *_saga_values(saga),
+                    to_micros(order.update_time),
+                    expires,
+                    order.order_id,
+                    self.owner,
+                ),
+            ).rowcount
+            if fenced != 1:
+                if _find_order(db, order.order_id) is None:
+                    raise RuntimeError(f"order {order.order_id} does not exist")
+                raise LeaseLost(order.order_id)
             updated = db.execute(
                 "UPDATE orders SET status = ?, total_minor = ?, rejection_reason = ?,"
                 " cancel_reason = ?, payment_id = ?, update_time_us = ? WHERE order_id = ?",
@@ -292,12 +378,6 @@ class SqliteOrderStore:
                     for line, item in enumerate(order.items)
                 ],
             )
-            db.execute(
-                "UPDATE saga_state SET step = ?, payment_token = ?, outcome = ?,"
-                " outcome_reason = ?, last_error = ?, origin = ?, update_time_us = ?"
-                " WHERE order_id = ?",
-                (*_saga_values(saga), to_micros(order.update_time), order.order_id),
-            )
             if event is not None:
                 db.execute(
                     "INSERT INTO outbox (event_id, order_id, user_id, event_type, reason,"
@@ -318,8 +398,48 @@ class SqliteOrderStore:
 
         await self._db.write(save)
 
+    async def claim(self, order_id: str) -> bool:
+        """Lease the saga of `order_id` to this replica if its lease is this replica's own or
+        has lapsed (or it is DONE); False if another replica holds it, or there is no such
+        order."""
+
+        def claim(db: Connection) -> bool:
+            now = self._clock()
+            return (
+                db.execute(
+                    "UPDATE saga_state SET lease_owner = ?, lease_expires_us = ?"
+                    " WHERE order_id = ? AND (lease_owner = ? OR lease_expires_us <= ?)",
+                    (self.owner, now + self._lease_us, order_id, self.owner, now),
+                ).rowcount
+                == 1
+            )
+
+        return await self._db.write(claim)
+
+    async def claim_in_flight(self, limit: int) -> list[str]:
+        """Lease to this replica up to `limit` sagas that have not reached DONE and that no
+        other replica holds (their lease lapsed, or it is this replica's), oldest order first;
+        returns their order ids."""
+
+        def claim(db: Connection) -> list[str]:
+            now = self._clock()
+            rows = db.execute(
+                "SELECT s.order_id FROM saga_state s JOIN orders o USING (order_id)"
+                " WHERE s.step <> 'DONE' AND (s.lease_owner = ? OR s.lease_expires_us <= ?)"
+                " ORDER BY o.create_time_us, o.order_id LIMIT ?",
+                (self.owner, now, limit),
+            ).fetchall()
+            order_ids = [row["order_id"] for row in rows]
+            db.executemany(
+                "UPDATE saga_state SET lease_owner = ?, lease_expires_us = ? WHERE order_id = ?",
+                [(self.owner, now + self._lease_us, order_id) for order_id in order_ids],
+            )
+            return order_ids
+
+        return await self._db.write(claim)
+
     async def in_flight(self) -> list[str]:
-        """Ids of orders whose saga has not reached DONE, oldest first."""
+        """Ids of orders whose saga has not reached DONE, oldest first, whoever drives them."""
 
         def in_flight(db: Connection) -> list[str]:
             rows = db.execute(
@@ -356,6 +476,10 @@ class SqliteOrderStore:
         return await self._db.read(list_page)
 
     # --- outbox ------------------------------------------------------------------------
+
+    def relay_turn(self) -> contextlib.AbstractAsyncContextManager[None]:
+        """Held by a relay for each pass, so one replica's relay delivers at a time."""
+        return self._db.exclusive(RELAY_TURN)
 
     async def pending_events(self, limit: int) -> list[OrderEvent]:
         """Up to `limit` undelivered events, in the order they were written."""

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from services.common.config import REPLICA
 from shopmesh.appenv import AppSettings, pod_environment
 from shopmesh.envoy.command import envoy_args
 from shopmesh.k8s.layout import KubernetesLayout
@@ -174,7 +175,7 @@ def app_container(topology: Topology, layout: KubernetesLayout, pod: Pod) -> Jso
         "image": APP_IMAGE,
         "imagePullPolicy": "IfNotPresent",
         "args": [app_module(pod.service)],
-        "env": [{"name": name, "value": value} for name, value in environment.items()],
+        "env": [env_variable(name, value) for name, value in environment.items()],
         "startupProbe": grpc_probe(health, service.grpc_service, period=2, failures=30),
         "readinessProbe": grpc_probe(health, service.grpc_service, period=5, failures=2),
         "livenessProbe": grpc_probe(health, service.grpc_service, period=10, failures=3),
@@ -188,6 +189,14 @@ def app_container(topology: Topology, layout: KubernetesLayout, pod: Pod) -> Jso
             *signing_mounts(topology, layout, pod.service),
         ],
     }
+
+
+def env_variable(name: str, value: str) -> Json:
+    """One variable of the app's environment. Its replica name is the pod's own: stable for a
+    StatefulSet's pods, and never shared by two."""
+    if name == REPLICA:
+        return {"name": name, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}
+    return {"name": name, "value": value}
 
 
 def signing_volumes(topology: Topology, layout: KubernetesLayout, service: str) -> list[Json]:

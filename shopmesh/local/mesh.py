@@ -25,7 +25,7 @@ from shopmesh.local.handles import GatewayHandle, PodHandle
 from shopmesh.local.health import check_health, health_channel, http_ok, serving
 from shopmesh.local.process import ManagedProcess, spawn
 from shopmesh.local.reflection import REFLECTION, reflection_serves
-from shopmesh.local.state import MeshState, read_state
+from shopmesh.local.state import POSTGRES, MeshState, read_state
 from shopmesh.local.wait import until
 from shopmesh.topology import GATEWAY, Topology, TopologyError, load_topology
 
@@ -88,6 +88,8 @@ class RunningMesh:
             topology = load_topology(paths.topology_snapshot)
         except TopologyError as error:
             raise MeshError(f"cannot read the running mesh's topology: {error}") from None
+        if state.database == POSTGRES:
+            topology = topology.on_postgres()
         layout = LocalLayout(
             paths,
             topology,

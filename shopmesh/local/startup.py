@@ -67,15 +67,20 @@ from shopmesh.local.process import ManagedProcess
 from shopmesh.local.prometheus import write_scrape_config
 from shopmesh.local.reflection import REFLECTION, reflection_record
 from shopmesh.local.signing import ensure_signing_keys
-from shopmesh.local.state import LegacyState, MeshState, ProcessRecord, read_state
+from shopmesh.local.state import (
+    POSTGRES,
+    SQLITE,
+    LegacyState,
+    MeshState,
+    ProcessRecord,
+    read_state,
+)
 from shopmesh.local.wait import until
 from shopmesh.options import DEFAULT_STATE_DIR, DEFAULT_TOPOLOGY
 from shopmesh.pki import LEAF_TTL, PkiError
 from shopmesh.topology import GATEWAY, Topology, TopologyError, load_topology
 
 DEFAULT_DESCRIPTOR = Path("gen/shop.pb")
-SQLITE = "sqlite"
-POSTGRES = "postgres"
 DATABASES = (SQLITE, POSTGRES)
 DEFAULT_STOREFRONT = Path("web/dist")
 
@@ -259,6 +264,8 @@ def copy_storefront(built: Path, served: Path) -> None:
 def prepare(options: MeshOptions) -> tuple[LocalLayout, MeshState, Path]:
     """Everything before the first process starts: checks, ports, certificates, configs."""
     topology, envoy = preflight(options)
+    if options.database == POSTGRES:
+        topology = topology.on_postgres()
     external = None if options.otlp_endpoint is None else otlp_endpoint(options.otlp_endpoint)
     paths = StateDir(options.state_dir.resolve())
     prepare_state_dir(paths)
@@ -295,6 +302,7 @@ def prepare(options: MeshOptions) -> tuple[LocalLayout, MeshState, Path]:
         environment=dict(os.environ),
         dashboard_port=dashboard_port,
         edge_tls=options.edge_tls,
+        database=options.database,
     )
     return layout, state, envoy
 

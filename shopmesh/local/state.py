@@ -17,6 +17,11 @@ from shopmesh.local.private import PRIVATE_DIRECTORY, PRIVATE_FILE
 STATE_VERSION = 2
 
 
+# Where the services keep their data (`shopmesh up --db`).
+SQLITE = "sqlite"
+POSTGRES = "postgres"
+
+
 @dataclass
 class ProcessRecord:
     """One process of the mesh: how to start it again, and which process it is now."""
@@ -50,6 +55,9 @@ class MeshState:
     edge_tls: bool = False
     """Whether the gateway's listener serves TLS (`up --edge-tls`); a file without the field
     was written before edge TLS existed, by a plaintext mesh."""
+    database: str = SQLITE
+    """Where the services keep their data (`up --db`): it decides the replica counts
+    (Topology.on_postgres); a file without the field was written by a mesh on SQLite."""
     version: int = STATE_VERSION
 
     def save(self, state_dir: StateDir) -> None:

@@ -21,6 +21,7 @@ from google.protobuf import descriptor_pb2
 
 from shopmesh.topology.model import (
     GATEWAY,
+    SHARED_WORK,
     AdaptiveConcurrency,
     CircuitBreaker,
     EdgeLimits,
@@ -109,13 +110,23 @@ def parse_topology(
     for name in names:
         section = services_section.section(name)
         replicas = section.integer("replicas", minimum=1)
+        on_postgres = section.optional_integer("replicas_on_postgres", replicas, minimum=1)
+        if name in SHARED_WORK and replicas > 1:
+            section.fail(
+                "replicas",
+                f"{name} runs one replica on SQLite (its replicas share work through the "
+                "database, which SQLite cannot do across processes): set replicas: 1 and "
+                "replicas_on_postgres to run more with `shopmesh up --db postgres`",
+            )
         port = section.integer("standalone_port", minimum=1, maximum=65535)
         if port in ports:
             section.fail("standalone_port", f"{port} is also the port of {ports[port]}")
         ports[port] = name
         calls = methods.method_map(section.section("calls"), caller=name)
         section.done()
-        services[name] = Service(name, grpc_services[name], replicas, port, MappingProxyType(calls))
+        services[name] = Service(
+            name, grpc_services[name], replicas, port, MappingProxyType(calls), on_postgres
+        )
     services_section.done()
 
     gateway_section = root.section("gateway")

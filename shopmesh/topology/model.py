@@ -4,8 +4,9 @@ resilience policy of every upstream. `shopmesh.topology.loader` builds it from e
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
+from types import MappingProxyType
 
 GATEWAY = "gateway"
 """The identity of the edge gateway; it may appear wherever a caller identity is expected."""
@@ -103,6 +104,12 @@ class UpstreamPolicy:
     panic_threshold_percent: int
 
 
+SHARED_WORK = frozenset({"orders", "notifications"})
+"""Services whose replicas share background work through their database: orders' saga sweep
+and outbox relay (row leases and a turn), notifications' fan-out to watchers (LISTEN/NOTIFY).
+SQLite gives them neither across machines, so on SQLite each runs as one replica."""
+
+
 @dataclass(frozen=True)
 class Service:
     """One service of the mesh: its gRPC service, replica count and what it may call."""
@@ -110,10 +117,15 @@ class Service:
     name: str
     grpc_service: str
     replicas: int
+    """How many replicas run: `replicas` of the file, or its `replicas_on_postgres` in a
+    topology `on_postgres()` gave."""
     standalone_port: int
     """The TCP port the app listens on when run on its own, without the mesh (`make run`)."""
     calls: Mapping[str, tuple[str, ...]]
     """Upstream service name -> the methods of it this service may call."""
+    replicas_on_postgres: int = 1
+    """How many replicas run when the services keep their data in Postgres (default: as
+    many as on SQLite)."""
 
 
 @dataclass(frozen=True)
@@ -193,6 +205,14 @@ class Topology:
     gateway: Gateway
     policies: Mapping[str, UpstreamPolicy]
     """Service name -> the policy every caller applies to it (defaults merged with overrides)."""
+
+    def on_postgres(self) -> Topology:
+        """This mesh with its services' data in Postgres: each at `replicas_on_postgres`."""
+        services = {
+            name: replace(service, replicas=service.replicas_on_postgres)
+            for name, service in self.services.items()
+        }
+        return replace(self, services=MappingProxyType(services))
 
     def spiffe_id(self, identity: str) -> str:
         """The SPIFFE ID in the certificate of `identity` (a service name or "gateway")."""

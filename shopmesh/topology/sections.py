@@ -97,6 +97,10 @@ class Section:
             self.fail(key, f"must be {bound}, got {value}")
         return value
 
+    def optional_integer(self, key: str, default: int, minimum: int) -> int:
+        """`integer(key)` if the key is there, else `default`."""
+        return self.integer(key, minimum) if key in self.data else default
+
     def number(self, key: str, minimum: float, maximum: float) -> float:
         value = self._get(key)
         if not isinstance(value, int | float) or isinstance(value, bool):

@@ -36,6 +36,7 @@ class World:
     payments: FakePayments = field(default_factory=FakePayments)
     clock: ManualClock = field(default_factory=ManualClock)
     wakeups: int = 0
+    owner: str = "orders-0"
     stores: list[SqliteOrderStore] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -45,7 +46,8 @@ class World:
 
     async def open(self) -> CheckoutSaga:
         """Open the store file and build the saga and the orders service over it."""
-        self.store = await SqliteOrderStore.open(self.path)
+        # The same replica before and after a restart: its sagas are its own again at once.
+        self.store = await SqliteOrderStore.open(self.path, owner=self.owner)
         self.stores.append(self.store)
         self.saga = CheckoutSaga(
             self.store,

@@ -111,6 +111,7 @@ def test_appenv_gives_a_service_on_postgres_its_own_url_and_the_others_none(
         config = load_config(pod.service, calls, env=env)
 
         assert config.database_url == (PG_URL if pod.service == "orders" else None), pod
+        assert config.replica == pod.name
         assert all(is_mesh_owned(variable) for variable in env)
 
 
@@ -214,6 +215,8 @@ def test_what_appenv_writes_for_a_pod_is_what_the_app_reads(name: str, tmp_path:
                 grace_seconds=2.5,
                 drain_seconds=topology.drain_seconds(pod.service),
                 log_level="WARNING",
+                # On Kubernetes the manifest gives the pod's own name instead (objects.py).
+                replica=pod.name,
             ), (where, pod)
             assert all(is_mesh_owned(variable) for variable in env)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections.abc import AsyncIterator, Callable
@@ -207,6 +208,9 @@ class CountingOutbox:
 
     async def record_failure(self, event_ids: list[str], error: str, *, give_up: bool) -> None:
         await self.store.record_failure(event_ids, error, give_up=give_up)
+
+    def relay_turn(self) -> contextlib.AbstractAsyncContextManager[None]:
+        return self.store.relay_turn()
 
 
 async def test_wake_delivers_without_waiting_for_the_poll(

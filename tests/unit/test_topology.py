@@ -39,6 +39,42 @@ def test_mesh_file_describes_the_shop() -> None:
     assert topology.spiffe_id("gateway") == "spiffe://shop.local/ns/shop/sa/gateway"
 
 
+@pytest.mark.parametrize("service", ["orders", "notifications"])
+def test_a_service_sharing_work_through_its_database_runs_one_replica_on_sqlite(
+    service: str,
+) -> None:
+    document = raw()
+    document["services"][service]["replicas"] = 2
+
+    assert f"services.{service}.replicas: {service} runs one replica on SQLite" in error_of(
+        document
+    )
+
+
+def test_on_postgres_each_service_runs_its_replicas_on_postgres() -> None:
+    document = raw()
+    document["services"]["orders"]["replicas_on_postgres"] = 3
+    document["services"]["payments"]["replicas"] = 2
+    topology = parse_topology(document, "mesh.yaml")
+
+    on_postgres = topology.on_postgres()
+
+    assert topology.services["orders"].replicas == 1
+    assert on_postgres.services["orders"].replicas == 3
+    # Without replicas_on_postgres, as many as on SQLite.
+    assert on_postgres.services["payments"].replicas == 2
+    assert on_postgres.services["users"].replicas == 1
+    assert "services.users.replicas_on_postgres: must be >= 1" in error_of(
+        {
+            **document,
+            "services": {
+                **document["services"],
+                "users": {**document["services"]["users"], "replicas_on_postgres": 0},
+            },
+        }
+    )
+
+
 def test_callers_include_services_and_the_gateway() -> None:
     topology = load_topology(MESH_FILE)
     assert topology.callers("payments") == {
