@@ -31,7 +31,13 @@ from shopmesh.local.standalone import run_standalone
 from shopmesh.local.startup import DATABASES, DEFAULT_DESCRIPTOR, MeshOptions, down, up
 from shopmesh.local.state import SQLITE
 from shopmesh.local.status import mesh_status
-from shopmesh.observe.commands import load_command, tap_command, trace_command, traces_command
+from shopmesh.observe.commands import (
+    audit_command,
+    load_command,
+    tap_command,
+    trace_command,
+    traces_command,
+)
 from shopmesh.observe.statcommand import stat_command
 from shopmesh.pki import PkiError
 from shopmesh.terminal import attached, console, errors, run, tool
@@ -405,7 +411,7 @@ def run_command(topology: Path, host: str, data_dir: Path, log_level: str) -> No
     sys.exit(status)
 
 
-for command in (load_command, traces_command, trace_command, tap_command, k8s_group):
+for command in (load_command, traces_command, trace_command, tap_command, audit_command, k8s_group):
     main.add_command(command)
 main.add_command(stat_command)
 

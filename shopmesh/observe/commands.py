@@ -5,15 +5,18 @@ traces (`traces`, `trace`) and the calls through a service's sidecars as they ha
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import click
+from rich.table import Table
 
 from shopmesh import options
 from shopmesh.gatewayclient import GatewayTarget
 from shopmesh.layout import StateDir
 from shopmesh.local.errors import MeshError
 from shopmesh.local.mesh import COLLECTOR, RunningMesh
+from shopmesh.observe.audit import audit_until_settled, store_locations, store_reader
 from shopmesh.observe.load import MAX_RATE, MAX_REQUESTS_LIMIT, LoadRun, LoadSettings
 from shopmesh.observe.loadview import summary_view, watch
 from shopmesh.observe.tap import TapFilter, follow, line, status_filter
@@ -106,6 +109,34 @@ def trace_reader(state_dir: Path) -> TraceReader:
             "look them up there"
         )
     return TraceReader(StateDir(state_dir.resolve()).traces)
+
+
+@click.command(name="audit")
+@options.state_dir
+@click.option(
+    "--wait",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="Seconds to let sagas and events in flight settle before a check counts as failed.",
+)
+def audit_command(state_dir: Path, wait: float) -> None:
+    """Whether the mesh's data adds up across its services: every order finished, none
+    charged twice, money taken only for confirmed orders, no stock left held, every event
+    delivered and notified once. Reads each service's store directly, read-only. Exit 1 if a
+    check fails."""
+    mesh = attached(state_dir)
+    with store_reader(store_locations(mesh)) as query:
+        findings = audit_until_settled(query, wait)
+    table = Table(title=f"audit of the mesh in {mesh.state_dir}")
+    for column in ("check", "result", "found"):
+        table.add_column(column)
+    for finding in findings:
+        result = "[green]ok[/green]" if finding.ok else "[red]FAILED[/red]"
+        table.add_row(finding.check, result, finding.detail)
+    console.print(table)
+    if not all(finding.ok for finding in findings):
+        sys.exit(1)
 
 
 @click.command(name="traces")

@@ -175,6 +175,16 @@ def test_the_commands_up_prints_run_as_printed(cli_mesh: CliMesh) -> None:
     assert re.search(r"^order ord_\w+ CONFIRMED", outputs[2], re.MULTILINE), outputs[2]
 
 
+def test_audit_finds_that_the_data_adds_up(cli_mesh: CliMesh) -> None:
+    # After the Node client's checkout (the test before), on the SQLite files.
+    audited = shopmesh("audit", "--state-dir", str(cli_mesh.state_dir), "--wait", "30")
+
+    assert audited.returncode == 0, audited.stdout + audited.stderr
+    for check in ("sagas finished", "charged at most once", "notified once"):
+        assert check in audited.stdout
+    assert "FAILED" not in audited.stdout
+
+
 def test_the_log_level_reaches_every_app(cli_mesh: CliMesh) -> None:
     records = recorded(cli_mesh.state_dir)
     apps = [record for name, record in records.items() if name.endswith(".app")]

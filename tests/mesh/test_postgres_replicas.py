@@ -16,7 +16,9 @@ import pytest_asyncio
 from shopmesh.envoy.faults import Fault
 from shopmesh.local import faults, postgres
 from shopmesh.local.mesh import RunningMesh
+from shopmesh.observe.audit import audit, audit_until_settled, store_locations, store_reader
 from tests.support.calls import checkout, running_load, summary
+from tests.support.cli import shopmesh
 from tests.support.clients import gateway_clients
 from tests.support.databases import query
 from tests.support.mesh import running_mesh
@@ -44,6 +46,7 @@ async def mesh() -> AsyncIterator[RunningMesh]:
 
 
 def url(mesh: RunningMesh, service: str) -> str:
+    """The service's own database, as its role reaches it."""
     return postgres.Cluster(mesh.paths.postgres).url(service, service)
 
 
@@ -93,36 +96,35 @@ async def test_kill_9_of_one_orders_replica_mid_checkout_loses_and_doubles_nothi
 
     await eventually(retried_on_the_survivor, 30, "a PlaceOrder retried after the kill")
 
-    orders, payments = url(mesh, "orders"), url(mesh, "payments")
-
-    async def settled() -> bool:
-        in_flight = query(orders, "SELECT COUNT(*) FROM saga_state WHERE step <> 'DONE'")
-        pending = query(orders, "SELECT COUNT(*) FROM outbox WHERE state <> 'DELIVERED'")
-        return in_flight == pending == [(0,)]
-
-    await eventually(settled, SETTLE_SECONDS, "every saga DONE and every event delivered")
-
-    statuses = {
-        str(order): str(status)
-        for order, status in query(orders, "SELECT order_id, status FROM orders")
-    }
-    assert set(statuses.values()) <= {"CONFIRMED", "REJECTED"}, summary(load.outcomes)
+    with store_reader(store_locations(mesh)) as query:
+        findings = audit_until_settled(query, SETTLE_SECONDS)
+        statuses = dict(query("orders", "SELECT order_id, status FROM orders"))
+    assert all(finding.ok for finding in findings), findings
     # Every client that heard CONFIRMED has a CONFIRMED order.
     assert all(statuses[o.order_id] == "CONFIRMED" for o in load.outcomes if o.ok)
 
-    charged = query(
-        payments, "SELECT order_id, COUNT(*), MIN(status) FROM payments GROUP BY order_id"
-    )
-    assert all(count == 1 for _, count, _ in charged), "an order was charged twice"
-    captured = {order_id for order_id, _, status in charged if status == "CAPTURED"}
-    assert captured == {order_id for order_id, status in statuses.items() if status == "CONFIRMED"}
 
-    held = query(url(mesh, "inventory"), "SELECT order_id FROM reservations WHERE status = 'HELD'")
-    assert held == [], "reservations left held"
-
-    notified = query(
-        url(mesh, "notifications"),
-        "SELECT order_id, COUNT(*) FROM notifications GROUP BY order_id",
+async def test_audit_names_an_order_charged_twice(mesh: RunningMesh) -> None:
+    payments = url(mesh, "payments")
+    [(order_id,)] = query(payments, "SELECT order_id FROM payments LIMIT 1")
+    query(
+        payments,
+        "INSERT INTO payments (payment_id, order_id, currency_code, minor_units, status,"
+        " create_time_us, update_time_us) VALUES ('pay_twice', ?, 'USD', 299, 'CAPTURED', 0, 0)",
+        (order_id,),
     )
-    # One notification per finished order (the events of the sticker sale), none twice.
-    assert {str(order): count for order, count in notified} == dict.fromkeys(statuses, 1)
+    try:
+        with store_reader(store_locations(mesh)) as query_stores:
+            findings = {finding.check: finding for finding in audit(query_stores)}
+        audited = shopmesh("audit", "--state-dir", str(mesh.state_dir))
+    finally:
+        query(payments, "DELETE FROM payments WHERE payment_id = 'pay_twice'")
+
+    twice = findings["charged at most once"]
+    assert (twice.ok, twice.detail) == (False, f"1 orders charged more than once: {order_id}")
+    assert [check for check, finding in findings.items() if not finding.ok] == [
+        "charged at most once"
+    ]
+    assert audited.returncode == 1, audited.stdout
+    assert "FAILED" in audited.stdout
+    assert shopmesh("audit", "--state-dir", str(mesh.state_dir)).returncode == 0
