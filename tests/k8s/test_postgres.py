@@ -193,7 +193,7 @@ def test_services_on_postgres_run_two_replicas_without_a_volume_claim(
         assert "data" not in volumes
 
 
-@pytest.mark.parametrize("service", ["orders", "notifications", *SERVICES])
+@pytest.mark.parametrize("service", SERVICES)
 def test_multi_replica_services_keep_one_pod_through_disruptions(
     production: Rendered, service: str
 ) -> None:
