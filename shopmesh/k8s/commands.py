@@ -16,6 +16,8 @@ from shopmesh.k8s.certs import issue_certificates
 from shopmesh.k8s.layout import KubernetesLayout
 from shopmesh.k8s.manifests import GENERATED_DIR, render_manifests, stale_files, write_manifests
 from shopmesh.k8s.observability import COMPONENT_DIR, KUBERNETES_SAMPLING, render_component
+from shopmesh.k8s.postgres import COMPONENT_DIR as POSTGRES_DIR
+from shopmesh.k8s.postgres import issue_secret_files, render_postgres_component
 from shopmesh.pki import LEAF_TTL
 from shopmesh.topology import load_topology
 
@@ -31,7 +33,7 @@ def k8s_group() -> None:
     "--out",
     type=click.Path(path_type=Path, file_okay=False),
     default=Path("k8s"),
-    help=f"The k8s/ directory: writes {GENERATED_DIR}/ and {COMPONENT_DIR}/ in it.",
+    help=f"The k8s/ directory: writes {GENERATED_DIR}/, {COMPONENT_DIR}/, {POSTGRES_DIR}/.",
 )
 @click.option(
     "--sampling",
@@ -42,12 +44,14 @@ def k8s_group() -> None:
 )
 @click.option("--check", is_flag=True, help="Write nothing; exit 1 if the files are out of date.")
 def k8s_render_command(topology: Path, out: Path, sampling: float, check: bool) -> None:
-    """Write the generated manifests, Envoy configs and observability component."""
+    """Write the generated manifests, Envoy configs, and the observability and postgres
+    components."""
     loaded = load_topology(topology)
     layout = KubernetesLayout(loaded)
     outputs = {
         out / GENERATED_DIR: render_manifests(loaded, layout),
         out / COMPONENT_DIR: render_component(loaded, layout, sampling),
+        out / POSTGRES_DIR: render_postgres_component(loaded, layout),
     }
     if check:
         stale = [
@@ -116,3 +120,21 @@ def k8s_keys_command(out: Path, rotate: bool, force: bool) -> None:
     previous = ring.previous.kid if ring.previous else "none"
     click.echo(f"signing key {ring.current.kid} (previous {previous}) in {out}")
     click.echo(f"Secret: {directory.keys_file} and {directory.jwks_file}; ConfigMap: jwks.json")
+
+
+@k8s_group.command(name="issue-db-secrets")
+@options.topology
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("var/k8s/postgres"),
+    show_default=True,
+    help="One directory per Secret, named after it, holding its files (0600).",
+)
+def k8s_db_secrets_command(topology: Path, out: Path) -> None:
+    """The files of the Secrets the postgres component reads (production): made on first use,
+    then kept (the databases keep the passwords they started with)."""
+    layout = KubernetesLayout(load_topology(topology))
+    for directory in issue_secret_files(layout.topology, layout, out):
+        keys = ", ".join(sorted(p.name for p in directory.iterdir()))
+        click.echo(f"Secret {directory.name}: {directory} ({keys})")

@@ -51,6 +51,8 @@ class KubernetesLayout:
     edge_tls_secret: str = "gateway-edge-tls"
     edge_sds_file: str = "edge-sds.yaml"
     """The SDS file, beside the config in the gateway's ConfigMap, naming the Secret's files."""
+    postgres_port: int = 5432
+    """Each service's Postgres (the postgres component, k8s/overlays/production)."""
 
     def pods(self) -> list[Pod]:
         return [Pod(name, name) for name in self.topology.services]
@@ -69,6 +71,17 @@ class KubernetesLayout:
 
     def data_claim(self, service: str) -> str:
         return f"{service}-data"
+
+    def postgres(self, service: str) -> str:
+        """The name of `service`'s database: its StatefulSet, Service, Secret and ConfigMap,
+        and its pods' app.kubernetes.io/name."""
+        return f"{service}-postgres"
+
+    def postgres_url(self, service: str) -> str:
+        """`service`'s own database as its role, without the password (PGPASSWORD carries
+        it, from the Secret `postgres(service)`)."""
+        host = f"{self.postgres(service)}.{self.topology.namespace}.svc.{self.cluster_domain}"
+        return f"postgresql://{service}@{host}:{self.postgres_port}/{service}"
 
     def service_host(self, service: str) -> str:
         return f"{service}.{self.topology.namespace}.svc.{self.cluster_domain}"

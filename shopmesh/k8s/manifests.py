@@ -121,7 +121,7 @@ def render_manifests(topology: Topology, layout: KubernetesLayout) -> dict[str, 
 
 def stale_files(files: Mapping[str, str], directory: Path) -> list[str]:
     """Names in `directory` that differ from `files`, are missing, or should not be there."""
-    present = {path.name for path in directory.glob("*.yaml")} if directory.is_dir() else set()
+    present = {p.name for p in directory.iterdir() if p.is_file()} if directory.is_dir() else set()
     differing = [
         name
         for name, content in files.items()
@@ -133,8 +133,8 @@ def stale_files(files: Mapping[str, str], directory: Path) -> list[str]:
 def write_manifests(files: Mapping[str, str], directory: Path) -> None:
     """Make `directory` hold exactly `files` (a file of a removed service is deleted)."""
     directory.mkdir(parents=True, exist_ok=True)
-    for path in directory.glob("*.yaml"):
-        if path.name not in files:
+    for path in list(directory.iterdir()):
+        if path.is_file() and path.name not in files:
             path.unlink()
     for name, content in files.items():
         (directory / name).write_text(content, encoding="utf-8")

@@ -1,10 +1,13 @@
 """The Kubernetes objects of one service: ServiceAccount, headless Service, PVC, Deployment (the
 app and its Envoy sidecar sharing an emptyDir for the sockets), PodDisruptionBudget and
-NetworkPolicies; plus the pieces the gateway's objects share with them."""
+NetworkPolicies; plus the pieces the gateway's objects share with them. The Deployment keeps
+its data as a `Storage` says: a SQLite file on the PVC here, its own Postgres database in the
+postgres component (shopmesh.k8s.postgres)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +28,7 @@ RUN_AS = 10001
 """The UID and GID of every container: the Dockerfile's user. App and sidecar must share it,
 because each connects to a Unix socket the other created (sockets need write permission)."""
 STATEFUL_REPLICAS = 1
-"""Every service keeps its state in a SQLite file on its own volume, so it runs one pod:
+"""On SQLite every service keeps its state in a file on its own volume, so it runs one pod:
 a second replica would have a second, diverging database (see k8s/README.md)."""
 GATEWAY_REPLICAS = 2
 """The gateway is stateless; overlays scale it."""
@@ -37,6 +40,31 @@ APP_CONTAINER = "app"
 """The service's own container in its pod (the other is the Envoy sidecar)."""
 METRICS_PORT = "metrics"
 """The name of every Envoy's container port for Prometheus (`/stats/prometheus`)."""
+
+
+@dataclass(frozen=True)
+class Storage:
+    """Where a service's pods keep their data, and so how many of them may run."""
+
+    replicas: int
+    settings: AppSettings = field(default_factory=AppSettings)
+    """The app environment's settings: `database_urls` names a Postgres database."""
+    data: Json | None = None
+    """The source of the volume mounted at the layout's data directory (the SQLite file's
+    PVC); None: nothing is mounted there."""
+    secret_env: tuple[Json, ...] = ()
+    """Variables from Secrets (`valueFrom.secretKeyRef`), after the app environment."""
+
+    @property
+    def claims_a_volume(self) -> bool:
+        """Whether the pods share a ReadWriteOnce claim (one pod at a time may mount it)."""
+        return self.data is not None and "persistentVolumeClaim" in self.data
+
+
+def sqlite_storage(layout: KubernetesLayout, service: str) -> Storage:
+    """One pod with its SQLite file on the service's PVC (`data_claim`)."""
+    claim = {"persistentVolumeClaim": {"claimName": layout.data_claim(service)}}
+    return Storage(STATEFUL_REPLICAS, data=claim)
 
 
 def labels(name: str, component: str) -> dict[str, str]:
@@ -163,19 +191,23 @@ def grpc_probe(port_number: int, service: str, period: int, failures: int) -> Js
     }
 
 
-def app_container(topology: Topology, layout: KubernetesLayout, pod: Pod) -> Json:
+def app_container(topology: Topology, layout: KubernetesLayout, pod: Pod, storage: Storage) -> Json:
     """The service process: listens on the app socket, calls upstreams through the egress
-    socket, keeps its SQLite file on the volume. Probed through the sidecar's health port,
+    socket, keeps its data as `storage` says. Probed through the sidecar's health port,
     which asks the app's own grpc.health.v1 for the service by name."""
     service = topology.services[pod.service]
-    environment = pod_environment(topology, layout, pod, AppSettings())
+    environment = pod_environment(topology, layout, pod, storage.settings)
+    data = [mount("data", layout.data_dir)] if storage.data is not None else []
     health = layout.health_port
     return {
         "name": APP_CONTAINER,
         "image": APP_IMAGE,
         "imagePullPolicy": "IfNotPresent",
         "args": [app_module(pod.service)],
-        "env": [env_variable(name, value) for name, value in environment.items()],
+        "env": [
+            *(env_variable(name, value) for name, value in environment.items()),
+            *storage.secret_env,
+        ],
         "startupProbe": grpc_probe(health, service.grpc_service, period=2, failures=30),
         "readinessProbe": grpc_probe(health, service.grpc_service, period=5, failures=2),
         "livenessProbe": grpc_probe(health, service.grpc_service, period=10, failures=3),
@@ -183,7 +215,7 @@ def app_container(topology: Topology, layout: KubernetesLayout, pod: Pod) -> Jso
         "securityContext": container_security(),
         "volumeMounts": [
             mount("sockets", layout.socket_dir),
-            mount("data", layout.data_dir),
+            *data,
             # SQLite's temporary files; the root filesystem is read-only.
             mount("tmp", Path("/tmp")),
             *signing_mounts(topology, layout, pod.service),
@@ -214,16 +246,25 @@ def signing_mounts(topology: Topology, layout: KubernetesLayout, service: str) -
     return [mount("signing-keys", layout.signing_keys(), read_only=True)]
 
 
-def service_deployment(topology: Topology, layout: KubernetesLayout, pod: Pod) -> Json:
+def service_deployment(
+    topology: Topology, layout: KubernetesLayout, pod: Pod, storage: Storage
+) -> Json:
     name = pod.service
+    data = [] if storage.data is None else [{"name": "data", **storage.data}]
+    # The old pod lets go of a ReadWriteOnce volume before the new one opens it; without one,
+    # a new pod is ready before an old one stops.
+    strategy: Json = (
+        {"type": "Recreate"}
+        if storage.claims_a_volume
+        else {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+    )
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": metadata(name, topology.namespace, "service"),
         "spec": {
-            "replicas": STATEFUL_REPLICAS,
-            # The old pod lets go of the database volume before the new one opens it.
-            "strategy": {"type": "Recreate"},
+            "replicas": storage.replicas,
+            "strategy": strategy,
             "revisionHistoryLimit": 5,
             "selector": {"matchLabels": {NAME_LABEL: name}},
             "template": {
@@ -235,14 +276,11 @@ def service_deployment(topology: Topology, layout: KubernetesLayout, pod: Pod) -
                     "terminationGracePeriodSeconds": 30,
                     "securityContext": pod_security(),
                     "initContainers": [sidecar(layout, pod)],
-                    "containers": [app_container(topology, layout, pod)],
+                    "containers": [app_container(topology, layout, pod, storage)],
                     "volumes": [
                         {"name": "sockets", "emptyDir": {"sizeLimit": "1Mi"}},
                         {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}},
-                        {
-                            "name": "data",
-                            "persistentVolumeClaim": {"claimName": layout.data_claim(name)},
-                        },
+                        *data,
                         *envoy_volumes(layout, name),
                         *signing_volumes(topology, layout, name),
                     ],
@@ -326,13 +364,18 @@ def inbound_policy(topology: Topology, service: str, port_number: int) -> Json:
 
 
 def egress_policy(
-    namespace: str, identity: str, upstreams: Sequence[str], port_number: int
+    namespace: str,
+    identity: str,
+    upstreams: Sequence[str],
+    port_number: int,
+    name: str | None = None,
 ) -> Json:
-    """The sidecar may open its upstreams' mTLS ports, and nothing else (DNS: base policy)."""
+    """The sidecar may open its upstreams' mTLS ports, and nothing else (DNS: base policy).
+    Named `<identity>-egress` unless `name` says otherwise (another policy of the same pods)."""
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
-        "metadata": metadata(f"{identity}-egress", namespace, component_of(identity)),
+        "metadata": metadata(name or f"{identity}-egress", namespace, component_of(identity)),
         "spec": {
             "podSelector": {"matchLabels": {NAME_LABEL: identity}},
             "policyTypes": ["Egress"],
@@ -352,7 +395,7 @@ def service_objects(topology: Topology, layout: KubernetesLayout, pod: Pod) -> l
         service_account(pod.service, namespace),
         headless_service(topology, layout, pod),
         data_claim(layout, pod.service),
-        service_deployment(topology, layout, pod),
+        service_deployment(topology, layout, pod, sqlite_storage(layout, pod.service)),
         disruption_budget(pod.service, namespace),
         inbound_policy(topology, pod.service, layout.inbound_port),
     ]

@@ -10,10 +10,8 @@ under the state directory (`make down` stops it and keeps its data).
   otherwise as the current user.
 - Every role logs in with a SCRAM-SHA-256 password (pg_hba: `local all all scram-sha-256`);
   the verifier is computed here (libpq's PQencryptPasswordConn), so the server never sees the
-  password itself. Each service gets its own role and database (owned by the role, C collation
-  so text sorts as on SQLite); CONNECT and TEMPORARY are revoked from PUBLIC on the database
-  and every privilege on its public schema, so no other role (another service's) can connect
-  to it, nor use its tables were it let in.
+  password itself. Each service gets its own role and private database, made by the
+  statements of shopmesh/database_roles.py (which the Kubernetes database pods run too).
 """
 
 from __future__ import annotations
@@ -29,6 +27,8 @@ from urllib.parse import quote
 
 import psycopg
 from psycopg import sql
+
+from shopmesh import database_roles
 
 # Debian's versioned bin directory: initdb and pg_ctl are not on PATH.
 BIN = Path("/usr/lib/postgresql/15/bin")
@@ -240,26 +240,19 @@ def create_service_database(cluster: Cluster, name: str) -> str:
             verifier = admin.pgconn.encrypt_password(
                 password.encode(), name.encode(), b"scram-sha-256"
             ).decode()
-            verb = sql.SQL("ALTER" if exists else "CREATE")
             admin.execute(
-                sql.SQL("{} ROLE {} LOGIN PASSWORD {}").format(
-                    verb, sql.Identifier(name), sql.Literal(verifier)
-                )
+                database_roles.login_role(name, sql.Literal(verifier), exists=bool(exists))
             )
             _write_passfile(cluster, name, password)
         if (
             admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
             is None
         ):
-            admin.execute(
-                sql.SQL(
-                    "CREATE DATABASE {} OWNER {} TEMPLATE template0 ENCODING 'UTF8' LOCALE 'C'"
-                ).format(sql.Identifier(name), sql.Identifier(name))
-            )
-        admin.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(sql.Identifier(name)))
+            admin.execute(database_roles.create_database(name))
+        admin.execute(database_roles.private_database(name))
     with psycopg.connect(admin_url(cluster, name), autocommit=True) as owner_db:
-        owner_db.execute("REVOKE ALL ON SCHEMA public FROM PUBLIC")
-        owner_db.execute(sql.SQL("GRANT ALL ON SCHEMA public TO {}").format(sql.Identifier(name)))
+        for statement in database_roles.private_schema(name):
+            owner_db.execute(statement)
     return cluster.url(name, name)
 
 

@@ -15,11 +15,13 @@ import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml
 
+from services.common.config import load_config
 from shopmesh.appenv import AppSettings, pod_environment
 from shopmesh.envoy.render import dump, render_all
 from shopmesh.k8s.certs import mounted_identity
 from shopmesh.k8s.layout import KubernetesLayout
 from shopmesh.k8s.manifests import render_manifests
+from shopmesh.k8s.postgres import postgres_storage, render_postgres_component
 from shopmesh.layout import app_module
 from shopmesh.pki import CertificateAuthority
 from shopmesh.topology import Topology, parse_topology
@@ -123,3 +125,17 @@ def test_every_name_derived_from_the_service_is_valid_where_it_is_used() -> None
     environment = pod_environment(TOPOLOGY, layout, orders, AppSettings())
     assert "SHOPMESH_UPSTREAM_GIFT_CARDS" in environment
     assert all(ENV_NAME.match(variable) for variable in environment)
+
+
+def test_its_database_objects_validate_and_its_app_accepts_their_url() -> None:
+    layout = KubernetesLayout(TOPOLOGY)
+    files = render_postgres_component(TOPOLOGY, layout)
+    database = [d for d in yaml.safe_load_all(files[f"{layout.postgres(SERVICE)}.yaml"]) if d]
+    assert {o["kind"] for o in database} == {"Service", "StatefulSet", "NetworkPolicy"}
+    for obj in database:
+        assert DNS_LABEL.match(obj["metadata"]["name"]), obj["metadata"]["name"]
+        kubernetes_validate.validate(obj, kubernetes_validate.latest_version(), strict=True)
+    pod = next(pod for pod in layout.pods() if pod.service == SERVICE)
+    storage = postgres_storage(layout, SERVICE)
+    environment = pod_environment(TOPOLOGY, layout, pod, storage.settings)
+    assert load_config(SERVICE, (), environment).database == layout.postgres_url(SERVICE)

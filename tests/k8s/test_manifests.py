@@ -26,6 +26,7 @@ from shopmesh.k8s.manifests import (
 )
 from shopmesh.k8s.objects import ENVOY_IMAGE, GATEWAY_REPLICAS, RUN_AS, STATEFUL_REPLICAS
 from shopmesh.k8s.observability import COMPONENT_DIR
+from shopmesh.k8s.postgres import COMPONENT_DIR as POSTGRES_DIR
 from shopmesh.topology import GATEWAY
 from tests.support.cli import shopmesh
 from tests.support.k8s import (
@@ -33,12 +34,17 @@ from tests.support.k8s import (
     Json,
     Rendered,
     all_containers,
+    app_of,
+    env_of,
+    is_database,
     is_envoy,
     is_observability,
     is_sidecar,
     kustomize,
+    name_of,
     pod_labels,
     pod_spec,
+    policies_for,
     selects,
 )
 from tests.support.paths import ROOT, TOPOLOGY
@@ -49,18 +55,6 @@ SCHEMA_VERSIONS = ("1.32", "1.33", kubernetes_validate.latest_version())
 """The kubectl on the machine image (1.32), the kind node image (k8s/kind/cluster.yaml: 1.33)
 and the newest schema kubernetes-validate ships."""
 CLUSTER_SCOPED = {"Namespace"}
-
-
-def name_of(obj: Json) -> str:
-    name: str = obj["metadata"]["name"]
-    return name
-
-
-def app_of(workload: Json) -> Json:
-    """The service's own container (not Envoy)."""
-    apps: list[Json] = [c for c in pod_spec(workload)["containers"] if not is_envoy(c)]
-    assert len(apps) == 1, f"{name_of(workload)}: expected one app container"
-    return apps[0]
 
 
 def envoy_of(workload: Json) -> Json:
@@ -79,11 +73,12 @@ def test_the_base_and_every_overlay_render_with_kubectl_kustomize(overlay: Rende
         "ServiceAccount",
         "Service",
         "ConfigMap",
-        "PersistentVolumeClaim",
         "Deployment",
         "PodDisruptionBudget",
         "NetworkPolicy",
     } <= kinds
+    # The SQLite files' claims, or the databases' StatefulSets (which claim their own).
+    assert ("StatefulSet" if overlay.on_postgres else "PersistentVolumeClaim") in kinds
     assert kustomize(K8S / "base")
 
 
@@ -113,7 +108,7 @@ def test_generated_manifests_are_what_the_renderer_writes_now() -> None:
     )
 
 
-@pytest.mark.parametrize("directory", [GENERATED_DIR, COMPONENT_DIR], ids=str)
+@pytest.mark.parametrize("directory", [GENERATED_DIR, COMPONENT_DIR, POSTGRES_DIR], ids=str)
 def test_render_check_command_reports_a_stale_file(tmp_path: Path, directory: Path) -> None:
     render = ["k8s", "render", "--out", str(tmp_path)]
     assert shopmesh(*render).returncode == 0
@@ -255,11 +250,6 @@ def test_app_and_sidecar_share_the_socket_directory(overlay: Rendered) -> None:
             assert mounts["sockets"] == str(LAYOUT.socket_dir)
 
 
-def env_of(container: Json) -> dict[str, str]:
-    """The container's variables with a literal value (not those from the downward API)."""
-    return {e["name"]: e["value"] for e in container["env"] if "value" in e}
-
-
 def test_apps_listen_and_call_upstreams_only_through_the_sidecar_sockets(
     overlay: Rendered,
 ) -> None:
@@ -285,7 +275,9 @@ def test_orders_gets_an_address_for_every_upstream_it_needs() -> None:
     assert set(UPSTREAM_NAMES) == set(TOPOLOGY.services["orders"].calls)
 
 
-def test_stateful_services_run_one_pod_on_their_own_volume(overlay: Rendered) -> None:
+def test_services_on_sqlite_run_one_pod_on_their_own_volume(overlay: Rendered) -> None:
+    if overlay.on_postgres:
+        pytest.skip("on Postgres: tests/k8s/test_postgres.py")
     claims = {name_of(c) for c in overlay.of_kind("PersistentVolumeClaim")}
     for workload in overlay.workloads():
         name = name_of(workload)
@@ -327,7 +319,8 @@ def container_ports(workload: Json) -> Iterator[tuple[Json, Json]]:
 
 def test_no_service_port_reaches_an_app_except_through_envoy(overlay: Rendered) -> None:
     for service in overlay.of_kind("Service"):
-        if is_observability(service):
+        # The databases' Services reach Postgres itself (tests/k8s/test_postgres.py).
+        if is_observability(service) or is_database(service):
             continue
         selector = {"matchLabels": service["spec"]["selector"]}
         backends = [w for w in overlay.workloads() if selects(selector, pod_labels(w))]
@@ -358,15 +351,6 @@ def test_the_gateway_service_publishes_only_the_gateway_listener(
     assert kind["spec"]["type"] == "NodePort"
     assert [p["port"] for p in kind["spec"]["ports"]] == [LAYOUT.gateway_port]
     assert rendered["production"].named("Service", GATEWAY)["spec"]["type"] == "LoadBalancer"
-
-
-def policies_for(overlay: Rendered, workload: Json, policy_type: str) -> list[Json]:
-    return [
-        p
-        for p in overlay.of_kind("NetworkPolicy")
-        if policy_type in p["spec"]["policyTypes"]
-        and selects(p["spec"]["podSelector"], pod_labels(workload))
-    ]
 
 
 def test_the_namespace_denies_all_traffic_by_default(overlay: Rendered) -> None:
@@ -410,6 +394,10 @@ def test_only_the_callers_the_topology_names_reach_a_sidecar(overlay: Rendered) 
 
 def test_callers_may_reach_exactly_their_upstreams_and_dns(overlay: Rendered) -> None:
     expected = {name: set(service.calls) for name, service in TOPOLOGY.services.items()}
+    if overlay.on_postgres:
+        # And its own database (tests/k8s/test_postgres.py checks that policy).
+        for name in TOPOLOGY.services:
+            expected[name].add(LAYOUT.postgres(name))
     expected[GATEWAY] = set(TOPOLOGY.gateway.exposes)
     # With the observability component every pod exports its spans to the collector too.
     collector = {name_of(d) for d in overlay.of_kind("Deployment") if name_of(d) == COLLECTOR}

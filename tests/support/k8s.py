@@ -15,12 +15,16 @@ import yaml
 
 from shopmesh.k8s.collector import COMPONENT
 from shopmesh.k8s.objects import ENVOY_IMAGE
+from shopmesh.k8s.postgres import DATABASE
 from tests.support.paths import ROOT
 
 K8S = ROOT / "k8s"
 OVERLAYS = ("kind", "production", "kind-observability")
 """Every overlay; kind-observability is kind with the observability component, so every check
 of the mesh's objects also holds with the component applied."""
+ON_POSTGRES = ("production",)
+"""The overlays with the postgres component: each service on a Postgres of its own. The
+others keep each service's SQLite file on its volume (k8s/README.md, "State")."""
 
 Json = dict[str, Any]
 
@@ -67,19 +71,36 @@ class Rendered:
         assert len(matches) == 1, f"{self.overlay}: expected one {kind} {name}, got {len(matches)}"
         return matches[0]
 
+    @property
+    def on_postgres(self) -> bool:
+        return self.overlay in ON_POSTGRES
+
     def workloads(self) -> list[Json]:
-        """The mesh's workloads: the services and the gateway (not the collector)."""
+        """The mesh's workloads: the services and the gateway (not the collector, nor the
+        databases)."""
         return [
             o
             for o in self.objects
-            if o["kind"] in ("Deployment", "StatefulSet") and not is_observability(o)
+            if o["kind"] in ("Deployment", "StatefulSet")
+            and not is_observability(o)
+            and not is_database(o)
         ]
+
+    def databases(self) -> list[Json]:
+        """The database workloads (the postgres component's StatefulSets)."""
+        return [o for o in self.objects if o["kind"] == "StatefulSet" and is_database(o)]
 
 
 def is_observability(obj: Json) -> bool:
     """Whether `obj` is one the observability component adds (the collector and its kin)."""
     component: str | None = obj["metadata"].get("labels", {}).get("app.kubernetes.io/component")
     return component == COMPONENT
+
+
+def is_database(obj: Json) -> bool:
+    """Whether `obj` is one of the postgres component's database objects."""
+    component: str | None = obj["metadata"].get("labels", {}).get("app.kubernetes.io/component")
+    return component == DATABASE
 
 
 def pod_spec(workload: Json) -> Json:
@@ -93,13 +114,15 @@ def pod_labels(workload: Json) -> dict[str, str]:
 
 
 def selects(selector: Json, labels: dict[str, str]) -> bool:
-    """Whether a LabelSelector (matchLabels / matchExpressions with In) matches `labels`."""
+    """Whether a LabelSelector (matchLabels / matchExpressions with In or NotIn) matches
+    `labels`; NotIn also matches a pod without the key, as Kubernetes has it."""
     for key, value in selector.get("matchLabels", {}).items():
         if labels.get(key) != value:
             return False
     for expression in selector.get("matchExpressions", []):
-        assert expression["operator"] == "In", expression
-        if labels.get(expression["key"]) not in expression["values"]:
+        assert expression["operator"] in ("In", "NotIn"), expression
+        found = labels.get(expression["key"]) in expression["values"]
+        if found != (expression["operator"] == "In"):
             return False
     return True
 
@@ -119,3 +142,30 @@ def is_envoy(container: Json) -> bool:
 def is_sidecar(container: Json) -> bool:
     """A native sidecar: an init container that keeps running beside the app."""
     return is_envoy(container) and container.get("restartPolicy") == "Always"
+
+
+def name_of(obj: Json) -> str:
+    name: str = obj["metadata"]["name"]
+    return name
+
+
+def app_of(workload: Json) -> Json:
+    """The service's own container (not Envoy)."""
+    apps: list[Json] = [c for c in pod_spec(workload)["containers"] if not is_envoy(c)]
+    assert len(apps) == 1, f"{name_of(workload)}: expected one app container"
+    return apps[0]
+
+
+def env_of(container: Json) -> dict[str, str]:
+    """The container's variables with a literal value (not those from the downward API)."""
+    return {e["name"]: e["value"] for e in container["env"] if "value" in e}
+
+
+def policies_for(overlay: Rendered, workload: Json, policy_type: str) -> list[Json]:
+    """The NetworkPolicies of `policy_type` (Ingress, Egress) that select `workload`'s pods."""
+    return [
+        p
+        for p in overlay.of_kind("NetworkPolicy")
+        if policy_type in p["spec"]["policyTypes"]
+        and selects(p["spec"]["podSelector"], pod_labels(workload))
+    ]
