@@ -1,0 +1,79 @@
+"""services.common.listen on a real Postgres: wake-ups at commit, and a listener that
+reconnects, saying so, when its connection is cut (as a Postgres restart cuts it)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import psycopg
+import pytest
+
+from services.common.listen import APPLICATION_NAME, Wakeup, listen, notify
+from services.common.postgres import PostgresConnection
+
+pytestmark = pytest.mark.postgres
+
+WAIT = 10.0
+CHANNEL = "test_channel"
+
+
+@pytest.fixture
+async def wakeups(postgres_database: str) -> AsyncIterator[AsyncIterator[Wakeup]]:
+    """Wake-ups on CHANNEL, after the first one (listening)."""
+    async with contextlib.aclosing(
+        listen(postgres_database, CHANNEL, min_backoff=0.01, max_backoff=0.05)
+    ) as listening:
+        async with asyncio.timeout(WAIT):
+            assert await anext(listening) == Wakeup(None)
+        yield listening
+
+
+def send(url: str, *payloads: str, commit: bool = True) -> None:
+    """NOTIFY each of `payloads` in one transaction, committed or rolled back."""
+    with psycopg.connect(url, autocommit=True) as raw:
+        db = PostgresConnection(raw)
+        db.execute("BEGIN")
+        for payload in payloads:
+            notify(db, CHANNEL, payload)
+        db.execute("COMMIT" if commit else "ROLLBACK")
+
+
+async def next_wakeup(wakeups: AsyncIterator[Wakeup]) -> Wakeup:
+    async with asyncio.timeout(WAIT):
+        return await anext(wakeups)
+
+
+async def test_notifications_arrive_once_committed_and_never_when_rolled_back(
+    postgres_database: str, wakeups: AsyncIterator[Wakeup]
+) -> None:
+    send(postgres_database, "1", commit=False)
+    send(postgres_database, "2", "3")
+    assert [await next_wakeup(wakeups), await next_wakeup(wakeups)] == [Wakeup("2"), Wakeup("3")]
+
+
+async def test_a_cut_connection_is_replaced_and_the_listener_told_to_catch_up(
+    postgres_database: str, wakeups: AsyncIterator[Wakeup]
+) -> None:
+    with psycopg.connect(postgres_database, autocommit=True) as admin:
+        # What a fast shutdown of the server does to every connection.
+        cut = admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND application_name = %s",
+            (f"{APPLICATION_NAME} {CHANNEL}",),
+        ).fetchall()
+    assert cut == [(True,)]
+    assert await next_wakeup(wakeups) == Wakeup(None)
+    send(postgres_database, "4")
+    assert await next_wakeup(wakeups) == Wakeup("4")
+
+
+def test_a_payload_over_the_postgres_limit_is_refused_before_it_is_sent(
+    postgres_database: str,
+) -> None:
+    with (
+        psycopg.connect(postgres_database, autocommit=True) as raw,
+        pytest.raises(ValueError, match="8000 bytes"),
+    ):
+        notify(PostgresConnection(raw), CHANNEL, "é" * 4001)
