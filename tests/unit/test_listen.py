@@ -1,5 +1,5 @@
 """services.common.listen on a real Postgres: wake-ups at commit, and a listener that
-reconnects, saying so, when its connection is cut (as a Postgres restart cuts it)."""
+reconnects, saying so, when its connection is cut and when Postgres restarts."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import pytest
 
 from services.common.listen import APPLICATION_NAME, Wakeup, listen, notify
 from services.common.postgres import PostgresConnection
+from shopmesh.local import postgres
 
 pytestmark = pytest.mark.postgres
 
@@ -67,6 +68,19 @@ async def test_a_cut_connection_is_replaced_and_the_listener_told_to_catch_up(
     assert await next_wakeup(wakeups) == Wakeup(None)
     send(postgres_database, "4")
     assert await next_wakeup(wakeups) == Wakeup("4")
+
+
+async def test_a_listener_outlives_a_postgres_restart(
+    postgres_cluster: postgres.Cluster, postgres_database: str, wakeups: AsyncIterator[Wakeup]
+) -> None:
+    # Down for as long as a fast stop and a start take: the listener keeps retrying meanwhile.
+    try:
+        await asyncio.to_thread(postgres.stop, postgres_cluster)
+    finally:
+        await asyncio.to_thread(postgres.start, postgres_cluster, durable=False)
+    assert await next_wakeup(wakeups) == Wakeup(None)
+    send(postgres_database, "5")
+    assert await next_wakeup(wakeups) == Wakeup("5")
 
 
 def test_a_payload_over_the_postgres_limit_is_refused_before_it_is_sent(
