@@ -11,14 +11,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import psycopg
 import pytest
 from grpc import aio
 
-from services.common.listen import APPLICATION_NAME
 from services.notifications.store import NOTIFY_CHANNEL
 from shop.notifications.v1 import notifications_pb2 as pb
 from shop.notifications.v1 import notifications_pb2_grpc as pb_grpc
+from tests.support.databases import cut_listening_connections
 from tests.support.notifications import (
     WAIT,
     Stub,
@@ -129,17 +128,6 @@ async def test_a_watcher_that_reconnects_with_its_last_cursor_gets_exactly_what_
     assert event_ids([*missed, *live]) == ["evt_3", "evt_4", "evt_5", "evt_6"]
 
 
-def _cut_listening_connections(database: str) -> int:
-    """Terminate every replica's LISTEN connection, as a Postgres shutdown would; how many."""
-    with psycopg.connect(database, autocommit=True) as admin:
-        cut = admin.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-            " WHERE datname = current_database() AND application_name = %s",
-            (f"{APPLICATION_NAME} {NOTIFY_CHANNEL}",),
-        ).fetchall()
-    return len(cut)
-
-
 async def test_a_replica_whose_listen_connection_was_cut_catches_up(
     replicas: Replicas,
 ) -> None:
@@ -147,7 +135,9 @@ async def test_a_replica_whose_listen_connection_was_cut_catches_up(
     await publish(replicas.a, "evt_1")
     assert event_ids(await received(on_b, 1)) == ["evt_1"]
 
-    assert await asyncio.to_thread(_cut_listening_connections, replicas.database) == 2
+    assert (
+        await asyncio.to_thread(cut_listening_connections, replicas.database, NOTIFY_CHANNEL) == 2
+    )
     # Stored (most likely) before b listens again, and nothing after: only b's catch-up once
     # it is listening again can find these (or, had it reconnected first, the NOTIFY).
     await publish(replicas.a, "evt_2", "evt_3")

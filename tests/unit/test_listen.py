@@ -10,9 +10,10 @@ from collections.abc import AsyncIterator
 import psycopg
 import pytest
 
-from services.common.listen import APPLICATION_NAME, Wakeup, listen, notify
+from services.common.listen import Wakeup, listen, notify
 from services.common.postgres import PostgresConnection
 from shopmesh.local import postgres
+from tests.support.databases import cut_listening_connections
 
 pytestmark = pytest.mark.postgres
 
@@ -57,14 +58,8 @@ async def test_notifications_arrive_once_committed_and_never_when_rolled_back(
 async def test_a_cut_connection_is_replaced_and_the_listener_told_to_catch_up(
     postgres_database: str, wakeups: AsyncIterator[Wakeup]
 ) -> None:
-    with psycopg.connect(postgres_database, autocommit=True) as admin:
-        # What a fast shutdown of the server does to every connection.
-        cut = admin.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-            " WHERE datname = current_database() AND application_name = %s",
-            (f"{APPLICATION_NAME} {CHANNEL}",),
-        ).fetchall()
-    assert cut == [(True,)]
+    # What a fast shutdown of the server does to every connection.
+    assert cut_listening_connections(postgres_database, CHANNEL) == 1
     assert await next_wakeup(wakeups) == Wakeup(None)
     send(postgres_database, "4")
     assert await next_wakeup(wakeups) == Wakeup("4")
