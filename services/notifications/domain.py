@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
@@ -29,10 +29,14 @@ from services.common.paging import Cursors
 MAX_ID_LENGTH = 128
 MAX_REASON_LENGTH = 500
 MAX_BATCH_EVENTS = 500
+# A resumed watch reads what it replays this many notifications at a time.
+REPLAY_PAGE = 100
 NOTIFICATION_ID_PREFIX = "ntf_"
 
 # ListNotifications pages by the store's sequence number of the last notification served.
 CURSORS = Cursors("ListNotifications", (int,))
+# WatchNotifications resumes after the store's sequence number of the last notification sent.
+WATCH_CURSORS = Cursors("WatchNotifications", (int,))
 
 # ISO 4217 currencies whose minor unit is not a hundredth; every other one has two decimals.
 _ZERO_DECIMALS = "BIF CLP DJF GNF ISK JPY KMF KRW PYG RWF UGX VND VUV XAF XOF XPF"
@@ -94,6 +98,21 @@ class Notification:
     title: str
     body: str
     create_time: datetime
+
+
+@dataclass(frozen=True)
+class StoredNotification:
+    """A notification as stored, with its `sequence`: its position among every notification
+    of the database, increasing in commit order (the store says why), so "every notification
+    after sequence N" is exact."""
+
+    sequence: int
+    notification: Notification
+
+    @property
+    def cursor(self) -> str:
+        """The opaque WatchNotifications cursor that resumes right after this notification."""
+        return watch_cursor(self.sequence)
 
 
 @dataclass(frozen=True)
@@ -162,6 +181,15 @@ class NotificationStore(Protocol):
 
     async def list_for_user(self, query: ListQuery) -> NotificationPage:
         """One page of `query.user_id`'s notifications, newest first."""
+        ...
+
+    async def user_after(self, user_id: str, sequence: int, limit: int) -> list[StoredNotification]:
+        """Up to `limit` of `user_id`'s notifications with a sequence above `sequence`,
+        oldest first."""
+        ...
+
+    async def last_sequence(self) -> int:
+        """The highest sequence stored (0 when there is none)."""
         ...
 
 
@@ -264,6 +292,38 @@ def validate_list_query(user_id: str, page_size: int, page_token: str) -> ListQu
     return ListQuery(user_id=user_id, page_size=size, before=before)
 
 
+def watch_cursor(sequence: int) -> str:
+    """The opaque WatchNotifications cursor of a position (a store sequence; 0 is the start)."""
+    return WATCH_CURSORS.token((sequence,))
+
+
+def validate_resume_cursor(cursor: str) -> int | None:
+    """The sequence a WatchNotifications `resume_cursor` resumes after (None for ""); raises
+    InvalidArgument CURSOR_INVALID on field `resume_cursor` for one this service never
+    issued."""
+    try:
+        key = WATCH_CURSORS.key(cursor)
+    except InvalidArgument:
+        raise invalid_cursor() from None
+    if key is None:
+        return None
+    (sequence,) = key
+    if not isinstance(sequence, int) or sequence < 0:
+        raise invalid_cursor()
+    return sequence
+
+
+def invalid_cursor() -> InvalidArgument:
+    """The refusal of a `resume_cursor` this service did not issue."""
+    return InvalidArgument(
+        "resume_cursor is not one WatchNotifications issued",
+        reason="CURSOR_INVALID",
+        violations=[
+            FieldViolation("resume_cursor", "pass back the last cursor received, unchanged")
+        ],
+    )
+
+
 def event_fingerprint(event: OrderEvent) -> str:
     """A digest of every field of a validated `event`: two publications of one event id are the
     same event exactly when their fingerprints are equal."""
@@ -350,7 +410,8 @@ class Notifications:
         deliver: Callable[[Notification], None],
         clock: Callable[[], datetime] = utc_now,
     ) -> None:
-        """`deliver` hands a newly stored notification to live watchers; it must not block."""
+        """`deliver` is called with each newly stored notification once its transaction has
+        committed (the feed then hands it to live watchers); it must not block."""
         self._store = store
         self._deliver = deliver
         self._clock = clock
@@ -407,3 +468,29 @@ class Notifications:
         bad input."""
         query = validate_list_query(own_user_id(user_id, caller), page_size, page_token)
         return await self._store.list_for_user(query)
+
+    async def resume_point(self, cursor: str) -> int | None:
+        """The sequence a WatchNotifications `resume_cursor` resumes after (None for "");
+        InvalidArgument CURSOR_INVALID for a cursor this service did not issue, including one
+        later than anything stored (another database's: following it would skip
+        notifications)."""
+        sequence = validate_resume_cursor(cursor)
+        if sequence is not None and sequence > await self._store.last_sequence():
+            raise invalid_cursor()
+        return sequence
+
+    async def last_sequence(self) -> int:
+        """The position of the last notification stored: where a watch without a cursor
+        starts."""
+        return await self._store.last_sequence()
+
+    async def replay(self, user_id: str, after: int) -> AsyncIterator[StoredNotification]:
+        """Every notification of `user_id` stored after sequence `after`, oldest first (read
+        REPLAY_PAGE at a time, so a long absence does not load everything at once)."""
+        while True:
+            page = await self._store.user_after(user_id, after, REPLAY_PAGE)
+            for stored in page:
+                yield stored
+            if len(page) < REPLAY_PAGE:
+                return
+            after = page[-1].sequence

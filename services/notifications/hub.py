@@ -1,13 +1,20 @@
-"""In-process fan-out of new notifications to the WatchNotifications streams of their user.
+"""In-process fan-out of stored notifications to the WatchNotifications streams of their user.
+
+The hub is fed by one publisher, the feed (services.notifications.feed), with every stored
+notification exactly once, in sequence order; `position` is the sequence of the last one. So a
+subscription taken when the position is P receives every notification after P, and only those:
+its `start`. A watch that resumes from a cursor replays what the store holds after the cursor,
+then follows its subscription (`resume` below), and nothing is missed or sent twice.
 
 Publishing never blocks and never waits for a watcher. Each subscription buffers at most
 `capacity` notifications; when a watcher reads so slowly that its buffer is full, the hub drops
 that subscription instead of dropping notifications silently or slowing every publisher down:
 the subscriber still gets what was buffered, then `SubscriberOverflow`, which ends its stream
 with RESOURCE_EXHAUSTED. Nothing is lost for good, because every notification is stored
-before it is published; the client reconnects and catches up with ListNotifications.
+before it is published; the client reconnects with its last cursor.
 
-The hub lives in one process: watchers only see notifications published to the same replica.
+The hub lives in one process; notifications stored by other replicas reach it through the
+feed, which reads them back from the shared database.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ from enum import Enum
 from types import TracebackType
 
 from services.common.errors import ResourceExhausted
-from services.notifications.domain import Notification
+from services.notifications.domain import StoredNotification
 
 DEFAULT_CAPACITY = 256
 
@@ -35,18 +42,20 @@ class _End(Enum):
 
 
 class Subscription:
-    """A user's live feed of new notifications: iterate it with `async for`, close it (or use it
-    as a context manager) when done. Iteration ends when the hub closes."""
+    """A user's live feed of the notifications stored after `start` (a sequence): iterate it
+    with `async for`, close it (or use it as a context manager) when done. Iteration ends when
+    the hub closes."""
 
-    def __init__(self, hub: NotificationHub, user_id: str, capacity: int) -> None:
+    def __init__(self, hub: NotificationHub, user_id: str, capacity: int, start: int) -> None:
         self.user_id = user_id
+        self.start = start
         self._hub = hub
         self._capacity = capacity
         # Unbounded so the end marker always fits; `offer` enforces the capacity.
-        self._queue: asyncio.Queue[Notification | _End] = asyncio.Queue()
+        self._queue: asyncio.Queue[StoredNotification | _End] = asyncio.Queue()
         self._ended = False
 
-    def offer(self, notification: Notification) -> bool:
+    def offer(self, notification: StoredNotification) -> bool:
         """Buffer `notification`; False (and nothing buffered) if the buffer is full."""
         if self._queue.qsize() >= self._capacity:
             return False
@@ -75,10 +84,10 @@ class Subscription:
     ) -> None:
         self.close()
 
-    def __aiter__(self) -> AsyncIterator[Notification]:
+    def __aiter__(self) -> AsyncIterator[StoredNotification]:
         return self
 
-    async def __anext__(self) -> Notification:
+    async def __anext__(self) -> StoredNotification:
         item = await self._queue.get()
         if item is _End.CLOSED:
             # Put it back so iterating again also ends instead of waiting forever.
@@ -88,7 +97,7 @@ class Subscription:
             self._queue.put_nowait(item)
             raise SubscriberOverflow(
                 f"watcher of {self.user_id!r} fell {self._capacity} notifications behind; "
-                "reconnect and catch up with ListNotifications",
+                "reconnect with the last cursor received",
                 reason="WATCHER_TOO_SLOW",
             )
         return item
@@ -97,18 +106,22 @@ class Subscription:
 class NotificationHub:
     """Per-user subscriptions to newly stored notifications."""
 
-    def __init__(self, capacity: int = DEFAULT_CAPACITY) -> None:
-        """`capacity` bounds how many undelivered notifications one watcher may hold."""
+    def __init__(self, capacity: int = DEFAULT_CAPACITY, position: int = 0) -> None:
+        """`capacity` bounds how many undelivered notifications one watcher may hold;
+        `position` is the sequence of the last notification stored before the hub starts
+        (the feed publishes from there)."""
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
         self._capacity = capacity
         self._subscriptions: dict[str, set[Subscription]] = {}
         self._closed = False
+        self.position = position
+        """The sequence of the last notification published (or the starting position)."""
 
     def subscribe(self, user_id: str) -> Subscription:
-        """A new subscription to `user_id`'s notifications published from now on. After
-        `close`, the subscription is already ended."""
-        subscription = Subscription(self, user_id, self._capacity)
+        """A new subscription to `user_id`'s notifications published from now on, i.e. those
+        after `position` (its `start`). After `close`, the subscription is already ended."""
+        subscription = Subscription(self, user_id, self._capacity, self.position)
         if self._closed:
             subscription.finish()
         else:
@@ -124,11 +137,17 @@ class NotificationHub:
         if not subscribers:
             del self._subscriptions[subscription.user_id]
 
-    def publish(self, notification: Notification) -> None:
-        """Hand `notification` to every subscription of its user, without waiting; overflowing
-        subscriptions are dropped (see the module docstring)."""
-        for subscription in list(self._subscriptions.get(notification.user_id, ())):
-            if not subscription.offer(notification):
+    def publish(self, stored: StoredNotification) -> None:
+        """Hand `stored` to every subscription of its user, without waiting; overflowing
+        subscriptions are dropped (see the module docstring). Sequences must increase: a
+        subscription's `start` promises exactly what follows it."""
+        if stored.sequence <= self.position:
+            raise ValueError(
+                f"notification {stored.sequence} published after {self.position}: out of order"
+            )
+        self.position = stored.sequence
+        for subscription in list(self._subscriptions.get(stored.notification.user_id, ())):
+            if not subscription.offer(stored):
                 subscription.finish(overflowed=True)
                 self.unsubscribe(subscription)
 
@@ -144,3 +163,21 @@ class NotificationHub:
             for subscription in list(subscribers):
                 subscription.finish()
                 self.unsubscribe(subscription)
+
+
+async def resume(
+    subscription: Subscription, replay: AsyncIterator[StoredNotification], after: int
+) -> AsyncIterator[StoredNotification]:
+    """A watch resumed after sequence `after`: what `replay` yields (the store's notifications
+    after `after`, oldest first, read once `subscription` was in place), then the
+    subscription's, skipping what was sent already. In sequence order, each once, none
+    missed: a notification the replay's read did not see was stored after the subscription
+    started, so the subscription has it."""
+    sent = after
+    async for stored in replay:
+        sent = stored.sequence
+        yield stored
+    async for stored in subscription:
+        if stored.sequence > sent:
+            sent = stored.sequence
+            yield stored

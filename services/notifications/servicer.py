@@ -22,9 +22,11 @@ from services.notifications.domain import (
     Notifications,
     OrderEvent,
     OrderEventType,
+    StoredNotification,
     validate_watch,
+    watch_cursor,
 )
-from services.notifications.hub import NotificationHub
+from services.notifications.hub import NotificationHub, resume
 from shop.notifications.v1 import notifications_pb2 as pb
 from shop.notifications.v1 import notifications_pb2_grpc as pb_grpc
 
@@ -33,6 +35,8 @@ _EVENT_TYPES: Mapping[int, OrderEventType] = {
     pb.ORDER_EVENT_TYPE_REJECTED: OrderEventType.REJECTED,
     pb.ORDER_EVENT_TYPE_CANCELLED: OrderEventType.CANCELLED,
 }
+# The response header (initial metadata) carrying the cursor of a watch's starting position.
+CURSOR_HEADER = "shop-watch-cursor"
 _EVENT_TYPE_NUMBERS: Mapping[OrderEventType, pb.OrderEventType.ValueType] = {
     OrderEventType.UNSPECIFIED: pb.ORDER_EVENT_TYPE_UNSPECIFIED,
     OrderEventType.CONFIRMED: pb.ORDER_EVENT_TYPE_CONFIRMED,
@@ -75,6 +79,13 @@ def notification_to_proto(notification: Notification) -> pb.Notification:
         body=notification.body,
         create_time=to_timestamp(notification.create_time),
         event_type=_EVENT_TYPE_NUMBERS[notification.event_type],
+    )
+
+
+def watch_response(stored: StoredNotification) -> pb.WatchNotificationsResponse:
+    """One message of a watch: the notification and the cursor that resumes after it."""
+    return pb.WatchNotificationsResponse(
+        notification=notification_to_proto(stored.notification), cursor=stored.cursor
     )
 
 
@@ -138,8 +149,14 @@ class NotificationsServicer(pb_grpc.NotificationsServiceServicer):
         self, request: pb.WatchNotificationsRequest, context: aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb.WatchNotificationsResponse]:
         """See notifications.proto. Ends when the client cancels (the subscription is closed by
-        the `with`) or when the hub closes on shutdown."""
+        the `with`) or when the hub closes on shutdown.
+
+        The stream's start (the resume cursor's position, or for a fresh watch the last one
+        stored) is read once the subscription is in place, so whatever that read, or the
+        replay's, misses reaches the subscription; `resume` drops what was sent already. The
+        headers go out then, with the cursor of that start."""
         watched = validate_watch(require_caller(context), request.user_id)
+        resumed = await self._notifications.resume_point(request.resume_cursor)
         done = asyncio.Event()
         self._open_watches.add(done)
 
@@ -150,9 +167,11 @@ class NotificationsServicer(pb_grpc.NotificationsServiceServicer):
         # grpc-stubs declares the callback type as a class rather than a Protocol.
         context.add_done_callback(finished)  # type: ignore[arg-type]
         with self.hub.subscribe(watched) as subscription:
-            # The contract promises: once headers arrive, nothing created later is missed.
-            await context.send_initial_metadata(())
-            async for notification in subscription:
-                yield pb.WatchNotificationsResponse(
-                    notification=notification_to_proto(notification)
-                )
+            if resumed is None:
+                start = await self._notifications.last_sequence()
+            else:
+                start = resumed
+            await context.send_initial_metadata(((CURSOR_HEADER, watch_cursor(start)),))
+            replay = self._notifications.replay(watched, start)
+            async for stored in resume(subscription, replay, start):
+                yield watch_response(stored)

@@ -4,6 +4,18 @@ recorded events and their notifications.
 An event and its notification are written in one transaction, so after a crash either both
 exist or neither does; the events table's primary key is what makes publishing idempotent
 across restarts.
+
+Every notification has a sequence number (`seq`, since the first schema version), increasing in
+commit order: writes run one transaction at a time on either backend (SQLite's write lock;
+on Postgres the database-wide advisory lock every write takes, services.common.postgres), and
+each takes the next number, so a snapshot that holds sequence N holds every one below it.
+Cursors (ListNotifications pages, WatchNotifications resumes) and the feed of live
+notifications rely on that; nothing deletes notifications, so no number is ever reused (SQLite
+gives an INTEGER PRIMARY KEY the highest one plus one).
+
+On Postgres a transaction that stores new notifications also sends NOTIFY on NOTIFY_CHANNEL
+with the highest sequence it stored: every replica's feed (services.notifications.feed) learns
+at commit that there is something to read.
 """
 
 from __future__ import annotations
@@ -13,7 +25,8 @@ from datetime import datetime
 from pathlib import Path
 
 from services.common.clock import from_micros, to_micros
-from services.common.database import Database, Migrations
+from services.common.database import Database, Migrations, is_postgres
+from services.common.listen import notify
 from services.common.sql import Connection, Row
 from services.notifications.domain import (
     ListQuery,
@@ -23,7 +36,10 @@ from services.notifications.domain import (
     OrderEvent,
     OrderEventType,
     RecordOutcome,
+    StoredNotification,
 )
+
+NOTIFY_CHANNEL = "shopmesh_notifications"
 
 SQLITE_MIGRATIONS: tuple[str, ...] = (
     """
@@ -132,10 +148,14 @@ def _event_row(entry: NewEvent) -> tuple[object, ...]:
     )
 
 
+def _stored(row: Row) -> StoredNotification:
+    return StoredNotification(row["seq"], _notification(row))
+
+
 def _record(
     db: Connection, entry: NewEvent, row: tuple[object, ...]
-) -> tuple[RecordOutcome, Notification]:
-    """One entry of record_all, inside its transaction."""
+) -> tuple[RecordOutcome, Notification, int | None]:
+    """One entry of record_all, inside its transaction; the sequence it stored, if any."""
     stored = db.execute(
         "SELECT fingerprint FROM events WHERE event_id = ?", (entry.event.event_id,)
     ).fetchone()
@@ -149,7 +169,7 @@ def _record(
             f"SELECT {_NOTIFICATION_COLUMNS} FROM notifications WHERE event_id = ?",
             (entry.event.event_id,),
         ).fetchone()
-        return outcome, _notification(first)
+        return outcome, _notification(first), None
     db.execute(
         "INSERT INTO events (event_id, fingerprint, order_id, user_id, type, reason,"
         " total_currency_code, total_minor_units, occur_time_us)"
@@ -157,9 +177,10 @@ def _record(
         row,
     )
     notification = entry.notification
-    db.execute(
+    inserted = db.execute(
         "INSERT INTO notifications (notification_id, event_id, user_id, order_id,"
-        " event_type, title, body, create_time_us) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        " event_type, title, body, create_time_us) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+        " RETURNING seq",
         (
             notification.notification_id,
             notification.event_id,
@@ -170,8 +191,8 @@ def _record(
             notification.body,
             to_micros(notification.create_time),
         ),
-    )
-    return RecordOutcome.CREATED, notification
+    ).fetchone()
+    return RecordOutcome.CREATED, notification, int(inserted["seq"])
 
 
 class SqliteNotificationStore:
@@ -180,6 +201,7 @@ class SqliteNotificationStore:
 
     def __init__(self, database: Database) -> None:
         self._db = database
+        self._notifies = is_postgres(database.path)
 
     @classmethod
     async def open(cls, location: Path | str) -> SqliteNotificationStore:
@@ -213,11 +235,16 @@ class SqliteNotificationStore:
 
         def record(db: Connection) -> list[tuple[RecordOutcome, Notification]]:
             outcomes = []
+            last: int | None = None
             for entry, row in zip(entries, rows, strict=True):
-                outcome = _record(db, entry, row)
-                outcomes.append(outcome)
-                if outcome[0] is RecordOutcome.CONFLICT:
+                outcome, notification, sequence = _record(db, entry, row)
+                outcomes.append((outcome, notification))
+                if outcome is RecordOutcome.CONFLICT:
                     raise _Conflict(outcomes)
+                last = sequence if sequence is not None else last
+            if self._notifies and last is not None:
+                # Rolled back with this write's savepoint if a later statement fails it.
+                notify(db, NOTIFY_CHANNEL, str(last))
             return outcomes
 
         try:
@@ -248,3 +275,40 @@ class SqliteNotificationStore:
             notifications=tuple(_notification(row) for row in page),
             next_cursor=page[-1]["seq"] if more else None,
         )
+
+    async def after(self, sequence: int, limit: int) -> list[StoredNotification]:
+        """Up to `limit` notifications of every user with a sequence above `sequence`, oldest
+        first: what the feed hands to watchers next."""
+
+        def read(db: Connection) -> list[StoredNotification]:
+            rows = db.execute(
+                f"SELECT {_NOTIFICATION_COLUMNS} FROM notifications"
+                " WHERE seq > ? ORDER BY seq LIMIT ?",
+                (sequence, limit),
+            ).fetchall()
+            return [_stored(row) for row in rows]
+
+        return await self._db.read(read)
+
+    async def user_after(self, user_id: str, sequence: int, limit: int) -> list[StoredNotification]:
+        """Up to `limit` of `user_id`'s notifications with a sequence above `sequence`, oldest
+        first: what a resumed watch replays."""
+
+        def read(db: Connection) -> list[StoredNotification]:
+            rows = db.execute(
+                f"SELECT {_NOTIFICATION_COLUMNS} FROM notifications"
+                " WHERE user_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+                (user_id, sequence, limit),
+            ).fetchall()
+            return [_stored(row) for row in rows]
+
+        return await self._db.read(read)
+
+    async def last_sequence(self) -> int:
+        """The highest sequence stored, 0 when there is none."""
+
+        def read(db: Connection) -> int:
+            row = db.execute("SELECT COALESCE(MAX(seq), 0) AS last FROM notifications").fetchone()
+            return int(row["last"])
+
+        return await self._db.read(read)

@@ -3,7 +3,8 @@ tests/conftest.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import TypeVar
 
 import pytest
@@ -15,6 +16,7 @@ from services.notifications.app import build as build_notifications
 from shop.notifications.v1 import notifications_pb2_grpc
 from tests.support.db_locks import WriteWatch
 from tests.support.notifications import Notifications
+from tests.support.processes import Launch, Launcher
 from tests.support.services import ServiceRunner
 from tests.support.shop import Shop, start_shop
 
@@ -60,3 +62,14 @@ async def notifications(
     running = await services.start("notifications", build_notifications)
     channel = channels(running.address)
     return Notifications(running, channel, notifications_pb2_grpc.NotificationsServiceStub(channel))
+
+
+@pytest.fixture
+def launch(tmp_path: Path) -> Iterator[Launch]:
+    """Start `python -m services.<service>` with exactly the given SHOPMESH_* variables
+    (tests.support.processes); every process still running at teardown is killed."""
+    launcher = Launcher(tmp_path)
+    try:
+        yield launcher
+    finally:
+        launcher.kill_all()

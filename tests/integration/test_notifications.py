@@ -15,7 +15,12 @@ from services.common.clock import utc_now
 from services.common.errors import FieldViolation
 from services.common.status import field_violations
 from services.notifications.app import build
-from services.notifications.domain import OrderEvent, notification_for, validate_event
+from services.notifications.domain import (
+    OrderEvent,
+    StoredNotification,
+    notification_for,
+    validate_event,
+)
 from services.notifications.hub import DEFAULT_CAPACITY
 from services.notifications.servicer import event_from_proto
 from shop.common.v1 import money_pb2
@@ -279,8 +284,8 @@ async def test_watcher_that_falls_behind_gets_resource_exhausted(
     notification = notification_for(validate_event(domain_event()), "ntf_1", utc_now())
     # Publishing straight into the hub, without yielding to the event loop, overfills the
     # watcher's buffer before the server can send anything: the slowest possible client.
-    for _ in range(DEFAULT_CAPACITY + 1):
-        notifications.hub.publish(notification)
+    for number in range(1, DEFAULT_CAPACITY + 2):
+        notifications.hub.publish(StoredNotification(number, notification))
     # What was buffered is still delivered; then the stream fails.
     for _ in range(DEFAULT_CAPACITY):
         message = await call.read()

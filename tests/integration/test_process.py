@@ -6,109 +6,23 @@ naming the variable."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
-import grpc
 import pytest
 from grpc_health.v1 import health_pb2
 
 from shop.users.v1 import users_pb2
-from shopmesh.local.health import health_check
+from tests.support.processes import (
+    EXIT_SECONDS,
+    STARTUP_SECONDS,
+    Launch,
+    health_status,
+    wait_until_serving,
+)
 
-ROOT = Path(__file__).resolve().parents[2]
 USERS_SERVICE = users_pb2.DESCRIPTOR.services_by_name["UsersService"].full_name
-# Generous bounds for a loaded 2-core machine; a healthy run takes a fraction of each.
-STARTUP_SECONDS = 30.0
-EXIT_SECONDS = 15.0
-POLL_INTERVAL = 0.05
-
-
-@dataclass
-class Launched:
-    """A service process and the files its output goes to."""
-
-    process: subprocess.Popen[bytes]
-    stdout: Path
-    stderr: Path
-
-    def stderr_text(self) -> str:
-        return self.stderr.read_text(errors="replace")
-
-
-class Launch(Protocol):
-    def __call__(self, service: str, env: dict[str, str]) -> Launched: ...
-
-
-@pytest.fixture
-def launch(tmp_path: Path) -> Iterator[Launch]:
-    """Start `python -m services.<service>` from the repository root with exactly the given
-    SHOPMESH_* variables; every process still running at teardown is killed."""
-    launched: list[Launched] = []
-
-    def start(service: str, env: dict[str, str]) -> Launched:
-        environment = {k: v for k, v in os.environ.items() if not k.startswith("SHOPMESH_")}
-        environment.update(env)
-        stdout = tmp_path / f"{service}-{len(launched)}.stdout"
-        stderr = tmp_path / f"{service}-{len(launched)}.stderr"
-        with stdout.open("wb") as out, stderr.open("wb") as err:
-            process = subprocess.Popen(
-                [sys.executable, "-m", f"services.{service}"],
-                cwd=ROOT,
-                env=environment,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=err,
-            )
-        launched.append(Launched(process, stdout, stderr))
-        return launched[-1]
-
-    yield start
-    for item in launched:
-        if item.process.poll() is None:
-            item.process.kill()
-        item.process.wait(timeout=EXIT_SECONDS)
-
-
-def _health_status(address: str, service: str = "") -> int | None:
-    """One health Check on a fresh channel (so no reconnect backoff carries over between
-    attempts); None while nothing answers yet."""
-    with grpc.insecure_channel(address) as channel:
-        check = health_check(channel)
-        try:
-            response = check(health_pb2.HealthCheckRequest(service=service), timeout=1.0)
-        except grpc.RpcError as error:
-            if error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                return None
-            raise
-    status: int = response.status
-    return status
-
-
-def _wait_until_serving(launched: Launched, address: str) -> None:
-    """Poll health until SERVING, failing early if the process dies or the deadline passes."""
-    deadline = time.monotonic() + STARTUP_SECONDS
-    while True:
-        if launched.process.poll() is not None:
-            pytest.fail(
-                f"service exited with {launched.process.returncode} before serving:\n"
-                f"{launched.stderr_text()}"
-            )
-        if _health_status(address) == health_pb2.HealthCheckResponse.SERVING:
-            return
-        if time.monotonic() > deadline:
-            pytest.fail(
-                f"not SERVING after {STARTUP_SECONDS}s on {address}:\n{launched.stderr_text()}"
-            )
-        time.sleep(POLL_INTERVAL)
 
 
 def _accepts_connections(path: Path) -> bool:
@@ -134,8 +48,8 @@ def test_service_serves_until_sigterm_then_exits_zero(
             "SHOPMESH_GRACE_SECONDS": "2",
         },
     )
-    _wait_until_serving(users, address)
-    assert _health_status(address, USERS_SERVICE) == health_pb2.HealthCheckResponse.SERVING
+    wait_until_serving(users, address)
+    assert health_status(address, USERS_SERVICE) == health_pb2.HealthCheckResponse.SERVING
     assert database.exists()
 
     users.process.send_signal(signal.SIGTERM)
@@ -151,7 +65,7 @@ def test_service_logs_json_lines(launch: Launch, socket_dir: Path, tmp_path: Pat
         "users",
         {"SHOPMESH_LISTEN": address, "SHOPMESH_DB_PATH": str(tmp_path / "users.db")},
     )
-    _wait_until_serving(users, address)
+    wait_until_serving(users, address)
     users.process.send_signal(signal.SIGTERM)
     users.process.wait(timeout=EXIT_SECONDS)
 

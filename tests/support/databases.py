@@ -15,6 +15,7 @@ import psycopg
 import pytest
 
 from services.common.database import Database, Migration, Migrations, is_postgres
+from services.common.listen import APPLICATION_NAME
 from services.common.postgres import placeholders
 from services.common.sql import Connection
 
@@ -166,3 +167,15 @@ async def queued_together(
         queued = [asyncio.create_task(database.write(change)) for change in changes]
     async with asyncio.timeout(WRITER_WAIT):
         return await asyncio.gather(*queued, return_exceptions=True)
+
+
+def cut_listening_connections(url: str, channel: str) -> int:
+    """Terminate every connection that services.common.listen holds on `channel` of the
+    Postgres database at `url`, as a fast shutdown of the server would; how many were cut."""
+    with psycopg.connect(url, autocommit=True) as admin:
+        cut = admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND application_name = %s",
+            (f"{APPLICATION_NAME} {channel}",),
+        ).fetchall()
+    return sum(1 for (terminated,) in cut if terminated)

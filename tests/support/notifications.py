@@ -63,3 +63,43 @@ async def list_all(stub: Stub, user_id: str) -> list[pb.Notification]:
         pb.ListNotificationsRequest(user_id=user_id), timeout=WAIT, metadata=as_user(user_id)
     )
     return list(response.notifications)
+
+
+CURSOR_HEADER = "shop-watch-cursor"
+"""The response header that carries a watch's starting cursor (see notifications.proto)."""
+
+WatchCall: TypeAlias = (
+    "aio.UnaryStreamCall[pb.WatchNotificationsRequest, pb.WatchNotificationsResponse]"
+)
+
+
+def watch(stub: Stub, user_id: str, resume_cursor: str = "") -> WatchCall:
+    """A WatchNotifications call by `user_id` for their own notifications (bounded by WAIT)."""
+    return stub.WatchNotifications(
+        pb.WatchNotificationsRequest(user_id=user_id, resume_cursor=resume_cursor),
+        timeout=WAIT,
+        metadata=as_user(user_id),
+    )
+
+
+async def start_cursor(call: WatchCall) -> str:
+    """The cursor a watch's headers carry: where the stream starts (once subscribed)."""
+    headers = await call.initial_metadata()
+    cursors = [value for key, value in headers if key == CURSOR_HEADER]
+    assert len(cursors) == 1, headers
+    assert isinstance(cursors[0], str)
+    return cursors[0]
+
+
+async def received(call: WatchCall, count: int) -> list[pb.WatchNotificationsResponse]:
+    """The next `count` messages of a watch."""
+    messages = []
+    for _ in range(count):
+        message = await call.read()
+        assert isinstance(message, pb.WatchNotificationsResponse), message
+        messages.append(message)
+    return messages
+
+
+def event_ids(messages: list[pb.WatchNotificationsResponse]) -> list[str]:
+    return [message.notification.event_id for message in messages]

@@ -14,6 +14,7 @@ from services.notifications.domain import (
     Notification,
     OrderEvent,
     OrderEventType,
+    StoredNotification,
     notification_for,
 )
 
@@ -58,3 +59,8 @@ def make_event(**changes: Any) -> OrderEvent:
 
 def make_notification(event: OrderEvent, number: int = 1) -> Notification:
     return notification_for(event, f"ntf_{number}", from_micros(1_700_000_000_000_000 + number))
+
+
+def make_stored(event: OrderEvent, number: int = 1) -> StoredNotification:
+    """`make_notification(event, number)` as stored with sequence `number`."""
+    return StoredNotification(number, make_notification(event, number))
