@@ -18,7 +18,7 @@ from services.common.postgres import placeholders
 from services.common.sql import Connection
 from services.inventory import store as inventory_store
 from services.notifications import store as notifications_store
-from services.orders import store as orders_store
+from services.orders import schema as orders_schema
 from services.payments import store as payments_store
 from services.users import store as users_store
 from shopmesh.local import postgres
@@ -43,7 +43,7 @@ MIGRATIONS = Migrations(
 STORES = {
     "users": users_store.MIGRATIONS,
     "inventory": inventory_store.MIGRATIONS,
-    "orders": orders_store.MIGRATIONS,
+    "orders": orders_schema.MIGRATIONS,
     "payments": payments_store.migrations(b"k" * 32),
     "notifications": notifications_store.MIGRATIONS,
 }
