@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 import pytest
 import pytest_asyncio
 
+from shop.notifications.v1 import notifications_pb2
 from shopmesh.envoy.faults import Fault
 from shopmesh.local import faults, postgres
 from shopmesh.local.mesh import RunningMesh
@@ -22,6 +23,7 @@ from tests.support.cli import shopmesh
 from tests.support.clients import gateway_clients
 from tests.support.databases import query
 from tests.support.mesh import running_mesh
+from tests.support.notifications import received
 from tests.support.observe import access_log
 from tests.support.polling import eventually
 
@@ -63,6 +65,41 @@ async def test_both_orders_replicas_take_checkouts(mesh: RunningMesh) -> None:
         ([outcome.order_id for outcome in placed],),
     )
     assert sorted(str(owner) for (owner,) in owners) == ["orders-0", "orders-1"]
+
+
+async def test_watchers_on_either_notifications_replica_see_each_order_once(
+    mesh: RunningMesh,
+) -> None:
+    assert [pod.name for pod in mesh.replicas("notifications")] == [
+        "notifications-0",
+        "notifications-1",
+    ]
+    async with gateway_clients(mesh) as clients:
+        shopper = await clients.create_user()
+        # The gateway spreads streams over the replicas: with four, both have watchers, and
+        # each watcher must see every order, whichever replica stored its notification.
+        watches = [
+            clients.notifications.WatchNotifications(
+                notifications_pb2.WatchNotificationsRequest(),
+                metadata=shopper.metadata,
+                timeout=60,
+            )
+            for _ in range(4)
+        ]
+        try:
+            for call in watches:
+                await call.initial_metadata()
+            placed = [await checkout(clients, shopper) for _ in range(4)]
+            seen = [
+                [message.notification.order_id for message in await received(call, len(placed))]
+                for call in watches
+            ]
+        finally:
+            for call in watches:
+                call.cancel()
+
+    assert summary(placed) == {"OK CONFIRMED": 4}
+    assert seen == [[outcome.order_id for outcome in placed]] * len(watches)
 
 
 async def test_kill_9_of_one_orders_replica_mid_checkout_loses_and_doubles_nothing(
