@@ -27,6 +27,7 @@ import psycopg
 from psycopg import sql
 
 from services.common.sql import Connection
+from services.common.turns import HELD_CONNECTION
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,10 @@ async def listen(
         try:
             # Named, so that pg_stat_activity tells the listening connection apart.
             async with await psycopg.AsyncConnection.connect(
-                url, autocommit=True, application_name=f"{APPLICATION_NAME} {channel}"
+                url,
+                autocommit=True,
+                application_name=f"{APPLICATION_NAME} {channel}",
+                **HELD_CONNECTION,
             ) as connection:
                 await connection.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
                 backoff = min_backoff
@@ -83,7 +87,9 @@ async def listen(
                         # Raises if the connection died silently; psycopg keeps what arrives
                         # meanwhile for the next notifies().
                         await connection.execute("SELECT 1")
-        except psycopg.OperationalError as error:
+        except psycopg.Error as error:
+            # Whatever ends the connection (a restart, a server-side error), listen again:
+            # ending would leave this replica's watchers deaf to the other replicas.
             log.warning(
                 "listening on %s lost (%s); reconnecting in %.1fs",
                 channel,

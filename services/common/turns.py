@@ -3,8 +3,9 @@ relay's pass), held as `async with database.exclusive(name):`.
 
 - On Postgres, where several replicas share the database, a turn is a session advisory lock
   (`pg_try_advisory_lock`) on a connection of its own: whoever holds it, in whichever process,
-  the others wait. A process that dies holding it releases it at once, with its connection:
-  nothing waits for a lease to lapse. Waiting is polling, with a short backoff (a turn is held
+  the others wait. A process that dies holding it releases it at once, with its connection
+  (a machine that dies, within about 25 s: HELD_CONNECTION's keepalives): nothing waits for a
+  lease to lapse. Waiting is polling, with a short backoff (a turn is held
   for one pass of work, milliseconds to seconds): no connection sits blocked in the server, and
   cancelling a waiter is immediate.
 - On SQLite a database has one process (the topology refuses more than one replica of the
@@ -29,6 +30,20 @@ log = logging.getLogger(__name__)
 # The first key of every turn's two-key advisory lock (its second key: hashtext of the turn's
 # name). Two-key locks never collide with the one-key locks of services.common.postgres.
 TURN_CLASS = 0x7475726E  # "turn"
+HELD_CONNECTION: dict[str, Any] = {
+    "connect_timeout": 10,
+    # Our side notices a server gone silent...
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+    # ...and the server a holder whose machine died (not only its process): without it, a
+    # session (and the turn it holds) outlives a dead node for the kernel's ~2 h default.
+    "options": "-c tcp_keepalives_idle=10 -c tcp_keepalives_interval=5 -c tcp_keepalives_count=3",
+}
+"""libpq settings of a connection held open for long (a turn's, a LISTEN): a dead peer is
+noticed within about 25 s either way. (Unix-socket connections, the local mesh's, end with
+their process anyway.)"""
 _FIRST_RETRY_SECONDS = 0.01
 _MAX_RETRY_SECONDS = 0.25
 
@@ -95,16 +110,21 @@ class AdvisoryTurns:
     def _try(self, name: str) -> bool:
         import psycopg
 
-        if self._connection is None or self._connection.closed:
-            self._held.clear()
-            self._connection = psycopg.connect(self._url, autocommit=True)
-        try:
-            row = self._connection.execute(
-                "SELECT pg_try_advisory_lock(%s, hashtext(%s))", (TURN_CLASS, name)
-            ).fetchone()
-        except psycopg.OperationalError:
-            self._disconnect()
-            raise
+        for attempt in (1, 2):
+            if self._connection is None or self._connection.closed:
+                self._held.clear()
+                self._connection = psycopg.connect(self._url, autocommit=True, **HELD_CONNECTION)
+            try:
+                row = self._connection.execute(
+                    "SELECT pg_try_advisory_lock(%s, hashtext(%s))", (TURN_CLASS, name)
+                ).fetchone()
+                break
+            except psycopg.OperationalError:
+                # A connection the server dropped (a restart) is found out on use: once more
+                # on a new one before giving up.
+                self._disconnect()
+                if attempt == 2:
+                    raise
         if row[0]:
             self._held.add(name)
         return bool(row[0])

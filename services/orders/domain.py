@@ -396,17 +396,25 @@ class OrderRepository(Protocol):
     async def load(self, order_id: str) -> tuple[Order, SagaState] | None:
         """The order and its saga state, or None."""
 
-    async def save(self, order: Order, saga: SagaState, event: OrderEvent | None = None) -> None:
-        """Store the order and saga state, and `event` in the outbox, in ONE transaction."""
+    async def save(
+        self,
+        order: Order,
+        saga: SagaState,
+        event: OrderEvent | None = None,
+        *,
+        stalled: bool = False,
+    ) -> None:
+        """Store the order and saga state, and `event` in the outbox, in ONE transaction; a
+        `stalled` saga's lease is let go (see claim)."""
 
     async def claim(self, order_id: str) -> bool:
         """Lease the order's saga to this replica unless another one holds it (False then, or
         if there is no such order). Every `save` renews the lease, or raises LeaseLost (an
         Unavailable) once another replica took the saga over."""
 
-    async def claim_in_flight(self, limit: int) -> list[str]:
+    async def claim_in_flight(self, limit: int, after: str | None = None) -> list[str]:
         """Lease up to `limit` sagas that are not DONE and that no other replica holds,
-        oldest first; returns their order ids."""
+        oldest first, after order `after`; returns their order ids."""
 
     async def list_for_user(
         self, user_id: str, after: OrderCursor | None, limit: int

@@ -41,8 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from datetime import datetime, timedelta
 
@@ -56,6 +55,7 @@ from services.common.errors import (
 )
 from services.common.money import Money
 from services.common.telemetry import carrier, continued, tracer
+from services.orders import leases
 from services.orders.domain import (
     CHECKOUT_EXPIRED,
     CURRENCY_MISMATCH,
@@ -82,6 +82,7 @@ from services.orders.domain import (
     new_order_id,
     not_cancellable,
 )
+from services.orders.leases import DEFAULT_LEASE_WAIT, KeyedLocks
 
 log = logging.getLogger(__name__)
 
@@ -96,38 +97,6 @@ _BEFORE_CHARGE = (
 )
 # Steps whose reserve call may have gone through before the saga stalled there.
 _RESERVING = (SagaStep.RESERVE_AND_PRICE, SagaStep.RESERVE_STOCK)
-# How long a request waits for another replica to finish (or let go of) the saga it asks for:
-# within the edge's 10 s request timeout, with room for the saga's own steps after it.
-DEFAULT_LEASE_WAIT = 3.0
-_LEASE_RETRY_FIRST = 0.02
-_LEASE_RETRY_MAX = 0.25
-
-
-class _KeyedLocks:
-    """One asyncio.Lock per order id, dropped once nobody holds or waits for it: a request and
-    the recovery loop never drive the same order at the same time."""
-
-    def __init__(self) -> None:
-        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
-
-    def busy(self, key: str) -> bool:
-        """True while some task holds or waits for `key`."""
-        return key in self._locks
-
-    @asynccontextmanager
-    async def hold(self, key: str) -> AsyncIterator[None]:
-        """Hold the lock of `key` for the body of the `async with`."""
-        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
-        self._locks[key] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._locks[key]
-            if users == 1:
-                del self._locks[key]
-            else:
-                self._locks[key] = (lock, users - 1)
 
 
 class CheckoutSaga:
@@ -160,7 +129,7 @@ class CheckoutSaga:
         self._on_event = on_event
         self._pending_timeout = pending_timeout
         self._lease_wait = lease_wait
-        self._locks = _KeyedLocks()
+        self._locks = KeyedLocks()
 
     # --- requests ----------------------------------------------------------------------
 
@@ -183,7 +152,8 @@ class CheckoutSaga:
         order = await self._repository.create(
             request.idempotency_key, request.fingerprint(), draft, saga
         )
-        return await self.resume(order.order_id)
+        # A new order is leased to this replica by `create`: no claim needed.
+        return await self.resume(order.order_id, claimed=order.order_id == draft.order_id)
 
     async def cancel_order(self, order_id: str, reason: str) -> Order:
         """Cancel a CONFIRMED order: refund, release, CANCELLED. Idempotent.
@@ -192,7 +162,7 @@ class CheckoutSaga:
         NotFound(ORDER_NOT_FOUND); FailedPrecondition(ORDER_NOT_CANCELLABLE) unless CONFIRMED.
         """
         async with self._locks.hold(order_id):
-            order, saga = await self._claimed(order_id)
+            order, saga = await leases.claimed(self._repository, order_id, self._lease_wait)
             if order.status is OrderStatus.CANCELLED:
                 return order
             if saga.outcome is not OrderStatus.CANCELLED:
@@ -210,12 +180,18 @@ class CheckoutSaga:
 
     # --- recovery ----------------------------------------------------------------------
 
-    async def resume(self, order_id: str, *, recovered: bool = False) -> Order:
-        """Drive one order's saga from its stored step to the end (a no-op if it is DONE).
-        A `recovered` saga (no request is waiting for it) continues the trace of the request
-        that placed or cancelled the order."""
+    async def resume(
+        self, order_id: str, *, recovered: bool = False, claimed: bool = False
+    ) -> Order:
+        """Drive one order's saga from its stored step to the end (a no-op if it is DONE),
+        once its lease is this replica's (already, if `claimed`). A `recovered` saga (no
+        request is waiting for it) continues the trace of the request that placed or
+        cancelled the order."""
         async with self._locks.hold(order_id):
-            order, saga = await self._claimed(order_id)
+            if claimed:
+                order, saga = await load_order(self._repository, order_id)
+            else:
+                order, saga = await leases.claimed(self._repository, order_id, self._lease_wait)
             if not recovered or saga.step is SagaStep.DONE:
                 return await self._run(order, saga)
             attributes = {"order.id": order_id, "saga.step": saga.step.value}
@@ -226,11 +202,12 @@ class CheckoutSaga:
         """Resume or compensate every in-flight order no other live replica drives; returns
         how many reached their end.
 
-        Orders are claimed `concurrency` at a time and run side by side, so one order stuck on
-        a hanging dependency does not hold up the rest, and none waits, claimed, long enough
-        for its lease to lapse. Orders a request of this replica is driving right now are
-        skipped; the next pass sees them if they are still in flight. One order failing never
-        stops the others.
+        Orders are claimed `concurrency` at a time, oldest first, each page just before it
+        runs, so none waits claimed long enough for its lease to lapse; the orders of a page
+        run side by side, and the next page starts when the page's slowest has stopped (a
+        step that hangs is cut off after the mesh's route timeout). Orders a request of this
+        replica is driving right now are skipped; the next pass sees them if they are still in
+        flight. One order failing never stops the others.
         """
 
         async def recover_one(order_id: str) -> bool:
@@ -250,38 +227,11 @@ class CheckoutSaga:
             return True
 
         finished = 0
-        seen: set[str] = set()
-        while claimed := [
-            order_id
-            for order_id in await self._repository.claim_in_flight(concurrency + len(seen))
-            if order_id not in seen
-        ]:
-            seen.update(claimed)
+        last: str | None = None
+        while claimed := await self._repository.claim_in_flight(concurrency, after=last):
+            last = claimed[-1]
             finished += sum(await asyncio.gather(*map(recover_one, claimed)))
         return finished
-
-    async def _claimed(self, order_id: str) -> tuple[Order, SagaState]:
-        """The order and its saga, leased to this replica, or DONE (nothing left to drive).
-        While another replica holds the lease, waits up to `lease_wait` for it to finish the
-        saga or let it go; then Unavailable(ORDER_PENDING). NotFound(ORDER_NOT_FOUND)."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._lease_wait
-        delay = _LEASE_RETRY_FIRST
-        while not await self._repository.claim(order_id):
-            order, saga = await load_order(self._repository, order_id)
-            if saga.step is SagaStep.DONE:
-                return order, saga
-            if loop.time() >= deadline:
-                raise Unavailable(
-                    f"order {order_id} is being driven by another orders replica; "
-                    "ask again shortly",
-                    reason="ORDER_PENDING",
-                    metadata={"order_id": order_id, "step": saga.step.value},
-                )
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, _LEASE_RETRY_MAX)
-        # Read after the claim: what the previous holder stored last is what this one drives.
-        return await load_order(self._repository, order_id)
 
     # --- the state machine -------------------------------------------------------------
 
@@ -309,7 +259,10 @@ class CheckoutSaga:
                             "error": error.message,
                         },
                     )
-                await self._repository.save(order, replace(saga, last_error=error.message))
+                # Stalled: the lease is let go, so a retry on any replica may take it.
+                await self._repository.save(
+                    order, replace(saga, last_error=error.message), stalled=True
+                )
                 cancelling = saga.outcome is OrderStatus.CANCELLED
                 raise Unavailable(
                     f"order {order.order_id} is waiting at step {saga.step.value}: "

@@ -190,14 +190,24 @@ class SqliteOrderStore:
 
         return await self._db.read(load)
 
-    async def save(self, order: Order, saga: SagaState, event: OrderEvent | None = None) -> None:
+    async def save(
+        self,
+        order: Order,
+        saga: SagaState,
+        event: OrderEvent | None = None,
+        *,
+        stalled: bool = False,
+    ) -> None:
         """Store the order's mutable fields, its saga state and `event` in one transaction,
-        renewing this replica's lease (released once the saga is DONE); LeaseLost, and nothing
-        written, if another replica holds the saga now."""
+        renewing this replica's lease; LeaseLost, and nothing written, if another replica
+        holds the saga now. The lease is let go (this replica stays its owner, so it may take
+        it back at once) when the saga is DONE, or `stalled`: nobody drives it until a request
+        or a sweep, of any replica, claims it."""
 
         def save(db: Connection) -> None:
             now = self._clock()
-            expires = 0 if saga.step is SagaStep.DONE else now + self._lease_us
+            idle = stalled or saga.step is SagaStep.DONE
+            expires = now if idle else now + self._lease_us
             # Fenced first, so a lost lease writes nothing.
             fenced = db.execute(
                 "UPDATE saga_state SET step = ?, payment_token = ?, outcome = ?,"
@@ -264,37 +274,54 @@ class SqliteOrderStore:
 
         def claim(db: Connection) -> bool:
             now = self._clock()
+            # A DONE saga is claimed without holding it: nothing drives it until a
+            # cancellation's first write, which the fence settles.
             return (
                 db.execute(
-                    "UPDATE saga_state SET lease_owner = ?, lease_expires_us = ?"
+                    "UPDATE saga_state SET lease_owner = ?,"
+                    " lease_expires_us = CASE WHEN step = 'DONE' THEN ? ELSE ? END"
                     " WHERE order_id = ? AND (lease_owner = ? OR lease_expires_us <= ?)",
-                    (self.owner, now + self._lease_us, order_id, self.owner, now),
+                    (self.owner, now, now + self._lease_us, order_id, self.owner, now),
                 ).rowcount
                 == 1
             )
 
         return await self._db.write(claim)
 
-    async def claim_in_flight(self, limit: int) -> list[str]:
+    async def claim_in_flight(self, limit: int, after: str | None = None) -> list[str]:
         """Lease to this replica up to `limit` sagas that have not reached DONE and that no
-        other replica holds (their lease lapsed, or it is this replica's), oldest order first;
-        returns their order ids."""
+        other replica holds (their lease lapsed, or it is this replica's), oldest order first,
+        after order `after` (the last of the previous page); returns their order ids. Nothing
+        is written when there is nothing to claim (the sweep of every replica asks often)."""
+        page = (
+            ""
+            if after is None
+            else (
+                " AND (o.create_time_us, o.order_id) >"
+                " (SELECT create_time_us, order_id FROM orders WHERE order_id = ?)"
+            )
+        )
+        sql = (
+            "SELECT s.order_id FROM saga_state s JOIN orders o USING (order_id)"
+            " WHERE s.step <> 'DONE' AND (s.lease_owner = ? OR s.lease_expires_us <= ?)"
+            f"{page} ORDER BY o.create_time_us, o.order_id LIMIT ?"
+        )
+
+        def claimable(db: Connection) -> list[str]:
+            parameters = (self.owner, self._clock(), *(() if after is None else (after,)), limit)
+            return [row["order_id"] for row in db.execute(sql, parameters).fetchall()]
 
         def claim(db: Connection) -> list[str]:
-            now = self._clock()
-            rows = db.execute(
-                "SELECT s.order_id FROM saga_state s JOIN orders o USING (order_id)"
-                " WHERE s.step <> 'DONE' AND (s.lease_owner = ? OR s.lease_expires_us <= ?)"
-                " ORDER BY o.create_time_us, o.order_id LIMIT ?",
-                (self.owner, now, limit),
-            ).fetchall()
-            order_ids = [row["order_id"] for row in rows]
+            # Read again inside the write: another replica may have claimed some meanwhile.
+            order_ids = claimable(db)
             db.executemany(
                 "UPDATE saga_state SET lease_owner = ?, lease_expires_us = ? WHERE order_id = ?",
-                [(self.owner, now + self._lease_us, order_id) for order_id in order_ids],
+                [(self.owner, self._clock() + self._lease_us, order_id) for order_id in order_ids],
             )
             return order_ids
 
+        if not await self._db.read(claimable):
+            return []
         return await self._db.write(claim)
 
     async def in_flight(self) -> list[str]:

@@ -13,8 +13,8 @@ What each check means:
 - charges match orders: a captured payment exists exactly for each CONFIRMED order with a
   total; a REJECTED or CANCELLED order's payment, if any, was refunded.
 - no stock held: no reservation is still HELD for an order whose saga has finished.
-- notified once: every delivered event has exactly one notification (the notifications store
-  refuses a second by its unique event id, so this finds the lost ones).
+- every delivered event notified: each event the outbox delivered has its notification (the
+  notifications store refuses a second one by its unique event id: none is ever twice).
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ from shopmesh.local.errors import MeshError
 from shopmesh.local.mesh import RunningMesh
 
 Rows = list[tuple[Any, ...]]
-Query = Callable[[str, str], Rows]
-"""(service, SQL) -> rows, on that service's store."""
+Snapshot = Callable[[str, Sequence[str]], list[Rows]]
+"""(service, statements) -> each one's rows, read in one snapshot of that service's store."""
 
 STORES = ("orders", "payments", "inventory", "notifications")
 # How many offending ids a finding names (the count is always whole).
@@ -68,17 +68,26 @@ def store_locations(mesh: RunningMesh) -> dict[str, str]:
 
 
 @contextmanager
-def store_reader(locations: dict[str, str]) -> Iterator[Query]:
-    """A Query over the stores at `locations`, each opened read-only once, closed at the end."""
+def store_reader(locations: dict[str, str]) -> Iterator[Snapshot]:
+    """A Snapshot over the stores at `locations`, each opened read-only once, closed at the
+    end."""
     opened: dict[str, Any] = {}
 
-    def query(service: str, sql: str) -> Rows:
+    def snapshot(service: str, statements: Sequence[str]) -> list[Rows]:
         if service not in opened:
             opened[service] = _open(locations[service])
-        return [tuple(row) for row in opened[service].execute(sql).fetchall()]
+        connection = opened[service]
+        postgres = not isinstance(connection, sqlite3.Connection)
+        connection.execute("BEGIN ISOLATION LEVEL REPEATABLE READ" if postgres else "BEGIN")
+        try:
+            return [
+                [tuple(row) for row in connection.execute(sql).fetchall()] for sql in statements
+            ]
+        finally:
+            connection.execute("COMMIT")
 
     try:
-        yield query
+        yield snapshot
     finally:
         for connection in opened.values():
             connection.close()
@@ -98,22 +107,28 @@ def _open(location: str) -> Any:
     return sqlite3.connect(f"file:{path}?mode=ro", uri=True)
 
 
-def audit(query: Query) -> list[Finding]:
-    """Every check (see module docstring), on the stores `query` reads."""
-    statuses: dict[str, str] = dict(query("orders", "SELECT order_id, status FROM orders"))
-    totals: dict[str, int] = dict(
-        query("orders", "SELECT order_id, COALESCE(total_minor, 0) FROM orders")
+def audit(snapshot: Snapshot) -> list[Finding]:
+    """Every check (see module docstring), on the stores `snapshot` reads.
+
+    Orders are read first, in one snapshot, the others after: whatever a saga that orders has
+    finished did in another store is already there, so an order finishing meanwhile is never
+    taken for a broken one (it is still in flight in the orders read)."""
+    orders, sagas, outbox = snapshot(
+        "orders",
+        [
+            "SELECT order_id, status, COALESCE(total_minor, 0) FROM orders",
+            "SELECT order_id FROM saga_state WHERE step <> 'DONE'",
+            "SELECT event_id, state FROM outbox",
+        ],
     )
-    in_flight = [
-        row[0] for row in query("orders", "SELECT order_id FROM saga_state WHERE step <> 'DONE'")
-    ]
-    outbox = query("orders", "SELECT event_id, state FROM outbox")
-    payments = query("payments", "SELECT order_id, status FROM payments")
-    held = [
-        row[0]
-        for row in query("inventory", "SELECT order_id FROM reservations WHERE status = 'HELD'")
-    ]
-    notified = {row[0] for row in query("notifications", "SELECT event_id FROM notifications")}
+    [payments] = snapshot("payments", ["SELECT order_id, status FROM payments"])
+    [held_rows] = snapshot("inventory", ["SELECT order_id FROM reservations WHERE status = 'HELD'"])
+    [notified_rows] = snapshot("notifications", ["SELECT event_id FROM notifications"])
+    statuses: dict[str, str] = {order_id: status for order_id, status, _ in orders}
+    totals: dict[str, int] = {order_id: total for order_id, _, total in orders}
+    in_flight = [row[0] for row in sagas]
+    held = [row[0] for row in held_rows]
+    notified = {row[0] for row in notified_rows}
 
     charges: dict[str, list[str]] = {}
     for order_id, status in payments:
@@ -147,11 +162,11 @@ def audit(query: Query) -> list[Finding]:
         _finding(
             "no stock held",
             f"{len(held)} held for orders in flight",
-            [o for o in held if o in finished or o not in statuses],
-            "reservations held for finished or unknown orders",
+            [o for o in held if o in finished],
+            "reservations held for finished orders",
         ),
         _finding(
-            "notified once",
+            "every delivered event notified",
             f"{len(notified)} notifications",
             [event for event in delivered if event not in notified],
             "delivered events without a notification",
@@ -166,12 +181,12 @@ def _finding(check: str, counted: str, offenders: Sequence[str], what: str) -> F
     return Finding(check, False, f"{len(offenders)} {what}: {shown}")
 
 
-def audit_until_settled(query: Query, wait: float) -> list[Finding]:
+def audit_until_settled(snapshot: Snapshot, wait: float) -> list[Finding]:
     """`audit`, again every half second for up to `wait` seconds while anything fails (sagas
     and events still in flight settle on their own); the last findings."""
     deadline = time.monotonic() + wait
     while True:
-        findings = audit(query)
+        findings = audit(snapshot)
         if all(f.ok for f in findings) or time.monotonic() >= deadline:
             return findings
         time.sleep(0.5)

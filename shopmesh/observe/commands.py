@@ -126,8 +126,8 @@ def audit_command(state_dir: Path, wait: float) -> None:
     delivered and notified once. Reads each service's store directly, read-only. Exit 1 if a
     check fails."""
     mesh = attached(state_dir)
-    with store_reader(store_locations(mesh)) as query:
-        findings = audit_until_settled(query, wait)
+    with store_reader(store_locations(mesh)) as snapshot:
+        findings = audit_until_settled(snapshot, wait)
     table = Table(title=f"audit of the mesh in {mesh.state_dir}")
     for column in ("check", "result", "found"):
         table.add_column(column)

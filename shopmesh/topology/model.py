@@ -124,8 +124,8 @@ class Service:
     calls: Mapping[str, tuple[str, ...]]
     """Upstream service name -> the methods of it this service may call."""
     replicas_on_postgres: int = 1
-    """How many replicas run when the services keep their data in Postgres (default: as
-    many as on SQLite)."""
+    """How many replicas run when the services keep their data in Postgres (the loader's
+    default: `replicas`)."""
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,13 @@ from services.orders.domain import LeaseLost, Order, OrderStatus, SagaStep
 from services.orders.saga import CheckoutSaga
 from services.orders.store import SqliteOrderStore
 from tests.support.databases import query
-from tests.support.orders_fakes import Crash, FakeInventory, FakePayments, FakeUsers
+from tests.support.orders_fakes import (
+    Crash,
+    FakeInventory,
+    FakePayments,
+    FakeUsers,
+    unavailable,
+)
 from tests.support.orders_world import USER, request
 from tests.unit.test_orders_store import START, confirmed, new_order
 
@@ -131,6 +137,22 @@ async def test_a_restarted_replica_has_its_sagas_back_at_once(
         await restarted.close()
 
 
+async def test_the_sweep_pages_through_what_it_may_claim(
+    replicas: tuple[SqliteOrderStore, SqliteOrderStore], clock: MicroClock
+) -> None:
+    first, second = replicas
+    for number in range(5):
+        order = new_order(f"ord_{number}", at=new_order().create_time + timedelta(seconds=number))
+        await first.create(f"key-{number}", "fp", order, START)
+    clock.advance(TTL_US)
+
+    pages = [await second.claim_in_flight(2)]
+    while pages[-1]:
+        pages.append(await second.claim_in_flight(2, after=pages[-1][-1]))
+
+    assert pages == [["ord_0", "ord_1"], ["ord_2", "ord_3"], ["ord_4"], []]
+
+
 async def test_a_claim_of_an_unknown_order_is_refused(
     replicas: tuple[SqliteOrderStore, SqliteOrderStore],
 ) -> None:
@@ -234,6 +256,60 @@ async def test_a_request_gives_up_with_order_pending_while_another_replica_drive
     finally:
         shop.payments.gate.set()
         await placing
+
+
+async def test_a_replica_whose_lease_was_taken_stops_and_writes_nothing(
+    replicas: tuple[SqliteOrderStore, SqliteOrderStore],
+    clock: MicroClock,
+    shop: Shop,
+    db_location: Path | str,
+) -> None:
+    first, second = replicas
+    placing = await placing_held_at_the_charge(first, shop)
+    # The first replica stalls past its lease; the second takes the saga over.
+    clock.advance(TTL_US)
+    [order_id] = await second.claim_in_flight(10)
+    shop.payments.gate.set()
+
+    with pytest.raises(LeaseLost):
+        await placing
+    assert query(db_location, "SELECT step, lease_owner FROM saga_state") == [
+        ("CHARGE_PAYMENT", "orders-1")
+    ]
+    assert await saga_of(second, shop).recover() == 1
+    loaded = await second.load(order_id)
+    assert loaded is not None
+    assert loaded[0].status is OrderStatus.CONFIRMED
+    assert shop.payments.effects["charge"] == 1
+    assert len(query(db_location, "SELECT event_id FROM outbox")) == 1
+
+
+async def test_a_finished_order_is_cancelled_on_either_replica(
+    replicas: tuple[SqliteOrderStore, SqliteOrderStore], shop: Shop
+) -> None:
+    first, second = replicas
+    placed = await saga_of(first, shop).place_order(request())
+    # A replay of the PlaceOrder on the first replica claims the DONE saga...
+    await saga_of(first, shop).place_order(request())
+
+    # ...and holds nothing: the second cancels it at once.
+    cancelled = await saga_of(second, shop).cancel_order(placed.order_id, "changed my mind")
+
+    assert cancelled.status is OrderStatus.CANCELLED
+
+
+async def test_a_stalled_saga_is_taken_by_the_next_request_on_any_replica(
+    replicas: tuple[SqliteOrderStore, SqliteOrderStore], shop: Shop
+) -> None:
+    first, second = replicas
+    shop.payments.fail("charge", unavailable("payments"))
+    with pytest.raises(Unavailable):
+        await saga_of(first, shop).place_order(request())
+
+    # The retry lands on the other replica: it need not wait for the first one's lease.
+    retried = await saga_of(second, shop, lease_wait=0).place_order(request())
+
+    assert retried.status is OrderStatus.CONFIRMED
 
 
 # --- the relay's turn ----------------------------------------------------------------------
