@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support.k8s import K8S, OVERLAYS, Rendered, kustomize
+from tests.support.k8s import K8S, ON_POSTGRES, OVERLAYS, Rendered, kustomize
 
 
 @pytest.fixture(scope="session")
@@ -17,5 +17,13 @@ def rendered() -> dict[str, Rendered]:
 @pytest.fixture(scope="session", params=OVERLAYS)
 def overlay(request: pytest.FixtureRequest, rendered: dict[str, Rendered]) -> Rendered:
     """Each overlay in turn."""
+    result: Rendered = rendered[request.param]
+    return result
+
+
+@pytest.fixture(scope="session", params=[name for name in OVERLAYS if name not in ON_POSTGRES])
+def sqlite_overlay(request: pytest.FixtureRequest, rendered: dict[str, Rendered]) -> Rendered:
+    """Each overlay whose services keep SQLite files (tests/k8s/test_postgres.py checks the
+    others)."""
     result: Rendered = rendered[request.param]
     return result

@@ -275,9 +275,8 @@ def test_orders_gets_an_address_for_every_upstream_it_needs() -> None:
     assert set(UPSTREAM_NAMES) == set(TOPOLOGY.services["orders"].calls)
 
 
-def test_services_on_sqlite_run_one_pod_on_their_own_volume(overlay: Rendered) -> None:
-    if overlay.on_postgres:
-        pytest.skip("on Postgres: tests/k8s/test_postgres.py")
+def test_services_on_sqlite_run_one_pod_on_their_own_volume(sqlite_overlay: Rendered) -> None:
+    overlay = sqlite_overlay
     claims = {name_of(c) for c in overlay.of_kind("PersistentVolumeClaim")}
     for workload in overlay.workloads():
         name = name_of(workload)

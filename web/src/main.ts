@@ -34,6 +34,8 @@ interface Saved {
 let session: Saved | null = load();
 let renewTimer: number | undefined;
 let watching: AbortController | null = null;
+/** Where WatchNotifications says its stream starts (services/notifications/servicer.py). */
+const WATCH_CURSOR_HEADER = "shop-watch-cursor";
 let products: Product[] = [];
 const cart = new Map<string, bigint>();
 
@@ -411,27 +413,39 @@ function showNotification(notification: Notification): void {
 }
 
 /** Follow the shopper's notifications for as long as they are signed in, reconnecting with
- * backoff when the stream ends (a restart of the mesh, a network change). */
+ * backoff when the stream ends (a restart of the mesh, a network change). A reconnect resumes
+ * from the last cursor the stream gave (its first one comes in the shop-watch-cursor header),
+ * so nothing stored meanwhile is missed and nothing is shown twice, whichever replica answers. */
 function watch(): void {
   if (watching || !session) return;
   const abort = new AbortController();
   watching = abort;
   void (async () => {
     let backoff = 500;
+    let cursor = "";
     while (!abort.signal.aborted && session) {
       try {
         $("#live").textContent = "· live";
-        for await (const { notification } of notifications.watchNotifications(
-          { userId: session.userId },
-          { signal: abort.signal, timeoutMs: 0 },
+        for await (const message of notifications.watchNotifications(
+          { userId: session.userId, resumeCursor: cursor },
+          {
+            signal: abort.signal,
+            timeoutMs: 0,
+            onHeader: (headers) => {
+              cursor ||= headers.get(WATCH_CURSOR_HEADER) ?? "";
+            },
+          },
         )) {
           backoff = 500;
-          if (notification) showNotification(notification);
+          cursor = message.cursor || cursor;
+          if (message.notification) showNotification(message.notification);
           void refreshOrders();
         }
       } catch (cause) {
         if (abort.signal.aborted) return;
         if (cause instanceof ConnectError && cause.code === Code.Unauthenticated) await renew();
+        // A cursor this database does not know (it was reset): start from now instead.
+        if (cause instanceof ConnectError && cause.code === Code.InvalidArgument) cursor = "";
       }
       $("#live").textContent = "· reconnecting";
       await new Promise((resolve) => setTimeout(resolve, backoff));
