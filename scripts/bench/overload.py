@@ -42,7 +42,7 @@ from scripts.bench.open_loop import Generator, Run, generator
 from scripts.bench.settings import CALL_TIMEOUT
 from scripts.fuzz.logs import LogMark
 from services.inventory.catalog import seed_catalog
-from services.inventory.store import SqliteInventoryStore
+from services.inventory.store import SqlInventoryStore
 from shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from shop.orders.v1 import orders_pb2, orders_pb2_grpc
 from shopmesh.envoy.admin import AdminClient, parse_stats
@@ -84,7 +84,7 @@ async def seed_stock(state_dir: Path, units: int = STOCK) -> None:
     `units` of CHECKOUT_SKU (inventory seeds its catalog only into an empty database)."""
     paths = StateDir(state_dir)
     await asyncio.to_thread(paths.data.mkdir, parents=True, exist_ok=True)
-    store = await SqliteInventoryStore.open(paths.database("inventory"))
+    store = await SqlInventoryStore.open(paths.database("inventory"))
     try:
         raised = [replace(p, on_hand=units) if p.sku == CHECKOUT_SKU else p for p in seed_catalog()]
         await store.seed(raised)

@@ -9,7 +9,7 @@ from services.common.server import App, Registration
 from services.inventory.catalog import seed_catalog
 from services.inventory.domain import Inventory
 from services.inventory.servicer import InventoryServicer
-from services.inventory.store import SqliteInventoryStore
+from services.inventory.store import SqlInventoryStore
 from shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -17,9 +17,9 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = inventory_pb2.DESCRIPTOR.services_by_name["InventoryService"].full_name
 
 
-async def open_store(config: ServiceConfig) -> SqliteInventoryStore:
+async def open_store(config: ServiceConfig) -> SqlInventoryStore:
     """Open the service's database and load the seed catalog if it has no products yet."""
-    store = await SqliteInventoryStore.open(config.database)
+    store = await SqlInventoryStore.open(config.database)
     try:
         if await store.seed(seed_catalog()):
             log.info("seeded the product catalog", extra={"database": str(config.database)})

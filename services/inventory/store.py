@@ -130,7 +130,7 @@ def _product(row: Row) -> Product:
     )
 
 
-class SqliteInventoryStore:
+class SqlInventoryStore:
     """InventoryStore on its database, an SQLite file or Postgres (see
     services.common.database for durability)."""
 
@@ -138,7 +138,7 @@ class SqliteInventoryStore:
         self._db = database
 
     @classmethod
-    async def open(cls, location: Path | str) -> SqliteInventoryStore:
+    async def open(cls, location: Path | str) -> SqlInventoryStore:
         """Open (creating and migrating if needed) the database at `location`: a file's path
         or a postgresql:// URL."""
         return cls(await Database.open(location, MIGRATIONS))

@@ -15,7 +15,7 @@ from services.notifications.domain import Notifications
 from services.notifications.feed import Feed
 from services.notifications.hub import NotificationHub
 from services.notifications.servicer import NotificationsServicer
-from services.notifications.store import NOTIFY_CHANNEL, SqliteNotificationStore
+from services.notifications.store import NOTIFY_CHANNEL, SqlNotificationStore
 from shop.notifications.v1 import notifications_pb2, notifications_pb2_grpc
 
 # Watchers only drain their buffers once the hub closes; a watcher slower than this is left
@@ -31,7 +31,7 @@ async def build(config: ServiceConfig) -> App:
     Watchers are fed from the database (services.notifications.feed): on SQLite after each of
     this process's publications, the only writer; on Postgres also on every other replica's,
     through LISTEN/NOTIFY, so any number of replicas may share the database."""
-    store = await SqliteNotificationStore.open(config.database)
+    store = await SqlNotificationStore.open(config.database)
     # Live from what is stored now: older notifications are replayed from the store.
     hub = NotificationHub(position=await store.last_sequence())
     feed = Feed(store, hub)

@@ -195,7 +195,7 @@ def _record(
     return RecordOutcome.CREATED, notification, int(inserted["seq"])
 
 
-class SqliteNotificationStore:
+class SqlNotificationStore:
     """NotificationStore on its database, an SQLite file or Postgres (see
     services.common.database for durability)."""
 
@@ -204,7 +204,7 @@ class SqliteNotificationStore:
         self._notifies = is_postgres(database.path)
 
     @classmethod
-    async def open(cls, location: Path | str) -> SqliteNotificationStore:
+    async def open(cls, location: Path | str) -> SqlNotificationStore:
         """Open (creating or migrating) the database at `location`: a file's path or a
         postgresql:// URL."""
         return cls(await Database.open(location, MIGRATIONS))

@@ -29,7 +29,7 @@ from services.orders.relay import Backoff, OutboxRelay
 from services.orders.saga import CheckoutSaga
 from services.orders.service import Orders
 from services.orders.servicer import OrdersServicer
-from services.orders.store import DEFAULT_LEASE_TTL, SqliteOrderStore
+from services.orders.store import DEFAULT_LEASE_TTL, SqlOrderStore
 from shop.orders.v1 import orders_pb2, orders_pb2_grpc
 
 SERVICE_NAME = orders_pb2.DESCRIPTOR.services_by_name["OrdersService"].full_name
@@ -74,7 +74,7 @@ async def build(config: ServiceConfig, env: Mapping[str, str] | None = None) -> 
     settings = OrdersSettings.from_env(os.environ if env is None else env)
     # Resolve every address first, so a missing upstream fails before anything is opened.
     addresses = {name: config.upstream(name) for name in UPSTREAM_NAMES}
-    store = await SqliteOrderStore.open(
+    store = await SqlOrderStore.open(
         config.database, owner=config.replica, lease_ttl=timedelta(seconds=settings.lease_ttl)
     )
     channels = {name: open_channel(address) for name, address in addresses.items()}

@@ -57,7 +57,7 @@ def replica_id() -> str:
     return f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
 
 
-class SqliteOrderStore:
+class SqlOrderStore:
     """OrderRepository and the relay's Outbox on its database (see module docstring), on
     behalf of the replica `owner`."""
 
@@ -82,7 +82,7 @@ class SqliteOrderStore:
         owner: str | None = None,
         lease_ttl: timedelta = DEFAULT_LEASE_TTL,
         clock: Callable[[], int] = now_micros,
-    ) -> SqliteOrderStore:
+    ) -> SqlOrderStore:
         """Open (creating and migrating if needed) the database at `location`: a file's path
         or a postgresql:// URL. `clock` (epoch microseconds) times the leases."""
         database = await Database.open(location, MIGRATIONS)

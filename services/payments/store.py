@@ -204,7 +204,7 @@ def _payment(row: Row) -> Payment:
     )
 
 
-class SqlitePaymentStore:
+class SqlPaymentStore:
     """PaymentStore on its database (an SQLite file or Postgres); every write is one short
     transaction."""
 
@@ -212,7 +212,7 @@ class SqlitePaymentStore:
         self._db = database
 
     @classmethod
-    async def open(cls, location: Path | str, fingerprint_key: bytes) -> SqlitePaymentStore:
+    async def open(cls, location: Path | str, fingerprint_key: bytes) -> SqlPaymentStore:
         """Open (creating and migrating if needed) the database at `location` (a file's path
         or a postgresql:// URL); `fingerprint_key` is the one the domain fingerprints cards
         with."""

@@ -25,7 +25,7 @@ from services.users.keys import KEYS_DIR_VARIABLE, KeyDirectory
 from services.users.passwords import Passwords
 from services.users.servicer import UsersServicer
 from services.users.sessions import Sessions
-from services.users.store import SqliteUserStore
+from services.users.store import SqlUserStore
 from services.users.throttle import DEFAULT_LIMITS, SignInLimits
 from shop.users.v1 import users_pb2, users_pb2_grpc
 
@@ -50,7 +50,7 @@ async def build(
     other than the production ones) are for tests."""
     keys = KeyDirectory(keys_dir(config, os.environ if env is None else env))
     await asyncio.to_thread(keys.ensure, clock())
-    store = await SqliteUserStore.open(config.database)
+    store = await SqlUserStore.open(config.database)
     passwords = Passwords(hasher)
     await passwords.ready()
     servicer = UsersServicer(

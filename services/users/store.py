@@ -98,7 +98,7 @@ def _user(row: Row) -> User:
     )
 
 
-class SqliteUserStore:
+class SqlUserStore:
     """UserStore on its database (an SQLite file or Postgres); every method is one short
     transaction."""
 
@@ -106,7 +106,7 @@ class SqliteUserStore:
         self._db = database
 
     @classmethod
-    async def open(cls, location: Path | str) -> SqliteUserStore:
+    async def open(cls, location: Path | str) -> SqlUserStore:
         """Open (creating and migrating if needed) the database at `location`: a file's path
         or a postgresql:// URL."""
         return cls(await Database.open(location, MIGRATIONS))

@@ -26,7 +26,7 @@ from services.notifications.domain import (
     watch_cursor,
 )
 from services.notifications.servicer import event_from_proto
-from services.notifications.store import SqliteNotificationStore
+from services.notifications.store import SqlNotificationStore
 from shop.notifications.v1 import notifications_pb2 as pb
 from shop.notifications.v1 import notifications_pb2_grpc as pb_grpc
 from tests.support.databases import ON_BOTH_BACKENDS
@@ -123,11 +123,11 @@ async def test_a_notification_stored_between_subscribing_and_replaying_is_sent_o
     # The replay's first read is preceded by a write of evt_between: the read sees it, and the
     # feed (woken by the next publication, or on Postgres by the write's NOTIFY) hands it to the
     # subscription too. The watcher must get it once, in its place.
-    original = SqliteNotificationStore.user_after
+    original = SqlNotificationStore.user_after
     racing = [validate_event(event_from_proto(order_event(event_id="evt_between")))]
 
     async def user_after(
-        self: SqliteNotificationStore, user_id: str, sequence: int, limit: int
+        self: SqlNotificationStore, user_id: str, sequence: int, limit: int
     ) -> list[StoredNotification]:
         while racing:
             event = racing.pop()
@@ -135,7 +135,7 @@ async def test_a_notification_stored_between_subscribing_and_replaying_is_sent_o
             await self.record_all([NewEvent(event, event_fingerprint(event), notification)])
         return await original(self, user_id, sequence, limit)
 
-    monkeypatch.setattr(SqliteNotificationStore, "user_after", user_after)
+    monkeypatch.setattr(SqlNotificationStore, "user_after", user_after)
     running = await services.start("notifications", build)
     stub = pb_grpc.NotificationsServiceStub(channels(running.address))
     await publish(stub, "evt_1")

@@ -12,7 +12,7 @@ import pytest
 from services.orders.domain import PlaceOrderInput, SagaStep, validate_place_order
 from services.orders.saga import CheckoutSaga
 from services.orders.service import Orders
-from services.orders.store import SqliteOrderStore
+from services.orders.store import SqlOrderStore
 from tests.support.clock import ManualClock
 from tests.support.orders_fakes import (
     Crash,
@@ -37,7 +37,7 @@ class World:
     clock: ManualClock = field(default_factory=ManualClock)
     wakeups: int = 0
     owner: str = "orders-0"
-    stores: list[SqliteOrderStore] = field(default_factory=list)
+    stores: list[SqlOrderStore] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.inventory.add("MUG-01", 1299, 100)
@@ -47,7 +47,7 @@ class World:
     async def open(self) -> CheckoutSaga:
         """Open the store file and build the saga and the orders service over it."""
         # The same replica before and after a restart: its sagas are its own again at once.
-        self.store = await SqliteOrderStore.open(self.path, owner=self.owner)
+        self.store = await SqlOrderStore.open(self.path, owner=self.owner)
         self.stores.append(self.store)
         self.saga = CheckoutSaga(
             self.store,

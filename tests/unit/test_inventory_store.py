@@ -23,7 +23,7 @@ from services.inventory.domain import (
     Reservation,
     ReservationStatus,
 )
-from services.inventory.store import MIGRATIONS, SqliteInventoryStore
+from services.inventory.store import MIGRATIONS, SqlInventoryStore
 from tests.support.databases import INTEGRITY_ERRORS, query
 from tests.support.samples import CATALOG, T0, item, reserved, usd
 
@@ -45,15 +45,15 @@ def db_path(db_location: Path | str) -> Path | str:
 
 
 @pytest.fixture
-async def store(db_path: Path | str) -> AsyncIterator[SqliteInventoryStore]:
-    opened = await SqliteInventoryStore.open(db_path)
+async def store(db_path: Path | str) -> AsyncIterator[SqlInventoryStore]:
+    opened = await SqlInventoryStore.open(db_path)
     await opened.seed(CATALOG)
     yield opened
     await opened.close()
 
 
 @pytest.fixture
-def inventory(store: SqliteInventoryStore) -> Inventory:
+def inventory(store: SqlInventoryStore) -> Inventory:
     return Inventory(store, FakeClock())
 
 
@@ -87,7 +87,7 @@ async def test_seed_catalog_is_loaded_on_first_start_only(db_path: Path | str) -
 
 
 async def test_seed_into_a_non_empty_store_does_nothing(
-    store: SqliteInventoryStore, inventory: Inventory
+    store: SqlInventoryStore, inventory: Inventory
 ) -> None:
     assert not await store.seed([Product("NEW-01", "New", "", usd(1), on_hand=1)])
     with pytest.raises(NotFound):
@@ -104,7 +104,7 @@ async def test_products_are_listed_by_sku_one_page_at_a_time(inventory: Inventor
 
 
 async def test_product_pages_do_not_shift_when_products_are_added_between_them(
-    store: SqliteInventoryStore, db_path: Path | str, inventory: Inventory
+    store: SqlInventoryStore, db_path: Path | str, inventory: Inventory
 ) -> None:
     first = await inventory.list_products(2, "")
     query(
@@ -182,7 +182,7 @@ async def test_reservations_made_before_prices_were_recorded_get_their_products_
     await old.write(fill)
     await old.close()
 
-    upgraded = await SqliteInventoryStore.open(db_path)
+    upgraded = await SqlInventoryStore.open(db_path)
     try:
         reservation = await Inventory(upgraded).get_reservation("ord_1")
     finally:
@@ -290,11 +290,11 @@ async def test_unknown_reservation_is_not_found(inventory: Inventory, action: st
 
 
 async def test_reservation_survives_a_restart(
-    db_path: Path | str, store: SqliteInventoryStore, inventory: Inventory
+    db_path: Path | str, store: SqlInventoryStore, inventory: Inventory
 ) -> None:
     held = await inventory.reserve("ord_1", [item("MUG-01", 3)])
     await store.close()
-    reopened = await SqliteInventoryStore.open(db_path)
+    reopened = await SqlInventoryStore.open(db_path)
     try:
         assert await Inventory(reopened).get_reservation("ord_1") == held
         assert await available(Inventory(reopened), "MUG-01") == 7
@@ -303,19 +303,19 @@ async def test_reservation_survives_a_restart(
 
 
 async def test_database_refuses_negative_stock(
-    store: SqliteInventoryStore, db_path: Path | str
+    store: SqlInventoryStore, db_path: Path | str
 ) -> None:
     with pytest.raises(INTEGRITY_ERRORS, match=r"(?i)check constraint"):
         query(db_path, "UPDATE products SET held = on_hand + 1 WHERE sku = 'MUG-01'")
 
 
 async def test_concurrent_reservations_never_oversell(
-    store: SqliteInventoryStore, db_path: Path | str
+    store: SqlInventoryStore, db_path: Path | str
 ) -> None:
     # Separate databases on one file (or Postgres database), as separate processes would have
     # them: SQLite's write lock (Postgres: the writers' advisory lock) must serialize each
     # check and hold across them, and each writer thread within one.
-    others = [await SqliteInventoryStore.open(db_path) for _ in range(2)]
+    others = [await SqlInventoryStore.open(db_path) for _ in range(2)]
     services = [Inventory(s) for s in (store, *others)]
 
     async def attempt(n: int) -> str:

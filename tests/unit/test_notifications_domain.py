@@ -33,7 +33,7 @@ from services.notifications.domain import (
     validate_list_query,
     validate_watch,
 )
-from services.notifications.store import SqliteNotificationStore
+from services.notifications.store import SqlNotificationStore
 from tests.support.databases import INTEGRITY_ERRORS
 from tests.support.samples import OCCURRED, make_event, make_notification
 
@@ -43,15 +43,13 @@ def fields(error: InvalidArgument) -> list[str]:
 
 
 @pytest.fixture
-async def store(db_location: Path | str) -> AsyncIterator[SqliteNotificationStore]:
-    opened = await SqliteNotificationStore.open(db_location)
+async def store(db_location: Path | str) -> AsyncIterator[SqlNotificationStore]:
+    opened = await SqlNotificationStore.open(db_location)
     yield opened
     await opened.close()
 
 
-async def record(
-    store: SqliteNotificationStore, event: OrderEvent, number: int = 1
-) -> RecordOutcome:
+async def record(store: SqlNotificationStore, event: OrderEvent, number: int = 1) -> RecordOutcome:
     outcome, _ = await store.record(
         event, event_fingerprint(event), make_notification(event, number)
     )
@@ -234,7 +232,7 @@ def test_notification_copies_the_event_ids_and_type() -> None:
 # --- store ---------------------------------------------------------------------------------
 
 
-async def test_new_event_is_created_and_listed(store: SqliteNotificationStore) -> None:
+async def test_new_event_is_created_and_listed(store: SqlNotificationStore) -> None:
     event = make_event()
     assert await record(store, event) is RecordOutcome.CREATED
     page = await store.list_for_user(ListQuery("usr_1", 10, None))
@@ -243,7 +241,7 @@ async def test_new_event_is_created_and_listed(store: SqliteNotificationStore) -
 
 
 async def test_same_event_again_is_a_duplicate_returning_the_first_notification(
-    store: SqliteNotificationStore,
+    store: SqlNotificationStore,
 ) -> None:
     event = make_event()
     await record(store, event, number=1)
@@ -256,7 +254,7 @@ async def test_same_event_again_is_a_duplicate_returning_the_first_notification(
 
 
 async def test_same_event_id_with_other_content_is_a_conflict_that_writes_nothing(
-    store: SqliteNotificationStore,
+    store: SqlNotificationStore,
 ) -> None:
     await record(store, make_event())
     assert await record(store, make_event(order_id="ord_2"), number=2) is RecordOutcome.CONFLICT
@@ -267,10 +265,10 @@ async def test_duplicates_are_detected_after_reopening_the_database(
     db_location: Path | str,
 ) -> None:
     path = db_location
-    first = await SqliteNotificationStore.open(path)
+    first = await SqlNotificationStore.open(path)
     await record(first, make_event())
     await first.close()
-    reopened = await SqliteNotificationStore.open(path)
+    reopened = await SqlNotificationStore.open(path)
     try:
         assert await record(reopened, make_event(), number=2) is RecordOutcome.DUPLICATE
     finally:
@@ -278,7 +276,7 @@ async def test_duplicates_are_detected_after_reopening_the_database(
 
 
 async def test_event_is_not_kept_when_its_notification_cannot_be_stored(
-    store: SqliteNotificationStore,
+    store: SqlNotificationStore,
 ) -> None:
     await record(store, make_event(event_id="evt_1"), number=1)
     clashing = make_event(event_id="evt_2")
@@ -288,7 +286,7 @@ async def test_event_is_not_kept_when_its_notification_cannot_be_stored(
     assert await record(store, clashing, number=2) is RecordOutcome.CREATED
 
 
-async def test_list_is_newest_first_and_only_for_the_user(store: SqliteNotificationStore) -> None:
+async def test_list_is_newest_first_and_only_for_the_user(store: SqlNotificationStore) -> None:
     await record(store, make_event(event_id="evt_1"), number=1)
     await record(store, make_event(event_id="evt_2", user_id="usr_2"), number=2)
     await record(store, make_event(event_id="evt_3"), number=3)
@@ -297,7 +295,7 @@ async def test_list_is_newest_first_and_only_for_the_user(store: SqliteNotificat
 
 
 async def test_pages_do_not_shift_when_notifications_arrive_between_them(
-    store: SqliteNotificationStore,
+    store: SqlNotificationStore,
 ) -> None:
     for number in range(1, 6):
         await record(store, make_event(event_id=f"evt_{number}"), number=number)
@@ -314,7 +312,7 @@ async def test_pages_do_not_shift_when_notifications_arrive_between_them(
 # --- Notifications (domain service on a real store) ----------------------------------------
 
 
-async def test_publish_delivers_a_new_notification_once(store: SqliteNotificationStore) -> None:
+async def test_publish_delivers_a_new_notification_once(store: SqlNotificationStore) -> None:
     delivered: list[Notification] = []
     notifications = Notifications(store, delivered.append, clock=lambda: OCCURRED)
     first = await notifications.publish(make_event())
@@ -325,7 +323,7 @@ async def test_publish_delivers_a_new_notification_once(store: SqliteNotificatio
 
 
 async def test_publish_with_a_reused_event_id_raises_idempotency_key_reused(
-    store: SqliteNotificationStore,
+    store: SqlNotificationStore,
 ) -> None:
     notifications = Notifications(store, lambda _: None)
     await notifications.publish(make_event())
@@ -336,7 +334,7 @@ async def test_publish_with_a_reused_event_id_raises_idempotency_key_reused(
 
 
 async def test_publish_of_an_invalid_event_stores_and_delivers_nothing(
-    store: SqliteNotificationStore,
+    store: SqlNotificationStore,
 ) -> None:
     delivered: list[Notification] = []
     notifications = Notifications(store, delivered.append)
@@ -346,7 +344,7 @@ async def test_publish_of_an_invalid_event_stores_and_delivers_nothing(
     assert (await notifications.list("usr_1", "usr_1", 0, "")).notifications == ()
 
 
-async def test_list_returns_a_token_for_the_next_page(store: SqliteNotificationStore) -> None:
+async def test_list_returns_a_token_for_the_next_page(store: SqlNotificationStore) -> None:
     notifications = Notifications(store, lambda _: None)
     for number in range(1, 4):
         await notifications.publish(make_event(event_id=f"evt_{number}"))

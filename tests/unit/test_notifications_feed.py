@@ -15,15 +15,15 @@ from services.common.listen import Wakeup, listen
 from services.notifications.domain import NewEvent, OrderEvent, event_fingerprint
 from services.notifications.feed import Feed
 from services.notifications.hub import NotificationHub
-from services.notifications.store import NOTIFY_CHANNEL, SqliteNotificationStore
+from services.notifications.store import NOTIFY_CHANNEL, SqlNotificationStore
 from tests.support.samples import make_event, make_notification
 
 WAIT = 10.0
 
 
 @pytest.fixture
-async def store(db_location: Path | str) -> AsyncIterator[SqliteNotificationStore]:
-    opened = await SqliteNotificationStore.open(db_location)
+async def store(db_location: Path | str) -> AsyncIterator[SqlNotificationStore]:
+    opened = await SqlNotificationStore.open(db_location)
     yield opened
     await opened.close()
 
@@ -34,7 +34,7 @@ def entry(number: int, user_id: str = "usr_1", **changes: object) -> NewEvent:
 
 
 async def test_sequences_increase_in_the_order_notifications_are_stored(
-    store: SqliteNotificationStore,
+    store: SqlNotificationStore,
 ) -> None:
     assert await store.last_sequence() == 0
     await store.record_all([entry(1), entry(2, user_id="usr_2")])
@@ -48,7 +48,7 @@ async def test_sequences_increase_in_the_order_notifications_are_stored(
 
 
 async def test_after_reads_every_user_from_a_sequence_up_to_a_limit(
-    store: SqliteNotificationStore,
+    store: SqlNotificationStore,
 ) -> None:
     await store.record_all([entry(n, user_id=f"usr_{n % 2}") for n in range(1, 6)])
     first = (await store.after(0, 10))[0].sequence
@@ -57,7 +57,7 @@ async def test_after_reads_every_user_from_a_sequence_up_to_a_limit(
 
 
 async def test_user_after_reads_one_users_notifications_oldest_first(
-    store: SqliteNotificationStore,
+    store: SqlNotificationStore,
 ) -> None:
     await store.record_all([entry(n, user_id=f"usr_{n % 2}") for n in range(1, 6)])
     everything = await store.user_after("usr_1", 0, 10)
@@ -66,7 +66,7 @@ async def test_user_after_reads_one_users_notifications_oldest_first(
     assert [s.notification.event_id for s in rest] == ["evt_3"]
 
 
-async def test_a_duplicate_takes_no_sequence(store: SqliteNotificationStore) -> None:
+async def test_a_duplicate_takes_no_sequence(store: SqlNotificationStore) -> None:
     await store.record_all([entry(1)])
     last = await store.last_sequence()
     await store.record_all([entry(1)])
@@ -74,7 +74,7 @@ async def test_a_duplicate_takes_no_sequence(store: SqliteNotificationStore) -> 
 
 
 async def test_feed_publishes_what_was_stored_after_the_hub_position_in_order(
-    store: SqliteNotificationStore,
+    store: SqlNotificationStore,
 ) -> None:
     await store.record_all([entry(1)])
     hub = NotificationHub(position=await store.last_sequence())
@@ -88,7 +88,7 @@ async def test_feed_publishes_what_was_stored_after_the_hub_position_in_order(
     assert hub.position == await store.last_sequence()
 
 
-async def test_a_woken_feed_catches_up_on_its_own(store: SqliteNotificationStore) -> None:
+async def test_a_woken_feed_catches_up_on_its_own(store: SqlNotificationStore) -> None:
     hub = NotificationHub()
     feed = Feed(store, hub)
     running = asyncio.create_task(feed.run())
@@ -114,15 +114,15 @@ async def wakeups(postgres_database: str) -> AsyncIterator[AsyncIterator[Wakeup]
 
 
 @pytest.fixture
-async def postgres_store(postgres_database: str) -> AsyncIterator[SqliteNotificationStore]:
-    opened = await SqliteNotificationStore.open(postgres_database)
+async def postgres_store(postgres_database: str) -> AsyncIterator[SqlNotificationStore]:
+    opened = await SqlNotificationStore.open(postgres_database)
     yield opened
     await opened.close()
 
 
 @pytest.mark.postgres
 async def test_a_publication_notifies_its_highest_sequence_at_commit(
-    postgres_store: SqliteNotificationStore, wakeups: AsyncIterator[Wakeup]
+    postgres_store: SqlNotificationStore, wakeups: AsyncIterator[Wakeup]
 ) -> None:
     await postgres_store.record_all([entry(1), entry(2)])
     async with asyncio.timeout(WAIT):
@@ -132,7 +132,7 @@ async def test_a_publication_notifies_its_highest_sequence_at_commit(
 
 @pytest.mark.postgres
 async def test_a_refused_batch_notifies_nothing_and_a_duplicate_neither(
-    postgres_store: SqliteNotificationStore, wakeups: AsyncIterator[Wakeup]
+    postgres_store: SqlNotificationStore, wakeups: AsyncIterator[Wakeup]
 ) -> None:
     await postgres_store.record_all([entry(1)])
     async with asyncio.timeout(WAIT):

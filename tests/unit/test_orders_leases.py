@@ -17,7 +17,7 @@ from services.common.clock import to_micros
 from services.common.errors import Unavailable
 from services.orders.domain import LeaseLost, Order, OrderStatus, SagaStep
 from services.orders.saga import CheckoutSaga
-from services.orders.store import SqliteOrderStore
+from services.orders.store import SqlOrderStore
 from tests.support.databases import query
 from tests.support.orders_fakes import (
     Crash,
@@ -54,17 +54,17 @@ def clock() -> MicroClock:
 @pytest.fixture
 async def replicas(
     db_location: Path | str, clock: MicroClock
-) -> AsyncIterator[tuple[SqliteOrderStore, SqliteOrderStore]]:
+) -> AsyncIterator[tuple[SqlOrderStore, SqlOrderStore]]:
     """Two replicas' stores on one database (orders-0 opens it first and migrates it)."""
-    first = await SqliteOrderStore.open(db_location, owner="orders-0", lease_ttl=TTL, clock=clock)
-    second = await SqliteOrderStore.open(db_location, owner="orders-1", lease_ttl=TTL, clock=clock)
+    first = await SqlOrderStore.open(db_location, owner="orders-0", lease_ttl=TTL, clock=clock)
+    second = await SqlOrderStore.open(db_location, owner="orders-1", lease_ttl=TTL, clock=clock)
     yield first, second
     await second.close()
     await first.close()
 
 
 async def test_a_new_saga_is_leased_to_the_replica_that_placed_it(
-    replicas: tuple[SqliteOrderStore, SqliteOrderStore], clock: MicroClock
+    replicas: tuple[SqlOrderStore, SqlOrderStore], clock: MicroClock
 ) -> None:
     first, second = replicas
     await first.create("key-1", "fp", new_order(), START)
@@ -75,7 +75,7 @@ async def test_a_new_saga_is_leased_to_the_replica_that_placed_it(
 
 
 async def test_a_lapsed_lease_is_taken_over_and_its_old_holder_writes_nothing(
-    replicas: tuple[SqliteOrderStore, SqliteOrderStore], clock: MicroClock, db_location: Path | str
+    replicas: tuple[SqlOrderStore, SqlOrderStore], clock: MicroClock, db_location: Path | str
 ) -> None:
     first, second = replicas
     order = await first.create("key-1", "fp", new_order(), START)
@@ -98,7 +98,7 @@ async def test_a_lapsed_lease_is_taken_over_and_its_old_holder_writes_nothing(
 
 
 async def test_a_finished_saga_lets_its_lease_go_at_once(
-    replicas: tuple[SqliteOrderStore, SqliteOrderStore],
+    replicas: tuple[SqlOrderStore, SqlOrderStore],
 ) -> None:
     first, second = replicas
     await first.create("key-1", "fp", new_order(), START)
@@ -109,7 +109,7 @@ async def test_a_finished_saga_lets_its_lease_go_at_once(
 
 
 async def test_the_sweep_claims_only_what_no_live_replica_holds_oldest_first(
-    replicas: tuple[SqliteOrderStore, SqliteOrderStore], clock: MicroClock
+    replicas: tuple[SqlOrderStore, SqlOrderStore], clock: MicroClock
 ) -> None:
     first, second = replicas
     for number in range(3):
@@ -126,11 +126,11 @@ async def test_the_sweep_claims_only_what_no_live_replica_holds_oldest_first(
 
 
 async def test_a_restarted_replica_has_its_sagas_back_at_once(
-    replicas: tuple[SqliteOrderStore, SqliteOrderStore], db_location: Path | str, clock: MicroClock
+    replicas: tuple[SqlOrderStore, SqlOrderStore], db_location: Path | str, clock: MicroClock
 ) -> None:
     first, _ = replicas
     await first.create("key-1", "fp", new_order(), START)
-    restarted = await SqliteOrderStore.open(db_location, owner="orders-0", clock=clock)
+    restarted = await SqlOrderStore.open(db_location, owner="orders-0", clock=clock)
     try:
         assert await restarted.claim_in_flight(10) == ["ord_1"]
     finally:
@@ -138,7 +138,7 @@ async def test_a_restarted_replica_has_its_sagas_back_at_once(
 
 
 async def test_the_sweep_pages_through_what_it_may_claim(
-    replicas: tuple[SqliteOrderStore, SqliteOrderStore], clock: MicroClock
+    replicas: tuple[SqlOrderStore, SqlOrderStore], clock: MicroClock
 ) -> None:
     first, second = replicas
     for number in range(5):
@@ -154,7 +154,7 @@ async def test_the_sweep_pages_through_what_it_may_claim(
 
 
 async def test_a_claim_of_an_unknown_order_is_refused(
-    replicas: tuple[SqliteOrderStore, SqliteOrderStore],
+    replicas: tuple[SqlOrderStore, SqlOrderStore],
 ) -> None:
     assert await replicas[0].claim("ord_missing") is False
 
@@ -194,12 +194,12 @@ def shop() -> Shop:
     return Shop(FakeUsers(known={USER}), inventory, GatedPayments())
 
 
-def saga_of(store: SqliteOrderStore, shop: Shop, lease_wait: float = 0.0) -> CheckoutSaga:
+def saga_of(store: SqlOrderStore, shop: Shop, lease_wait: float = 0.0) -> CheckoutSaga:
     return CheckoutSaga(store, shop.users, shop.inventory, shop.payments, lease_wait=lease_wait)
 
 
 async def test_the_other_replica_finishes_the_sagas_of_one_that_died(
-    replicas: tuple[SqliteOrderStore, SqliteOrderStore], clock: MicroClock, shop: Shop
+    replicas: tuple[SqlOrderStore, SqlOrderStore], clock: MicroClock, shop: Shop
 ) -> None:
     first, second = replicas
     shop.payments.fail("charge", Crash(), after=True)
@@ -218,7 +218,7 @@ async def test_the_other_replica_finishes_the_sagas_of_one_that_died(
     assert len(shop.payments.charges) == 1
 
 
-async def placing_held_at_the_charge(store: SqliteOrderStore, shop: Shop) -> asyncio.Task[Order]:
+async def placing_held_at_the_charge(store: SqlOrderStore, shop: Shop) -> asyncio.Task[Order]:
     """A PlaceOrder on `store`'s replica, started and waiting at its charge (shop.payments.gate
     lets it go on)."""
     shop.payments.closed = True
@@ -228,7 +228,7 @@ async def placing_held_at_the_charge(store: SqliteOrderStore, shop: Shop) -> asy
 
 
 async def test_a_retried_request_on_another_replica_waits_for_the_live_driver(
-    replicas: tuple[SqliteOrderStore, SqliteOrderStore], shop: Shop
+    replicas: tuple[SqlOrderStore, SqlOrderStore], shop: Shop
 ) -> None:
     first, second = replicas
     placing = await placing_held_at_the_charge(first, shop)
@@ -245,7 +245,7 @@ async def test_a_retried_request_on_another_replica_waits_for_the_live_driver(
 
 
 async def test_a_request_gives_up_with_order_pending_while_another_replica_drives(
-    replicas: tuple[SqliteOrderStore, SqliteOrderStore], shop: Shop
+    replicas: tuple[SqlOrderStore, SqlOrderStore], shop: Shop
 ) -> None:
     first, second = replicas
     placing = await placing_held_at_the_charge(first, shop)
@@ -259,7 +259,7 @@ async def test_a_request_gives_up_with_order_pending_while_another_replica_drive
 
 
 async def test_a_replica_whose_lease_was_taken_stops_and_writes_nothing(
-    replicas: tuple[SqliteOrderStore, SqliteOrderStore],
+    replicas: tuple[SqlOrderStore, SqlOrderStore],
     clock: MicroClock,
     shop: Shop,
     db_location: Path | str,
@@ -285,7 +285,7 @@ async def test_a_replica_whose_lease_was_taken_stops_and_writes_nothing(
 
 
 async def test_a_finished_order_is_cancelled_on_either_replica(
-    replicas: tuple[SqliteOrderStore, SqliteOrderStore], shop: Shop
+    replicas: tuple[SqlOrderStore, SqlOrderStore], shop: Shop
 ) -> None:
     first, second = replicas
     placed = await saga_of(first, shop).place_order(request())
@@ -299,7 +299,7 @@ async def test_a_finished_order_is_cancelled_on_either_replica(
 
 
 async def test_a_stalled_saga_is_taken_by_the_next_request_on_any_replica(
-    replicas: tuple[SqliteOrderStore, SqliteOrderStore], shop: Shop
+    replicas: tuple[SqlOrderStore, SqlOrderStore], shop: Shop
 ) -> None:
     first, second = replicas
     shop.payments.fail("charge", unavailable("payments"))
@@ -316,7 +316,7 @@ async def test_a_stalled_saga_is_taken_by_the_next_request_on_any_replica(
 
 
 async def test_one_relay_at_a_time_takes_its_turn(
-    replicas: tuple[SqliteOrderStore, SqliteOrderStore], db_location: Path | str
+    replicas: tuple[SqlOrderStore, SqlOrderStore], db_location: Path | str
 ) -> None:
     first, second = replicas
     # On SQLite one process owns the database: the turns are its tasks'.
@@ -328,15 +328,15 @@ async def test_one_relay_at_a_time_takes_its_turn(
     await asyncio.wait_for(waiting, timeout=10)
 
 
-async def enter(store: SqliteOrderStore) -> None:
+async def enter(store: SqlOrderStore) -> None:
     async with store.relay_turn():
         pass
 
 
 @pytest.mark.postgres
 async def test_a_turn_held_by_a_dead_connection_is_free_at_once(postgres_database: str) -> None:
-    first = await SqliteOrderStore.open(postgres_database, owner="orders-0")
-    second = await SqliteOrderStore.open(postgres_database, owner="orders-1")
+    first = await SqlOrderStore.open(postgres_database, owner="orders-0")
+    second = await SqlOrderStore.open(postgres_database, owner="orders-1")
     try:
         async with first.relay_turn():
             # What a replica's death does to its connections: the server ends them.

@@ -23,7 +23,7 @@ from services.orders.domain import (
     SagaStep,
 )
 from services.orders.relay import Backoff, OutboxRelay
-from services.orders.store import SqliteOrderStore
+from services.orders.store import SqlOrderStore
 from tests.support.orders_fakes import Crash, FakeNotifications, unavailable
 from tests.support.polling import eventually
 
@@ -31,13 +31,13 @@ T0 = datetime(2025, 1, 1, tzinfo=UTC)
 
 
 @pytest.fixture
-async def store(db_location: Path | str) -> AsyncIterator[SqliteOrderStore]:
-    s = await SqliteOrderStore.open(db_location)
+async def store(db_location: Path | str) -> AsyncIterator[SqlOrderStore]:
+    s = await SqlOrderStore.open(db_location)
     yield s
     await s.close()
 
 
-async def write_event(store: SqliteOrderStore, order_id: str) -> OrderEvent:
+async def write_event(store: SqlOrderStore, order_id: str) -> OrderEvent:
     """Confirm a new order `order_id`, which writes its CONFIRMED event to the outbox."""
     order = Order(order_id, "usr_1", (), "USD", OrderStatus.PENDING, T0, T0)
     await store.create(order_id, "fp", order, SagaState(SagaStep.VALIDATE_USER))
@@ -83,7 +83,7 @@ async def running() -> AsyncIterator[list[asyncio.Task[None]]]:
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def test_delivers_pending_events_in_write_order(store: SqliteOrderStore) -> None:
+async def test_delivers_pending_events_in_write_order(store: SqlOrderStore) -> None:
     events = [await write_event(store, f"ord_{n}") for n in range(3)]
     consumer = FakeNotifications()
 
@@ -95,7 +95,7 @@ async def test_delivers_pending_events_in_write_order(store: SqliteOrderStore) -
 
 
 async def test_unreachable_consumer_leaves_the_event_and_those_after_it_pending(
-    store: SqliteOrderStore,
+    store: SqlOrderStore,
 ) -> None:
     events = [await write_event(store, f"ord_{n}") for n in range(2)]
     consumer = FakeNotifications()
@@ -109,7 +109,7 @@ async def test_unreachable_consumer_leaves_the_event_and_those_after_it_pending(
 
 
 async def test_event_acknowledged_but_not_marked_is_redelivered_and_deduped(
-    store: SqliteOrderStore,
+    store: SqlOrderStore,
 ) -> None:
     event = await write_event(store, "ord_1")
     consumer = FakeNotifications()
@@ -123,7 +123,7 @@ async def test_event_acknowledged_but_not_marked_is_redelivered_and_deduped(
     assert consumer.received == [event]
 
 
-async def test_refused_event_is_parked_and_does_not_block_the_rest(store: SqliteOrderStore) -> None:
+async def test_refused_event_is_parked_and_does_not_block_the_rest(store: SqlOrderStore) -> None:
     first, refused, third = [await write_event(store, f"ord_{n}") for n in range(3)]
     consumer = FakeNotifications(refused={refused.event_id})
 
@@ -136,7 +136,7 @@ async def test_refused_event_is_parked_and_does_not_block_the_rest(store: Sqlite
 
 
 async def test_pending_events_go_in_batches_of_at_most_batch_size_in_order(
-    store: SqliteOrderStore,
+    store: SqlOrderStore,
 ) -> None:
     events = [await write_event(store, f"ord_{n}") for n in range(5)]
     consumer = FakeNotifications()
@@ -147,7 +147,7 @@ async def test_pending_events_go_in_batches_of_at_most_batch_size_in_order(
     assert consumer.calls["publish"] == 3
 
 
-async def test_a_batch_refused_as_a_whole_stays_pending(store: SqliteOrderStore) -> None:
+async def test_a_batch_refused_as_a_whole_stays_pending(store: SqlOrderStore) -> None:
     events = [await write_event(store, f"ord_{n}") for n in range(2)]
     consumer = FakeNotifications()
     consumer.fail("publish", InvalidArgument("too many events"))
@@ -159,7 +159,7 @@ async def test_a_batch_refused_as_a_whole_stays_pending(store: SqliteOrderStore)
 
 
 async def test_run_retries_with_growing_capped_backoff_until_delivered(
-    store: SqliteOrderStore, running: list[asyncio.Task[None]]
+    store: SqlOrderStore, running: list[asyncio.Task[None]]
 ) -> None:
     event = await write_event(store, "ord_1")
     consumer = FakeNotifications()
@@ -195,7 +195,7 @@ def test_backoff_never_overflows_after_many_failures() -> None:
 class CountingOutbox:
     """The store, counting how often the relay looked for pending events."""
 
-    def __init__(self, store: SqliteOrderStore) -> None:
+    def __init__(self, store: SqlOrderStore) -> None:
         self.store = store
         self.polls = 0
 
@@ -214,7 +214,7 @@ class CountingOutbox:
 
 
 async def test_wake_delivers_without_waiting_for_the_poll(
-    store: SqliteOrderStore, running: list[asyncio.Task[None]]
+    store: SqlOrderStore, running: list[asyncio.Task[None]]
 ) -> None:
     outbox = CountingOutbox(store)
     consumer = FakeNotifications()

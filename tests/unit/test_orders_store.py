@@ -21,7 +21,7 @@ from services.orders.domain import (
     SagaState,
     SagaStep,
 )
-from services.orders.store import SqliteOrderStore
+from services.orders.store import SqlOrderStore
 from tests.support.databases import INTEGRITY_ERRORS, fail_on, query
 
 T0 = datetime(2025, 1, 1, 12, 0, 0, 123456, tzinfo=UTC)
@@ -33,8 +33,8 @@ def path(db_location: Path | str) -> Path | str:
 
 
 @pytest.fixture
-async def store(path: Path | str) -> AsyncIterator[SqliteOrderStore]:
-    s = await SqliteOrderStore.open(path)
+async def store(path: Path | str) -> AsyncIterator[SqlOrderStore]:
+    s = await SqlOrderStore.open(path)
     yield s
     await s.close()
 
@@ -78,17 +78,17 @@ def outbox_rows(path: Path | str) -> list[tuple[object, ...]]:
     return query(path, "SELECT event_id, state FROM outbox ORDER BY sequence")
 
 
-async def test_created_order_loads_back_with_its_saga_state(store: SqliteOrderStore) -> None:
+async def test_created_order_loads_back_with_its_saga_state(store: SqlOrderStore) -> None:
     await store.create("key-1", "fp", new_order(), START)
 
     assert await store.load("ord_1") == (new_order(), START)
 
 
-async def test_loading_an_unknown_order_gives_none(store: SqliteOrderStore) -> None:
+async def test_loading_an_unknown_order_gives_none(store: SqlOrderStore) -> None:
     assert await store.load("ord_nope") is None
 
 
-async def test_same_key_and_fingerprint_returns_the_first_order(store: SqliteOrderStore) -> None:
+async def test_same_key_and_fingerprint_returns_the_first_order(store: SqlOrderStore) -> None:
     await store.create("key-1", "fp", new_order(), START)
 
     again = await store.create("key-1", "fp", new_order("ord_2"), START)
@@ -97,7 +97,7 @@ async def test_same_key_and_fingerprint_returns_the_first_order(store: SqliteOrd
     assert await store.load("ord_2") is None
 
 
-async def test_same_key_with_another_fingerprint_is_already_exists(store: SqliteOrderStore) -> None:
+async def test_same_key_with_another_fingerprint_is_already_exists(store: SqlOrderStore) -> None:
     await store.create("key-1", "fp", new_order(), START)
 
     with pytest.raises(AlreadyExists) as raised:
@@ -108,14 +108,14 @@ async def test_same_key_with_another_fingerprint_is_already_exists(store: Sqlite
 
 
 async def test_saved_state_survives_reopening_the_file(
-    store: SqliteOrderStore, path: Path | str
+    store: SqlOrderStore, path: Path | str
 ) -> None:
     await store.create("key-1", "fp", new_order(), START)
     order, saga, event = confirmed(new_order())
     await store.save(order, saga, event)
     await store.close()
 
-    reopened = await SqliteOrderStore.open(path)
+    reopened = await SqlOrderStore.open(path)
     try:
         assert await reopened.load("ord_1") == (order, saga)
         assert await reopened.pending_events(10) == [event]
@@ -124,7 +124,7 @@ async def test_saved_state_survives_reopening_the_file(
 
 
 async def test_save_with_an_event_writes_the_order_and_the_outbox_row(
-    store: SqliteOrderStore, path: Path | str
+    store: SqlOrderStore, path: Path | str
 ) -> None:
     await store.create("key-1", "fp", new_order(), START)
     order, saga, event = confirmed(new_order())
@@ -138,7 +138,7 @@ async def test_save_with_an_event_writes_the_order_and_the_outbox_row(
 
 
 async def test_failed_outbox_insert_rolls_back_the_state_change(
-    store: SqliteOrderStore, path: Path | str
+    store: SqlOrderStore, path: Path | str
 ) -> None:
     await store.create("key-1", "fp", new_order(), START)
     fail_on(path, "INSERT", "outbox", "outbox down")
@@ -151,9 +151,7 @@ async def test_failed_outbox_insert_rolls_back_the_state_change(
     assert outbox_rows(path) == []
 
 
-async def test_failed_order_update_writes_no_event(
-    store: SqliteOrderStore, path: Path | str
-) -> None:
+async def test_failed_order_update_writes_no_event(store: SqlOrderStore, path: Path | str) -> None:
     await store.create("key-1", "fp", new_order(), START)
     fail_on(path, "UPDATE", "saga_state", "saga down")
     order, saga, event = confirmed(new_order())
@@ -167,9 +165,7 @@ async def test_failed_order_update_writes_no_event(
     assert loaded[0].status is OrderStatus.PENDING
 
 
-async def test_an_event_id_is_written_at_most_once(
-    store: SqliteOrderStore, path: Path | str
-) -> None:
+async def test_an_event_id_is_written_at_most_once(store: SqlOrderStore, path: Path | str) -> None:
     await store.create("key-1", "fp", new_order(), START)
     order, saga, event = confirmed(new_order())
     await store.save(order, saga, event)
@@ -183,7 +179,7 @@ async def test_an_event_id_is_written_at_most_once(
     assert loaded[0].payment_id == "pay_1"
 
 
-async def test_in_flight_lists_unfinished_sagas_oldest_first(store: SqliteOrderStore) -> None:
+async def test_in_flight_lists_unfinished_sagas_oldest_first(store: SqlOrderStore) -> None:
     await store.create("k2", "fp", new_order("ord_b", at=T0.replace(second=5)), START)
     await store.create("k1", "fp", new_order("ord_a", at=T0), START)
     await store.create("k3", "fp", new_order("ord_c"), START)
@@ -192,7 +188,7 @@ async def test_in_flight_lists_unfinished_sagas_oldest_first(store: SqliteOrderS
     assert await store.in_flight() == ["ord_a", "ord_b"]
 
 
-async def test_list_for_user_is_newest_first_with_items(store: SqliteOrderStore) -> None:
+async def test_list_for_user_is_newest_first_with_items(store: SqlOrderStore) -> None:
     for n in range(3):
         await store.create(f"k{n}", "fp", new_order(f"ord_{n}", at=T0.replace(second=n)), START)
     await store.create("other", "fp", new_order("ord_x", user_id="usr_2"), START)
@@ -203,7 +199,7 @@ async def test_list_for_user_is_newest_first_with_items(store: SqliteOrderStore)
     assert orders[1].items == new_order().items
 
 
-async def test_list_for_user_continues_after_the_cursor(store: SqliteOrderStore) -> None:
+async def test_list_for_user_continues_after_the_cursor(store: SqlOrderStore) -> None:
     for n in range(3):
         await store.create(f"k{n}", "fp", new_order(f"ord_{n}", at=T0.replace(second=n)), START)
     await store.create("tie", "fp", new_order("ord_1b", at=T0.replace(second=1)), START)
@@ -215,7 +211,7 @@ async def test_list_for_user_continues_after_the_cursor(store: SqliteOrderStore)
     assert [o.order_id for o in orders] == ["ord_1", "ord_0"]
 
 
-async def test_pending_events_come_in_write_order_until_delivered(store: SqliteOrderStore) -> None:
+async def test_pending_events_come_in_write_order_until_delivered(store: SqlOrderStore) -> None:
     for order_id in ("ord_b", "ord_a"):
         await store.create(order_id, "fp", new_order(order_id), START)
         await store.save(*confirmed(new_order(order_id)))
@@ -226,7 +222,7 @@ async def test_pending_events_come_in_write_order_until_delivered(store: SqliteO
 
 
 async def test_recorded_failures_keep_or_park_the_event(
-    store: SqliteOrderStore, path: Path | str
+    store: SqlOrderStore, path: Path | str
 ) -> None:
     for order_id in ("ord_a", "ord_b"):
         await store.create(order_id, "fp", new_order(order_id), START)

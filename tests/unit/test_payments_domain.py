@@ -33,7 +33,7 @@ from services.payments.domain import (
     card_of,
     validate_charge,
 )
-from services.payments.store import SqlitePaymentStore
+from services.payments.store import SqlPaymentStore
 from tests.support.clock import ManualClock
 from tests.support.databases import INTEGRITY_ERRORS, count_rows
 
@@ -50,8 +50,8 @@ def db_path(db_location: Path | str) -> Path | str:
 
 
 @pytest.fixture
-async def store(db_path: Path | str) -> AsyncIterator[SqlitePaymentStore]:
-    store = await SqlitePaymentStore.open(db_path, KEY)
+async def store(db_path: Path | str) -> AsyncIterator[SqlPaymentStore]:
+    store = await SqlPaymentStore.open(db_path, KEY)
     yield store
     await store.close()
 
@@ -62,7 +62,7 @@ def clock() -> ManualClock:
 
 
 @pytest.fixture
-def payments(store: SqlitePaymentStore, clock: ManualClock) -> Payments:
+def payments(store: SqlPaymentStore, clock: ManualClock) -> Payments:
     return Payments(store, KEY, clock=clock)
 
 
@@ -322,7 +322,7 @@ async def test_empty_payment_id_is_invalid(payments: Payments, operation: str) -
 
 
 async def test_payment_is_not_kept_without_its_idempotency_record(
-    store: SqlitePaymentStore, db_path: Path | str
+    store: SqlPaymentStore, db_path: Path | str
 ) -> None:
     attempt = ChargeAttempt("key-1", "ord_1", USD_12_99, card_of("tok_visa", KEY))
     payment = Payment("pay_1", "ord_1", USD_12_99, PaymentStatus.CAPTURED, T0, T0)
@@ -338,7 +338,7 @@ async def test_payments_and_keys_survive_a_restart(payments: Payments, db_path: 
     payment = await charge(payments)
     with pytest.raises(FailedPrecondition):
         await charge(payments, "key-2", payment_token="tok_chargeDeclined")
-    reopened = await SqlitePaymentStore.open(db_path, KEY)
+    reopened = await SqlPaymentStore.open(db_path, KEY)
     try:
         restarted = Payments(reopened, KEY, clock=ManualClock(T0 + timedelta(hours=1)))
         assert await restarted.get(OWNER, payment.payment_id) == payment

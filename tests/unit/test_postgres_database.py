@@ -238,7 +238,7 @@ async def test_payments_of_version_1_keep_cards_instead_of_tokens_on_postgres(
     holding = "SELECT COUNT(*) FROM charge_attempts c WHERE CAST(c AS TEXT) LIKE '%tok_%'"
     assert count_rows(postgres_database, holding) == 1
 
-    store = await payments_store.SqlitePaymentStore.open(postgres_database, key)
+    store = await payments_store.SqlPaymentStore.open(postgres_database, key)
     await store.close()
 
     assert query(postgres_database, "SELECT card_brand, card_last4 FROM charge_attempts") == [

@@ -24,7 +24,7 @@ from services.users.domain import (
     normalize_email,
     validate_new_user,
 )
-from services.users.store import MIGRATIONS, SqliteUserStore
+from services.users.store import MIGRATIONS, SqlUserStore
 from services.users.throttle import SignInLimits, ThrottlePolicy
 from tests.support.databases import count_rows, schema_version
 
@@ -37,14 +37,14 @@ def db_path(db_location: Path | str) -> Path | str:
 
 
 @pytest.fixture
-async def store(db_path: Path | str) -> AsyncIterator[SqliteUserStore]:
-    store = await SqliteUserStore.open(db_path)
+async def store(db_path: Path | str) -> AsyncIterator[SqlUserStore]:
+    store = await SqlUserStore.open(db_path)
     yield store
     await store.close()
 
 
 @pytest.fixture
-def users(store: SqliteUserStore) -> Users:
+def users(store: SqlUserStore) -> Users:
     return Users(store, clock=lambda: NOW)
 
 
@@ -217,13 +217,13 @@ async def test_email_taken_attempt_does_not_create_a_user(
     assert count_rows(db_path, "SELECT COUNT(*) FROM users") == 1
 
 
-def throttled_sign_ups(store: SqliteUserStore, free_refusals: int) -> Users:
+def throttled_sign_ups(store: SqlUserStore, free_refusals: int) -> Users:
     limits = SignInLimits(sign_up=ThrottlePolicy(free_failures=free_refusals))
     return Users(store, clock=lambda: NOW, limits=limits)
 
 
 async def test_refused_sign_ups_from_one_address_are_throttled_there_only(
-    store: SqliteUserStore, db_path: Path | str
+    store: SqlUserStore, db_path: Path | str
 ) -> None:
     users = throttled_sign_ups(store, free_refusals=2)
     await users.create("", "ada@example.com", "Ada")
@@ -243,7 +243,7 @@ async def test_refused_sign_ups_from_one_address_are_throttled_there_only(
 
 
 async def test_created_accounts_and_retries_do_not_count_against_their_address(
-    store: SqliteUserStore,
+    store: SqlUserStore,
 ) -> None:
     users = throttled_sign_ups(store, free_refusals=2)
     office = "203.0.113.7"
@@ -285,7 +285,7 @@ async def test_user_survives_a_restart_with_exact_create_time(
     users: Users, db_path: Path | str
 ) -> None:
     user = await users.create("", "ada@example.com", "Ada")
-    reopened = await SqliteUserStore.open(db_path)
+    reopened = await SqlUserStore.open(db_path)
     try:
         assert await Users(reopened).get(user.user_id, user.user_id) == user
     finally:
@@ -294,14 +294,12 @@ async def test_user_survives_a_restart_with_exact_create_time(
 
 async def test_request_id_is_remembered_across_a_restart(users: Users, db_path: Path | str) -> None:
     user = await users.create("req-1", "ada@example.com", "Ada")
-    reopened = await SqliteUserStore.open(db_path)
+    reopened = await SqlUserStore.open(db_path)
     try:
         assert await Users(reopened).create("req-1", "ada@example.com", "Ada") == user
     finally:
         await reopened.close()
 
 
-async def test_store_records_its_schema_version(
-    store: SqliteUserStore, db_path: Path | str
-) -> None:
+async def test_store_records_its_schema_version(store: SqlUserStore, db_path: Path | str) -> None:
     assert schema_version(db_path) == len(MIGRATIONS)
