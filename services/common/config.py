@@ -23,7 +23,8 @@ what one writes is what the other reads. The variables:
   the mesh sets it from the health-check policy). SIGINT skips it.
 - SHOPMESH_LOG_LEVEL: DEBUG, INFO, WARNING or ERROR (default INFO)
 - SHOPMESH_REPLICA: this replica's name among its service's replicas, the same after a restart
-  (the local mesh's pod name, orders-0; a StatefulSet pod's name). Work a replica leases in the
+  (the local mesh's pod name, orders-0; on Kubernetes the pod's name, kept across container
+  restarts). Work a replica leases in the
   database (orders' sagas) is its own again at once when it restarts. Unset: a name unique to
   the process, so a restarted replica's leases are taken over only once they lapse.
 """

@@ -314,9 +314,10 @@ class SqlOrderStore:
         def claim(db: Connection) -> list[str]:
             # Read again inside the write: another replica may have claimed some meanwhile.
             order_ids = claimable(db)
+            expires = self._clock() + self._lease_us
             db.executemany(
                 "UPDATE saga_state SET lease_owner = ?, lease_expires_us = ? WHERE order_id = ?",
-                [(self.owner, self._clock() + self._lease_us, order_id) for order_id in order_ids],
+                [(self.owner, expires, order_id) for order_id in order_ids],
             )
             return order_ids
 

@@ -224,8 +224,9 @@ def app_container(topology: Topology, layout: KubernetesLayout, pod: Pod, storag
 
 
 def env_variable(name: str, value: str) -> Json:
-    """One variable of the app's environment. Its replica name is the pod's own: stable for a
-    StatefulSet's pods, and never shared by two."""
+    """One variable of the app's environment. Its replica name is the pod's own: never shared
+    by two, the same when the pod's container restarts; a pod that replaces another is a new
+    replica (the old one's sagas are taken over once their leases lapse)."""
     if name == REPLICA:
         return {"name": name, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}
     return {"name": name, "value": value}

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from services.common.config import DATABASE_URL, DB_PATH
-from shopmesh.layout import APP
+from services.common.database import is_postgres
 from shopmesh.local.errors import MeshError
 from shopmesh.local.mesh import RunningMesh
 
@@ -54,13 +54,11 @@ def store_locations(mesh: RunningMesh) -> dict[str, str]:
     """service -> where its store lives (a Postgres URL or an SQLite file), as its apps were
     told at `up`."""
     locations: dict[str, str] = {}
-    for record in mesh.state.processes.values():
-        if record.kind != APP:
-            continue
-        service = mesh.pod(record.name.rpartition(".")[0]).service
-        location = record.env.get(DATABASE_URL) or record.env.get(DB_PATH)
+    for pod in mesh.pods.values():
+        env = mesh.state.processes[pod.app_name].env
+        location = env.get(DATABASE_URL) or env.get(DB_PATH)
         if location:
-            locations.setdefault(service, location)
+            locations.setdefault(pod.service, location)
     missing = [service for service in STORES if service not in locations]
     if missing:
         raise MeshError(f"the mesh has no store for {', '.join(missing)}: nothing to audit")
@@ -77,8 +75,10 @@ def store_reader(locations: dict[str, str]) -> Iterator[Snapshot]:
         if service not in opened:
             opened[service] = _open(locations[service])
         connection = opened[service]
-        postgres = not isinstance(connection, sqlite3.Connection)
-        connection.execute("BEGIN ISOLATION LEVEL REPEATABLE READ" if postgres else "BEGIN")
+        begin = (
+            "BEGIN ISOLATION LEVEL REPEATABLE READ" if is_postgres(locations[service]) else "BEGIN"
+        )
+        connection.execute(begin)
         try:
             return [
                 [tuple(row) for row in connection.execute(sql).fetchall()] for sql in statements
@@ -94,10 +94,10 @@ def store_reader(locations: dict[str, str]) -> Iterator[Snapshot]:
 
 
 def _open(location: str) -> Any:
-    if location.startswith(("postgresql://", "postgres://")):
+    if is_postgres(location):
         import psycopg
 
-        # Read-only and autocommit: each statement sees what is committed now.
+        # Read-only; `snapshot` opens each transaction itself.
         return psycopg.connect(
             location, autocommit=True, options="-c default_transaction_read_only=on"
         )
