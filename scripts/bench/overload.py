@@ -4,8 +4,8 @@ runtime-keyed by `ingress.rate_limit.enabled`; restored after), PlaceOrder throu
 from the open-loop generator (scripts.bench.open_loop), one user for the part:
 
 1. an estimate: the closed-loop checkout bench's throughput (8 workers);
-2. low load: LOW_LOAD_SHARE of the estimate for LOW_LOAD_CALLS calls (10 to 20 s); its
-   admitted p99 is the baseline;
+2. low load: LOW_LOAD_SHARE of the estimate for LOW_LOAD_SECONDS; its admitted p99 is the
+   baseline, and nothing may be refused in it (it spans a minRTT window of the controller);
 3. capacity: open-loop steps of STEP_SECONDS at STEP_SHARES of the estimate, up to
    FAILED_STEPS in a row that fail; the capacity is the highest rate whose admitted p99 stays within
    CAPACITY_P99_FACTOR x the baseline with at least ADMITTED_SHARE of the calls admitted;
@@ -54,9 +54,9 @@ from shopmesh.topology import GATEWAY
 ESTIMATE_ORDERS = 120
 ESTIMATE_WORKERS = 8
 LOW_LOAD_SHARE = 0.10
-LOW_LOAD_SECONDS = (10.0, 20.0)
-LOW_LOAD_CALLS = 100
-"""Calls the low-load run aims for, within LOW_LOAD_SECONDS: its p99 is the baseline."""
+LOW_LOAD_SECONDS = 40.0
+"""Longer than the controller's min_rtt_interval (30 s, jitter 10 %) and one of its windows, so
+the low-load run shows that the controller's re-measurement refuses nothing at low load."""
 STEP_SHARES = (0.5, 0.7, 0.85, 1.0, 1.15, 1.3, 1.5, 1.75, 2.0)
 """Of the estimate: up to twice it, since refusals during the controller's first measurement of
 its minimum latency (at min_concurrency) can make a closed-loop estimate low."""
@@ -262,6 +262,7 @@ async def settled(channel: aio.Channel, shopper: Shopper) -> tuple[dict[str, str
 class Overload:
     estimate: float
     baseline: Run
+    baseline_controller: list[dict[str, int]] = field(default_factory=list)
     steps: list[Step] = field(default_factory=list)
     capacity: float | None = None
     overload: Run | None = None
@@ -294,11 +295,6 @@ async def rate_limits_off(admin: AdminClient) -> AsyncIterator[list[str]]:
         values.append(str(after.get("final_value", "default (100 %)")))
 
 
-def low_load_seconds(rate: float) -> float:
-    shortest, longest = LOW_LOAD_SECONDS
-    return min(longest, max(shortest, LOW_LOAD_CALLS / rate))
-
-
 async def measure(load: Generator, estimate: float, figures: Overload) -> float:
     """The capacity steps from `estimate` up to the first beyond the bound; the rate of the
     overload run (OVERLOAD_FACTOR x the capacity, or x the first step when none passed)."""
@@ -324,6 +320,7 @@ async def bench_overload(mesh: RunningMesh) -> Overload:
         async with rate_limits_off(admin) as rate_limit:
             print(f"gateway rate limits off: {RATE_LIMIT_ENABLED} = {rate_limit[0]}", flush=True)
             print(f"estimate: {ESTIMATE_ORDERS} closed-loop checkouts ...", flush=True)
+            opened = LogMark.of(mesh.gateway.access_log)
             closed = await bench_checkout(gateway, shopper, ESTIMATE_ORDERS, ESTIMATE_WORKERS)
             estimate = closed.confirmed_rate
             if estimate <= 0:
@@ -331,10 +328,15 @@ async def bench_overload(mesh: RunningMesh) -> Overload:
             earlier = set(await list_orders(channel, shopper))
             async with generator(mesh, shopper) as load:
                 low = LOW_LOAD_SHARE * estimate
-                print(f"low load: {low:.1f} checkouts/s for {low_load_seconds(low):.0f} s ...")
-                figures = Overload(estimate, await load.run(low, low_load_seconds(low)))
+                print(f"low load: {low:.1f} checkouts/s for {LOW_LOAD_SECONDS:.0f} s ...")
+                async with controller_samples(admin) as at_low_load:
+                    baseline = await load.run(low, LOW_LOAD_SECONDS)
+                figures = Overload(estimate, baseline, at_low_load)
                 rate = await measure(load, estimate, figures)
                 print(f"overload: {rate:.0f} checkouts/s for {OVERLOAD_SECONDS:.0f} s ...")
+                # Every earlier call is in the log before the mark, not counted after it.
+                earlier_runs = [figures.baseline, *(step.run for step in figures.steps)]
+                await logged_since(opened, closed.orders + sum(len(r.calls) for r in earlier_runs))
                 mark = LogMark.of(mesh.gateway.access_log)
                 async with controller_samples(admin) as figures.controller:
                     figures.overload = overload = await load.run(rate, OVERLOAD_SECONDS)

@@ -97,6 +97,13 @@ def _controller_rows(samples: list[dict[str, int]]) -> list[tuple[str, str]]:
     ]
 
 
+def min_rtt_windows(samples: list[dict[str, int]]) -> int:
+    """How many minRTT windows of the controller the samples show starting (or already on at
+    the first sample)."""
+    active = [sample.get("min_rtt_calculation_active", 0) for sample in samples]
+    return sum(now and not before for before, now in zip([0, *active], active, strict=False))
+
+
 def _consistency_rows(c: Consistency) -> list[tuple[str, str]]:
     return [
         (
@@ -156,7 +163,10 @@ def render_overload(figures: Overload, console: Console) -> list[str]:
     flags = Counter(e.flags for e in logged if e.grpc_status == GRPC_RESOURCE_EXHAUSTED)
     c = figures.consistency
     latency = f"admitted p99 <= {P99_FACTOR:g}x low-load p99"
+    windows = min_rtt_windows(figures.baseline_controller)
     checks = {
+        "nothing refused at low load, through a minRTT window": windows > 0
+        and not figures.baseline.refused,
         latency: p99 <= P99_FACTOR * baseline,
         "every refusal RESOURCE_EXHAUSTED with a reason": all(call.reason for call in refused),
         f"every refusal <= {REFUSAL_BOUND_MS} ms at the gateway": bool(logged_refusals)
@@ -166,6 +176,10 @@ def render_overload(figures: Overload, console: Console) -> list[str]:
         "every order consistent afterwards": c.consistent,
     }
     rows = [
+        (
+            "low load: refused, minRTT windows of the controller in it",
+            f"{len(figures.baseline.refused)}, {windows}",
+        ),
         ("offered (asked / sent)", f"{run.rate:.0f} / {run.offered_rate:.0f} checkouts/s"),
         (
             "generator",

@@ -18,6 +18,7 @@ from scripts.bench.overload import (
     capacity_of,
     gateway_calls,
 )
+from scripts.bench.overload_report import min_rtt_windows
 
 
 def admitted(due: float, latency_ms: float, order_id: str = "") -> Call:
@@ -119,3 +120,13 @@ def test_a_missing_pending_or_unsold_order_is_inconsistent() -> None:
     assert consistency({"a": CONFIRMED}, sold=1).missing == {"b"}
     assert consistency({"a": CONFIRMED, "b": PENDING}, sold=1).pending == 1
     assert not consistency({"a": CONFIRMED, "b": CONFIRMED}, sold=3).consistent
+
+
+def test_min_rtt_windows_count_each_start_of_the_controllers_re_measurement() -> None:
+    def samples(*active: int) -> list[dict[str, int]]:
+        return [{"min_rtt_calculation_active": value} for value in active]
+
+    assert min_rtt_windows(samples(0, 0, 0)) == 0
+    assert min_rtt_windows(samples(1, 1, 0, 0, 1, 0)) == 2
+    assert min_rtt_windows(samples(0, 1, 1, 1)) == 1
+    assert min_rtt_windows([{"concurrency_limit": 4}]) == 0
