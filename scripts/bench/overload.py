@@ -272,6 +272,8 @@ class Overload:
     crashed: list[str] = field(default_factory=list)
     rate_limit: tuple[str, str] = ("", "")
     """The runtime value of RATE_LIMIT_ENABLED during the part, and after it was restored."""
+    min_concurrency: int = 0
+    """The controller's floor (mesh.yaml): it never admits fewer calls at once."""
     seconds: float = 0.0
 
 
@@ -332,6 +334,7 @@ async def bench_overload(mesh: RunningMesh) -> Overload:
                 async with controller_samples(admin) as at_low_load:
                     baseline = await load.run(low, LOW_LOAD_SECONDS)
                 figures = Overload(estimate, baseline, at_low_load)
+                figures.min_concurrency = mesh.topology.gateway.adaptive_concurrency.min_concurrency
                 rate = await measure(load, estimate, figures)
                 print(f"overload: {rate:.0f} checkouts/s for {OVERLOAD_SECONDS:.0f} s ...")
                 # Every earlier call is in the log before the mark, not counted after it.

@@ -104,6 +104,25 @@ def min_rtt_windows(samples: list[dict[str, int]]) -> int:
     return sum(now and not before for before, now in zip([0, *active], active, strict=False))
 
 
+def floor_rows(figures: Overload, base50: float) -> list[tuple[str, str]]:
+    """Little's law on the measured capacity: how many checkouts at once it takes at low-load
+    latency, and how long an admitted one waits when the controller sits at its floor (it never
+    admits fewer than min_concurrency at once, however slow the calls get)."""
+    if not figures.capacity:
+        return []
+    floor = figures.min_concurrency
+    return [
+        (
+            "checkouts at once the capacity needs (capacity x low-load p50)",
+            f"{figures.capacity:.1f}/s x {base50:.1f} ms = {figures.capacity * base50 / 1000:.1f}",
+        ),
+        (
+            "an admitted call's wait at the controller's floor (min_concurrency / capacity)",
+            f"{floor} / {figures.capacity:.1f}/s = {floor / figures.capacity * 1000:.0f} ms",
+        ),
+    ]
+
+
 def _consistency_rows(c: Consistency) -> list[tuple[str, str]]:
     return [
         (
@@ -199,6 +218,7 @@ def render_overload(figures: Overload, console: Console) -> list[str]:
             f"{percentile(logged_refusals, 0.99):.0f} ms (flags {counts(flags)})",
         ),
         *_controller_rows(figures.controller),
+        *floor_rows(figures, base50),
         ("processes crashed or restarted", ", ".join(figures.crashed) or "none"),
         *_consistency_rows(c),
     ]

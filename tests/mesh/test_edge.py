@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -32,7 +33,9 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 PLACE_ORDER = "/shop.orders.v1.OrdersService/PlaceOrder"
 GET_PRODUCT = "/shop.inventory.v1.InventoryService/GetProduct"
 EJECTIONS = "cluster.svc_inventory.outlier_detection.ejections_enforced_total"
-BLOCKED = "http.ingress.adaptive_concurrency.gradient_controller.rq_blocked"
+CONTROLLER = "http.ingress.adaptive_concurrency.gradient_controller."
+BLOCKED = CONTROLLER + "rq_blocked"
+RE_MEASURING = CONTROLLER + "min_rtt_calculation_active"
 PROMPTLY = 1.0
 """Seconds within which the gateway must answer what it refuses itself (the figures, ≤ 10 ms,
 are `make bench`'s; this only tells a refusal from a call that waited for a timeout)."""
@@ -348,3 +351,25 @@ async def test_checkouts_beyond_capacity_are_refused_with_a_reason_and_never_rea
     # What passed the controller, counted once a call however often the gateway retried it.
     passed = method_stat("svc_orders", "shop.orders.v1.OrdersService", "PlaceOrder", "total")
     assert after[passed] - before.get(passed, 0) == admitted
+
+
+async def test_while_the_controller_re_measures_min_concurrency_checkouts_at_once_all_pass(
+    mesh: RunningMesh, mesh_clients: MeshClients, shopper: Shopper
+) -> None:
+    """Envoy's controller re-measures the upstream's minimum latency when it starts and every
+    min_rtt_interval after, admitting only min_concurrency calls at once meanwhile (issue 8: if
+    you use it, prove it refuses nothing at low load). That many checkouts at once, sent while
+    it re-measures, are all admitted. Restarts the gateway: a fresh controller re-measures
+    first."""
+    admin = mesh.admin("gateway")
+    floor = mesh.topology.gateway.adaptive_concurrency.min_concurrency
+    await mesh.restart_gateway(time.monotonic() + 30.0)
+    assert (await admin.stats())[RE_MEASURING] == 1, "a fresh controller measures its minimum"
+
+    outcomes = await bounded(floor, floor, lambda _: checkout(mesh_clients, shopper))
+
+    assert all(o.ok for o in outcomes), summary(outcomes)
+    after = await admin.stats()
+    # Fewer calls than the window samples (request_count 20): it was on for every one of them.
+    assert after[RE_MEASURING] == 1, "the window ended before the checkouts were sent"
+    assert after.get(BLOCKED, 0) == 0

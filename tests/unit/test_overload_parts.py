@@ -14,11 +14,12 @@ from scripts.bench.overload import (
     PLACE_ORDER,
     Consistency,
     Logged,
+    Overload,
     Step,
     capacity_of,
     gateway_calls,
 )
-from scripts.bench.overload_report import min_rtt_windows
+from scripts.bench.overload_report import floor_rows, min_rtt_windows
 
 
 def admitted(due: float, latency_ms: float, order_id: str = "") -> Call:
@@ -130,3 +131,12 @@ def test_min_rtt_windows_count_each_start_of_the_controllers_re_measurement() ->
     assert min_rtt_windows(samples(1, 1, 0, 0, 1, 0)) == 2
     assert min_rtt_windows(samples(0, 1, 1, 1)) == 1
     assert min_rtt_windows([{"concurrency_limit": 4}]) == 0
+
+
+def test_the_floor_rows_apply_littles_law_to_the_measured_capacity() -> None:
+    figures = Overload(100.0, Run(10.0, 1.0, [admitted(0.0, 30.0)], 1.0), capacity=80.0)
+    figures.min_concurrency = 16
+    needs, wait = (text for _, text in floor_rows(figures, 30.0))
+    assert needs == "80.0/s x 30.0 ms = 2.4"
+    assert wait == "16 / 80.0/s = 200 ms"
+    assert floor_rows(Overload(100.0, figures.baseline), 30.0) == []
