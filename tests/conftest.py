@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import shutil
+import signal
 import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -21,6 +22,16 @@ from tests.support.databases import BOTH_BACKENDS  # noqa: E402
 from tests.support.services import ServiceRunner  # noqa: E402  (after the registration)
 
 _DATABASE_NUMBERS = itertools.count()
+
+
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """SIGTERM (a CI timeout, `kill`) ends the run as Ctrl-C does: by default it kills Python at
+    once, no fixture's teardown runs, and every mesh and Postgres the tests started outlives it."""
+    signal.signal(signal.SIGTERM, _interrupt)
 
 
 @pytest.fixture(scope="session")
