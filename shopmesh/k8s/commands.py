@@ -131,10 +131,18 @@ def k8s_keys_command(out: Path, rotate: bool, force: bool) -> None:
     show_default=True,
     help="One directory per Secret, named after it, holding its files (0600).",
 )
-def k8s_db_secrets_command(topology: Path, out: Path) -> None:
+@click.option(
+    "--pki-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="The databases' CA (created on first use, then reused); default: OUT-ca beside OUT.",
+)
+def k8s_db_secrets_command(topology: Path, out: Path, pki_dir: Path | None) -> None:
     """The files of the Secrets the postgres component reads (production): made on first use,
-    then kept (the databases keep the passwords they started with)."""
+    then kept (the databases keep the passwords they started with; a server certificate is
+    issued again once it nears its expiry)."""
     layout = KubernetesLayout(load_topology(topology))
-    for directory in issue_secret_files(layout.topology, layout, out):
+    pki_dir = pki_dir or out.with_name(f"{out.name}-ca")
+    for directory in issue_secret_files(layout.topology, layout, out, pki_dir):
         keys = ", ".join(sorted(p.name for p in directory.iterdir()))
         click.echo(f"Secret {directory.name}: {directory} ({keys})")

@@ -53,6 +53,11 @@ class KubernetesLayout:
     """The SDS file, beside the config in the gateway's ConfigMap, naming the Secret's files."""
     postgres_port: int = 5432
     """Each service's Postgres (the postgres component, k8s/overlays/production)."""
+    postgres_ca_secret: str = "postgres-ca"
+    """The Secret with the certificate of the CA that signs the databases' server certificates
+    (`shopmesh k8s issue-db-secrets`), mounted in the app containers on Postgres."""
+    postgres_ca_dir: Path = Path("/etc/shopmesh/postgres-ca")
+    postgres_ca_file: str = "ca.crt"
 
     def pods(self) -> list[Pod]:
         return [Pod(name, name) for name in self.topology.services]
@@ -77,11 +82,27 @@ class KubernetesLayout:
         and its pods' app.kubernetes.io/name."""
         return f"{service}-postgres"
 
+    def postgres_tls_secret(self, service: str) -> str:
+        """The Secret with the server certificate and key of `service`'s database."""
+        return f"{self.postgres(service)}-tls"
+
+    def postgres_host(self, service: str) -> str:
+        """The DNS name of `service`'s database: its headless Service, and the name its server
+        certificate is issued for."""
+        return f"{self.postgres(service)}.{self.topology.namespace}.svc.{self.cluster_domain}"
+
     def postgres_url(self, service: str) -> str:
         """`service`'s own database as its role, without the password (PGPASSWORD carries
-        it, from the Secret `postgres(service)`)."""
-        host = f"{self.postgres(service)}.{self.topology.namespace}.svc.{self.cluster_domain}"
-        return f"postgresql://{service}@{host}:{self.postgres_port}/{service}"
+        it, from the Secret `postgres(service)`), over TLS only: libpq checks the server's
+        certificate against the databases' CA and its name against the host (verify-full),
+        and binds the SCRAM exchange to that TLS session, so no one between the pods can
+        stand in for the database or replay the login."""
+        ca = self.postgres_ca_dir / self.postgres_ca_file
+        tls = f"sslmode=verify-full&sslrootcert={ca}&channel_binding=require"
+        return (
+            f"postgresql://{service}@{self.postgres_host(service)}:{self.postgres_port}"
+            f"/{service}?{tls}"
+        )
 
     def service_host(self, service: str) -> str:
         return f"{service}.{self.topology.namespace}.svc.{self.cluster_domain}"

@@ -54,6 +54,8 @@ class Storage:
     PVC); None: nothing is mounted there."""
     secret_env: tuple[Json, ...] = ()
     """Variables from Secrets (`valueFrom.secretKeyRef`), after the app environment."""
+    read_only: tuple[tuple[Json, Path], ...] = ()
+    """Volumes (each with its name) the app container mounts read-only, and where."""
 
     @property
     def claims_a_volume(self) -> bool:
@@ -219,6 +221,7 @@ def app_container(topology: Topology, layout: KubernetesLayout, pod: Pod, storag
             # SQLite's temporary files; the root filesystem is read-only.
             mount("tmp", Path("/tmp")),
             *signing_mounts(topology, layout, pod.service),
+            *(mount(v["name"], path, read_only=True) for v, path in storage.read_only),
         ],
     }
 
@@ -284,6 +287,7 @@ def service_deployment(
                         *data,
                         *envoy_volumes(layout, name),
                         *signing_volumes(topology, layout, name),
+                        *(volume for volume, _ in storage.read_only),
                     ],
                 },
             },

@@ -8,27 +8,34 @@ For each service (`layout.postgres(service)` names the database's objects):
   /docker-entrypoint-initdb.d once; the component puts there the psql script of
   shopmesh.database_roles (the service's role with a SCRAM password, its database, CONNECT
   revoked from PUBLIC), which reads the password from the Secret through a variable;
-- pg_hba.conf: the service's role may reach the service's database over TCP with SCRAM, the
+- pg_hba.conf: the service's role may reach the service's database over TLS with SCRAM, the
   superuser only the pod's own socket as the container's OS user (peer), nothing else;
+- TLS: the server's certificate for its DNS name, from the databases' own CA (not the mesh's:
+  a database is no mesh identity), TLS 1.3 only; the app checks both (`verify-full`) and binds
+  its SCRAM login to the session (`channel_binding=require`);
 - NetworkPolicies: only the service's pods may open the database port; the database pods may
   open nothing (default-deny, and the base's allow-dns leaves them out);
 - the service's Deployment rendered again with `postgres_storage` (a strategic-merge patch
   that replaces its spec): SHOPMESH_DATABASE_URL and PGPASSWORD (from the Secret), replicas()
   pods rolling one at a time, no PVC (deleted), and its PodDisruptionBudget at minAvailable 1.
 
-No Secret is rendered: the operator creates them (k8s/README.md), so no password is in a
-manifest, and the app's role never sees the superuser's password.
+No Secret is rendered: the operator creates them (k8s/README.md, `issue_secret_files`), so no
+password or key is in a manifest, and the app's role never sees the superuser's password.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 import secrets
 from pathlib import Path
 
 import yaml
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 
+from services.common.files import write_atomically
 from services.payments import fingerprint_key
 from shopmesh.appenv import AppSettings
 from shopmesh.database_roles import init_script
@@ -46,6 +53,7 @@ from shopmesh.k8s.objects import (
     resources,
     service_deployment,
 )
+from shopmesh.pki import CertificateAuthority, LocalPki
 from shopmesh.topology import Topology
 
 COMPONENT_DIR = Path("components/postgres")
@@ -83,7 +91,20 @@ FINGERPRINT_KEY_SECRET = "payments-fingerprint-key"
 """Payments fingerprints cards with a key kept beside its database (services.payments.
 fingerprint_key); on Postgres its pods have no volume to keep it on, and every replica needs
 the same one, so the operator creates it as this Secret."""
+TLS_DIR = Path("/etc/shopmesh/postgres-tls")
+TLS_CERTIFICATE = "tls.crt"
+TLS_KEY = "tls.key"
+"""The server certificate and key in the Secret `layout.postgres_tls_secret(service)`; the
+kubelet mounts them owned by root, readable by the pod's fsGroup (the postgres group), which
+Postgres accepts for a key (root-owned, no group write, nothing for others)."""
+TLS_FILES = (TLS_CERTIFICATE, TLS_KEY)
+DATABASE_CA_VALIDITY = datetime.timedelta(days=5 * 365)
+SERVER_CERTIFICATE_TTL = datetime.timedelta(days=365)
+RENEW_BEFORE = datetime.timedelta(days=30)
+"""`issue_secret_files` issues a database's certificate again when it has less left than
+this (k8s/README.md: then replace the Secret and reload the database)."""
 PRIVATE = 0o700
+SECRET_FILE = 0o600
 
 
 def fingerprint_key_file(layout: KubernetesLayout) -> str:
@@ -110,7 +131,18 @@ def postgres_storage(layout: KubernetesLayout, service: str) -> Storage:
             }
         }
     settings = AppSettings(database_urls={service: layout.postgres_url(service)})
-    return Storage(replicas(layout, service), settings, data, (password,))
+    ca = layout.postgres_ca_file
+    trust = {
+        "name": "postgres-ca",
+        "secret": {
+            "secretName": layout.postgres_ca_secret,
+            "defaultMode": 0o440,
+            "items": [{"key": ca, "path": ca}],
+        },
+    }
+    return Storage(
+        replicas(layout, service), settings, data, (password,), ((trust, layout.postgres_ca_dir),)
+    )
 
 
 def replicas(layout: KubernetesLayout, service: str) -> int:
@@ -123,7 +155,8 @@ def hba(service: str) -> str:
     return (
         "# TYPE  DATABASE  USER  ADDRESS  METHOD\n"
         f"local   all       {SUPERUSER}  peer\n"
-        f"host    {service}  {service}  all  scram-sha-256\n"
+        "hostnossl  all  all  all  reject\n"
+        f"hostssl  {service}  {service}  all  scram-sha-256\n"
         # Postgres rejects what no line matches; said here for the reader.
         "host    all  all  all  reject\n"
     )
@@ -156,7 +189,7 @@ def postgres_container(layout: KubernetesLayout, service: str) -> Json:
         "name": "postgres",
         "image": POSTGRES_IMAGE,
         "imagePullPolicy": "IfNotPresent",
-        "args": ["postgres", "-c", f"hba_file={CONFIG_DIR / HBA_FILE}"],
+        "args": ["postgres", *server_settings(CONFIG_DIR / HBA_FILE, TLS_DIR)],
         "env": [
             # A directory below the volume's root, which may hold lost+found.
             {"name": "PGDATA", "value": str(DATA_DIR / "pgdata")},
@@ -179,8 +212,23 @@ def postgres_container(layout: KubernetesLayout, service: str) -> Json:
             mount("shm", Path("/dev/shm")),
             mount("init", INIT_DIR, read_only=True),
             mount("config", CONFIG_DIR, read_only=True),
+            mount("tls", TLS_DIR, read_only=True),
         ],
     }
+
+
+def server_settings(hba_path: Path, tls_dir: Path) -> list[str]:
+    """The server's command-line settings: who may connect (pg_hba.conf), and TLS 1.3 with
+    the certificate and key in `tls_dir`. The image's entrypoint passes them to its init
+    step's temporary server too (sockets only, so TLS is unused there)."""
+    settings = {
+        "hba_file": hba_path,
+        "ssl": "on",
+        "ssl_cert_file": tls_dir / TLS_CERTIFICATE,
+        "ssl_key_file": tls_dir / TLS_KEY,
+        "ssl_min_protocol_version": "TLSv1.3",
+    }
+    return [part for name, value in settings.items() for part in ("-c", f"{name}={value}")]
 
 
 def stateful_set(topology: Topology, layout: KubernetesLayout, service: str) -> Json:
@@ -229,6 +277,14 @@ def stateful_set(topology: Topology, layout: KubernetesLayout, service: str) -> 
                             "configMap": {
                                 **config_map,
                                 "items": [{"key": HBA_FILE, "path": HBA_FILE}],
+                            },
+                        },
+                        {
+                            "name": "tls",
+                            "secret": {
+                                "secretName": layout.postgres_tls_secret(service),
+                                "defaultMode": 0o440,
+                                "items": [{"key": k, "path": k} for k in TLS_FILES],
                             },
                         },
                     ],
@@ -388,25 +444,57 @@ def render_postgres_component(topology: Topology, layout: KubernetesLayout) -> d
     return files
 
 
-def issue_secret_files(topology: Topology, layout: KubernetesLayout, out: Path) -> list[Path]:
+def issue_secret_files(
+    topology: Topology, layout: KubernetesLayout, out: Path, pki_dir: Path
+) -> list[Path]:
     """The files of every Secret the component reads, a directory each, named after its Secret
     (`kubectl create secret generic <name> --from-file <directory>`): each service's role and
-    superuser passwords, and payments' fingerprint key. Files already there are kept: a
-    database made its role with the password it found on its first start, and the cards
-    fingerprinted so far need the key they were fingerprinted with."""
+    superuser passwords, each database's server certificate and key, the certificate of the
+    CA in `pki_dir` that signs them (created on first use; its key stays there, outside
+    `out`), and payments' fingerprint key. What is already there is kept: a database made its
+    role with the password it found on its first start, and the cards fingerprinted so far
+    need the key they were fingerprinted with. A certificate is issued again only when it
+    was not issued by that CA or has less than RENEW_BEFORE left."""
     out.mkdir(mode=PRIVATE, parents=True, exist_ok=True)
-    directories = []
+    ca = LocalPki(pki_dir).ensure_ca(DATABASE_CA_VALIDITY, common_name="shopmesh database CA")
+    trust = out / layout.postgres_ca_secret
+    trust.mkdir(mode=PRIVATE, exist_ok=True)
+    write_atomically(trust / layout.postgres_ca_file, ca.credential.certificate_pem(), SECRET_FILE)
+    directories = [trust]
     for service in topology.services:
         directory = out / layout.postgres(service)
         directory.mkdir(mode=PRIVATE, exist_ok=True)
         for key in (PASSWORD_KEY, SUPERUSER_PASSWORD_KEY):
             _write_once(directory / key, secrets.token_urlsafe(32))
-        directories.append(directory)
+        tls = out / layout.postgres_tls_secret(service)
+        tls.mkdir(mode=PRIVATE, exist_ok=True)
+        _issue_server_certificate(ca, layout.postgres_host(service), tls)
+        directories += [directory, tls]
     if FINGERPRINTING in topology.services:
         key_file = out / FINGERPRINT_KEY_SECRET / fingerprint_key_file(layout)
         fingerprint_key.load_or_create(key_file)
         directories.append(key_file.parent)
     return directories
+
+
+def _issue_server_certificate(ca: CertificateAuthority, host: str, directory: Path) -> None:
+    """A server certificate for `host` and its key in `directory`, unless the one there is
+    `ca`'s and good for RENEW_BEFORE more."""
+    certificate_file = directory / TLS_CERTIFICATE
+    if certificate_file.exists() and (directory / TLS_KEY).exists():
+        current = x509.load_pem_x509_certificate(certificate_file.read_bytes())
+        left = current.not_valid_after_utc - datetime.datetime.now(datetime.UTC)
+        try:
+            current.verify_directly_issued_by(ca.certificate)
+        except (ValueError, TypeError, InvalidSignature):
+            pass  # another CA's (the CA directory was replaced): issue one from this CA
+        else:
+            if left > RENEW_BEFORE:
+                return
+    credential = ca.issue_server([host], SERVER_CERTIFICATE_TTL)
+    # The key first: a certificate never sits beside a key that is not its own for long.
+    write_atomically(directory / TLS_KEY, credential.key_pem(), SECRET_FILE)
+    write_atomically(certificate_file, credential.certificate_pem(), SECRET_FILE)
 
 
 def _write_once(path: Path, content: str) -> None:

@@ -20,7 +20,7 @@ import os
 import secrets
 import shutil
 import subprocess
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -165,11 +165,12 @@ def running(cluster: Cluster) -> bool:
     return subprocess.run(_as_postgres(status), capture_output=True, check=False).returncode == 0
 
 
-def start(cluster: Cluster, *, durable: bool = True) -> None:
+def start(cluster: Cluster, *, durable: bool = True, settings: Sequence[str] = ()) -> None:
     """Start the cluster (sockets only) and wait until it accepts connections; a cluster
     already running (left by a mesh that died) is used as it is. `durable=False` is for a
     throwaway cluster (the tests'): no fsync at all, so creating a database per test is cheap,
-    and a crash of the machine may corrupt it."""
+    and a crash of the machine may corrupt it. `settings`: more command-line settings
+    (`-c`, `name=value`, ...; no spaces in a value), after these, so that one of them wins."""
     if running(cluster):
         return
     options = (
@@ -178,6 +179,7 @@ def start(cluster: Cluster, *, durable: bool = True) -> None:
     )
     if not durable:
         options += " -c fsync=off -c full_page_writes=off"
+    options = " ".join([options, *settings])
     if not cluster.log.exists():
         cluster.log.touch(mode=0o600)
         _give_to_postgres(cluster.log)

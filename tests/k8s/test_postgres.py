@@ -10,7 +10,7 @@ import re
 import stat
 import subprocess
 from pathlib import Path, PurePosixPath
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import yaml
@@ -32,6 +32,8 @@ from shopmesh.k8s.postgres import (
     POSTGRES_UID,
     ROLE_PASSWORD_ENV,
     SUPERUSER_PASSWORD_KEY,
+    TLS_CERTIFICATE,
+    TLS_KEY,
     render_postgres_component,
 )
 from shopmesh.topology import GATEWAY
@@ -294,9 +296,52 @@ def test_the_init_step_makes_the_private_database_and_pg_hba_admits_only_its_rol
     rules = [line.split() for line in hba.splitlines() if line and not line.startswith("#")]
     assert rules == [
         ["local", "all", "postgres", "peer"],
-        ["host", service, service, "all", "scram-sha-256"],
+        ["hostnossl", "all", "all", "all", "reject"],
+        ["hostssl", service, service, "all", "scram-sha-256"],
         ["host", "all", "all", "all", "reject"],
     ]
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_the_app_reaches_its_database_over_verified_tls_only(
+    production: Rendered, service: str
+) -> None:
+    """The app's URL asks for TLS checked against a CA file mounted from the operator's
+    Secret, and the database serves the certificate and key mounted from its own Secret
+    (that the two fit, on a real Postgres: test_postgres_tls.py)."""
+    deployment = production.named("Deployment", service)
+    app = app_of(deployment)
+    query = parse_qs(urlsplit(env_of(app)[DATABASE_URL]).query)
+    assert {k: v for k, v in query.items() if k != "sslrootcert"} == {
+        "sslmode": ["verify-full"],
+        "channel_binding": ["require"],
+    }
+    [root_certificate] = query["sslrootcert"]
+    assert mounted_from(deployment, app, PurePosixPath(root_certificate)) == (
+        LAYOUT.postgres_ca_secret,
+        LAYOUT.postgres_ca_file,
+    )
+    database = database_of(production, service)
+    container = postgres_container(database)
+    settings = dict(a.split("=", 1) for a in container["args"][2::2])
+    assert settings["ssl"] == "on"
+    assert settings["ssl_min_protocol_version"] == "TLSv1.3"
+    for setting, key in (("ssl_cert_file", TLS_CERTIFICATE), ("ssl_key_file", TLS_KEY)):
+        path = PurePosixPath(settings[setting])
+        assert mounted_from(database, container, path) == (LAYOUT.postgres_tls_secret(service), key)
+
+
+def mounted_from(workload: Json, container: Json, path: PurePosixPath) -> tuple[str, str]:
+    """(Secret, key) of the file at `path` in `container`, which mounts it read-only."""
+    [(volume, mount)] = [
+        (v, m)
+        for m in container["volumeMounts"]
+        for v in pod_spec(workload)["volumes"]
+        if v["name"] == m["name"] and path.parent == PurePosixPath(m["mountPath"])
+    ]
+    assert mount.get("readOnly") is True
+    [key] = [i["key"] for i in volume["secret"]["items"] if i["path"] == path.name]
+    return volume["secret"]["secretName"], key
 
 
 # --- the Secrets the operator creates -------------------------------------------------------
