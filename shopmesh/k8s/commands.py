@@ -18,7 +18,7 @@ from shopmesh.k8s.manifests import GENERATED_DIR, render_manifests, stale_files,
 from shopmesh.k8s.observability import COMPONENT_DIR, KUBERNETES_SAMPLING, render_component
 from shopmesh.k8s.postgres import COMPONENT_DIR as POSTGRES_DIR
 from shopmesh.k8s.postgres import issue_secret_files, render_postgres_component
-from shopmesh.pki import LEAF_TTL
+from shopmesh.pki import LEAF_TTL, PkiError
 from shopmesh.topology import load_topology
 
 
@@ -135,14 +135,18 @@ def k8s_keys_command(out: Path, rotate: bool, force: bool) -> None:
     "--pki-dir",
     type=click.Path(path_type=Path, file_okay=False),
     default=None,
-    help="The databases' CA (created on first use, then reused); default: OUT-ca beside OUT.",
+    help="The databases' CA (created on first use, then reused); default: OUT-pki beside OUT.",
 )
 def k8s_db_secrets_command(topology: Path, out: Path, pki_dir: Path | None) -> None:
     """The files of the Secrets the postgres component reads (production): made on first use,
     then kept (the databases keep the passwords they started with; a server certificate is
     issued again once it nears its expiry)."""
     layout = KubernetesLayout(load_topology(topology))
-    pki_dir = pki_dir or out.with_name(f"{out.name}-ca")
-    for directory in issue_secret_files(layout.topology, layout, out, pki_dir):
+    pki_dir = pki_dir or out.with_name(f"{out.name}-pki")
+    try:
+        directories = issue_secret_files(layout.topology, layout, out, pki_dir)
+    except PkiError as error:
+        raise click.ClickException(str(error)) from None
+    for directory in directories:
         keys = ", ".join(sorted(p.name for p in directory.iterdir()))
         click.echo(f"Secret {directory.name}: {directory} ({keys})")

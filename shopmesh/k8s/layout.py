@@ -58,6 +58,8 @@ class KubernetesLayout:
     (`shopmesh k8s issue-db-secrets`), mounted in the app containers on Postgres."""
     postgres_ca_dir: Path = Path("/etc/shopmesh/postgres-ca")
     postgres_ca_file: str = "ca.crt"
+    postgres_tls_dir: Path = Path("/etc/shopmesh/postgres-tls")
+    """Where a database pod mounts its Secret `postgres_tls_secret(service)`."""
 
     def pods(self) -> list[Pod]:
         return [Pod(name, name) for name in self.topology.services]

@@ -43,6 +43,14 @@ METRICS_PORT = "metrics"
 
 
 @dataclass(frozen=True)
+class ReadOnlyVolume:
+    volume: Json
+    """The pod's volume, with its name."""
+    path: Path
+    """Where the app container mounts it."""
+
+
+@dataclass(frozen=True)
 class Storage:
     """Where a service's pods keep their data, and so how many of them may run."""
 
@@ -54,8 +62,8 @@ class Storage:
     PVC); None: nothing is mounted there."""
     secret_env: tuple[Json, ...] = ()
     """Variables from Secrets (`valueFrom.secretKeyRef`), after the app environment."""
-    read_only: tuple[tuple[Json, Path], ...] = ()
-    """Volumes (each with its name) the app container mounts read-only, and where."""
+    read_only: tuple[ReadOnlyVolume, ...] = ()
+    """Volumes the app container mounts read-only."""
 
     @property
     def claims_a_volume(self) -> bool:
@@ -125,15 +133,25 @@ def mount(name: str, path: Path, read_only: bool = False) -> Json:
     return entry
 
 
+SECRET_FILE_MODE = 0o440
+"""Mounted Secret files: readable by root and the pod's group (fsGroup) only, which is also
+what Postgres accepts for its key."""
+
+
+def secret_volume(name: str, secret: str, keys: Sequence[str] = ()) -> Json:
+    """Volume `name` with Secret `secret`'s files: `keys` only, each under its own name (none:
+    every key)."""
+    source: Json = {"secretName": secret, "defaultMode": SECRET_FILE_MODE}
+    if keys:
+        source["items"] = [{"key": key, "path": key} for key in keys]
+    return {"name": name, "secret": source}
+
+
 def envoy_volumes(layout: KubernetesLayout, identity: str) -> list[Json]:
     """The Envoy config and the TLS Secret of `identity`, and the private admin directory."""
     return [
         {"name": "envoy-config", "configMap": {"name": layout.config_map(identity)}},
-        # 0440: the key is readable by the pod's group (fsGroup) only.
-        {
-            "name": "tls",
-            "secret": {"secretName": layout.tls_secret(identity), "defaultMode": 0o440},
-        },
+        secret_volume("tls", layout.tls_secret(identity)),
         {"name": "envoy-admin", "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}},
     ]
 
@@ -221,7 +239,7 @@ def app_container(topology: Topology, layout: KubernetesLayout, pod: Pod, storag
             # SQLite's temporary files; the root filesystem is read-only.
             mount("tmp", Path("/tmp")),
             *signing_mounts(topology, layout, pod.service),
-            *(mount(v["name"], path, read_only=True) for v, path in storage.read_only),
+            *(mount(v.volume["name"], v.path, read_only=True) for v in storage.read_only),
         ],
     }
 
@@ -240,8 +258,7 @@ def signing_volumes(topology: Topology, layout: KubernetesLayout, service: str) 
     that the app only reads."""
     if service != topology.gateway.sign_in.issuer:
         return []
-    secret = {"secretName": layout.signing_keys_secret, "defaultMode": 0o440}
-    return [{"name": "signing-keys", "secret": secret}]
+    return [secret_volume("signing-keys", layout.signing_keys_secret)]
 
 
 def signing_mounts(topology: Topology, layout: KubernetesLayout, service: str) -> list[Json]:
@@ -287,7 +304,7 @@ def service_deployment(
                         *data,
                         *envoy_volumes(layout, name),
                         *signing_volumes(topology, layout, name),
-                        *(volume for volume, _ in storage.read_only),
+                        *(v.volume for v in storage.read_only),
                     ],
                 },
             },

@@ -34,6 +34,7 @@ from pathlib import Path
 import yaml
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
 
 from services.common.files import write_atomically
 from services.payments import fingerprint_key
@@ -44,6 +45,7 @@ from shopmesh.k8s.manifests import HEADER, documents
 from shopmesh.k8s.objects import (
     NAME_LABEL,
     Json,
+    ReadOnlyVolume,
     Storage,
     container_security,
     egress_policy,
@@ -51,6 +53,7 @@ from shopmesh.k8s.objects import (
     metadata,
     mount,
     resources,
+    secret_volume,
     service_deployment,
 )
 from shopmesh.pki import CertificateAuthority, LocalPki
@@ -91,15 +94,15 @@ FINGERPRINT_KEY_SECRET = "payments-fingerprint-key"
 """Payments fingerprints cards with a key kept beside its database (services.payments.
 fingerprint_key); on Postgres its pods have no volume to keep it on, and every replica needs
 the same one, so the operator creates it as this Secret."""
-TLS_DIR = Path("/etc/shopmesh/postgres-tls")
 TLS_CERTIFICATE = "tls.crt"
 TLS_KEY = "tls.key"
 """The server certificate and key in the Secret `layout.postgres_tls_secret(service)`; the
 kubelet mounts them owned by root, readable by the pod's fsGroup (the postgres group), which
 Postgres accepts for a key (root-owned, no group write, nothing for others)."""
 TLS_FILES = (TLS_CERTIFICATE, TLS_KEY)
-DATABASE_CA_VALIDITY = datetime.timedelta(days=5 * 365)
+DATABASE_CA_VALIDITY = datetime.timedelta(days=10 * 365)
 SERVER_CERTIFICATE_TTL = datetime.timedelta(days=365)
+"""A database's certificate lives a year, or until the CA ends if that is sooner."""
 RENEW_BEFORE = datetime.timedelta(days=30)
 """`issue_secret_files` issues a database's certificate again when it has less left than
 this (k8s/README.md: then replace the Secret and reload the database)."""
@@ -122,26 +125,16 @@ def postgres_storage(layout: KubernetesLayout, service: str) -> Storage:
     password = {"name": PGPASSWORD, "valueFrom": secret_ref(layout.postgres(service), PASSWORD_KEY)}
     data = None
     if service == FINGERPRINTING:
-        name = fingerprint_key_file(layout)
-        data = {
-            "secret": {
-                "secretName": FINGERPRINT_KEY_SECRET,
-                "defaultMode": 0o440,
-                "items": [{"key": name, "path": name}],
-            }
-        }
+        key = secret_volume("data", FINGERPRINT_KEY_SECRET, [fingerprint_key_file(layout)])
+        data = {"secret": key["secret"]}
     settings = AppSettings(database_urls={service: layout.postgres_url(service)})
-    ca = layout.postgres_ca_file
-    trust = {
-        "name": "postgres-ca",
-        "secret": {
-            "secretName": layout.postgres_ca_secret,
-            "defaultMode": 0o440,
-            "items": [{"key": ca, "path": ca}],
-        },
-    }
+    trust = secret_volume("postgres-ca", layout.postgres_ca_secret, [layout.postgres_ca_file])
     return Storage(
-        replicas(layout, service), settings, data, (password,), ((trust, layout.postgres_ca_dir),)
+        replicas(layout, service),
+        settings,
+        data,
+        (password,),
+        (ReadOnlyVolume(trust, layout.postgres_ca_dir),),
     )
 
 
@@ -155,6 +148,7 @@ def hba(service: str) -> str:
     return (
         "# TYPE  DATABASE  USER  ADDRESS  METHOD\n"
         f"local   all       {SUPERUSER}  peer\n"
+        # The last line refuses plaintext too; this one says so to the reader.
         "hostnossl  all  all  all  reject\n"
         f"hostssl  {service}  {service}  all  scram-sha-256\n"
         # Postgres rejects what no line matches; said here for the reader.
@@ -189,7 +183,7 @@ def postgres_container(layout: KubernetesLayout, service: str) -> Json:
         "name": "postgres",
         "image": POSTGRES_IMAGE,
         "imagePullPolicy": "IfNotPresent",
-        "args": ["postgres", *server_settings(CONFIG_DIR / HBA_FILE, TLS_DIR)],
+        "args": ["postgres", *server_settings(CONFIG_DIR / HBA_FILE, layout.postgres_tls_dir)],
         "env": [
             # A directory below the volume's root, which may hold lost+found.
             {"name": "PGDATA", "value": str(DATA_DIR / "pgdata")},
@@ -212,7 +206,7 @@ def postgres_container(layout: KubernetesLayout, service: str) -> Json:
             mount("shm", Path("/dev/shm")),
             mount("init", INIT_DIR, read_only=True),
             mount("config", CONFIG_DIR, read_only=True),
-            mount("tls", TLS_DIR, read_only=True),
+            mount("tls", layout.postgres_tls_dir, read_only=True),
         ],
     }
 
@@ -220,7 +214,8 @@ def postgres_container(layout: KubernetesLayout, service: str) -> Json:
 def server_settings(hba_path: Path, tls_dir: Path) -> list[str]:
     """The server's command-line settings: who may connect (pg_hba.conf), and TLS 1.3 with
     the certificate and key in `tls_dir`. The image's entrypoint passes them to its init
-    step's temporary server too (sockets only, so TLS is unused there)."""
+    step's temporary server too: it listens on the socket only, but loads the key all the
+    same, so a key Postgres refuses fails the init step."""
     settings = {
         "hba_file": hba_path,
         "ssl": "on",
@@ -279,14 +274,7 @@ def stateful_set(topology: Topology, layout: KubernetesLayout, service: str) -> 
                                 "items": [{"key": HBA_FILE, "path": HBA_FILE}],
                             },
                         },
-                        {
-                            "name": "tls",
-                            "secret": {
-                                "secretName": layout.postgres_tls_secret(service),
-                                "defaultMode": 0o440,
-                                "items": [{"key": k, "path": k} for k in TLS_FILES],
-                            },
-                        },
+                        secret_volume("tls", layout.postgres_tls_secret(service), TLS_FILES),
                     ],
                 },
             },
@@ -478,23 +466,33 @@ def issue_secret_files(
 
 
 def _issue_server_certificate(ca: CertificateAuthority, host: str, directory: Path) -> None:
-    """A server certificate for `host` and its key in `directory`, unless the one there is
-    `ca`'s and good for RENEW_BEFORE more."""
-    certificate_file = directory / TLS_CERTIFICATE
-    if certificate_file.exists() and (directory / TLS_KEY).exists():
-        current = x509.load_pem_x509_certificate(certificate_file.read_bytes())
-        left = current.not_valid_after_utc - datetime.datetime.now(datetime.UTC)
-        try:
-            current.verify_directly_issued_by(ca.certificate)
-        except (ValueError, TypeError, InvalidSignature):
-            pass  # another CA's (the CA directory was replaced): issue one from this CA
-        else:
-            if left > RENEW_BEFORE:
-                return
-    credential = ca.issue_server([host], SERVER_CERTIFICATE_TTL)
-    # The key first: a certificate never sits beside a key that is not its own for long.
-    write_atomically(directory / TLS_KEY, credential.key_pem(), SECRET_FILE)
-    write_atomically(certificate_file, credential.certificate_pem(), SECRET_FILE)
+    """A server certificate for `host` and its key in `directory`, unless the pair there
+    still serves: `ca`'s, for `host` alone, the key its own, RENEW_BEFORE or more left."""
+    if not _still_serves(ca, host, directory):
+        now = datetime.datetime.now(datetime.UTC)
+        # Never past the CA's end (pki refuses that): in the CA's last year, until its end.
+        ttl = min(SERVER_CERTIFICATE_TTL, ca.certificate.not_valid_after_utc - now)
+        credential = ca.issue_server([host], ttl, now)
+        # The key first: if the certificate is not written, the old one no longer fits the
+        # key, and the next run issues again.
+        write_atomically(directory / TLS_KEY, credential.key_pem(), SECRET_FILE)
+        write_atomically(directory / TLS_CERTIFICATE, credential.certificate_pem(), SECRET_FILE)
+
+
+def _still_serves(ca: CertificateAuthority, host: str, directory: Path) -> bool:
+    try:
+        certificate = x509.load_pem_x509_certificate((directory / TLS_CERTIFICATE).read_bytes())
+        key = serialization.load_pem_private_key((directory / TLS_KEY).read_bytes(), None)
+        certificate.verify_directly_issued_by(ca.certificate)
+        names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except (OSError, ValueError, TypeError, InvalidSignature, x509.ExtensionNotFound):
+        return False  # missing, unreadable, or another CA's (the CA directory was replaced)
+    left = certificate.not_valid_after_utc - datetime.datetime.now(datetime.UTC)
+    return (
+        names.value.get_values_for_type(x509.DNSName) == [host]
+        and key.public_key() == certificate.public_key()
+        and left > RENEW_BEFORE
+    )
 
 
 def _write_once(path: Path, content: str) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shlex
 import shutil
 import subprocess
 from collections.abc import Iterable, Sequence
@@ -170,7 +171,7 @@ def start(cluster: Cluster, *, durable: bool = True, settings: Sequence[str] = (
     already running (left by a mesh that died) is used as it is. `durable=False` is for a
     throwaway cluster (the tests'): no fsync at all, so creating a database per test is cheap,
     and a crash of the machine may corrupt it. `settings`: more command-line settings
-    (`-c`, `name=value`, ...; no spaces in a value), after these, so that one of them wins."""
+    (`-c`, `name=value`, ...), after these, so that one of them wins."""
     if running(cluster):
         return
     options = (
@@ -179,7 +180,8 @@ def start(cluster: Cluster, *, durable: bool = True, settings: Sequence[str] = (
     )
     if not durable:
         options += " -c fsync=off -c full_page_writes=off"
-    options = " ".join([options, *settings])
+    # pg_ctl hands the options to a shell.
+    options = " ".join([options, *map(shlex.quote, settings)])
     if not cluster.log.exists():
         cluster.log.touch(mode=0o600)
         _give_to_postgres(cluster.log)

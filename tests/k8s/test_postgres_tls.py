@@ -26,7 +26,7 @@ from shopmesh.k8s import postgres as component
 from shopmesh.k8s.layout import KubernetesLayout
 from shopmesh.local import postgres
 from shopmesh.local.ports import free_ports
-from tests.support.k8s import Rendered, app_of, env_of
+from tests.support.k8s import Json, Rendered, app_of, env_of, pod_spec
 from tests.support.paths import TOPOLOGY
 
 pytestmark = pytest.mark.postgres
@@ -53,25 +53,36 @@ def issue(out: Path, pki_dir: Path) -> Path:
     return out
 
 
-def mount_as_the_kubelet_does(source: Path, target: Path) -> None:
-    """`source`'s files in `target`, as a Secret volume with defaultMode 0440 and the pod's
-    fsGroup: owned by root, group postgres (as root; otherwise the current user's own, 0600,
-    which is what Postgres asks of a key its own user owns)."""
+def tls_volume(production: Rendered) -> tuple[Json, int]:
+    """The database pod's TLS Secret volume and the pod's fsGroup, as rendered."""
+    database = production.named("StatefulSet", LAYOUT.postgres(SERVICE))
+    [volume] = [v for v in pod_spec(database)["volumes"] if v["name"] == "tls"]
+    group: int = pod_spec(database)["securityContext"]["fsGroup"]
+    return volume["secret"], group
+
+
+def mount_as_the_kubelet_does(production: Rendered, source: Path, target: Path) -> None:
+    """`source`'s files in `target` as the kubelet mounts the rendered Secret volume: the
+    items at its defaultMode, owned by root and the pod's fsGroup (the group postgres runs
+    as here: the image's postgres user is the fsGroup there)."""
+    secret, group = tls_volume(production)
+    assert group == component.POSTGRES_UID
     target.mkdir(mode=0o750)
-    for name in component.TLS_FILES:
-        shutil.copyfile(source / name, target / name)
-        if os.geteuid() == 0:
-            shutil.chown(target / name, "root", "postgres")
-            (target / name).chmod(0o440)
-        else:
-            (target / name).chmod(0o600)
-    if os.geteuid() == 0:
-        shutil.chown(target, "root", "postgres")
+    for item in secret["items"]:
+        path = target / item["path"]
+        shutil.copyfile(source / item["key"], path)
+        shutil.chown(path, "root", "postgres")
+        path.chmod(secret["defaultMode"])
+    shutil.chown(target, "root", "postgres")
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def server(
+    tmp_path_factory: pytest.TempPathFactory, rendered: dict[str, Rendered]
+) -> Iterator[Server]:
     """The orders database with its role, then served as its pod serves it."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting files as the kubelet does (owned by root) needs root")
     issued = issue(tmp_path_factory.mktemp("k8s") / "postgres", tmp_path_factory.mktemp("pki"))
     root = Path(tempfile.mkdtemp(prefix="smpgtls-", dir="/tmp"))
     try:
@@ -82,7 +93,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         postgres.create_service_database(cluster, SERVICE)
         postgres.stop(cluster)
         tls = root / "tls"
-        mount_as_the_kubelet_does(issued / LAYOUT.postgres_tls_secret(SERVICE), tls)
+        source = issued / LAYOUT.postgres_tls_secret(SERVICE)
+        mount_as_the_kubelet_does(rendered["production"], source, tls)
         hba = root / component.HBA_FILE
         hba.write_text(component.hba(SERVICE))
         hba.chmod(0o644)
@@ -135,7 +147,7 @@ def test_a_connection_without_tls_is_refused(server: Server, rendered: dict[str,
 def test_a_server_certificate_from_another_ca_is_not_trusted(
     server: Server, rendered: dict[str, Rendered], tmp_path: Path
 ) -> None:
-    other = issue(tmp_path / "postgres", tmp_path / "postgres-ca")
+    other = issue(tmp_path / "postgres", tmp_path / "postgres-pki")
     other_ca = other / LAYOUT.postgres_ca_secret / LAYOUT.postgres_ca_file
     with pytest.raises(psycopg.OperationalError, match="certificate verify failed"):
         connect(server, app_url(rendered["production"]), sslrootcert=str(other_ca)).close()
@@ -159,7 +171,7 @@ def certificate(out: Path, service: str) -> x509.Certificate:
 def test_each_certificate_names_its_database_and_is_kept_until_it_nears_expiry(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    out, pki = tmp_path / "postgres", tmp_path / "postgres-ca"
+    out, pki = tmp_path / "postgres", tmp_path / "postgres-pki"
     issue(out, pki)
     first = {s: certificate(out, s) for s in TOPOLOGY.services}
     for service, issued in first.items():
@@ -170,17 +182,51 @@ def test_each_certificate_names_its_database_and_is_kept_until_it_nears_expiry(
     # Within RENEW_BEFORE of its expiry, each is issued again, by the same CA.
     monkeypatch.setattr(component, "RENEW_BEFORE", datetime.timedelta(days=400))
     issue(out, pki)
-    again = {s: certificate(out, s) for s in TOPOLOGY.services}
-    for service, renewed in again.items():
+    ca = x509.load_pem_x509_certificate(
+        (out / LAYOUT.postgres_ca_secret / LAYOUT.postgres_ca_file).read_bytes()
+    )
+    for service in TOPOLOGY.services:
+        renewed = certificate(out, service)
         assert renewed.serial_number != first[service].serial_number
-        assert renewed.issuer == first[service].issuer
+        renewed.verify_directly_issued_by(ca)
+
+
+def test_a_certificate_for_another_name_or_key_is_issued_again(tmp_path: Path) -> None:
+    out, pki = tmp_path / "postgres", tmp_path / "postgres-pki"
+    issue(out, pki)
+    orders, users = (out / LAYOUT.postgres_tls_secret(s) for s in (SERVICE, "users"))
+    # A namespace or cluster domain changed: the name on the certificate is no longer the host.
+    shutil.copyfile(users / component.TLS_CERTIFICATE, orders / component.TLS_CERTIFICATE)
+    shutil.copyfile(users / component.TLS_KEY, orders / component.TLS_KEY)
+    issue(out, pki)
+    names = certificate(out, SERVICE).extensions.get_extension_for_class(
+        x509.SubjectAlternativeName
+    )
+    assert names.value.get_values_for_type(x509.DNSName) == [LAYOUT.postgres_host(SERVICE)]
+    # A key that is not the certificate's own (a run that stopped between the two writes).
+    before = certificate(out, SERVICE)
+    shutil.copyfile(users / component.TLS_KEY, orders / component.TLS_KEY)
+    issue(out, pki)
+    assert certificate(out, SERVICE).serial_number != before.serial_number
+
+
+def test_in_the_cas_last_year_a_certificate_ends_with_the_ca(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(component, "DATABASE_CA_VALIDITY", datetime.timedelta(days=100))
+    out = tmp_path / "postgres"
+    issue(out, tmp_path / "postgres-pki")
+    ca = x509.load_pem_x509_certificate(
+        (out / LAYOUT.postgres_ca_secret / LAYOUT.postgres_ca_file).read_bytes()
+    )
+    assert certificate(out, SERVICE).not_valid_after_utc <= ca.not_valid_after_utc
 
 
 def test_a_certificate_of_a_replaced_ca_is_issued_again(tmp_path: Path) -> None:
     out = tmp_path / "postgres"
-    issue(out, tmp_path / "old-ca")
+    issue(out, tmp_path / "old-pki")
     before = certificate(out, SERVICE)
-    issue(out, tmp_path / "new-ca")
+    issue(out, tmp_path / "new-pki")
     after = certificate(out, SERVICE)
     ca_file = out / LAYOUT.postgres_ca_secret / LAYOUT.postgres_ca_file
     ca = x509.load_pem_x509_certificate(ca_file.read_bytes())
