@@ -176,9 +176,11 @@ def up_command(
         sys.exit(130)
     console.print(
         f"[green]mesh up[/green] in {mesh.state.up_seconds or 0:.2f} s: {len(mesh.pods)} apps "
-        f"with their sidecars, and the gateway at [bold]{mesh.gateway_target.url}[/bold] "
-        f"(state in {mesh.state_dir})"
+        "with their sidecars, and the gateway"
     )
+    # One line each, never wrapped: a URL or path broken over two lines cannot be pasted.
+    console.print(f"gateway: [bold]{mesh.gateway_target.url}[/bold]", soft_wrap=True)
+    console.print(f"state: {mesh.state_dir}", soft_wrap=True)
     where = otlp_endpoint or f"the mesh's collector (last {max_traces} kept)"
     console.print(f"tracing {sampling:.0%} of the calls from outside, spans to {where}")
     link = dashboard_link(mesh.state)

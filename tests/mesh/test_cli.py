@@ -102,6 +102,10 @@ def test_up_status_down(state_dir: Path) -> None:
     assert started.returncode == 0, started.stderr
     assert "mesh up in" in started.stdout
     gateway = gateway_port(state_dir)
+    # Whole lines, so that the URL and the path can be pasted (rich wraps at 80 columns here).
+    lines = started.stdout.splitlines()
+    assert f"gateway: http://127.0.0.1:{gateway}" in lines
+    assert f"state: {state_dir.resolve()}" in lines
     assert f"-plaintext 127.0.0.1:{gateway} list" in started.stdout
     assert f"http://127.0.0.1:{gateway}/shop.orders.v1.OrdersService/ListOrders" in started.stdout
     pids = recorded_pids(state_dir)
