@@ -13,11 +13,12 @@ from services.users.keys import KeyDirectory, RotationTooSoon
 from services.users.tokens import ACCESS_TOKEN_LIFETIME
 from shopmesh import options
 from shopmesh.k8s.certs import issue_certificates
+from shopmesh.k8s.db_secrets import issue_secret_files
 from shopmesh.k8s.layout import KubernetesLayout
 from shopmesh.k8s.manifests import GENERATED_DIR, render_manifests, stale_files, write_manifests
 from shopmesh.k8s.observability import COMPONENT_DIR, KUBERNETES_SAMPLING, render_component
 from shopmesh.k8s.postgres import COMPONENT_DIR as POSTGRES_DIR
-from shopmesh.k8s.postgres import issue_secret_files, render_postgres_component
+from shopmesh.k8s.postgres import render_postgres_component
 from shopmesh.pki import LEAF_TTL, PkiError
 from shopmesh.topology import load_topology
 

@@ -138,13 +138,18 @@ SECRET_FILE_MODE = 0o440
 what Postgres accepts for its key."""
 
 
-def secret_volume(name: str, secret: str, keys: Sequence[str] = ()) -> Json:
-    """Volume `name` with Secret `secret`'s files: `keys` only, each under its own name (none:
-    every key)."""
+def secret_source(secret: str, keys: Sequence[str] = ()) -> Json:
+    """A volume source with Secret `secret`'s files: `keys` only, each under its own name
+    (none: every key)."""
     source: Json = {"secretName": secret, "defaultMode": SECRET_FILE_MODE}
     if keys:
         source["items"] = [{"key": key, "path": key} for key in keys]
-    return {"name": name, "secret": source}
+    return {"secret": source}
+
+
+def secret_volume(name: str, secret: str, keys: Sequence[str] = ()) -> Json:
+    """Volume `name` with Secret `secret`'s files (`secret_source`)."""
+    return {"name": name, **secret_source(secret, keys)}
 
 
 def envoy_volumes(layout: KubernetesLayout, identity: str) -> list[Json]:

@@ -19,24 +19,16 @@ For each service (`layout.postgres(service)` names the database's objects):
   that replaces its spec): SHOPMESH_DATABASE_URL and PGPASSWORD (from the Secret), replicas()
   pods rolling one at a time, no PVC (deleted), and its PodDisruptionBudget at minAvailable 1.
 
-No Secret is rendered: the operator creates them (k8s/README.md, `issue_secret_files`), so no
+No Secret is rendered: the operator creates them (k8s/README.md, shopmesh.k8s.db_secrets), so no
 password or key is in a manifest, and the app's role never sees the superuser's password.
 """
 
 from __future__ import annotations
 
-import contextlib
-import datetime
-import os
-import secrets
 from pathlib import Path
 
 import yaml
-from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
 
-from services.common.files import write_atomically
 from services.payments import fingerprint_key
 from shopmesh.appenv import AppSettings
 from shopmesh.database_roles import init_script
@@ -53,10 +45,10 @@ from shopmesh.k8s.objects import (
     metadata,
     mount,
     resources,
+    secret_source,
     secret_volume,
     service_deployment,
 )
-from shopmesh.pki import CertificateAuthority, LocalPki
 from shopmesh.topology import Topology
 
 COMPONENT_DIR = Path("components/postgres")
@@ -100,14 +92,6 @@ TLS_KEY = "tls.key"
 kubelet mounts them owned by root, readable by the pod's fsGroup (the postgres group), which
 Postgres accepts for a key (root-owned, no group write, nothing for others)."""
 TLS_FILES = (TLS_CERTIFICATE, TLS_KEY)
-DATABASE_CA_VALIDITY = datetime.timedelta(days=10 * 365)
-SERVER_CERTIFICATE_TTL = datetime.timedelta(days=365)
-"""A database's certificate lives a year, or until the CA ends if that is sooner."""
-RENEW_BEFORE = datetime.timedelta(days=30)
-"""`issue_secret_files` issues a database's certificate again when it has less left than
-this (k8s/README.md: then replace the Secret and reload the database)."""
-PRIVATE = 0o700
-SECRET_FILE = 0o600
 
 
 def fingerprint_key_file(layout: KubernetesLayout) -> str:
@@ -125,8 +109,7 @@ def postgres_storage(layout: KubernetesLayout, service: str) -> Storage:
     password = {"name": PGPASSWORD, "valueFrom": secret_ref(layout.postgres(service), PASSWORD_KEY)}
     data = None
     if service == FINGERPRINTING:
-        key = secret_volume("data", FINGERPRINT_KEY_SECRET, [fingerprint_key_file(layout)])
-        data = {"secret": key["secret"]}
+        data = secret_source(FINGERPRINT_KEY_SECRET, [fingerprint_key_file(layout)])
     settings = AppSettings(database_urls={service: layout.postgres_url(service)})
     trust = secret_volume("postgres-ca", layout.postgres_ca_secret, [layout.postgres_ca_file])
     return Storage(
@@ -430,75 +413,3 @@ def render_postgres_component(topology: Topology, layout: KubernetesLayout) -> d
             service_patches(topology, layout, service)
         )
     return files
-
-
-def issue_secret_files(
-    topology: Topology, layout: KubernetesLayout, out: Path, pki_dir: Path
-) -> list[Path]:
-    """The files of every Secret the component reads, a directory each, named after its Secret
-    (`kubectl create secret generic <name> --from-file <directory>`): each service's role and
-    superuser passwords, each database's server certificate and key, the certificate of the
-    CA in `pki_dir` that signs them (created on first use; its key stays there, outside
-    `out`), and payments' fingerprint key. What is already there is kept: a database made its
-    role with the password it found on its first start, and the cards fingerprinted so far
-    need the key they were fingerprinted with. A certificate is issued again only when it
-    was not issued by that CA or has less than RENEW_BEFORE left."""
-    out.mkdir(mode=PRIVATE, parents=True, exist_ok=True)
-    ca = LocalPki(pki_dir).ensure_ca(DATABASE_CA_VALIDITY, common_name="shopmesh database CA")
-    trust = out / layout.postgres_ca_secret
-    trust.mkdir(mode=PRIVATE, exist_ok=True)
-    write_atomically(trust / layout.postgres_ca_file, ca.credential.certificate_pem(), SECRET_FILE)
-    directories = [trust]
-    for service in topology.services:
-        directory = out / layout.postgres(service)
-        directory.mkdir(mode=PRIVATE, exist_ok=True)
-        for key in (PASSWORD_KEY, SUPERUSER_PASSWORD_KEY):
-            _write_once(directory / key, secrets.token_urlsafe(32))
-        tls = out / layout.postgres_tls_secret(service)
-        tls.mkdir(mode=PRIVATE, exist_ok=True)
-        _issue_server_certificate(ca, layout.postgres_host(service), tls)
-        directories += [directory, tls]
-    if FINGERPRINTING in topology.services:
-        key_file = out / FINGERPRINT_KEY_SECRET / fingerprint_key_file(layout)
-        fingerprint_key.load_or_create(key_file)
-        directories.append(key_file.parent)
-    return directories
-
-
-def _issue_server_certificate(ca: CertificateAuthority, host: str, directory: Path) -> None:
-    """A server certificate for `host` and its key in `directory`, unless the pair there
-    still serves: `ca`'s, for `host` alone, the key its own, RENEW_BEFORE or more left."""
-    if not _still_serves(ca, host, directory):
-        now = datetime.datetime.now(datetime.UTC)
-        # Never past the CA's end (pki refuses that): in the CA's last year, until its end.
-        ttl = min(SERVER_CERTIFICATE_TTL, ca.certificate.not_valid_after_utc - now)
-        credential = ca.issue_server([host], ttl, now)
-        # The key first: if the certificate is not written, the old one no longer fits the
-        # key, and the next run issues again.
-        write_atomically(directory / TLS_KEY, credential.key_pem(), SECRET_FILE)
-        write_atomically(directory / TLS_CERTIFICATE, credential.certificate_pem(), SECRET_FILE)
-
-
-def _still_serves(ca: CertificateAuthority, host: str, directory: Path) -> bool:
-    try:
-        certificate = x509.load_pem_x509_certificate((directory / TLS_CERTIFICATE).read_bytes())
-        key = serialization.load_pem_private_key((directory / TLS_KEY).read_bytes(), None)
-        certificate.verify_directly_issued_by(ca.certificate)
-        names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
-    except (OSError, ValueError, TypeError, InvalidSignature, x509.ExtensionNotFound):
-        return False  # missing, unreadable, or another CA's (the CA directory was replaced)
-    left = certificate.not_valid_after_utc - datetime.datetime.now(datetime.UTC)
-    return (
-        names.value.get_values_for_type(x509.DNSName) == [host]
-        and key.public_key() == certificate.public_key()
-        and left > RENEW_BEFORE
-    )
-
-
-def _write_once(path: Path, content: str) -> None:
-    """`content` in a new 0600 file `path`; an existing one is left as it is."""
-    with contextlib.suppress(FileExistsError):
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as file:
-            # No newline: the whole file is the password (kubectl takes it byte for byte).
-            file.write(content)

@@ -22,6 +22,7 @@ from cryptography import x509
 from psycopg.conninfo import make_conninfo
 
 from services.common.config import DATABASE_URL
+from shopmesh.k8s import db_secrets
 from shopmesh.k8s import postgres as component
 from shopmesh.k8s.layout import KubernetesLayout
 from shopmesh.local import postgres
@@ -49,7 +50,7 @@ class Server:
 
 
 def issue(out: Path, pki_dir: Path) -> Path:
-    component.issue_secret_files(TOPOLOGY, LAYOUT, out, pki_dir)
+    db_secrets.issue_secret_files(TOPOLOGY, LAYOUT, out, pki_dir)
     return out
 
 
@@ -180,7 +181,7 @@ def test_each_certificate_names_its_database_and_is_kept_until_it_nears_expiry(
     issue(out, pki)
     assert {s: certificate(out, s) for s in TOPOLOGY.services} == first
     # Within RENEW_BEFORE of its expiry, each is issued again, by the same CA.
-    monkeypatch.setattr(component, "RENEW_BEFORE", datetime.timedelta(days=400))
+    monkeypatch.setattr(db_secrets, "RENEW_BEFORE", datetime.timedelta(days=400))
     issue(out, pki)
     ca = x509.load_pem_x509_certificate(
         (out / LAYOUT.postgres_ca_secret / LAYOUT.postgres_ca_file).read_bytes()
@@ -213,7 +214,7 @@ def test_a_certificate_for_another_name_or_key_is_issued_again(tmp_path: Path) -
 def test_in_the_cas_last_year_a_certificate_ends_with_the_ca(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(component, "DATABASE_CA_VALIDITY", datetime.timedelta(days=100))
+    monkeypatch.setattr(db_secrets, "DATABASE_CA_VALIDITY", datetime.timedelta(days=100))
     out = tmp_path / "postgres"
     issue(out, tmp_path / "postgres-pki")
     ca = x509.load_pem_x509_certificate(
